@@ -1,0 +1,62 @@
+# One command, one job. `make help` lists them.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTOS := $(wildcard protos/ourvidz/v1/*.proto)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+GEN_STAMP := ourvidz/v1/.generated
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install protos protos-check lint fmt up test test-slow bench clean
+
+help: ## Print every target
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@# torch first, from its CPU build where one is offered, so the model extra
+	@# does not pull the CUDA packages on a machine without a GPU.
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[models,embedded,dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP) $(GEN_STAMP) ## Create .venv with every dependency and generate the stubs
+
+$(GEN_STAMP): $(STAMP) $(PROTOS)
+	$(BIN)/python -m ourvidz.protogen
+	@touch $@
+
+protos: $(STAMP) ## Regenerate the Python stubs (and .pyi) from protos/
+	$(BIN)/python -m ourvidz.protogen
+	@touch $(GEN_STAMP)
+
+protos-check: install ## Fail when the protos do not compile or lint
+	$(BIN)/python -m ourvidz.protogen --check
+	npx --yes @bufbuild/buf@1 lint
+
+lint: install ## buf lint and ruff
+	npx --yes @bufbuild/buf@1 lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: install ## Format the code with ruff
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+up: install ## Start everything (embedded PostgreSQL, NATS, storage) with tiny models; gateway on 127.0.0.1:8080
+	$(BIN)/python -m ourvidz.dev.up
+
+test: install ## The whole fast suite against real PostgreSQL, NATS JetStream and S3
+	$(BIN)/python -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-slow: install ## Slow tests (full-size shapes on CPU)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: install ## Timings on the tiny preset (and full-random where a GPU is present); see docs/BENCHMARKS.md
+	$(BIN)/python -m ourvidz.dev.bench
+
+clean: ## Remove the venv, generated stubs and local data
+	rm -rf $(VENV) .data ourvidz/v1/*_pb2*.py* $(GEN_STAMP)
