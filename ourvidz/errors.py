@@ -1,0 +1,184 @@
+"""Domain errors and their mapping to gRPC status codes.
+
+Services raise these; one server interceptor turns them into a status with
+`google.rpc` details (BadRequest field violations, QuotaFailure, ErrorInfo).
+Anything else becomes INTERNAL with a generic message: no stack trace or
+internal detail ever reaches a caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "ourvidz.dev"
+
+
+@dataclass
+class FieldViolation:
+    field: str
+    message: str
+
+
+class DomainError(Exception):
+    """Base of every error a service raises on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason:
+            self.reason = reason
+
+    def details(self) -> list[any_pb2.Any]:
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        return [packed]
+
+    def to_status(self) -> status_pb2.Status:
+        return status_pb2.Status(
+            code=getattr(code_pb2, self.code.name),
+            message=self.message,
+            details=self.details(),
+        )
+
+
+class InvalidArgument(DomainError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Iterable[FieldViolation] | FieldViolation | str, message: str | None = None):
+        if isinstance(violations, FieldViolation):
+            violations = [violations]
+        elif isinstance(violations, str):
+            violations = [FieldViolation(violations, message or "is invalid")]
+        self.violations = list(violations)
+        text = message or "; ".join(f"{v.field}: {v.message}" for v in self.violations)
+        super().__init__(text)
+
+    @classmethod
+    def field(cls, name: str, message: str) -> InvalidArgument:
+        return cls([FieldViolation(name, message)])
+
+    def details(self) -> list[any_pb2.Any]:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.message)
+                for v in self.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        return [*super().details(), packed]
+
+
+class NotFound(DomainError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(DomainError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class PermissionDenied(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class Unauthenticated(DomainError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class Unavailable(DomainError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+@dataclass
+class ResourceExhausted(DomainError):
+    message: str
+    subject: str = ""
+    limit_description: str = ""
+    reason: str = "QUOTA_EXCEEDED"
+    violations: list[FieldViolation] = field(default_factory=list)
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __post_init__(self) -> None:
+        Exception.__init__(self, self.message)
+
+    def details(self) -> list[any_pb2.Any]:
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=self.subject, description=self.limit_description or self.message
+                )
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(quota)
+        return [*super().details(), packed]
+
+
+def status_from_exception(exc: BaseException) -> status_pb2.Status:
+    if isinstance(exc, DomainError):
+        return exc.to_status()
+    log.exception("unhandled error", exc_info=exc)
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Abort an RPC with the status that `exc` maps to (raises AbortError)."""
+    await context.abort_with_status(rpc_status.to_status(status_from_exception(exc)))
+
+
+# --- client side -----------------------------------------------------------------
+
+
+@dataclass
+class RemoteError:
+    """A gRPC error as a caller sees it, with the details decoded."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    violations: list[FieldViolation] = field(default_factory=list)
+
+
+def parse_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> RemoteError:
+    code = err.code()
+    remote = RemoteError(code=code, message=err.details() or code.name.lower())
+    status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
+    if status is None:
+        return remote
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            remote.violations.extend(
+                FieldViolation(v.field, v.description) for v in bad.field_violations
+            )
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            remote.reason = info.reason
+    return remote

@@ -1,0 +1,152 @@
+"""Building a service's gRPC server: the identity-and-errors interceptor, the
+standard health service and reflection, a port that may be 0 (tests), and a
+graceful stop.
+
+`build_server()` returns the server, the port it bound and the health
+servicer; `main.py` of each service starts it and owns the signals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ourvidz.auth import bearer, reset_principal, set_principal, verify_token
+from ourvidz.errors import Unauthenticated, abort_with
+
+log = logging.getLogger(__name__)
+
+_OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies the bearer token of every call (but health and reflection), makes
+    the caller available through `ourvidz.auth.current_principal()`, and maps
+    domain errors to status codes; any other exception becomes INTERNAL with a
+    generic message."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    def _authenticate(self, context: grpc.aio.ServicerContext):
+        token = bearer(context.invocation_metadata())
+        if not token:
+            raise Unauthenticated("missing bearer token")
+        return verify_token(self._secret, token)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(_OPEN_PREFIXES):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(self, inner):
+        async def call(request, context):
+            try:
+                token = set_principal(self._authenticate(context))
+                try:
+                    return await inner(request, context)
+                finally:
+                    reset_principal(token)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await abort_with(context, exc)
+
+        return call
+
+    def _wrap_stream(self, inner):
+        async def call(request, context):
+            try:
+                token = set_principal(self._authenticate(context))
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                finally:
+                    reset_principal(token)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await abort_with(context, exc)
+
+        return call
+
+
+@dataclass
+class Served:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Mark every service NOT_SERVING, then stop with a grace period."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def build_server(
+    *,
+    secret: str,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Iterable[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+) -> Served:
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(secret), *interceptors],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    register(server)
+    names = list(service_names)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"could not bind {host}:{port}")
+    return Served(server=server, port=bound, health=health_servicer)
+
+
+async def set_serving(served: Served, service_names: Iterable[str], serving: bool = True) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    await served.health.set("", status)
+    for name in service_names:
+        await served.health.set(name, status)
+
+
+def channel(addr: str) -> grpc.aio.Channel:
+    """A client channel with the mesh's message size limits."""
+    return grpc.aio.insecure_channel(
+        addr,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )

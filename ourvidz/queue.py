@@ -1,0 +1,139 @@
+"""NATS JetStream topology, declared in code and applied idempotently at start.
+
+- TASKS: a work-queue stream (file storage) on `tasks.>`; subjects by worker
+  family and priority (`tasks.sdxl.fast`, `tasks.sdxl.high`, `tasks.wan.*`,
+  `tasks.enhance`). One durable pull consumer per family and priority, shared by
+  every replica of that worker. Publishes carry `Nats-Msg-Id` = job id, so a
+  retried publish is stored once within the duplicate window.
+- EVENTS: a limits stream on `events.>` with short retention; job events on
+  `events.jobs.<user_id>.<job_id>` fan out to watchers (plain subscriptions) and
+  to Workspace's durable consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+log = logging.getLogger(__name__)
+
+TASKS_STREAM = "TASKS"
+EVENTS_STREAM = "EVENTS"
+ENHANCE_SUBJECT = "tasks.enhance"
+WORKSPACE_CONSUMER = "workspace-filer"
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    ack_wait_seconds: float = 60.0
+    max_deliver: int = 5
+    # Redelivery delays after a missed ack (JetStream `backoff`), seconds.
+    backoff_seconds: tuple[float, ...] = (5.0, 15.0, 30.0, 60.0)
+    events_max_age_seconds: float = 24 * 3600
+    duplicate_window_seconds: float = 3600
+    replicas: int = 1
+
+
+def task_subject(worker: str, quality: str) -> str:
+    return f"tasks.{worker}.{quality}"
+
+
+def consumer_name(worker: str, quality: str) -> str:
+    return f"{worker}-{quality}"
+
+
+def event_subject(user_id: str, job_id: str) -> str:
+    return f"events.jobs.{user_id}.{job_id}"
+
+
+async def connect(url: str, name: str) -> tuple[NATS, JetStreamContext]:
+    nc = await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+    )
+    return nc, nc.jetstream()
+
+
+async def _upsert_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
+
+
+async def declare_streams(js: JetStreamContext, qs: QueueSettings = QueueSettings()) -> None:
+    await _upsert_stream(
+        js,
+        StreamConfig(
+            name=TASKS_STREAM,
+            subjects=["tasks.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=qs.duplicate_window_seconds,
+            num_replicas=qs.replicas,
+        ),
+    )
+    await _upsert_stream(
+        js,
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=["events.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=qs.events_max_age_seconds,
+            duplicate_window=min(qs.duplicate_window_seconds, qs.events_max_age_seconds),
+            num_replicas=qs.replicas,
+        ),
+    )
+
+
+async def declare_task_consumer(
+    js: JetStreamContext, subject: str, durable: str, qs: QueueSettings = QueueSettings()
+) -> None:
+    """A durable pull consumer on the work-queue stream (explicit ack, bounded
+    ack wait and redeliveries)."""
+    backoff = [b for b in qs.backoff_seconds if b >= qs.ack_wait_seconds] or None
+    config = ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=qs.ack_wait_seconds,
+        max_deliver=qs.max_deliver,
+        max_ack_pending=1000,
+        backoff=backoff if backoff and len(backoff) <= qs.max_deliver else None,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    await js.add_consumer(TASKS_STREAM, config)
+
+
+async def declare_events_consumer(
+    js: JetStreamContext, durable: str = WORKSPACE_CONSUMER, subject: str = "events.jobs.>",
+    ack_wait_seconds: float = 30.0,
+) -> None:
+    await js.add_consumer(
+        EVENTS_STREAM,
+        ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_seconds,
+            max_deliver=20,
+            deliver_policy=DeliverPolicy.ALL,
+        ),
+    )

@@ -1,0 +1,86 @@
+"""Settings shared by every service, read from the environment.
+
+Each service subclasses `CommonSettings` with its own fields (named with the
+service's prefix, e.g. `jobs_port` <- JOBS_PORT), builds the object once in its
+`main`, and passes it down. Defaults suit a developer's machine; outside
+`dev`/`test` the validator refuses the well-known development secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "ourvidz-dev-secret-change-me-0123456789"  # noqa: S105 - refused outside dev/test
+
+
+class CatalogLimits(BaseSettings):
+    """Size and frame limits of the job catalog. A deployment may narrow them;
+    the dev/test profile allows the small sizes that keep CPU runs fast."""
+
+    model_config = SettingsConfigDict(env_prefix="CATALOG_", extra="ignore")
+
+    sdxl_min_size: int = 512
+    sdxl_max_size: int = 1536
+    wan_min_size: int = 256
+    wan_max_size: int = 1280
+    wan_max_frames: int = 121
+    max_prompt_chars: int = 2000
+    max_negative_prompt_chars: int = 2000
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    env: Literal["dev", "test", "prod"] = Field("dev", validation_alias="OURVIDZ_ENV")
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # PostgreSQL: the owner URL runs migrations; services connect as their own role.
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/ourvidz"
+    db_role_password: SecretStr = SecretStr("ourvidz-dev")
+    db_pool_size: int = 10
+
+    nats_url: str = "nats://127.0.0.1:4222"
+
+    # Blob storage: "local" (a folder, URLs served by the gateway) or "s3".
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_root: str = ".data/blobs"
+    s3_endpoint: str = ""
+    s3_access_key: SecretStr = SecretStr("")
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    storage_signing_key: SecretStr = SecretStr(DEV_SECRET)
+    signed_url_ttl_seconds: int = 3600
+    # Base of the gateway that serves local signed URLs.
+    public_base_url: str = "http://127.0.0.1:8080"
+
+    # Identity: HS256 tokens signed by the gateway, verified by every service.
+    auth_secret: SecretStr = SecretStr(DEV_SECRET)
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+
+    # Where the gRPC services listen (clients) — host:port.
+    jobs_addr: str = "127.0.0.1:50051"
+    workspace_addr: str = "127.0.0.1:50052"
+    enhancer_addr: str = "127.0.0.1:50053"
+
+    grpc_deadline_seconds: float = 10.0
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets(self) -> CommonSettings:
+        if self.env == "prod":
+            for name in ("auth_secret", "storage_signing_key"):
+                value = getattr(self, name).get_secret_value()
+                if value == DEV_SECRET or len(value) < 32:
+                    raise ValueError(f"{name.upper()} must be set to a secret of 32+ characters in prod")
+        return self
+
+    def limits(self) -> CatalogLimits:
+        if self.env in ("dev", "test"):
+            # Small sizes keep CPU runs of the tiny models fast.
+            return CatalogLimits(sdxl_min_size=64, wan_min_size=16)
+        return CatalogLimits()

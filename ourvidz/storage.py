@@ -1,0 +1,219 @@
+"""Blob storage behind one interface: S3 (the `minio` client; MinIO in
+production) and a local folder (the embedded default on one machine).
+
+Clients never get credentials, only time-limited signed URLs: S3 presigned GETs,
+or for the local store HMAC-signed gateway URLs (`/v1/files/<bucket>/<key>`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+import os
+import re
+import time
+from abc import ABC, abstractmethod
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from ourvidz.errors import NotFound
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,511}$")
+
+
+def check_location(bucket: str, key: str) -> None:
+    if not _BUCKET.match(bucket):
+        raise ValueError(f"invalid bucket name {bucket!r}")
+    if not _KEY.match(key) or ".." in key.split("/") or "//" in key:
+        raise ValueError(f"invalid object key {key!r}")
+
+
+class BlobStore(ABC):
+    ttl_seconds: int
+
+    @abstractmethod
+    async def ensure_buckets(self, buckets: list[str] | tuple[str, ...]) -> None: ...
+
+    @abstractmethod
+    async def put(self, bucket: str, key: str, data: bytes, content_type: str) -> int: ...
+
+    @abstractmethod
+    async def get(self, bucket: str, key: str) -> bytes: ...
+
+    @abstractmethod
+    async def delete(self, bucket: str, key: str) -> None: ...
+
+    @abstractmethod
+    async def exists(self, bucket: str, key: str) -> bool: ...
+
+    @abstractmethod
+    def signed_url(self, bucket: str, key: str, ttl_seconds: int | None = None) -> tuple[str, datetime]:
+        """A time-limited download URL and the moment it expires."""
+
+
+def _signature(signing_key: bytes, bucket: str, key: str, expires: int) -> str:
+    message = f"{bucket}\n{key}\n{expires}".encode()
+    return hmac.new(signing_key, message, hashlib.sha256).hexdigest()
+
+
+class LocalStore(BlobStore):
+    """Objects as files under `root/<bucket>/<key>`; URLs served by the gateway."""
+
+    def __init__(self, root: str | Path, base_url: str, signing_key: str, ttl_seconds: int = 3600):
+        self.root = Path(root).resolve()
+        self.base_url = base_url.rstrip("/")
+        self._signing_key = signing_key.encode()
+        self.ttl_seconds = ttl_seconds
+
+    def _path(self, bucket: str, key: str) -> Path:
+        check_location(bucket, key)
+        path = (self.root / bucket / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError("object key escapes the store")
+        return path
+
+    async def ensure_buckets(self, buckets) -> None:
+        for bucket in buckets:
+            (self.root / bucket).mkdir(parents=True, exist_ok=True)
+
+    async def put(self, bucket: str, key: str, data: bytes, content_type: str) -> int:
+        path = self._path(bucket, key)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # readers never see half a file
+
+        await asyncio.to_thread(write)
+        return len(data)
+
+    async def get(self, bucket: str, key: str) -> bytes:
+        path = self._path(bucket, key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError as exc:
+            raise NotFound(f"object {bucket}/{key} not found") from exc
+
+    def open_path(self, bucket: str, key: str) -> Path:
+        return self._path(bucket, key)
+
+    async def delete(self, bucket: str, key: str) -> None:
+        self._path(bucket, key).unlink(missing_ok=True)
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        return self._path(bucket, key).is_file()
+
+    def signed_url(self, bucket: str, key: str, ttl_seconds: int | None = None) -> tuple[str, datetime]:
+        check_location(bucket, key)
+        expires = int(time.time()) + (ttl_seconds or self.ttl_seconds)
+        query = urlencode({"expires": expires, "sig": _signature(self._signing_key, bucket, key, expires)})
+        url = f"{self.base_url}/v1/files/{bucket}/{quote(key)}?{query}"
+        return url, datetime.fromtimestamp(expires, UTC)
+
+    def verify(self, bucket: str, key: str, expires: int, sig: str) -> bool:
+        """True when the signature is ours and has not expired."""
+        if expires < time.time():
+            return False
+        expected = _signature(self._signing_key, bucket, key, expires)
+        return hmac.compare_digest(expected, sig)
+
+
+class S3Store(BlobStore):
+    """Any S3 protocol server through the `minio` client (sync, run in threads)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        *,
+        secure: bool = False,
+        region: str = "us-east-1",
+        ttl_seconds: int = 3600,
+    ):
+        from minio import Minio
+
+        endpoint = endpoint.removeprefix("http://").removeprefix("https://")
+        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
+        self.ttl_seconds = ttl_seconds
+
+    async def ensure_buckets(self, buckets) -> None:
+        def create() -> None:
+            for bucket in buckets:
+                if not self.client.bucket_exists(bucket):
+                    self.client.make_bucket(bucket)
+
+        await asyncio.to_thread(create)
+
+    async def put(self, bucket: str, key: str, data: bytes, content_type: str) -> int:
+        check_location(bucket, key)
+        await asyncio.to_thread(
+            self.client.put_object, bucket, key, io.BytesIO(data), len(data), content_type=content_type
+        )
+        return len(data)
+
+    async def get(self, bucket: str, key: str) -> bytes:
+        from minio.error import S3Error
+
+        check_location(bucket, key)
+
+        def read() -> bytes:
+            response = self.client.get_object(bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        try:
+            return await asyncio.to_thread(read)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                raise NotFound(f"object {bucket}/{key} not found") from exc
+            raise
+
+    async def delete(self, bucket: str, key: str) -> None:
+        check_location(bucket, key)
+        await asyncio.to_thread(self.client.remove_object, bucket, key)
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        from minio.error import S3Error
+
+        check_location(bucket, key)
+        try:
+            await asyncio.to_thread(self.client.stat_object, bucket, key)
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                return False
+            raise
+
+    def signed_url(self, bucket: str, key: str, ttl_seconds: int | None = None) -> tuple[str, datetime]:
+        check_location(bucket, key)
+        ttl = ttl_seconds or self.ttl_seconds
+        url = self.client.presigned_get_object(bucket, key, expires=timedelta(seconds=ttl))
+        return url, datetime.now(UTC) + timedelta(seconds=ttl)
+
+
+def store_from_settings(settings) -> BlobStore:
+    """The store a `CommonSettings` describes."""
+    if settings.storage_backend == "s3":
+        return S3Store(
+            settings.s3_endpoint,
+            settings.s3_access_key.get_secret_value(),
+            settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            ttl_seconds=settings.signed_url_ttl_seconds,
+        )
+    return LocalStore(
+        settings.storage_root,
+        settings.public_base_url,
+        settings.storage_signing_key.get_secret_value(),
+        ttl_seconds=settings.signed_url_ttl_seconds,
+    )
