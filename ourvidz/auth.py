@@ -84,7 +84,11 @@ def verify_token(secret: str, token: str, *, kind: str = "access") -> Principal:
 
 def bearer(metadata) -> str | None:
     for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value.lower().startswith("bearer "):
+        if (
+            key == "authorization"
+            and isinstance(value, str)
+            and value.lower().startswith("bearer ")
+        ):
             return value[7:].strip()
     return None
 

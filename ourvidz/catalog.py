@@ -84,24 +84,52 @@ class JobType:
 
 def _sdxl(name: str, quality: str, steps: int, guidance: float, expected: int) -> JobType:
     return JobType(
-        name=name, worker="sdxl", output="image", quality=quality, steps=steps,
-        guidance_scale=guidance, default_width=1024, default_height=1024,
-        bucket=name.replace("_", "-"), content_type="image/png", expected_seconds=expected,
-        num_images=SDXL_NUM_IMAGES, accepts_reference=True,
+        name=name,
+        worker="sdxl",
+        output="image",
+        quality=quality,
+        steps=steps,
+        guidance_scale=guidance,
+        default_width=1024,
+        default_height=1024,
+        bucket=name.replace("_", "-"),
+        content_type="image/png",
+        expected_seconds=expected,
+        num_images=SDXL_NUM_IMAGES,
+        accepts_reference=True,
     )
 
 
-def _wan(name: str, output: str, quality: str, steps: int, guidance: float, expected: int,
-         enhanced: bool = False) -> JobType:
+def _wan(
+    name: str,
+    output: str,
+    quality: str,
+    steps: int,
+    guidance: float,
+    expected: int,
+    enhanced: bool = False,
+) -> JobType:
     video = output == "video"
     return JobType(
-        name=name, worker="wan", output=output, quality=quality, steps=steps,
-        guidance_scale=guidance, default_width=832, default_height=480,
-        bucket=name.replace("_", "-"), content_type="video/mp4" if video else "image/png",
-        expected_seconds=expected, enhanced=enhanced,
-        default_num_frames=81 if video else 1, fps=16 if video else 0,
-        notes=("81 frames (5 s at 16 fps): WAN needs 4k+1 frames, so the old system's 83 "
-               "becomes 81" if video else "one WAN frame"),
+        name=name,
+        worker="wan",
+        output=output,
+        quality=quality,
+        steps=steps,
+        guidance_scale=guidance,
+        default_width=832,
+        default_height=480,
+        bucket=name.replace("_", "-"),
+        content_type="video/mp4" if video else "image/png",
+        expected_seconds=expected,
+        enhanced=enhanced,
+        default_num_frames=81 if video else 1,
+        fps=16 if video else 0,
+        notes=(
+            "81 frames (5 s at 16 fps): WAN needs 4k+1 frames, so the old system's 83 becomes 81"
+            if video
+            else "one WAN frame"
+        ),
     )
 
 

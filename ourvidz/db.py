@@ -95,9 +95,9 @@ def ensure_roles(owner_url: str, password: str, roles: Iterable[str] = SERVICE_R
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
             conn.execute(
-                sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD {}").format(
-                    sql.SQL(verb), sql.Identifier(role), sql.Literal(password)
-                )
+                sql.SQL(
+                    "{} ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD {}"
+                ).format(sql.SQL(verb), sql.Identifier(role), sql.Literal(password))
             )
 
 

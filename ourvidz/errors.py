@@ -58,7 +58,11 @@ class InvalidArgument(DomainError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, violations: Iterable[FieldViolation] | FieldViolation | str, message: str | None = None):
+    def __init__(
+        self,
+        violations: Iterable[FieldViolation] | FieldViolation | str,
+        message: str | None = None,
+    ):
         if isinstance(violations, FieldViolation):
             violations = [violations]
         elif isinstance(violations, str):

@@ -11,13 +11,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_fields: contextvars.ContextVar[dict] = contextvars.ContextVar("ourvidz_log_fields", default={})
+_fields: contextvars.ContextVar[dict | None] = contextvars.ContextVar("ourvidz_log_fields", default=None)
 
 
 @contextmanager
 def bind(**fields: object) -> Iterator[None]:
     """Attach fields (job_id=..., user_id=...) to every record logged inside."""
-    token = _fields.set({**_fields.get(), **{k: v for k, v in fields.items() if v is not None}})
+    token = _fields.set({**(_fields.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
     try:
         yield
     finally:
@@ -37,7 +37,7 @@ class JsonFormatter(logging.Formatter):
             "service": self.service,
             "logger": record.name,
             "msg": record.getMessage(),
-            **_fields.get(),
+            **(_fields.get() or {}),
         }
         try:
             from opentelemetry import trace
@@ -58,7 +58,9 @@ def setup(service: str, level: str = "INFO", as_json: bool = True) -> None:
     if as_json:
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

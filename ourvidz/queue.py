@@ -123,7 +123,9 @@ async def declare_task_consumer(
 
 
 async def declare_events_consumer(
-    js: JetStreamContext, durable: str = WORKSPACE_CONSUMER, subject: str = "events.jobs.>",
+    js: JetStreamContext,
+    durable: str = WORKSPACE_CONSUMER,
+    subject: str = "events.jobs.>",
     ack_wait_seconds: float = 30.0,
 ) -> None:
     await js.add_consumer(

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_SECRET = "ourvidz-dev-secret-change-me-0123456789"  # noqa: S105 - refused outside dev/test
+DEV_SECRET = "ourvidz-dev-secret-change-me-0123456789"
 
 
 class CatalogLimits(BaseSettings):
@@ -76,7 +76,9 @@ class CommonSettings(BaseSettings):
             for name in ("auth_secret", "storage_signing_key"):
                 value = getattr(self, name).get_secret_value()
                 if value == DEV_SECRET or len(value) < 32:
-                    raise ValueError(f"{name.upper()} must be set to a secret of 32+ characters in prod")
+                    raise ValueError(
+                        f"{name.upper()} must be set to a secret of 32+ characters in prod"
+                    )
         return self
 
     def limits(self) -> CatalogLimits:

@@ -51,7 +51,9 @@ class BlobStore(ABC):
     async def exists(self, bucket: str, key: str) -> bool: ...
 
     @abstractmethod
-    def signed_url(self, bucket: str, key: str, ttl_seconds: int | None = None) -> tuple[str, datetime]:
+    def signed_url(
+        self, bucket: str, key: str, ttl_seconds: int | None = None
+    ) -> tuple[str, datetime]:
         """A time-limited download URL and the moment it expires."""
 
 
@@ -108,10 +110,14 @@ class LocalStore(BlobStore):
     async def exists(self, bucket: str, key: str) -> bool:
         return self._path(bucket, key).is_file()
 
-    def signed_url(self, bucket: str, key: str, ttl_seconds: int | None = None) -> tuple[str, datetime]:
+    def signed_url(
+        self, bucket: str, key: str, ttl_seconds: int | None = None
+    ) -> tuple[str, datetime]:
         check_location(bucket, key)
         expires = int(time.time()) + (ttl_seconds or self.ttl_seconds)
-        query = urlencode({"expires": expires, "sig": _signature(self._signing_key, bucket, key, expires)})
+        query = urlencode(
+            {"expires": expires, "sig": _signature(self._signing_key, bucket, key, expires)}
+        )
         url = f"{self.base_url}/v1/files/{bucket}/{quote(key)}?{query}"
         return url, datetime.fromtimestamp(expires, UTC)
 
@@ -139,7 +145,9 @@ class S3Store(BlobStore):
         from minio import Minio
 
         endpoint = endpoint.removeprefix("http://").removeprefix("https://")
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
+        self.client = Minio(
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
+        )
         self.ttl_seconds = ttl_seconds
 
     async def ensure_buckets(self, buckets) -> None:
@@ -153,7 +161,12 @@ class S3Store(BlobStore):
     async def put(self, bucket: str, key: str, data: bytes, content_type: str) -> int:
         check_location(bucket, key)
         await asyncio.to_thread(
-            self.client.put_object, bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            self.client.put_object,
+            bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
         )
         return len(data)
 
@@ -193,7 +206,9 @@ class S3Store(BlobStore):
                 return False
             raise
 
-    def signed_url(self, bucket: str, key: str, ttl_seconds: int | None = None) -> tuple[str, datetime]:
+    def signed_url(
+        self, bucket: str, key: str, ttl_seconds: int | None = None
+    ) -> tuple[str, datetime]:
         check_location(bucket, key)
         ttl = ttl_seconds or self.ttl_seconds
         url = self.client.presigned_get_object(bucket, key, expires=timedelta(seconds=ttl))

@@ -81,7 +81,7 @@ def nats_binary() -> str:
 def start_nats(data_dir: Path, emb: Embedded, port: int | None = None) -> str:
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(data_dir / "nats.log", "ab")  # noqa: SIM115 - lives as long as the server
+    log_file = open(data_dir / "nats.log", "ab")
     proc = subprocess.Popen(
         [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(data_dir)],
         stdout=log_file,
