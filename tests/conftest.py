@@ -15,14 +15,11 @@ import pytest
 
 from ourvidz import db
 from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3
+from ourvidz.migrate import migration_folders
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE_PASSWORD = "ourvidz-test"
 SECRET = "test-secret-0123456789-0123456789-abcdef"
-
-
-def migration_folders() -> list[Path]:
-    return sorted(p for p in (ROOT / "services").glob("*/migrations") if p.is_dir())
 
 
 @pytest.fixture(scope="session")
