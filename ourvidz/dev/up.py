@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 
@@ -265,6 +266,8 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
     for noisy in ("yoyo", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pgserver asks platformdirs for a runtime folder that containers often lack.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
 def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> int:

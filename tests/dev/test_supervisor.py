@@ -47,7 +47,9 @@ def test_a_child_that_exits_is_restarted_with_growing_backoff():
     sink = io.StringIO()
     code = "import sys; print('hello from the flaky one', flush=True); sys.exit(3)"
     spec = ServiceSpec(name="flaky", argv=[sys.executable, "-c", code])
-    sup = Supervisor([spec], spawner=process_spawner(LinePrefixer(sink, colour=False)), policy=quick_policy)
+    sup = Supervisor(
+        [spec], spawner=process_spawner(LinePrefixer(sink, colour=False)), policy=quick_policy
+    )
     sup.start()
     try:
         assert wait_until(lambda: len(sup.restarts) >= 5, timeout=60)
@@ -62,7 +64,9 @@ def test_a_child_that_exits_is_restarted_with_growing_backoff():
 
 def test_a_healthy_child_is_not_restarted():
     spec = ServiceSpec(name="steady", argv=[sys.executable, "-c", "import time; time.sleep(60)"])
-    sup = Supervisor([spec], spawner=process_spawner(LinePrefixer(io.StringIO())), policy=quick_policy)
+    sup = Supervisor(
+        [spec], spawner=process_spawner(LinePrefixer(io.StringIO())), policy=quick_policy
+    )
     sup.start()
     try:
         child = sup.child("steady")
@@ -101,7 +105,9 @@ def test_stop_ends_children_their_children_and_stubborn_ones(tmp_path: Path):
     pids = [*sup.pids("parent"), *sup.pids("stubborn"), *read_pids(pid_file)]
     assert all(alive(p) for p in pids)
     sup.stop()
-    assert wait_until(lambda: not any(alive(p) for p in pids), timeout=10), [p for p in pids if alive(p)]
+    assert wait_until(lambda: not any(alive(p) for p in pids), timeout=10), [
+        p for p in pids if alive(p)
+    ]
     assert sup.restarts == []  # a stop is not a crash
 
 
