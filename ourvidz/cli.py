@@ -37,7 +37,7 @@ from ourvidz.cli_client import (
     default_credentials_path,
 )
 from ourvidz.cli_progress import ProgressLine
-from ourvidz.cli_sse import SseParser
+from ourvidz.cli_sse import SseEvent, SseParser
 
 TERMINAL_STATES = ("completed", "failed", "cancelled")
 EXTENSIONS = {"image/png": ".png", "video/mp4": ".mp4", "image/jpeg": ".jpg", "image/webp": ".webp"}
@@ -126,11 +126,14 @@ def upload(api: Api, path: Path) -> str:
 
 
 def follow(api: Api, job_id: str, progress: ProgressLine) -> str:
-    """Follow the job's event stream until a terminal event; reconnect with
-    Last-Event-ID when the stream breaks. Returns the last state seen."""
+    """Follow the job's event stream until a terminal event. When the stream
+    breaks or ends early, reconnect with Last-Event-ID (the server replays
+    what was missed). Returns the last state seen."""
     parser = SseParser()
     state = "queued"
-    for _ in range(RECONNECTS + 1):
+    for attempt in range(RECONNECTS + 1):
+        if attempt:
+            time.sleep(min(0.2 * 2**attempt, 2.0))
         headers = {"Accept": "text/event-stream"}
         if parser.last_event_id:
             headers["Last-Event-ID"] = parser.last_event_id
@@ -138,20 +141,27 @@ def follow(api: Api, job_id: str, progress: ProgressLine) -> str:
             with api.stream(f"/v1/jobs/{job_id}/events", headers=headers) as resp:
                 for chunk in resp.iter_text():
                     for event in parser.feed(chunk):
-                        data = event.json()
-                        state = data.get("state") or (
-                            event.event if event.event in TERMINAL_STATES else state
-                        )
-                        if event.event == "progress" or "step" in data:
-                            progress.update(state, data.get("step"), data.get("total"))
-                        else:
-                            progress.update(state)
-                        if event.event in TERMINAL_STATES or state in TERMINAL_STATES:
+                        state = apply_event(event, state, progress)
+                        if state in TERMINAL_STATES:
                             return state
-            # The server ended the stream; a finished job's stream ends by design.
-            return state
         except (httpx.TransportError, httpx.StreamError):
-            time.sleep(1)
+            continue
+    return state
+
+
+def apply_event(event: SseEvent, state: str, progress: ProgressLine) -> str:
+    """Draw one job event; returns the job's state after it."""
+    data = event.json()
+    if not isinstance(data, dict):
+        data = {}
+    if event.event in TERMINAL_STATES:
+        state = event.event
+    elif data.get("state"):
+        state = data["state"]
+    if "step" in data or event.event == "progress":
+        progress.update(state, data.get("step"), data.get("total"))
+    else:
+        progress.update(state)
     return state
 
 
