@@ -317,7 +317,9 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
         stop_polling = threading.Event()
 
         def after_start() -> None:
-            if "gateway" in services:
+            if "gateway" not in services:
+                log.warning("no services/gateway yet: nothing serves HTTP on %s:%d", host, port)
+            else:
                 threading.Thread(
                     target=announce_when_ready,
                     args=(f"http://{host}:{port}", started, stop_polling),

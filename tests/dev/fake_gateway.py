@@ -176,6 +176,16 @@ class FakeGateway:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    async def cancel(self, request: Request) -> Response:
+        if not self.authorised(request):
+            return problem(401, "Unauthorized")
+        job = self.jobs.get(request.path_params["job_id"])
+        if job is None:
+            return problem(404, "Not found", "no such job")
+        self.record(request, None)
+        job["state"] = "cancelled"
+        return JSONResponse(job)
+
     async def job_types(self, request: Request) -> Response:
         return JSONResponse(
             {
@@ -209,6 +219,7 @@ class FakeGateway:
                 Route("/v1/jobs", self.create_job, methods=["POST"]),
                 Route("/v1/jobs", self.list_jobs, methods=["GET"]),
                 Route("/v1/jobs/{job_id}", self.get_job, methods=["GET"]),
+                Route("/v1/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
                 Route("/v1/jobs/{job_id}/events", self.events, methods=["GET"]),
                 Route("/v1/job-types", self.job_types, methods=["GET"]),
                 Route("/files/{name}", self.file, methods=["GET"]),

@@ -158,3 +158,16 @@ def test_an_unreachable_gateway_is_a_clear_error(creds, capsys):
     code = cli.main(["--url", "http://127.0.0.1:9", "--credentials", str(creds), "job-types"])
     assert code == 1
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_cancel_reports_the_new_state_and_a_missing_job_is_an_error(
+    gateway, creds, tmp_path, capsys
+):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    run(gateway, creds, "generate", "x", "--out", str(tmp_path))
+    capsys.readouterr()
+    assert run(gateway, creds, "cancel", "job1") == 0
+    assert "job job1 cancelled" in capsys.readouterr().err
+    assert gateway.jobs["job1"]["state"] == "cancelled"
+    assert run(gateway, creds, "cancel", "job9") == 1
+    assert "Not found (404): no such job" in capsys.readouterr().err
