@@ -1,0 +1,396 @@
+"""`ourvidz`: the command line client of an ourvidz gateway.
+
+    ourvidz signup you@example.com
+    ourvidz generate "a lighthouse at dusk" --num-images 3 --seed 42 --out out/
+    ourvidz jobs
+    ourvidz job-types
+
+Talks HTTP to --url (default $OURVIDZ_URL or http://127.0.0.1:8080); keeps its
+tokens in ~/.config/ourvidz/credentials.json (mode 0600) and refreshes them by
+itself. Results go to stdout (the paths of downloaded files, tables); progress
+and errors go to stderr. Exit status: 0 done, 1 failed (the reason on stderr),
+2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import mimetypes
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ourvidz.cli_client import (
+    DEFAULT_URL,
+    Api,
+    ApiError,
+    CredentialStore,
+    NotLoggedIn,
+    default_credentials_path,
+)
+from ourvidz.cli_progress import ProgressLine
+from ourvidz.cli_sse import SseEvent, SseParser
+
+TERMINAL_STATES = ("completed", "failed", "cancelled")
+EXTENSIONS = {"image/png": ".png", "video/mp4": ".mp4", "image/jpeg": ".jpg", "image/webp": ".webp"}
+RECONNECTS = 5
+
+
+class Failed(Exception):
+    """The command did not do what was asked; the message says why."""
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+# --- auth ------------------------------------------------------------------------------
+
+
+def _password(args: argparse.Namespace, confirm: bool) -> str:
+    if args.password is not None:
+        return args.password
+    if os.environ.get("OURVIDZ_PASSWORD"):
+        return os.environ["OURVIDZ_PASSWORD"]
+    first = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Password (again): ") != first:
+        raise Failed("the passwords differ")
+    return first
+
+
+def cmd_signup(api: Api, args: argparse.Namespace) -> int:
+    body = {"email": args.email, "password": _password(args, confirm=True)}
+    answer = api.request("POST", "/v1/auth/signup", auth=False, json=body).json()
+    api.remember(answer)
+    err(f"signed up as {answer.get('user', {}).get('email', args.email)} on {api.url}")
+    return 0
+
+
+def cmd_login(api: Api, args: argparse.Namespace) -> int:
+    body = {"email": args.email, "password": _password(args, confirm=False)}
+    answer = api.request("POST", "/v1/auth/login", auth=False, json=body).json()
+    api.remember(answer)
+    err(f"logged in as {answer.get('user', {}).get('email', args.email)} on {api.url}")
+    return 0
+
+
+# --- generate ------------------------------------------------------------------------------
+
+
+def job_body(args: argparse.Namespace, reference_id: str | None) -> dict[str, Any]:
+    """The POST /v1/jobs body: only what was given, the server fills defaults."""
+    body: dict[str, Any] = {"job_type": args.type, "prompt": args.prompt}
+    for name in (
+        "num_images",
+        "seed",
+        "width",
+        "height",
+        "num_frames",
+        "negative_prompt",
+        "destination",
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            body[name] = value
+    if reference_id:
+        body["reference_image_id"] = reference_id
+        if args.reference_type:
+            body["reference_type"] = args.reference_type
+        if args.reference_strength is not None:
+            body["reference_strength"] = args.reference_strength
+    return body
+
+
+def upload(api: Api, path: Path) -> str:
+    if not path.is_file():
+        raise Failed(f"no such file: {path}")
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    # Bytes, not a file handle: a request retried after a token refresh sends them again.
+    data = path.read_bytes()
+    resp = api.request("POST", "/v1/uploads", files={"file": (path.name, data, content_type)})
+    return resp.json()["id"]
+
+
+def follow(api: Api, job_id: str, progress: ProgressLine) -> str:
+    """Follow the job's event stream until a terminal event. When the stream
+    breaks or ends early, reconnect with Last-Event-ID (the server replays
+    what was missed). Returns the last state seen."""
+    parser = SseParser()
+    state = "queued"
+    for attempt in range(RECONNECTS + 1):
+        if attempt:
+            time.sleep(min(0.2 * 2**attempt, 2.0))
+        headers = {"Accept": "text/event-stream"}
+        if parser.last_event_id:
+            headers["Last-Event-ID"] = parser.last_event_id
+        try:
+            with api.stream(f"/v1/jobs/{job_id}/events", headers=headers) as resp:
+                for chunk in resp.iter_text():
+                    for event in parser.feed(chunk):
+                        state = apply_event(event, state, progress)
+                        if state in TERMINAL_STATES:
+                            return state
+        except (httpx.TransportError, httpx.StreamError):
+            continue
+    return state
+
+
+def apply_event(event: SseEvent, state: str, progress: ProgressLine) -> str:
+    """Draw one job event; returns the job's state after it."""
+    data = event.json()
+    if not isinstance(data, dict):
+        data = {}
+    if event.event in TERMINAL_STATES:
+        state = event.event
+    elif data.get("state"):
+        state = data["state"]
+    if "step" in data or event.event == "progress":
+        progress.update(state, data.get("step"), data.get("total"))
+    else:
+        progress.update(state)
+    return state
+
+
+def asset_filename(job_id: str, asset: dict[str, Any], position: int) -> str:
+    index = asset.get("index", position)
+    content_type = str(asset.get("content_type") or "")
+    ext = EXTENSIONS.get(content_type) or mimetypes.guess_extension(content_type) or ".bin"
+    return f"{job_id}_{index}{ext}"
+
+
+def cmd_generate(api: Api, args: argparse.Namespace) -> int:
+    reference_id = upload(api, Path(args.reference)) if args.reference else None
+    key = args.idempotency_key or str(uuid.uuid4())
+    job = api.request(
+        "POST", "/v1/jobs", json=job_body(args, reference_id), headers={"Idempotency-Key": key}
+    ).json()
+    job_id = job["id"]
+    err(f"job {job_id} ({job.get('job_type', args.type)}) {job.get('state', 'queued')}")
+
+    progress = ProgressLine(sys.stderr)
+    progress.update(job.get("state", "queued"))
+    try:
+        follow(api, job_id, progress)
+        # Poll a little when the stream ended before the job did.
+        job = api.request("GET", f"/v1/jobs/{job_id}").json()
+        deadline = time.monotonic() + args.wait_timeout
+        while job.get("state") not in TERMINAL_STATES and time.monotonic() < deadline:
+            time.sleep(1)
+            job = api.request("GET", f"/v1/jobs/{job_id}").json()
+            progress.update(job.get("state"), *_progress_of(job))
+        progress.update(job.get("state"), *_progress_of(job))
+    except KeyboardInterrupt:
+        progress.finish()
+        err(f"stopped following job {job_id}; it goes on (cancel: ourvidz cancel {job_id})")
+        return 130
+    progress.finish()
+
+    state = job.get("state")
+    if state != "completed":
+        error = job.get("error") or {}
+        reason = error.get("message") or error.get("code") or "no reason given"
+        raise Failed(f"job {job_id} {state or 'did not finish'}: {reason}")
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for position, asset in enumerate(job.get("assets") or []):
+        if not asset.get("url"):
+            raise Failed(f"job {job_id}: asset {position} has no URL")
+        dest = out_dir / asset_filename(job_id, asset, position)
+        api.download(asset["url"], dest)
+        out(str(dest))
+    return 0
+
+
+def _progress_of(job: dict[str, Any]) -> tuple[int | None, int | None]:
+    prog = job.get("progress") or {}
+    return prog.get("step"), prog.get("total")
+
+
+# --- listing ---------------------------------------------------------------------------------
+
+
+def _items(answer: Any) -> list[dict[str, Any]]:
+    if isinstance(answer, list):
+        return answer
+    if isinstance(answer, dict):
+        for key in ("items", "job_types"):
+            if isinstance(answer.get(key), list):
+                return answer[key]
+    return []
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _short(text: Any, limit: int = 48) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
+    answer = api.request("GET", "/v1/jobs", params={"page_size": args.limit}).json()
+    if args.json:
+        out(json.dumps(answer, indent=2))
+        return 0
+    rows = [
+        [
+            str(j.get("id", "")),
+            str(j.get("job_type", "")),
+            str(j.get("state", "")),
+            str(j.get("created_at", ""))[:19],
+            _short(j.get("prompt")),
+        ]
+        for j in _items(answer)
+    ]
+    out(table(rows, ["ID", "TYPE", "STATE", "CREATED", "PROMPT"]))
+    return 0
+
+
+def cmd_job_types(api: Api, args: argparse.Namespace) -> int:
+    answer = api.request("GET", "/v1/job-types", auth=False).json()
+    if args.json:
+        out(json.dumps(answer, indent=2))
+        return 0
+    rows = []
+    for t in _items(answer):
+        size = f"{t.get('default_width', t.get('width', ''))}x{t.get('default_height', t.get('height', ''))}"
+        rows.append(
+            [
+                str(t.get("job_type") or t.get("name") or ""),
+                str(t.get("worker", "")),
+                str(t.get("content_type") or t.get("output") or ""),
+                size if size != "x" else "",
+                str(t.get("steps", "")),
+                str(t.get("expected_seconds", "")),
+            ]
+        )
+    out(table(rows, ["JOB TYPE", "WORKER", "OUTPUT", "SIZE", "STEPS", "EXPECTED S"]))
+    return 0
+
+
+def cmd_cancel(api: Api, args: argparse.Namespace) -> int:
+    job = api.request("POST", f"/v1/jobs/{args.job_id}/cancel").json()
+    err(f"job {job.get('id', args.job_id)} {job.get('state', 'cancelling')}")
+    return 0
+
+
+# --- the parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ourvidz",
+        description="Client of an ourvidz gateway.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("OURVIDZ_URL", DEFAULT_URL),
+        help="gateway URL (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--credentials",
+        type=Path,
+        default=None,
+        help="token file (default: ~/.config/ourvidz/credentials.json)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, helptext in (("signup", "create an account and log in"), ("login", "log in")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("email")
+        p.add_argument("--password", help="default: $OURVIDZ_PASSWORD, else a prompt")
+
+    g = sub.add_parser("generate", help="submit a job, follow it, download its outputs")
+    g.add_argument("prompt")
+    g.add_argument(
+        "--type",
+        default="sdxl_image_fast",
+        help="job type (see `ourvidz job-types`; default: %(default)s)",
+    )
+    g.add_argument("--num-images", type=int, help="1, 3 or 6 (SDXL)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--height", type=int)
+    g.add_argument("--num-frames", type=int, help="video frames (WAN: 4k+1)")
+    g.add_argument("--negative-prompt")
+    g.add_argument("--destination", choices=("workspace", "library"))
+    g.add_argument("--reference", help="a reference image file to upload and use")
+    g.add_argument("--reference-type", choices=("style", "composition", "character"))
+    g.add_argument("--reference-strength", type=float, help="0.1 to 1.0")
+    g.add_argument("--idempotency-key", help="default: a new random one")
+    g.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to poll after the stream ends (default: %(default)s)",
+    )
+    g.add_argument("--out", default=".", help="folder for the outputs (default: the current one)")
+
+    j = sub.add_parser("jobs", help="list your recent jobs")
+    j.add_argument("--limit", type=int, default=20)
+    j.add_argument("--json", action="store_true", help="print the raw answer")
+
+    t = sub.add_parser("job-types", help="list the job types")
+    t.add_argument("--json", action="store_true", help="print the raw answer")
+
+    c = sub.add_parser("cancel", help="cancel a job")
+    c.add_argument("job_id")
+    return parser
+
+
+COMMANDS = {
+    "signup": cmd_signup,
+    "login": cmd_login,
+    "generate": cmd_generate,
+    "jobs": cmd_jobs,
+    "job-types": cmd_job_types,
+    "cancel": cmd_cancel,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    store = CredentialStore(args.credentials or default_credentials_path())
+    api = Api(args.url, store)
+    try:
+        return COMMANDS[args.command](api, args)
+    except ApiError as exc:
+        err(f"error: {exc}")
+        return 1
+    except (Failed, NotLoggedIn) as exc:
+        err(f"error: {exc}")
+        return 1
+    except httpx.TransportError as exc:
+        err(f"error: cannot reach {api.url}: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        err("interrupted")
+        return 130
+    finally:
+        api.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

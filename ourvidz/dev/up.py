@@ -1,0 +1,360 @@
+"""`make up`: the whole stack on one machine, from a fresh clone.
+
+What it does, in order:
+
+1. refuses to start when the gateway's port (127.0.0.1:8080) is already taken;
+2. loads (or creates, on the first run) stable development secrets in
+   `.data/secrets.env`, unless AUTH_SECRET / STORAGE_SIGNING_KEY are set;
+3. starts embedded PostgreSQL (`.data/pg`) and NATS JetStream (`.data/nats`, a
+   free port, never 4222) unless DATABASE_URL / NATS_URL point at servers;
+   blobs go to `.data/blobs`, or to S3 when S3_ENDPOINT is set;
+4. prepares the database (roles, every service's migrations);
+5. gives every gRPC service a free port, and runs every `services/<name>` that
+   has a `__main__.py`, in dependency order, under a `Supervisor` that restarts
+   what dies and stops everything on Ctrl-C / SIGTERM;
+6. says so when the gateway answers `/readyz`.
+
+Everything persists in `.data/` across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+import urllib.request
+import warnings
+from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
+
+from ourvidz.dev.supervisor import (
+    LinePrefixer,
+    ServiceSpec,
+    Supervisor,
+    process_spawner,
+    python_argv,
+    run_until_signalled,
+)
+
+log = logging.getLogger("ourvidz.dev.up")
+
+ROOT = Path(__file__).resolve().parents[2]
+STANDARD_NATS_PORT = 4222
+GENERATED_SECRETS = ("AUTH_SECRET", "STORAGE_SIGNING_KEY")
+SECRET_LENGTH = 48
+
+# Dependency order: the state owners first, then what consumes their events,
+# then the workers, the HTTP edge last. Services not named here start after
+# the workers and before the gateway.
+ORDER = ("jobs", "workspace", "enhancer", "sdxl", "wan")
+LAST = ("gateway",)
+# gRPC services that others dial: they get <NAME>_ADDR, and the next service
+# waits until they listen.
+DIALLED = ("jobs", "workspace", "enhancer")
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+# --- discovery and ordering -----------------------------------------------------------
+
+
+def discover_services(root: Path) -> list[str]:
+    """Every `services/<name>/` package that can run (`python -m services.<name>`),
+    in start order."""
+    found = [
+        p.parent.name
+        for p in (root / "services").glob("*/__main__.py")
+        if p.parent.name.isidentifier() and not p.parent.name.startswith("_")
+    ]
+    return order_services(found)
+
+
+def order_services(names: list[str]) -> list[str]:
+    """Sort services into start order: ORDER first (in its order), unknown ones
+    by name, LAST at the end."""
+
+    def rank(name: str) -> tuple[int, int, str]:
+        if name in ORDER:
+            return (0, ORDER.index(name), name)
+        if name in LAST:
+            return (2, LAST.index(name), name)
+        return (1, 0, name)
+
+    return sorted(set(names), key=rank)
+
+
+def migration_folders(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "services").glob("*/migrations") if p.is_dir())
+
+
+# --- ports ------------------------------------------------------------------------------
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (a port in TIME_WAIT counts as free,
+    as it will for the server that binds it with SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
+    """A port nothing listens on now, never one in `avoid`."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in avoid and port != STANDARD_NATS_PORT:
+            return port
+
+
+def listens(host: str, port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    return check
+
+
+def assign_ports(services: list[str], env: MutableMapping[str, str]) -> dict[str, int]:
+    """A port for every service but the gateway: <NAME>_PORT (kept when already
+    set), and <NAME>_ADDR for the ones others dial. Returns name -> port."""
+    ports: dict[str, int] = {}
+    used: set[int] = {int(env.get("GATEWAY_PORT", "8080"))}
+    for name in services:
+        if name in LAST:
+            continue
+        key = f"{name.upper()}_PORT"
+        port = int(env[key]) if env.get(key) else free_port(used)
+        used.add(port)
+        ports[name] = port
+        env[key] = str(port)
+        if name in DIALLED:
+            env[f"{name.upper()}_ADDR"] = f"127.0.0.1:{port}"
+    return ports
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        values[key.strip()] = value.strip()
+    return values
+
+
+def dev_secrets(path: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """The development secrets to use: the environment's when set, else the
+    ones stored in `path`, else new random ones (48 characters) stored there
+    (mode 0600) so tokens and signed URLs survive a restart."""
+    stored = read_env_file(path)
+    missing = [k for k in GENERATED_SECRETS if not stored.get(k)]
+    if missing and not all(env.get(k) for k in GENERATED_SECRETS):
+        for key in missing:
+            stored[key] = secrets.token_urlsafe(36)[:SECRET_LENGTH]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = "# Development secrets made by `make up`; delete to rotate.\n"
+        body += "".join(f"{k}={stored[k]}\n" for k in GENERATED_SECRETS)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(body)
+        log.info("wrote development secrets to %s", path)
+    return {k: env.get(k) or stored[k] for k in GENERATED_SECRETS}
+
+
+# --- the environment every service shares ---------------------------------------------------
+
+
+def base_environment(
+    env: Mapping[str, str], data: Path, gateway: tuple[str, int]
+) -> dict[str, str]:
+    """The shared environment, before embedded servers and ports are added."""
+    host, port = gateway
+    out = dict(env)
+    out.setdefault("OURVIDZ_ENV", "dev")
+    out["LOG_JSON"] = "false"
+    out["PYTHONUNBUFFERED"] = "1"
+    out["GATEWAY_HOST"] = host
+    out["GATEWAY_PORT"] = str(port)
+    out.setdefault("PUBLIC_BASE_URL", f"http://{host}:{port}")
+    if out.get("S3_ENDPOINT"):
+        out.setdefault("STORAGE_BACKEND", "s3")
+    else:
+        out.setdefault("STORAGE_BACKEND", "local")
+    out.setdefault("STORAGE_ROOT", str(data / "blobs"))
+    return out
+
+
+def service_specs(
+    services: list[str], env: Mapping[str, str], root: Path, ports: Mapping[str, int]
+) -> list[ServiceSpec]:
+    specs = []
+    for name in services:
+        ready = listens("127.0.0.1", ports[name]) if name in DIALLED and name in ports else None
+        specs.append(
+            ServiceSpec(
+                name=name,
+                argv=python_argv(f"services.{name}"),
+                env=dict(env),
+                cwd=str(root),
+                ready=ready,
+            )
+        )
+    return specs
+
+
+# --- readiness --------------------------------------------------------------------------------
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def announce_when_ready(
+    url: str, started: float, stop: threading.Event, check: Callable[[str], bool] = http_ok
+) -> None:
+    """Poll `<url>/readyz` until it answers 200, then say where to go."""
+    last_note = time.monotonic()
+    while not stop.is_set():
+        if check(url + "/readyz"):
+            log.info("ourvidz is serving on %s (ready in %.0f s)", url, time.monotonic() - started)
+            return
+        if time.monotonic() - last_note > 30:
+            log.info("still waiting for %s/readyz ...", url)
+            last_note = time.monotonic()
+        stop.wait(0.5)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(f"{'up':<10}| %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("yoyo", "pgserver"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pgserver asks platformdirs for a runtime folder that containers often lack.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    started = time.monotonic()
+    data = root / ".data"
+    host = environ.get("GATEWAY_HOST", "127.0.0.1")
+    port = int(environ.get("GATEWAY_PORT", "8080"))
+    if not port_is_free(host, port):
+        raise PortTaken(
+            f"{host}:{port} is already in use (another `make up`? another server?). "
+            "Stop whatever listens there, or run with GATEWAY_PORT=<another port>."
+        )
+
+    services = discover_services(root)
+    if not services:
+        log.warning("no service under %s/services has a __main__.py: nothing to run", root)
+    log.info("services, in start order: %s", ", ".join(services) or "(none)")
+
+    env = base_environment(environ, data, (host, port))
+    env.update(dev_secrets(data / "secrets.env", environ))
+
+    from ourvidz.dev.embedded import Embedded, start_nats, start_postgres
+
+    emb = Embedded()
+    try:
+        if not env.get("DATABASE_URL"):
+            log.info("starting embedded PostgreSQL in %s", data / "pg")
+            env["DATABASE_URL"] = start_postgres(data / "pg", emb)
+        if not env.get("NATS_URL"):
+            nats_port = free_port()
+            log.info("starting embedded NATS JetStream on port %d in %s", nats_port, data / "nats")
+            env["NATS_URL"] = start_nats(data / "nats", emb, port=nats_port)
+        role_password = env.get("DB_ROLE_PASSWORD") or "ourvidz-dev"
+        env["DB_ROLE_PASSWORD"] = role_password
+
+        from ourvidz import db
+
+        log.info("preparing the database")
+        db.prepare(env["DATABASE_URL"], role_password, migration_folders(root))
+
+        ports = assign_ports(services, env)
+        supervisor = Supervisor(
+            service_specs(services, env, root, ports),
+            spawner=process_spawner(LinePrefixer(sys.stdout)),
+        )
+        stop_polling = threading.Event()
+
+        def after_start() -> None:
+            if "gateway" not in services:
+                log.warning("no services/gateway yet: nothing serves HTTP on %s:%d", host, port)
+            else:
+                threading.Thread(
+                    target=announce_when_ready,
+                    args=(f"http://{host}:{port}", started, stop_polling),
+                    daemon=True,
+                ).start()
+
+        try:
+            run_until_signalled(supervisor, after_start)
+        finally:
+            stop_polling.set()
+    finally:
+        log.info("stopping embedded servers")
+        emb.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ourvidz.dev.up", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="repository root (default: this checkout)"
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return run(args.root.resolve())
+    except PortTaken as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

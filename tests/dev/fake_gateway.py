@@ -1,0 +1,251 @@
+"""A stand-in for the gateway's HTTP routes that the CLI uses, served by
+uvicorn on a free port in a thread. It keeps what it was sent, so tests can
+check the requests as well as the CLI's output."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"fake image "
+
+
+def problem(status: int, title: str, detail: str = "", errors: list | None = None) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+@dataclass
+class FakeGateway:
+    password: str = "correct horse"
+    # Access tokens that answer 401, as an expired one would.
+    expired: set[str] = field(default_factory=set)
+    jobs: dict[str, dict] = field(default_factory=dict)
+    requests: list[tuple[str, str, dict, Any]] = field(default_factory=list)
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    refreshes: int = 0
+    # Break the first event stream after this many events (0: never).
+    break_stream_after: int = 0
+    url: str = ""
+
+    # -- helpers -------------------------------------------------------------------
+
+    def tokens(self, email: str) -> dict:
+        return {
+            "user": {"id": "u-1", "email": email},
+            "access_token": f"acc-{uuid.uuid4().hex}",
+            "refresh_token": f"ref-{uuid.uuid4().hex}",
+            "token_type": "bearer",
+            "expires_in": 900,
+        }
+
+    def authorised(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        return header.startswith("Bearer acc-") and header[7:] not in self.expired
+
+    def record(self, request: Request, body: Any) -> None:
+        self.requests.append((request.method, request.url.path, dict(request.headers), body))
+
+    # -- routes --------------------------------------------------------------------
+
+    async def signup(self, request: Request) -> Response:
+        body = await request.json()
+        self.record(request, body)
+        return JSONResponse(self.tokens(body["email"]), status_code=201)
+
+    async def login(self, request: Request) -> Response:
+        body = await request.json()
+        self.record(request, body)
+        if body.get("password") != self.password:
+            return problem(401, "Unauthorized", "wrong email or password")
+        return JSONResponse(self.tokens(body["email"]))
+
+    async def refresh(self, request: Request) -> Response:
+        body = await request.json()
+        self.record(request, body)
+        self.refreshes += 1
+        if not str(body.get("refresh_token", "")).startswith("ref-"):
+            return problem(401, "Unauthorized", "bad refresh token")
+        return JSONResponse(self.tokens("someone@example.com"))
+
+    async def upload(self, request: Request) -> Response:
+        if not self.authorised(request):
+            return problem(401, "Unauthorized")
+        form = await request.form()
+        data = await form["file"].read()
+        self.record(request, {"file": data})
+        upload_id = f"up-{len(self.uploads) + 1}"
+        self.uploads[upload_id] = data
+        return JSONResponse(
+            {"id": upload_id, "content_type": "image/png", "width": 64, "height": 64},
+            status_code=201,
+        )
+
+    async def create_job(self, request: Request) -> Response:
+        if not self.authorised(request):
+            return problem(401, "Unauthorized")
+        body = await request.json()
+        self.record(request, body)
+        if body.get("job_type") not in ("sdxl_image_fast", "doomed"):
+            return problem(
+                422,
+                "Invalid argument",
+                "the job is not valid",
+                [{"field": "job_type", "message": f"unknown job type {body.get('job_type')!r}"}],
+            )
+        job_id = f"job{len(self.jobs) + 1}"
+        n = body.get("num_images", 1)
+        failed = body["job_type"] == "doomed"
+        self.jobs[job_id] = {
+            "id": job_id,
+            "job_type": body["job_type"],
+            "state": "failed" if failed else "completed",
+            "prompt": body["prompt"],
+            "seed": body.get("seed"),
+            "num_images": n,
+            "progress": {"step": 4, "total": 4},
+            "assets": []
+            if failed
+            else [
+                {
+                    "index": i,
+                    "content_type": "image/png",
+                    "url": f"{self.url}/files/{job_id}_{i}.png?sig=x",
+                }
+                for i in range(n)
+            ],
+            "error": {"code": "internal", "message": "the worker ran out of memory"}
+            if failed
+            else None,
+            "created_at": "2025-01-01T00:00:00Z",
+        }
+        return JSONResponse({**self.jobs[job_id], "state": "queued", "assets": []}, status_code=202)
+
+    async def get_job(self, request: Request) -> Response:
+        if not self.authorised(request):
+            return problem(401, "Unauthorized")
+        job = self.jobs.get(request.path_params["job_id"])
+        return JSONResponse(job) if job else problem(404, "Not found")
+
+    async def list_jobs(self, request: Request) -> Response:
+        if not self.authorised(request):
+            return problem(401, "Unauthorized")
+        self.record(request, dict(request.query_params))
+        return JSONResponse({"items": list(self.jobs.values()), "next_page_token": ""})
+
+    async def events(self, request: Request) -> Response:
+        if not self.authorised(request):
+            return problem(401, "Unauthorized")
+        job = self.jobs[request.path_params["job_id"]]
+        self.record(request, None)
+        start = int(request.headers.get("last-event-id", "0"))
+        history = [("state", {"state": "queued"}), ("state", {"state": "running"})]
+        history += [("progress", {"state": "running", "step": s, "total": 4}) for s in range(1, 5)]
+        history.append((job["state"], {"state": job["state"]}))
+        cut = self.break_stream_after
+        self.break_stream_after = 0
+
+        async def stream():
+            yield ": hello\n\n"
+            for seq, (name, data) in enumerate(history, start=1):
+                if seq <= start:
+                    continue
+                if cut and seq > cut:
+                    return  # the connection drops before the job ends
+                payload = json.dumps({"job_id": job["id"], **data})
+                # Split an event across writes, as a network may.
+                yield f"id: {seq}\nevent: {name}\n"
+                yield f"data: {payload}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def cancel(self, request: Request) -> Response:
+        if not self.authorised(request):
+            return problem(401, "Unauthorized")
+        job = self.jobs.get(request.path_params["job_id"])
+        if job is None:
+            return problem(404, "Not found", "no such job")
+        self.record(request, None)
+        job["state"] = "cancelled"
+        return JSONResponse(job)
+
+    async def job_types(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "items": [
+                    {
+                        "name": "sdxl_image_fast",
+                        "worker": "sdxl",
+                        "content_type": "image/png",
+                        "default_width": 1024,
+                        "default_height": 1024,
+                        "steps": 15,
+                        "expected_seconds": 5,
+                    },
+                ]
+            }
+        )
+
+    async def file(self, request: Request) -> Response:
+        # A signed URL carries its own credential: an Authorization header is an error (as on S3).
+        if "authorization" in request.headers:
+            return problem(400, "Bad request", "a signed URL takes no Authorization header")
+        return Response(PNG + request.path_params["name"].encode(), media_type="image/png")
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/auth/signup", self.signup, methods=["POST"]),
+                Route("/v1/auth/login", self.login, methods=["POST"]),
+                Route("/v1/auth/refresh", self.refresh, methods=["POST"]),
+                Route("/v1/uploads", self.upload, methods=["POST"]),
+                Route("/v1/jobs", self.create_job, methods=["POST"]),
+                Route("/v1/jobs", self.list_jobs, methods=["GET"]),
+                Route("/v1/jobs/{job_id}", self.get_job, methods=["GET"]),
+                Route("/v1/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
+                Route("/v1/jobs/{job_id}/events", self.events, methods=["GET"]),
+                Route("/v1/job-types", self.job_types, methods=["GET"]),
+                Route("/files/{name}", self.file, methods=["GET"]),
+            ]
+        )
+
+
+class Served:
+    """uvicorn in a thread, on a free port."""
+
+    def __init__(self, gateway: FakeGateway) -> None:
+        config = uvicorn.Config(
+            gateway.app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the fake gateway did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        gateway.url = self.url
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

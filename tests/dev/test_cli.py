@@ -1,0 +1,173 @@
+"""The `ourvidz` CLI against a stand-in gateway: sign up, generate (upload,
+submit, follow the events, download), token refresh, errors."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from ourvidz import cli
+
+from .fake_gateway import PNG, FakeGateway, Served
+
+
+@pytest.fixture
+def gateway():
+    fake = FakeGateway()
+    served = Served(fake)
+    try:
+        yield fake
+    finally:
+        served.stop()
+
+
+@pytest.fixture
+def creds(tmp_path: Path) -> Path:
+    return tmp_path / "config" / "ourvidz" / "credentials.json"
+
+
+def run(gateway: FakeGateway, creds: Path, *args: str) -> int:
+    return cli.main(["--url", gateway.url, "--credentials", str(creds), *args])
+
+
+def stored(creds: Path, gateway: FakeGateway) -> dict:
+    return json.loads(creds.read_text())["servers"][gateway.url]
+
+
+def test_signup_stores_private_tokens(gateway, creds, capsys):
+    assert run(gateway, creds, "signup", "ada@example.com", "--password", "pw") == 0
+    entry = stored(creds, gateway)
+    assert entry["email"] == "ada@example.com"
+    assert entry["access_token"].startswith("acc-") and entry["refresh_token"].startswith("ref-")
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert stat.S_IMODE(creds.parent.stat().st_mode) == 0o700
+    assert "signed up as ada@example.com" in capsys.readouterr().err
+
+
+def test_login_with_a_wrong_password_fails_with_the_servers_reason(gateway, creds, capsys):
+    assert run(gateway, creds, "login", "ada@example.com", "--password", "nope") == 1
+    assert "wrong email or password" in capsys.readouterr().err
+    assert not creds.exists()
+
+
+def test_generate_uploads_submits_follows_and_downloads(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    reference = tmp_path / "ref.png"
+    reference.write_bytes(PNG + b"reference")
+    out_dir = tmp_path / "out"
+    code = run(
+        gateway,
+        creds,
+        "generate",
+        "a lighthouse at dusk",
+        "--num-images",
+        "3",
+        "--seed",
+        "42",
+        "--reference",
+        str(reference),
+        "--reference-type",
+        "style",
+        "--reference-strength",
+        "0.5",
+        "--out",
+        str(out_dir),
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    paths = captured.out.split()
+    assert paths == [str(out_dir / f"job1_{i}.png") for i in range(3)]
+    for i, path in enumerate(paths):
+        assert Path(path).read_bytes() == PNG + f"job1_{i}.png".encode()
+
+    assert gateway.uploads == {"up-1": PNG + b"reference"}
+    (_, _, headers, body) = next(r for r in gateway.requests if r[:2] == ("POST", "/v1/jobs"))
+    assert body == {
+        "job_type": "sdxl_image_fast",
+        "prompt": "a lighthouse at dusk",
+        "num_images": 3,
+        "seed": 42,
+        "reference_image_id": "up-1",
+        "reference_type": "style",
+        "reference_strength": 0.5,
+    }
+    assert headers.get("idempotency-key")
+    # The progress line went to stderr (not a terminal here: one line per state).
+    assert "running" in captured.err and "completed" in captured.err and "4/4" in captured.err
+
+
+def test_generate_refreshes_an_expired_token_once(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    old = stored(creds, gateway)["access_token"]
+    gateway.expired.add(old)
+    assert run(gateway, creds, "generate", "a cat", "--out", str(tmp_path)) == 0
+    assert gateway.refreshes == 1
+    assert stored(creds, gateway)["access_token"] != old
+    assert capsys.readouterr().out.split() == [str(tmp_path / "job1_0.png")]
+
+
+def test_generate_resumes_a_broken_event_stream(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    gateway.break_stream_after = 3
+    assert run(gateway, creds, "generate", "a cat", "--out", str(tmp_path)) == 0
+    streams = [r for r in gateway.requests if r[1].endswith("/events")]
+    assert len(streams) == 2
+    assert "last-event-id" not in streams[0][2]
+    assert streams[1][2]["last-event-id"] == "3"
+    assert (tmp_path / "job1_0.png").exists()
+
+
+def test_a_rejected_job_prints_the_field_errors(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    assert run(gateway, creds, "generate", "x", "--type", "nonsense", "--out", str(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "Invalid argument (422): the job is not valid" in err
+    assert "job_type: unknown job type 'nonsense'" in err
+
+
+def test_a_failed_job_exits_non_zero_with_its_message(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    assert run(gateway, creds, "generate", "x", "--type", "doomed", "--out", str(tmp_path)) == 1
+    assert "job job1 failed: the worker ran out of memory" in capsys.readouterr().err
+    assert not list(tmp_path.glob("job1_*"))
+
+
+def test_without_login_the_cli_says_how_to_log_in(gateway, creds, capsys):
+    assert run(gateway, creds, "jobs") == 1
+    assert "ourvidz login" in capsys.readouterr().err
+
+
+def test_jobs_and_job_types_print_tables(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    run(gateway, creds, "generate", "a red fox in the snow", "--out", str(tmp_path))
+    capsys.readouterr()
+    assert run(gateway, creds, "jobs") == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].split() == ["ID", "TYPE", "STATE", "CREATED", "PROMPT"]
+    assert listing[1].split()[:3] == ["job1", "sdxl_image_fast", "completed"]
+    assert "a red fox in the snow" in listing[1]
+    assert run(gateway, creds, "job-types") == 0
+    types = capsys.readouterr().out.splitlines()
+    assert types[1].split() == ["sdxl_image_fast", "sdxl", "image/png", "1024x1024", "15", "5"]
+
+
+def test_an_unreachable_gateway_is_a_clear_error(creds, capsys):
+    code = cli.main(["--url", "http://127.0.0.1:9", "--credentials", str(creds), "job-types"])
+    assert code == 1
+    assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_cancel_reports_the_new_state_and_a_missing_job_is_an_error(
+    gateway, creds, tmp_path, capsys
+):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    run(gateway, creds, "generate", "x", "--out", str(tmp_path))
+    capsys.readouterr()
+    assert run(gateway, creds, "cancel", "job1") == 0
+    assert "job job1 cancelled" in capsys.readouterr().err
+    assert gateway.jobs["job1"]["state"] == "cancelled"
+    assert run(gateway, creds, "cancel", "job9") == 1
+    assert "Not found (404): no such job" in capsys.readouterr().err
