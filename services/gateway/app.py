@@ -3,6 +3,7 @@ owned by its lifespan, the routes, problem+json errors, body limits and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class Gateway:
     backends: Backends
     metrics: HttpMetrics
     local_store: LocalStore | None
+    # Set when shutdown begins: open event streams end so connections can drain.
+    stopping: asyncio.Event
 
 
 def create_app(
@@ -78,6 +81,7 @@ def create_app(
             backends=bk,
             metrics=metrics,
             local_store=local_store,
+            stopping=asyncio.Event(),
         )
         try:
             yield

@@ -28,7 +28,9 @@ class Backends:
     async def call(self, method, request, token: str, *, deadline: float | None = None):
         """A unary call as the caller; a failing status raises grpc.aio.AioRpcError,
         which the problem handlers turn into HTTP."""
-        return await method(request, metadata=call_metadata(token), timeout=deadline or self.deadline)
+        return await method(
+            request, metadata=call_metadata(token), timeout=deadline or self.deadline
+        )
 
     def stream(self, method, request, token: str):
         """A server stream as the caller; no deadline (it lives as long as the client)."""
@@ -49,15 +51,15 @@ class Backends:
         await self.workspace_channel.close()
 
 
-async def _check(chan: grpc.aio.Channel, service: str, timeout: float) -> str:
+async def _check(chan: grpc.aio.Channel, service: str, seconds: float) -> str:
     stub = health_pb2_grpc.HealthStub(chan)
     try:
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=seconds)
     except grpc.aio.AioRpcError as err:
         if err.code() == grpc.StatusCode.NOT_FOUND:
             # The service name is not registered with health; fall back to the server's.
             try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=seconds)
             except grpc.aio.AioRpcError as inner:
                 return inner.code().name
         else:

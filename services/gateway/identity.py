@@ -40,7 +40,9 @@ class Identity:
         async with self.db.tx(role="system") as conn:
             user = await store.insert_user(conn, email, password_hash, role)
             if user is None:
-                raise AlreadyExists("an account with this email already exists", reason="EMAIL_TAKEN")
+                raise AlreadyExists(
+                    "an account with this email already exists", reason="EMAIL_TAKEN"
+                )
             session = await self._issue(conn, user)
         log.info("user signed up", extra={"user_id": str(user["id"])})
         return session

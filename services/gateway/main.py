@@ -36,6 +36,9 @@ class Running:
     app: object
 
     async def stop(self) -> None:
+        gateway = getattr(self.app.state, "gateway", None)
+        if gateway is not None:
+            gateway.stopping.set()  # end open SSE streams first
         self.server.should_exit = True
         await self.task
 

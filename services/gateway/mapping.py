@@ -125,11 +125,17 @@ def job(j: job_pb2.Job) -> dict:
         "steps": j.steps,
         "guidance_scale": round(j.guidance_scale, 4),
         "reference_image_id": ref.upload_id if ref else None,
-        "reference_type": _enum_word(job_pb2.ReferenceType, ref.type, "REFERENCE_TYPE_") if ref else None,
+        "reference_type": _enum_word(job_pb2.ReferenceType, ref.type, "REFERENCE_TYPE_")
+        if ref
+        else None,
         "reference_strength": round(ref.strength, 4) if ref else None,
         "destination": _enum_word(job_pb2.Destination, j.destination, "DESTINATION_"),
         "workspace_session_id": _opt(j.workspace_session_id),
-        "progress": {"step": j.progress.step, "total": j.progress.total, "stage": _opt(j.progress.stage)},
+        "progress": {
+            "step": j.progress.step,
+            "total": j.progress.total,
+            "stage": _opt(j.progress.stage),
+        },
         "attempt": j.attempt,
         "assets": [asset(a) for a in j.assets],
         "error": (
@@ -259,7 +265,9 @@ def job_event(e: events_pb2.JobEvent) -> tuple[str, dict]:
     return name, data
 
 
-def session_update(u: workspace_service_pb2.WatchSessionResponse) -> tuple[str, str | None, dict] | None:
+def session_update(
+    u: workspace_service_pb2.WatchSessionResponse,
+) -> tuple[str, str | None, dict] | None:
     """(SSE event name, SSE id or None, data) of a session update."""
     kind = u.WhichOneof("update")
     if kind == "item":

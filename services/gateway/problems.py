@@ -105,7 +105,11 @@ def from_rpc_error(err: grpc.RpcError) -> JSONResponse:
         detail = remote.message
     extra = {"reason": remote.reason} if remote.reason and status < 500 else {}
     return problem(
-        status, detail, errors=remote.violations or None, headers=_auth_headers(status, detail), **extra
+        status,
+        detail,
+        errors=remote.violations or None,
+        headers=_auth_headers(status, detail),
+        **extra,
     )
 
 
@@ -129,7 +133,9 @@ def from_validation_error(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return problem(400, "the request body is not valid JSON", title="Malformed JSON")
-    violations = [FieldViolation(field_name(e.get("loc", ())), e.get("msg", "is invalid")) for e in errors]
+    violations = [
+        FieldViolation(field_name(e.get("loc", ())), e.get("msg", "is invalid")) for e in errors
+    ]
     detail = "; ".join(f"{v.field}: {v.message}" for v in violations) or "invalid request"
     return problem(422, detail, errors=violations)
 
@@ -152,7 +158,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         if isinstance(exc, PayloadTooLarge):
-            errors = [FieldViolation(exc.field, f"must be at most {exc.limit} bytes")] if exc.field else None
+            errors = (
+                [FieldViolation(exc.field, f"must be at most {exc.limit} bytes")]
+                if exc.field
+                else None
+            )
             return problem(413, str(exc.detail), errors=errors)
         detail = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code)
         headers = dict(exc.headers or {}) or _auth_headers(exc.status_code, detail)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from ourvidz.settings import CommonSettings
@@ -16,7 +16,7 @@ class GatewaySettings(CommonSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     # Emails that get the admin role when they sign up (GATEWAY_ADMIN_EMAILS=a@x,b@y).
-    gateway_admin_emails: Annotated[list[str], NoDecode] = []
+    gateway_admin_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # JSON bodies larger than this are refused with 413 before they are parsed.
     gateway_max_json_bytes: int = 64 * 1024
     # Reference image uploads: the image itself, plus room for the multipart framing.

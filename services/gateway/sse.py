@@ -34,10 +34,13 @@ def parse_last_event_id(value: str | None) -> int:
         return 0
 
 
-async def with_keepalive(source: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
+async def with_keepalive(
+    source: AsyncIterator[bytes], interval: float, stop: asyncio.Event | None = None
+) -> AsyncIterator[bytes]:
     """Yield `source`'s chunks, and a comment after every `interval` seconds of
-    silence. The source runs in its own task (so waiting for it never cancels a
-    read); closing this generator cancels it."""
+    silence; end early when `stop` is set (the server is shutting down, and an
+    open stream would hold the shutdown up). The source runs in its own task (so
+    waiting for it never cancels a read); closing this generator cancels it."""
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
@@ -48,7 +51,12 @@ async def with_keepalive(source: AsyncIterator[bytes], interval: float) -> Async
         finally:
             queue.put_nowait(done)
 
+    async def stopped() -> None:
+        await stop.wait()
+        queue.put_nowait(done)
+
     task = asyncio.create_task(pump())
+    watcher = asyncio.create_task(stopped()) if stop is not None else None
     try:
         yield b"retry: 3000\n\n"
         while True:
@@ -60,10 +68,14 @@ async def with_keepalive(source: AsyncIterator[bytes], interval: float) -> Async
             if item is done:
                 break
             yield item
+        if not task.done() and stop is not None and stop.is_set():
+            return
         await task  # surfaces an error of the source to the log below
     except Exception:
         log.exception("event stream failed")
     finally:
+        if watcher is not None:
+            watcher.cancel()
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

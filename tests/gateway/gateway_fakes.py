@@ -18,8 +18,10 @@ from ourvidz.v1 import (
     job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
-    workspace_service_pb2 as ws_pb2,
     workspace_service_pb2_grpc,
+)
+from ourvidz.v1 import (
+    workspace_service_pb2 as ws_pb2,
 )
 
 JOB_SERVICE = "ourvidz.v1.JobService"
@@ -37,6 +39,7 @@ class FakeJobs(job_service_pb2_grpc.JobServiceServicer):
         self.by_request_id: dict[str, str] = {}
         self.events: dict[str, list[events_pb2.JobEvent]] = {}
         self.hold_stream: asyncio.Event | None = None
+        self.watch_closed = asyncio.Event()
 
     def _record(self, method: str, request) -> None:
         self.calls.append((method, request, current_principal().user_id))
@@ -49,10 +52,20 @@ class FakeJobs(job_service_pb2_grpc.JobServiceServicer):
         return job_service_pb2.ListJobTypesResponse(
             job_types=[
                 job_pb2.JobType(
-                    name="sdxl_image_fast", worker="sdxl", output="image", quality="fast",
-                    steps=15, guidance_scale=6.0, default_width=1024, default_height=1024,
-                    size_multiple=64, allowed_num_images=[1, 3, 6], bucket="sdxl-image-fast",
-                    content_type="image/png", expected_seconds=5, accepts_reference=True,
+                    name="sdxl_image_fast",
+                    worker="sdxl",
+                    output="image",
+                    quality="fast",
+                    steps=15,
+                    guidance_scale=6.0,
+                    default_width=1024,
+                    default_height=1024,
+                    size_multiple=64,
+                    allowed_num_images=[1, 3, 6],
+                    bucket="sdxl-image-fast",
+                    content_type="image/png",
+                    expected_seconds=5,
+                    accepts_reference=True,
                 )
             ]
         )
@@ -75,16 +88,22 @@ class FakeJobs(job_service_pb2_grpc.JobServiceServicer):
             job = self.jobs[self.by_request_id[request.request_id]]
             return job_service_pb2.CreateJobResponse(job=job, existing=True)
         job = self.make_job(
-            job_type=spec.job_type, prompt=spec.prompt, seed=spec.seed if spec.HasField("seed") else 42,
+            job_type=spec.job_type,
+            prompt=spec.prompt,
+            seed=spec.seed if spec.HasField("seed") else 42,
             destination=spec.destination or job_pb2.DESTINATION_WORKSPACE,
-            workspace_session_id=spec.workspace_session_id, request_id=request.request_id,
+            workspace_session_id=spec.workspace_session_id,
+            request_id=request.request_id,
             user_id=current_principal().user_id,
         )
         if spec.reference_image_id:
             job.reference.CopyFrom(
                 job_pb2.Reference(
-                    upload_id=spec.reference_image_id, type=spec.reference_type,
-                    strength=spec.reference_strength if spec.HasField("reference_strength") else 0.5,
+                    upload_id=spec.reference_image_id,
+                    type=spec.reference_type,
+                    strength=spec.reference_strength
+                    if spec.HasField("reference_strength")
+                    else 0.5,
                 )
             )
         if request.request_id:
@@ -93,10 +112,19 @@ class FakeJobs(job_service_pb2_grpc.JobServiceServicer):
 
     def make_job(self, **fields) -> job_pb2.Job:
         job = job_pb2.Job(
-            id=str(uuid.uuid4()), state=job_pb2.JOB_STATE_QUEUED, num_images=1, width=1024,
-            height=1024, num_frames=1, steps=15, guidance_scale=6.0,
-            negative_prompt="lowres", create_time=ts(), update_time=ts(),
-            progress=job_pb2.Progress(step=0, total=15), **fields,
+            id=str(uuid.uuid4()),
+            state=job_pb2.JOB_STATE_QUEUED,
+            num_images=1,
+            width=1024,
+            height=1024,
+            num_frames=1,
+            steps=15,
+            guidance_scale=6.0,
+            negative_prompt="lowres",
+            create_time=ts(),
+            update_time=ts(),
+            progress=job_pb2.Progress(step=0, total=15),
+            **fields,
         )
         self.jobs[job.id] = job
         return job
@@ -114,8 +142,10 @@ class FakeJobs(job_service_pb2_grpc.JobServiceServicer):
     async def ListJobs(self, request, context):
         self._record("ListJobs", request)
         mine = [
-            j for j in self.jobs.values()
-            if j.user_id == current_principal().user_id and (not request.state or j.state == request.state)
+            j
+            for j in self.jobs.values()
+            if j.user_id == current_principal().user_id
+            and (not request.state or j.state == request.state)
         ]
         return job_service_pb2.ListJobsResponse(jobs=mine, next_page_token="next-1")
 
@@ -129,11 +159,14 @@ class FakeJobs(job_service_pb2_grpc.JobServiceServicer):
     async def WatchJob(self, request, context):
         self._record("WatchJob", request)
         self._own(request.job_id)
-        for event in self.events.get(request.job_id, []):
-            if event.sequence > request.after_sequence:
-                yield job_service_pb2.WatchJobResponse(event=event)
-                if self.hold_stream is not None:
-                    await self.hold_stream.wait()
+        try:
+            for event in self.events.get(request.job_id, []):
+                if event.sequence > request.after_sequence:
+                    yield job_service_pb2.WatchJobResponse(event=event)
+                    if self.hold_stream is not None:
+                        await self.hold_stream.wait()
+        finally:
+            self.watch_closed.set()
 
 
 class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
@@ -154,8 +187,12 @@ class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     def _new_session(self, name: str = "", active: bool = False) -> ws_pb2.Session:
         user = current_principal().user_id
         s = ws_pb2.Session(
-            id=str(uuid.uuid4()), user_id=user, name=name, active=active,
-            create_time=ts(), last_activity_time=ts(),
+            id=str(uuid.uuid4()),
+            user_id=user,
+            name=name,
+            active=active,
+            create_time=ts(),
+            last_activity_time=ts(),
         )
         self.sessions[s.id] = s
         return s
@@ -195,9 +232,18 @@ class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
 
     def item(self, session_id: str) -> ws_pb2.WorkspaceItem:
         return ws_pb2.WorkspaceItem(
-            id=str(uuid.uuid4()), session_id=session_id, job_id=str(uuid.uuid4()), index=0,
-            job_type="sdxl_image_fast", content_type="image/png", prompt="a cat", seed=7,
-            width=1024, height=1024, url="http://files/x.png", create_time=ts(),
+            id=str(uuid.uuid4()),
+            session_id=session_id,
+            job_id=str(uuid.uuid4()),
+            index=0,
+            job_type="sdxl_image_fast",
+            content_type="image/png",
+            prompt="a cat",
+            seed=7,
+            width=1024,
+            height=1024,
+            url="http://files/x.png",
+            create_time=ts(),
         )
 
     async def ListSessionItems(self, request, context):
@@ -210,18 +256,31 @@ class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         self._own(request.session_id)
         yield ws_pb2.WatchSessionResponse(
             job_event=ws_pb2.JobEventSummary(
-                job_id="j1", sequence=2, state=job_pb2.JOB_STATE_RUNNING,
-                progress=job_pb2.Progress(step=3, total=15), event_type="progress",
+                job_id="j1",
+                sequence=2,
+                state=job_pb2.JOB_STATE_RUNNING,
+                progress=job_pb2.Progress(step=3, total=15),
+                event_type="progress",
             )
         )
         yield ws_pb2.WatchSessionResponse(item=self.item(request.session_id))
 
     def asset(self, asset_id: str, title: str = "") -> ws_pb2.LibraryAsset:
         return ws_pb2.LibraryAsset(
-            id=asset_id, user_id=current_principal().user_id, job_id=str(uuid.uuid4()),
-            job_type="video_fast", content_type="video/mp4", title=title, prompt="a wave",
-            seed=9, width=832, height=480, size_bytes=1234, url="http://files/v.mp4",
-            thumbnail_url="http://files/v.png", create_time=ts(),
+            id=asset_id,
+            user_id=current_principal().user_id,
+            job_id=str(uuid.uuid4()),
+            job_type="video_fast",
+            content_type="video/mp4",
+            title=title,
+            prompt="a wave",
+            seed=9,
+            width=832,
+            height=480,
+            size_bytes=1234,
+            url="http://files/v.mp4",
+            thumbnail_url="http://files/v.png",
+            create_time=ts(),
         )
 
     async def SaveItem(self, request, context):
@@ -256,8 +315,13 @@ class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             raise InvalidArgument.field("file", "is not a PNG, JPEG or WebP image")
         return ws_pb2.CreateUploadResponse(
             upload=ws_pb2.Upload(
-                id=str(uuid.uuid4()), content_type="image/png", width=64, height=32,
-                size_bytes=len(request.data), bucket="reference-images", key="u/x.png",
+                id=str(uuid.uuid4()),
+                content_type="image/png",
+                width=64,
+                height=32,
+                size_bytes=len(request.data),
+                bucket="reference-images",
+                key="u/x.png",
                 create_time=ts(),
             )
         )

@@ -122,7 +122,9 @@ async def test_row_level_security_hides_other_users(client, infra):
     try:
         async with database.tx(user_id=a.json()["user"]["id"], role="user") as conn:
             rows = await (await conn.execute("SELECT id FROM identity.users")).fetchall()
-            tokens = await (await conn.execute("SELECT user_id FROM identity.refresh_tokens")).fetchall()
+            tokens = await (
+                await conn.execute("SELECT user_id FROM identity.refresh_tokens")
+            ).fetchall()
     finally:
         await database.close()
     assert [str(r["id"]) for r in rows] == [a.json()["user"]["id"]]

@@ -46,4 +46,3 @@ async def get_file(
         media_type=content_type(key),
         headers={"Cache-Control": f"private, max-age={max(expires - int(time.time()), 0)}"},
     )
-

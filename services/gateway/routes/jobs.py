@@ -76,7 +76,9 @@ async def _workspace_session(gw, caller, requested: str | None) -> str:
         except NotFound as exc:
             raise InvalidArgument.field("workspace_session_id", "is not a valid id") from exc
         reply = await gw.backends.call(
-            ws.GetSession, workspace_service_pb2.GetSessionRequest(session_id=session_id), caller.token
+            ws.GetSession,
+            workspace_service_pb2.GetSessionRequest(session_id=session_id),
+            caller.token,
         )
         return reply.session.id
     reply = await gw.backends.call(
@@ -158,7 +160,7 @@ async def job_events(
             call.cancel()
 
     return StreamingResponse(
-        sse.with_keepalive(events(), gw.settings.gateway_sse_keepalive_seconds),
+        sse.with_keepalive(events(), gw.settings.gateway_sse_keepalive_seconds, gw.stopping),
         media_type=sse.MEDIA_TYPE,
         headers=sse.HEADERS,
     )

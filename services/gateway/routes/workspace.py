@@ -116,7 +116,7 @@ async def session_events(session_id: str, caller: CallerDep, gw=Depends(gateway)
             call.cancel()
 
     return StreamingResponse(
-        sse.with_keepalive(events(), gw.settings.gateway_sse_keepalive_seconds),
+        sse.with_keepalive(events(), gw.settings.gateway_sse_keepalive_seconds, gw.stopping),
         media_type=sse.MEDIA_TYPE,
         headers=sse.HEADERS,
     )
