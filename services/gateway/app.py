@@ -73,7 +73,9 @@ def create_app(
             settings.grpc_deadline_seconds,
         )
         if own_db:
-            await db.open()
+            # Without waiting: the process serves /healthz (and /readyz says
+            # "database down") while PostgreSQL is unreachable, and recovers with it.
+            await db.pool.open(wait=False)
         app.state.gateway = Gateway(
             settings=settings,
             database=db,

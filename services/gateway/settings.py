@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -33,7 +34,8 @@ class GatewaySettings(CommonSettings):
     @classmethod
     def _split_emails(cls, value: object) -> object:
         if isinstance(value, str):
-            value = [part for part in value.replace(";", ",").split(",")]
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.replace(";", ",").split(",")
         if isinstance(value, list | tuple):
             return [str(v).strip().lower() for v in value if str(v).strip()]
         return value

@@ -270,6 +270,26 @@ async def test_job_events_sse(client, fakes, user_token):
     assert events[4]["data"]["job"]["id"] == job.id
 
 
+async def test_terminal_event_without_a_snapshot_gets_the_job(client, fakes, user_token):
+    _, jobs, _ = fakes
+    user_id, token = user_token
+    job = jobs.make_job(user_id=user_id, job_type="image_fast", prompt="bare")
+    job.state = job_pb2.JOB_STATE_FAILED
+    job.error.CopyFrom(job_pb2.JobError(code="OUT_OF_MEMORY", message="out of memory"))
+    jobs.events[job.id] = [
+        events_pb2.JobEvent(
+            job_id=job.id,
+            sequence=1,
+            type=events_pb2.JOB_EVENT_TYPE_FAILED,
+            state=job_pb2.JOB_STATE_FAILED,
+        )
+    ]
+    r = await client.get(f"/v1/jobs/{job.id}/events", headers=auth(token))
+    (event,) = parse_sse(r.text)
+    assert event["event"] == "failed"
+    assert event["data"]["job"]["error"] == {"code": "OUT_OF_MEMORY", "message": "out of memory"}
+
+
 async def test_job_events_resume_after_last_event_id(client, fakes, user_token):
     _, jobs, _ = fakes
     user_id, token = user_token

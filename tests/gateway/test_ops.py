@@ -8,7 +8,9 @@ import asyncio
 import httpx
 
 from services.gateway.main import start
+from services.gateway.settings import GatewaySettings
 from services.gateway.sse import KEEPALIVE, with_keepalive
+from tests.conftest import make_settings
 from tests.gateway.gateway_helpers import assert_problem, auth, gateway_settings, serve_app
 
 
@@ -30,6 +32,20 @@ async def test_readyz_names_the_part_that_is_down(base_env, fakes):
         r = await client.get("/readyz")
     body = assert_problem(r, 503)
     assert "workspace" in body["detail"] and "jobs" not in body["detail"]
+    assert body["checks"]["jobs"] == "SERVING"
+
+
+async def test_readyz_with_the_database_down_while_healthz_answers(base_env, fakes):
+    served, _, _ = fakes
+    settings = gateway_settings(
+        base_env, served.port, database_url="postgresql://postgres@127.0.0.1:1/ourvidz"
+    )
+    async with serve_app(settings) as client:
+        health = await client.get("/healthz")
+        ready = await client.get("/readyz")
+    assert health.status_code == 200
+    body = assert_problem(ready, 503)
+    assert body["checks"]["database"] == "down"
     assert body["checks"]["jobs"] == "SERVING"
 
 
@@ -72,3 +88,10 @@ async def test_start_serves_on_a_free_port_and_stops(settings):
     finally:
         await running.stop()
     assert running.task.done()
+
+
+def test_admin_emails_from_a_list_or_json(base_env):
+    comma = make_settings(GatewaySettings, base_env, gateway_admin_emails=" A@x.io, b@y.io ,")
+    as_json = make_settings(GatewaySettings, base_env, gateway_admin_emails='["C@z.io"]')
+    assert comma.gateway_admin_emails == ["a@x.io", "b@y.io"]
+    assert as_json.gateway_admin_emails == ["c@z.io"]

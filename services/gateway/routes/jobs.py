@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"], responses=PROBLEM_RESPONSES)
 
 MAX_IDEMPOTENCY_KEY = 200
+TERMINAL_EVENTS = ("completed", "failed", "cancelled")
 
 
 @router.get("/v1/job-types", response_model=JobTypesOut)
@@ -152,6 +153,14 @@ async def job_events(
         try:
             async for reply in call:
                 name, data = mapping.job_event(reply.event)
+                if name in TERMINAL_EVENTS and "job" not in data:
+                    # Terminal events carry the job (with its assets' URLs).
+                    got = await gw.backends.call(
+                        gw.backends.jobs.GetJob,
+                        job_service_pb2.GetJobRequest(job_id=job_id),
+                        caller.token,
+                    )
+                    data["job"] = mapping.job(got.job)
                 yield sse.event(name, data, reply.event.sequence)
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.CANCELLED:
