@@ -1,0 +1,115 @@
+"""The FastAPI application: wiring (database pool, gRPC channels, blob store)
+owned by its lifespan, the routes, problem+json errors, body limits and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from ourvidz import db as ourvidz_db
+from ourvidz.grpcserver import channel
+from ourvidz.storage import LocalStore, store_from_settings
+from services.gateway import problems
+from services.gateway.backends import Backends
+from services.gateway.identity import Identity
+from services.gateway.limits import BodyLimitMiddleware
+from services.gateway.metrics import HttpMetrics, MetricsMiddleware
+from services.gateway.routes import auth, files, jobs, library, ops, uploads, workspace
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    """What the routes use, built once per app."""
+
+    settings: GatewaySettings
+    database: ourvidz_db.Database
+    identity: Identity
+    backends: Backends
+    metrics: HttpMetrics
+    local_store: LocalStore | None
+    # Set when shutdown begins: open event streams end so connections can drain.
+    stopping: asyncio.Event
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    database: ourvidz_db.Database | None = None,
+    backends: Backends | None = None,
+    local_store: LocalStore | None = None,
+) -> FastAPI:
+    """The gateway app. What is passed in is the caller's to open and close;
+    what is not is built from `settings` by the app's lifespan (so run it under
+    uvicorn, or enter `app.router.lifespan_context(app)` in tests)."""
+    metrics = HttpMetrics()
+    if local_store is None and settings.storage_backend == "local":
+        store = store_from_settings(settings)
+        assert isinstance(store, LocalStore)
+        local_store = store
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own_db = database is None
+        own_backends = backends is None
+        db = database or ourvidz_db.Database(
+            ourvidz_db.role_url(
+                settings.database_url,
+                "ourvidz_gateway",
+                settings.db_role_password.get_secret_value(),
+            ),
+            max_size=settings.db_pool_size,
+            name="gateway",
+        )
+        bk = backends or Backends(
+            channel(settings.jobs_addr),
+            channel(settings.workspace_addr),
+            settings.grpc_deadline_seconds,
+        )
+        if own_db:
+            # Without waiting: the process serves /healthz (and /readyz says
+            # "database down") while PostgreSQL is unreachable, and recovers with it.
+            await db.pool.open(wait=False)
+        app.state.gateway = Gateway(
+            settings=settings,
+            database=db,
+            identity=Identity(settings, db),
+            backends=bk,
+            metrics=metrics,
+            local_store=local_store,
+            stopping=asyncio.Event(),
+        )
+        try:
+            yield
+        finally:
+            if own_backends:
+                await bk.close()
+            if own_db:
+                await db.close()
+
+    app = FastAPI(
+        title="ourvidz",
+        version="1.0.0",
+        description="Prompts into images and videos. Errors are application/problem+json.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    for module in (auth, jobs, uploads, workspace, library, ops):
+        app.include_router(module.router)
+    if local_store is not None:
+        app.include_router(files.router)
+    # Added last = outermost: metrics see every answer, limits run before parsing.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        json_limit=settings.gateway_max_json_bytes,
+        upload_limit=settings.gateway_max_upload_bytes,
+        upload_overhead=settings.gateway_multipart_overhead_bytes,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

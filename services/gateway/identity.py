@@ -1,0 +1,105 @@
+"""Sign-up, login, refresh-token rotation and the current user: the service
+layer over domain.py and store.py, owning the transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from ourvidz.auth import mint_token
+from ourvidz.db import Database
+from ourvidz.errors import AlreadyExists, Unauthenticated
+from services.gateway import domain, store
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    """What signup, login and refresh hand back."""
+
+    user: dict
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+class Identity:
+    def __init__(self, settings: GatewaySettings, database: Database) -> None:
+        self.settings = settings
+        self.db = database
+        self._secret = settings.auth_secret.get_secret_value()
+
+    async def signup(self, email: str, password: str) -> Session:
+        email = domain.check_signup(email, password)
+        password_hash = await asyncio.to_thread(domain.hash_password, password)
+        role = domain.role_for(email, self.settings.gateway_admin_emails)
+        async with self.db.tx(role="system") as conn:
+            user = await store.insert_user(conn, email, password_hash, role)
+            if user is None:
+                raise AlreadyExists(
+                    "an account with this email already exists", reason="EMAIL_TAKEN"
+                )
+            session = await self._issue(conn, user)
+        log.info("user signed up", extra={"user_id": str(user["id"])})
+        return session
+
+    async def login(self, email: str, password: str) -> Session:
+        async with self.db.tx(role="system") as conn:
+            user = await store.user_by_email(conn, domain.normalize_email(email))
+        password_hash = user["password_hash"] if user else None
+        ok = await asyncio.to_thread(domain.verify_password, password_hash, password)
+        if not ok or user is None:
+            raise Unauthenticated(domain.INVALID_CREDENTIALS, reason="INVALID_CREDENTIALS")
+        async with self.db.tx(user_id=str(user["id"]), role="user") as conn:
+            if domain.needs_rehash(user["password_hash"]):
+                new_hash = await asyncio.to_thread(domain.hash_password, password)
+                await store.update_password_hash(conn, user["id"], new_hash)
+            return await self._issue(conn, user)
+
+    async def refresh(self, refresh_token: str) -> Session:
+        """Rotate: the presented token is revoked and a new pair issued. A token
+        presented again after rotation is refused and, since it may have been
+        stolen, every live refresh token of that user is revoked."""
+        token_hash = domain.hash_refresh_token(refresh_token)
+        async with self.db.tx(role="system") as conn:
+            row = await store.refresh_token_for_update(conn, token_hash)
+            if row is None:
+                raise Unauthenticated("invalid refresh token", reason="INVALID_REFRESH_TOKEN")
+            if row["revoked_at"] is not None:
+                revoked = await store.revoke_all_refresh_tokens(conn, row["user_id"])
+                log.warning(
+                    "refresh token reused; revoked the user's tokens",
+                    extra={"user_id": str(row["user_id"]), "revoked": revoked},
+                )
+                reuse = True
+            else:
+                reuse = False
+                if row["expires_at"] <= datetime.now(UTC):
+                    raise Unauthenticated("refresh token expired", reason="REFRESH_TOKEN_EXPIRED")
+                await store.revoke_refresh_token(conn, row["id"])
+                user = {"id": row["user_id"], "email": row["email"], "role": row["role"]}
+                session = await self._issue(conn, user)
+        # Raised outside the transaction so the revocation above is committed.
+        if reuse:
+            raise Unauthenticated("refresh token already used", reason="REFRESH_TOKEN_REUSED")
+        return session
+
+    async def me(self, user_id: str) -> dict:
+        async with self.db.tx(user_id=user_id, role="user") as conn:
+            user = await store.user_by_id(conn, user_id)
+        if user is None:
+            raise Unauthenticated("unknown user")
+        return user
+
+    async def _issue(self, conn, user: dict) -> Session:
+        token, token_hash = domain.new_refresh_token()
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.refresh_token_ttl_seconds)
+        await store.insert_refresh_token(conn, user["id"], token_hash, expires_at)
+        ttl = self.settings.access_token_ttl_seconds
+        access = mint_token(self._secret, str(user["id"]), user["role"], ttl, email=user["email"])
+        public = {"id": str(user["id"]), "email": user["email"], "role": user["role"]}
+        return Session(user=public, access_token=access, refresh_token=token, expires_in=ttl)

@@ -1,0 +1,287 @@
+"""Proto <-> JSON, in one place. Enum names become the lowercase words clients
+see (`JOB_STATE_RUNNING` -> "running"), timestamps ISO 8601 or null, empty
+strings of optional fields null."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC
+
+from google.protobuf import timestamp_pb2
+
+from ourvidz.v1 import events_pb2, job_pb2, workspace_service_pb2
+
+JOB_STATES = ("queued", "enhancing", "running", "completed", "failed", "cancelled")
+REFERENCE_TYPES = ("style", "composition", "character")
+DESTINATIONS = ("workspace", "library")
+EVENT_NAMES = ("state", "progress", "preview", "completed", "failed", "cancelled")
+
+
+def _enum_word(enum, value: int, prefix: str) -> str | None:
+    if not value:
+        return None
+    try:
+        return enum.Name(value).removeprefix(prefix).lower()
+    except ValueError:
+        return None
+
+
+def _enum_value(enum, word: str | None, prefix: str) -> int:
+    return enum.Value(prefix + word.upper()) if word else 0
+
+
+def state_name(value: int) -> str | None:
+    return _enum_word(job_pb2.JobState, value, "JOB_STATE_")
+
+
+def state_value(word: str | None) -> int:
+    return _enum_value(job_pb2.JobState, word, "JOB_STATE_")
+
+
+def reference_type_value(word: str | None) -> int:
+    return _enum_value(job_pb2.ReferenceType, word, "REFERENCE_TYPE_")
+
+
+def destination_value(word: str | None) -> int:
+    return _enum_value(job_pb2.Destination, word, "DESTINATION_")
+
+
+def event_name(value: int) -> str:
+    return _enum_word(events_pb2.JobEventType, value, "JOB_EVENT_TYPE_") or "state"
+
+
+def timestamp(ts: timestamp_pb2.Timestamp, present: bool = True) -> str | None:
+    if not present or (ts.seconds == 0 and ts.nanos == 0):
+        return None
+    return ts.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _ts(message, name: str) -> str | None:
+    return timestamp(getattr(message, name), message.HasField(name))
+
+
+def _opt(text: str) -> str | None:
+    return text or None
+
+
+# --- requests ----------------------------------------------------------------------
+
+
+def job_spec(body, workspace_session_id: str = "") -> job_pb2.JobSpec:
+    """A JobSpec from the POST /v1/jobs body (models.CreateJobBody)."""
+    spec = job_pb2.JobSpec(
+        job_type=body.job_type,
+        prompt=body.prompt,
+        num_images=body.num_images or 0,
+        width=body.width or 0,
+        height=body.height or 0,
+        num_frames=body.num_frames or 0,
+        reference_image_id=body.reference_image_id or "",
+        reference_type=reference_type_value(body.reference_type),
+        destination=destination_value(body.destination),
+        workspace_session_id=workspace_session_id or body.workspace_session_id or "",
+    )
+    if body.negative_prompt is not None:
+        spec.negative_prompt = body.negative_prompt
+    if body.seed is not None:
+        spec.seed = body.seed
+    if body.reference_strength is not None:
+        spec.reference_strength = body.reference_strength
+    return spec
+
+
+# --- responses ---------------------------------------------------------------------
+
+
+def asset(a: job_pb2.Asset) -> dict:
+    return {
+        "index": a.index,
+        "content_type": a.content_type,
+        "width": a.width,
+        "height": a.height,
+        "seed": a.seed,
+        "num_frames": a.num_frames or None,
+        "size_bytes": a.size_bytes,
+        "url": _opt(a.url),
+        "thumbnail_url": _opt(a.thumbnail_url),
+        "expires_at": _ts(a, "expire_time"),
+    }
+
+
+def job(j: job_pb2.Job) -> dict:
+    ref = j.reference if j.HasField("reference") and j.reference.upload_id else None
+    return {
+        "id": j.id,
+        "job_type": j.job_type,
+        "state": state_name(j.state),
+        "prompt": j.prompt,
+        "enhanced_prompt": _opt(j.enhanced_prompt),
+        "negative_prompt": j.negative_prompt,
+        "seed": j.seed,
+        "num_images": j.num_images,
+        "width": j.width,
+        "height": j.height,
+        "num_frames": j.num_frames,
+        "steps": j.steps,
+        "guidance_scale": round(j.guidance_scale, 4),
+        "reference_image_id": ref.upload_id if ref else None,
+        "reference_type": _enum_word(job_pb2.ReferenceType, ref.type, "REFERENCE_TYPE_")
+        if ref
+        else None,
+        "reference_strength": round(ref.strength, 4) if ref else None,
+        "destination": _enum_word(job_pb2.Destination, j.destination, "DESTINATION_"),
+        "workspace_session_id": _opt(j.workspace_session_id),
+        "progress": {
+            "step": j.progress.step,
+            "total": j.progress.total,
+            "stage": _opt(j.progress.stage),
+        },
+        "attempt": j.attempt,
+        "assets": [asset(a) for a in j.assets],
+        "error": (
+            {"code": j.error.code, "message": j.error.message}
+            if j.HasField("error") and (j.error.code or j.error.message)
+            else None
+        ),
+        "enhancement_fallback": j.enhancement_fallback,
+        "created_at": _ts(j, "create_time"),
+        "started_at": _ts(j, "start_time"),
+        "completed_at": _ts(j, "complete_time"),
+        "updated_at": _ts(j, "update_time"),
+    }
+
+
+def job_type(t: job_pb2.JobType) -> dict:
+    return {
+        "name": t.name,
+        "worker": t.worker,
+        "output": t.output,
+        "quality": t.quality,
+        "enhanced": t.enhanced,
+        "steps": t.steps,
+        "guidance_scale": round(t.guidance_scale, 4),
+        "default_width": t.default_width,
+        "default_height": t.default_height,
+        "allowed_widths": list(t.allowed_widths),
+        "allowed_heights": list(t.allowed_heights),
+        "size_multiple": t.size_multiple,
+        "default_num_frames": t.default_num_frames,
+        "max_num_frames": t.max_num_frames,
+        "allowed_num_images": list(t.allowed_num_images),
+        "bucket": t.bucket,
+        "content_type": t.content_type,
+        "expected_seconds": t.expected_seconds,
+        "accepts_reference": t.accepts_reference,
+        "fps": t.fps,
+        "notes": t.notes,
+    }
+
+
+def session(s: workspace_service_pb2.Session) -> dict:
+    return {
+        "id": s.id,
+        "name": s.name,
+        "active": s.active,
+        "item_count": s.item_count,
+        "created_at": _ts(s, "create_time"),
+        "last_activity_at": _ts(s, "last_activity_time"),
+    }
+
+
+def workspace_item(i: workspace_service_pb2.WorkspaceItem) -> dict:
+    return {
+        "id": i.id,
+        "session_id": i.session_id,
+        "job_id": i.job_id,
+        "index": i.index,
+        "job_type": i.job_type,
+        "content_type": i.content_type,
+        "url": _opt(i.url),
+        "thumbnail_url": _opt(i.thumbnail_url),
+        "prompt": i.prompt,
+        "seed": i.seed,
+        "width": i.width,
+        "height": i.height,
+        "library_asset_id": _opt(i.library_asset_id),
+        "expires_at": _ts(i, "expire_time"),
+        "created_at": _ts(i, "create_time"),
+    }
+
+
+def library_asset(a: workspace_service_pb2.LibraryAsset) -> dict:
+    return {
+        "id": a.id,
+        "job_id": a.job_id,
+        "index": a.index,
+        "job_type": a.job_type,
+        "content_type": a.content_type,
+        "title": a.title,
+        "prompt": a.prompt,
+        "seed": a.seed,
+        "width": a.width,
+        "height": a.height,
+        "size_bytes": a.size_bytes,
+        "url": _opt(a.url),
+        "thumbnail_url": _opt(a.thumbnail_url),
+        "expires_at": _ts(a, "expire_time"),
+        "created_at": _ts(a, "create_time"),
+    }
+
+
+def upload(u: workspace_service_pb2.Upload) -> dict:
+    return {
+        "id": u.id,
+        "content_type": u.content_type,
+        "width": u.width,
+        "height": u.height,
+        "size_bytes": u.size_bytes,
+        "created_at": _ts(u, "create_time"),
+    }
+
+
+def page(items: list[dict], next_page_token: str) -> dict:
+    return {"items": items, "next_page_token": next_page_token}
+
+
+# --- events ------------------------------------------------------------------------
+
+
+def job_event(e: events_pb2.JobEvent) -> tuple[str, dict]:
+    """(SSE event name, data) of a job event."""
+    name = event_name(e.type)
+    data: dict = {
+        "job_id": e.job_id,
+        "sequence": e.sequence,
+        "type": name,
+        "state": state_name(e.state) or (state_name(e.job.state) if e.HasField("job") else None),
+        "time": _ts(e, "time"),
+    }
+    if e.HasField("progress") or name == "progress":
+        data.update(step=e.progress.step, total=e.progress.total, stage=_opt(e.progress.stage))
+    if name == "preview" and e.preview_png:
+        data["preview"] = "data:image/png;base64," + base64.b64encode(e.preview_png).decode()
+    if e.HasField("job"):
+        data["job"] = job(e.job)
+    return name, data
+
+
+def session_update(
+    u: workspace_service_pb2.WatchSessionResponse,
+) -> tuple[str, str | None, dict] | None:
+    """(SSE event name, SSE id or None, data) of a session update."""
+    kind = u.WhichOneof("update")
+    if kind == "item":
+        return "item", None, {"item": workspace_item(u.item)}
+    if kind == "job_event":
+        s = u.job_event
+        name = s.event_type.lower().removeprefix("job_event_type_") or "state"
+        data = {
+            "job_id": s.job_id,
+            "sequence": s.sequence,
+            "type": name,
+            "state": state_name(s.state),
+        }
+        if s.HasField("progress"):
+            data.update(step=s.progress.step, total=s.progress.total, stage=_opt(s.progress.stage))
+        return name, None, data
+    return None

@@ -1,0 +1,174 @@
+"""Every error as application/problem+json (RFC 9457): gRPC statuses from the
+services, domain errors raised here, FastAPI's validation errors, HTTP errors
+and anything unexpected (a generic 500, never a stack trace)."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ourvidz.errors import DomainError, FieldViolation, InvalidArgument, parse_rpc_error
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "application/problem+json"
+TYPE_BASE = "https://ourvidz.dev/problems/"
+
+# gRPC status -> HTTP status. Anything not listed is a 500.
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 422,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
+}
+
+# Messages of these statuses are not the client's business: say something generic.
+_GENERIC_DETAIL = {
+    500: "internal error",
+    503: "a backing service is unavailable; try again shortly",
+}
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return GRPC_TO_HTTP.get(code, 500)
+
+
+class PayloadTooLarge(StarletteHTTPException):
+    """A request body over its limit. A subclass of HTTPException so FastAPI
+    re-raises it from body parsing instead of turning it into a 400."""
+
+    def __init__(self, limit: int, field: str | None = None) -> None:
+        super().__init__(413, f"the request body exceeds {limit} bytes")
+        self.limit = limit
+        self.field = field
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str | None = None,
+    errors: list[FieldViolation] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: object,
+) -> JSONResponse:
+    phrase = _phrase(status)
+    body: dict[str, object] = {
+        "type": type_ or TYPE_BASE + phrase.lower().replace(" ", "-").replace("'", ""),
+        "title": title or phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
+
+
+def problem_bytes(status: int, detail: str, errors: list[FieldViolation] | None = None) -> bytes:
+    """The body of a problem response, for plain ASGI middleware."""
+    return bytes(problem(status, detail, errors=errors).body)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _auth_headers(status: int, detail: str) -> dict[str, str] | None:
+    if status != 401:
+        return None
+    return {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{detail}"'}
+
+
+def from_rpc_error(err: grpc.RpcError) -> JSONResponse:
+    remote = parse_rpc_error(err)
+    status = http_status(remote.code)
+    if status >= 500:
+        log.warning("backing service error %s: %s", remote.code.name, remote.message)
+        detail = _GENERIC_DETAIL.get(status, _GENERIC_DETAIL[500])
+    else:
+        detail = remote.message
+    extra = {"reason": remote.reason} if remote.reason and status < 500 else {}
+    return problem(
+        status,
+        detail,
+        errors=remote.violations or None,
+        headers=_auth_headers(status, detail),
+        **extra,
+    )
+
+
+def from_domain_error(exc: DomainError) -> JSONResponse:
+    status = http_status(exc.code)
+    detail = exc.message if status < 500 else _GENERIC_DETAIL.get(status, _GENERIC_DETAIL[500])
+    errors = exc.violations if isinstance(exc, InvalidArgument) else None
+    extra = {"reason": exc.reason} if status < 500 else {}
+    return problem(status, detail, errors=errors, headers=_auth_headers(status, detail), **extra)
+
+
+def field_name(loc: tuple | list) -> str:
+    """("body", "num_images") -> "num_images"; ("query", "page_size") -> "page_size"."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        parts = parts[1:] or parts
+    return ".".join(parts)
+
+
+def from_validation_error(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return problem(400, "the request body is not valid JSON", title="Malformed JSON")
+    violations = [
+        FieldViolation(field_name(e.get("loc", ())), e.get("msg", "is invalid")) for e in errors
+    ]
+    detail = "; ".join(f"{v.field}: {v.message}" for v in violations) or "invalid request"
+    return problem(422, detail, errors=violations)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into problem+json."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        return from_validation_error(exc)
+
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError):
+        return from_domain_error(exc)
+
+    @app.exception_handler(grpc.RpcError)
+    async def _rpc(request: Request, exc: grpc.RpcError):
+        return from_rpc_error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if isinstance(exc, PayloadTooLarge):
+            errors = (
+                [FieldViolation(exc.field, f"must be at most {exc.limit} bytes")]
+                if exc.field
+                else None
+            )
+            return problem(413, str(exc.detail), errors=errors)
+        detail = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code)
+        headers = dict(exc.headers or {}) or _auth_headers(exc.status_code, detail)
+        return problem(exc.status_code, detail, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return problem(500, _GENERIC_DETAIL[500])

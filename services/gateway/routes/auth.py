@@ -1,0 +1,54 @@
+"""/v1/auth/* and /v1/me: identity at the edge."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from services.gateway.deps import CallerDep, gateway
+from services.gateway.identity import Session
+from services.gateway.models import (
+    PROBLEM_RESPONSES,
+    LoginBody,
+    Me,
+    RefreshBody,
+    SignupBody,
+    TokenResponse,
+)
+
+router = APIRouter(tags=["auth"], responses=PROBLEM_RESPONSES)
+
+
+def _tokens(session: Session) -> dict:
+    return {
+        "user": session.user,
+        "access_token": session.access_token,
+        "refresh_token": session.refresh_token,
+        "token_type": "bearer",
+        "expires_in": session.expires_in,
+    }
+
+
+@router.post("/v1/auth/signup", status_code=201, response_model=TokenResponse)
+async def signup(body: SignupBody, gw=Depends(gateway)) -> dict:
+    return _tokens(await gw.identity.signup(body.email, body.password))
+
+
+@router.post("/v1/auth/login", response_model=TokenResponse)
+async def login(body: LoginBody, gw=Depends(gateway)) -> dict:
+    return _tokens(await gw.identity.login(body.email, body.password))
+
+
+@router.post("/v1/auth/refresh", response_model=TokenResponse)
+async def refresh(body: RefreshBody, gw=Depends(gateway)) -> dict:
+    return _tokens(await gw.identity.refresh(body.refresh_token))
+
+
+@router.get("/v1/me", response_model=Me)
+async def me(caller: CallerDep, gw=Depends(gateway)) -> dict:
+    user = await gw.identity.me(caller.user_id)
+    return {
+        "id": str(user["id"]),
+        "email": user["email"],
+        "role": user["role"],
+        "created_at": user["created_at"].isoformat(),
+    }

@@ -1,0 +1,188 @@
+"""/v1/job-types and /v1/jobs: submitting, reading, cancelling and watching jobs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import grpc
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import StreamingResponse
+
+from ourvidz.errors import FieldViolation, InvalidArgument, NotFound, parse_rpc_error
+from ourvidz.v1 import job_service_pb2, workspace_service_pb2
+from services.gateway import mapping, sse
+from services.gateway.deps import CallerDep, gateway, resource_id
+from services.gateway.models import (
+    PROBLEM_RESPONSES,
+    CreateJobBody,
+    JobOut,
+    JobState,
+    JobTypesOut,
+    Page,
+)
+from services.gateway.problems import http_status
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["jobs"], responses=PROBLEM_RESPONSES)
+
+MAX_IDEMPOTENCY_KEY = 200
+TERMINAL_EVENTS = ("completed", "failed", "cancelled")
+
+
+@router.get("/v1/job-types", response_model=JobTypesOut)
+async def job_types(caller: CallerDep, gw=Depends(gateway)) -> dict:
+    reply = await gw.backends.call(
+        gw.backends.jobs.ListJobTypes, job_service_pb2.ListJobTypesRequest(), caller.token
+    )
+    return {"items": [mapping.job_type(t) for t in reply.job_types]}
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobOut)
+async def create_job(
+    body: CreateJobBody,
+    caller: CallerDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    gw=Depends(gateway),
+) -> dict:
+    key = (idempotency_key or "").strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidArgument.field(
+            "Idempotency-Key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters"
+        )
+    session_id = ""
+    if body.destination == "workspace":
+        session_id = await _workspace_session(gw, caller, body.workspace_session_id)
+    spec = mapping.job_spec(body, session_id)
+    reply = await gw.backends.call(
+        gw.backends.jobs.CreateJob,
+        job_service_pb2.CreateJobRequest(job=spec, request_id=key),
+        caller.token,
+    )
+    response.headers["Location"] = f"/v1/jobs/{reply.job.id}"
+    if reply.existing:
+        response.headers["Idempotent-Replayed"] = "true"
+    return mapping.job(reply.job)
+
+
+async def _workspace_session(gw, caller, requested: str | None) -> str:
+    """The session the job's outputs go to: the one asked for when it is the
+    caller's (else 404), or the caller's active one (created if none)."""
+    ws = gw.backends.workspace
+    if requested:
+        try:
+            session_id = resource_id(requested, "workspace session")
+        except NotFound as exc:
+            raise InvalidArgument.field("workspace_session_id", "is not a valid id") from exc
+        reply = await gw.backends.call(
+            ws.GetSession,
+            workspace_service_pb2.GetSessionRequest(session_id=session_id),
+            caller.token,
+        )
+        return reply.session.id
+    reply = await gw.backends.call(
+        ws.GetActiveSession, workspace_service_pb2.GetActiveSessionRequest(), caller.token
+    )
+    return reply.session.id
+
+
+@router.get("/v1/jobs", response_model=Page[JobOut])
+async def list_jobs(
+    caller: CallerDep,
+    page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
+    page_token: Annotated[str, Query(max_length=1024)] = "",
+    state: JobState | None = None,
+    gw=Depends(gateway),
+) -> dict:
+    reply = await gw.backends.call(
+        gw.backends.jobs.ListJobs,
+        job_service_pb2.ListJobsRequest(
+            page_size=page_size, page_token=page_token, state=mapping.state_value(state)
+        ),
+        caller.token,
+    )
+    return mapping.page([mapping.job(j) for j in reply.jobs], reply.next_page_token)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobOut)
+async def get_job(job_id: str, caller: CallerDep, gw=Depends(gateway)) -> dict:
+    reply = await gw.backends.call(
+        gw.backends.jobs.GetJob,
+        job_service_pb2.GetJobRequest(job_id=resource_id(job_id, "job")),
+        caller.token,
+    )
+    return mapping.job(reply.job)
+
+
+@router.post("/v1/jobs/{job_id}/cancel", response_model=JobOut)
+async def cancel_job(job_id: str, caller: CallerDep, gw=Depends(gateway)) -> dict:
+    reply = await gw.backends.call(
+        gw.backends.jobs.CancelJob,
+        job_service_pb2.CancelJobRequest(job_id=resource_id(job_id, "job")),
+        caller.token,
+    )
+    return mapping.job(reply.job)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {sse.MEDIA_TYPE: {}}, "description": "Server-Sent Events"}},
+)
+async def job_events(
+    job_id: str,
+    caller: CallerDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after_sequence: Annotated[int | None, Query(ge=0)] = None,
+    gw=Depends(gateway),
+) -> StreamingResponse:
+    """The job's events as SSE: its history after `Last-Event-ID` (or
+    `after_sequence`), then live until it reaches a terminal state."""
+    job_id = resource_id(job_id, "job")
+    # A missing or foreign job is a 404 before the stream starts.
+    await gw.backends.call(
+        gw.backends.jobs.GetJob, job_service_pb2.GetJobRequest(job_id=job_id), caller.token
+    )
+    after = after_sequence if after_sequence is not None else sse.parse_last_event_id(last_event_id)
+    request = job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
+
+    async def events():
+        call = gw.backends.stream(gw.backends.jobs.WatchJob, request, caller.token)
+        try:
+            async for reply in call:
+                name, data = mapping.job_event(reply.event)
+                if name in TERMINAL_EVENTS and "job" not in data:
+                    # Terminal events carry the job (with its assets' URLs).
+                    got = await gw.backends.call(
+                        gw.backends.jobs.GetJob,
+                        job_service_pb2.GetJobRequest(job_id=job_id),
+                        caller.token,
+                    )
+                    data["job"] = mapping.job(got.job)
+                yield sse.event(name, data, reply.event.sequence)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                yield stream_error(err)
+        finally:
+            call.cancel()
+
+    return StreamingResponse(
+        sse.with_keepalive(events(), gw.settings.gateway_sse_keepalive_seconds, gw.stopping),
+        media_type=sse.MEDIA_TYPE,
+        headers=sse.HEADERS,
+    )
+
+
+def stream_error(err: grpc.aio.AioRpcError) -> bytes:
+    """An `error` event for a stream that broke after it started."""
+    remote = parse_rpc_error(err)
+    status = http_status(remote.code)
+    log.warning("watch stream ended with %s: %s", remote.code.name, remote.message)
+    detail = remote.message if status < 500 else "the event stream was interrupted; reconnect"
+    violations: list[FieldViolation] = remote.violations
+    data = {"status": status, "detail": detail}
+    if violations:
+        data["errors"] = [{"field": v.field, "message": v.message} for v in violations]
+    return sse.event("error", data)

@@ -1,0 +1,82 @@
+"""Server-Sent Events: formatting, and a stream that sends keep-alive comments
+while its source is idle so proxies keep the connection open."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+log = logging.getLogger(__name__)
+
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+MEDIA_TYPE = "text/event-stream"
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def event(name: str, data: dict, event_id: int | str | None = None) -> bytes:
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append(f"event: {name}")
+    # Compact JSON has no newline, so one data line holds it.
+    lines.append("data: " + json.dumps(data, separators=(",", ":"), default=str))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def parse_last_event_id(value: str | None) -> int:
+    """The sequence to resume after; anything unreadable starts from the beginning."""
+    try:
+        return max(int((value or "").strip()), 0)
+    except ValueError:
+        return 0
+
+
+async def with_keepalive(
+    source: AsyncIterator[bytes], interval: float, stop: asyncio.Event | None = None
+) -> AsyncIterator[bytes]:
+    """Yield `source`'s chunks, and a comment after every `interval` seconds of
+    silence; end early when `stop` is set (the server is shutting down, and an
+    open stream would hold the shutdown up). The source runs in its own task (so
+    waiting for it never cancels a read); closing this generator cancels it."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump() -> None:
+        try:
+            async for chunk in source:
+                queue.put_nowait(chunk)
+        finally:
+            queue.put_nowait(done)
+
+    async def stopped() -> None:
+        await stop.wait()
+        queue.put_nowait(done)
+
+    task = asyncio.create_task(pump())
+    watcher = asyncio.create_task(stopped()) if stop is not None else None
+    try:
+        yield b"retry: 3000\n\n"
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), interval)
+            except TimeoutError:
+                yield KEEPALIVE
+                continue
+            if item is done:
+                break
+            yield item
+        if not task.done() and stop is not None and stop.is_set():
+            return
+        await task  # surfaces an error of the source to the log below
+    except Exception:
+        log.exception("event stream failed")
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,64 @@
+"""Helpers of the gateway tests: settings, an in-process client, SSE parsing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import httpx
+
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+from tests.conftest import make_settings
+
+
+def gateway_settings(base_env, fakes_port: int, **overrides) -> GatewaySettings:
+    env = {
+        "STORAGE_BACKEND": "local",
+        "JOBS_ADDR": f"127.0.0.1:{fakes_port}",
+        "WORKSPACE_ADDR": f"127.0.0.1:{fakes_port}",
+        "GATEWAY_ADMIN_EMAILS": "boss@example.com",
+        "PUBLIC_BASE_URL": "http://testserver",
+        **{k.upper(): str(v) for k, v in overrides.items()},
+    }
+    return make_settings(GatewaySettings, {**base_env, **env})
+
+
+@contextlib.asynccontextmanager
+async def serve_app(settings: GatewaySettings, **app_kwargs):
+    """An httpx client on the app, inside the app's lifespan."""
+    app = create_app(settings, **app_kwargs)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            client.app = app
+            yield client
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def parse_sse(text: str) -> list[dict]:
+    """Events of an SSE body: [{"id", "event", "data"}], comments dropped."""
+    events = []
+    for block in text.split("\n\n"):
+        fields: dict = {}
+        for line in block.splitlines():
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = value
+        if "event" in fields or "data" in fields:
+            fields["data"] = json.loads(fields.get("data", "null"))
+            events.append(fields)
+    return events
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "status", "detail"} <= body.keys()
+    return body

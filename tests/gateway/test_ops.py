@@ -1,0 +1,97 @@
+"""/healthz, /readyz, /metrics, the SSE keep-alive, and a real uvicorn from
+services.gateway.main.start on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from services.gateway.main import start
+from services.gateway.settings import GatewaySettings
+from services.gateway.sse import KEEPALIVE, with_keepalive
+from tests.conftest import make_settings
+from tests.gateway.gateway_helpers import assert_problem, auth, gateway_settings, serve_app
+
+
+async def test_healthz(client):
+    r = await client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+async def test_readyz_ready_when_database_and_services_serve(client):
+    r = await client.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert r.json()["checks"] == {"database": "ok", "jobs": "SERVING", "workspace": "SERVING"}
+
+
+async def test_readyz_names_the_part_that_is_down(base_env, fakes):
+    served, _, _ = fakes
+    settings = gateway_settings(base_env, served.port, workspace_addr="127.0.0.1:1")
+    async with serve_app(settings) as client:
+        r = await client.get("/readyz")
+    body = assert_problem(r, 503)
+    assert "workspace" in body["detail"] and "jobs" not in body["detail"]
+    assert body["checks"]["jobs"] == "SERVING"
+
+
+async def test_readyz_with_the_database_down_while_healthz_answers(base_env, fakes):
+    served, _, _ = fakes
+    settings = gateway_settings(
+        base_env, served.port, database_url="postgresql://postgres@127.0.0.1:1/ourvidz"
+    )
+    async with serve_app(settings) as client:
+        health = await client.get("/healthz")
+        ready = await client.get("/readyz")
+    assert health.status_code == 200
+    body = assert_problem(ready, 503)
+    assert body["checks"]["database"] == "down"
+    assert body["checks"]["jobs"] == "SERVING"
+
+
+async def test_metrics_count_by_route_template(client, user_token):
+    await client.get("/v1/jobs/not-a-uuid", headers=auth(user_token[1]))
+    text = (await client.get("/metrics")).text
+    assert (
+        'ourvidz_gateway_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"}'
+        in text
+    )
+    assert "not-a-uuid" not in text
+    assert "ourvidz_gateway_http_request_duration_seconds_bucket" in text
+
+
+async def test_keepalive_while_the_source_is_idle():
+    gate = asyncio.Event()
+
+    async def source():
+        await gate.wait()
+        yield b"event: state\ndata: {}\n\n"
+
+    stream = with_keepalive(source(), 0.01)
+    assert (await anext(stream)).startswith(b"retry:")
+    assert await anext(stream) == KEEPALIVE
+    gate.set()
+    chunks = [chunk async for chunk in stream]
+    assert b"event: state\ndata: {}\n\n" in chunks
+
+
+async def test_start_serves_on_a_free_port_and_stops(settings):
+    running = await start(settings, port=0)
+    try:
+        assert running.port > 0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.port}") as http:
+            r = await http.get("/healthz")
+            assert r.status_code == 200
+            spec = (await http.get("/openapi.json")).json()
+            assert "/v1/jobs/{job_id}/events" in spec["paths"]
+            assert "CreateJobBody" in spec["components"]["schemas"]
+    finally:
+        await running.stop()
+    assert running.task.done()
+
+
+def test_admin_emails_from_a_list_or_json(base_env):
+    comma = make_settings(GatewaySettings, base_env, gateway_admin_emails=" A@x.io, b@y.io ,")
+    as_json = make_settings(GatewaySettings, base_env, gateway_admin_emails='["C@z.io"]')
+    assert comma.gateway_admin_emails == ["a@x.io", "b@y.io"]
+    assert as_json.gateway_admin_emails == ["c@z.io"]

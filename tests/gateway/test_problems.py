@@ -1,0 +1,65 @@
+"""The problem+json mapping: the status table, validation errors, malformed
+JSON, unexpected errors."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from services.gateway.problems import field_name, http_status
+from tests.gateway.gateway_helpers import assert_problem, auth
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, 422),
+        (grpc.StatusCode.UNAUTHENTICATED, 401),
+        (grpc.StatusCode.PERMISSION_DENIED, 403),
+        (grpc.StatusCode.NOT_FOUND, 404),
+        (grpc.StatusCode.ALREADY_EXISTS, 409),
+        (grpc.StatusCode.FAILED_PRECONDITION, 409),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        (grpc.StatusCode.UNAVAILABLE, 503),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 503),
+        (grpc.StatusCode.INTERNAL, 500),
+        (grpc.StatusCode.UNKNOWN, 500),
+        (grpc.StatusCode.DATA_LOSS, 500),
+    ],
+)
+def test_status_table(code, status):
+    assert http_status(code) == status
+
+
+def test_field_names_drop_the_location():
+    assert field_name(("body", "num_images")) == "num_images"
+    assert field_name(("query", "page_size")) == "page_size"
+    assert field_name(("body",)) == "body"
+
+
+async def test_malformed_json_is_400(client, user_token):
+    r = await client.post(
+        "/v1/jobs",
+        content=b'{"job_type": ',
+        headers={**auth(user_token[1]), "Content-Type": "application/json"},
+    )
+    assert_problem(r, 400)
+
+
+async def test_body_that_is_not_an_object_is_422(client):
+    r = await client.post("/v1/auth/login", json=["a", "b"])
+    assert assert_problem(r, 422)["errors"][0]["field"] == "body"
+
+
+async def test_unknown_route_is_a_problem(client):
+    assert_problem(await client.get("/v1/nope"), 404)
+
+
+async def test_unexpected_error_is_a_generic_500(client):
+    async def boom():
+        raise RuntimeError("secret stack detail")
+
+    client.app.add_api_route("/test-boom", boom)
+    r = await client.get("/test-boom")
+    body = assert_problem(r, 500)
+    assert "secret" not in r.text and body["detail"] == "internal error"
