@@ -1,0 +1,89 @@
+"""What the HTTP API refuses: bad input (named fields, nothing stored or
+queued), bad tokens, and other users' resources (404, never 403)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from tests.e2e.conftest import signup
+from tests.e2e.test_generate import job_body, run_job
+
+BAD_JOBS = [
+    ({"job_type": "no_such_type"}, "job_type"),
+    ({"num_images": 4}, "num_images"),
+    ({"reference_strength": 1.5, "reference_type": "style"}, "reference_strength"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
+    ({"prompt": "x" * 5000}, "prompt"),
+    ({"seed": 2**40}, "seed"),
+    ({"seed": -1}, "seed"),
+    ({"width": 1000}, "width"),
+    ({"height": 4096}, "height"),
+]
+
+
+@pytest.mark.parametrize("change,field", BAD_JOBS, ids=[f for _, f in BAD_JOBS])
+async def test_bad_job_is_refused_and_nothing_is_queued(http, change, field):
+    user = await signup(http)
+    response = await user.post("/v1/jobs", json=job_body(**change))
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert field in [e["field"] for e in problem.get("errors", [])], problem
+    assert "Traceback" not in response.text
+    listed = (await user.get("/v1/jobs")).json()
+    assert listed["items"] == []
+
+
+async def test_bad_uploads_are_refused(http):
+    user = await signup(http)
+    text = await user.post("/v1/uploads", files={"file": ("notes.png", b"not an image at all", "image/png")})
+    assert text.status_code in (400, 415, 422), text.text
+    assert "file" in [e["field"] for e in text.json().get("errors", [])]
+    big = await user.post("/v1/uploads", files={"file": ("big.png", b"\0" * (21 * 1024 * 1024), "image/png")})
+    assert big.status_code == 413, big.status_code
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "Bearer.not.a.jwt"])
+async def test_bad_token_is_401(http, token):
+    response = await http.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+
+
+async def test_other_users_resources_are_404(http):
+    owner = await signup(http)
+    stranger = await signup(http)
+    job, _ = await run_job(owner, job_body(num_images=1))
+    assert job["state"] == "completed"
+    image = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(image, format="PNG")
+    upload = (await owner.post("/v1/uploads", files={"file": ("r.png", image.getvalue(), "image/png")})).json()
+    session_id = job["workspace_session_id"]
+
+    assert (await stranger.get(f"/v1/jobs/{job['id']}")).status_code == 404
+    assert (await stranger.post(f"/v1/jobs/{job['id']}/cancel")).status_code == 404
+    assert (await stranger.get(f"/v1/jobs/{job['id']}/events")).status_code == 404
+    assert (await stranger.get(f"/v1/workspace/sessions/{session_id}")).status_code == 404
+    assert (await stranger.get(f"/v1/workspace/sessions/{session_id}/items")).status_code == 404
+
+    from tests.e2e.test_generate import wait_for
+
+    async def owner_items():
+        items = (await owner.get(f"/v1/workspace/sessions/{session_id}/items")).json()["items"]
+        return items or None
+
+    items = await wait_for(owner_items)
+    assert (await stranger.post(f"/v1/workspace/items/{items[0]['id']}/save")).status_code == 404
+    assert (await stranger.delete(f"/v1/workspace/items/{items[0]['id']}")).status_code == 404
+    asset = (await owner.post(f"/v1/workspace/items/{items[0]['id']}/save")).json()
+    assert (await stranger.get(f"/v1/library/assets/{asset['id']}")).status_code == 404
+    assert (await stranger.delete(f"/v1/library/assets/{asset['id']}")).status_code == 404
+    assert (await stranger.get("/v1/library/assets")).json()["items"] == []
+    borrowed = await stranger.post(
+        "/v1/jobs", json=job_body(num_images=1, reference_image_id=upload["id"], reference_type="style")
+    )
+    assert borrowed.status_code in (404, 422), borrowed.text
+    assert (await owner.get(f"/v1/jobs/{job['id']}")).status_code == 200
