@@ -68,16 +68,20 @@ class Filer:
                 await self._task
 
     async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._consume()
+            except Exception:
+                log.exception("the filer's consumer failed; binding again shortly")
+                await asyncio.sleep(RETRY_DELAY_SECONDS)
+
+    async def _consume(self) -> None:
         sub = await self._js.pull_subscribe_bind(self._durable, stream=EVENTS_STREAM)
         try:
             while not self._stopping.is_set():
                 try:
                     msgs = await sub.fetch(self._batch, timeout=FETCH_TIMEOUT_SECONDS)
                 except nats.errors.TimeoutError:
-                    continue
-                except Exception:
-                    log.warning("fetching job events failed", exc_info=True)
-                    await asyncio.sleep(RETRY_DELAY_SECONDS)
                     continue
                 for msg in msgs:
                     await self.handle(msg)
