@@ -39,10 +39,11 @@ def mesh_env(base_env: dict, **extra) -> dict:
 
 @contextlib.asynccontextmanager
 async def running_stack(base_env: dict, *, with_worker: bool = True):
-    from services.gateway.main import start as start_gateway
-    from services.gateway.settings import GatewaySettings
     from services.jobs.main import start as start_jobs
     from services.jobs.settings import JobsSettings
+
+    from services.gateway.main import start as start_gateway
+    from services.gateway.settings import GatewaySettings
     from services.workspace.main import start as start_workspace
     from services.workspace.settings import WorkspaceSettings
 
@@ -124,7 +125,9 @@ class Client:
 
 async def signup(http: httpx.AsyncClient) -> Client:
     email = f"user-{uuid.uuid4().hex[:10]}@example.com"
-    response = await http.post("/v1/auth/signup", json={"email": email, "password": "a long password"})
+    response = await http.post(
+        "/v1/auth/signup", json={"email": email, "password": "a long password"}
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     return Client(http, body["access_token"], body["user"])

@@ -40,10 +40,14 @@ async def test_bad_job_is_refused_and_nothing_is_queued(http, change, field):
 
 async def test_bad_uploads_are_refused(http):
     user = await signup(http)
-    text = await user.post("/v1/uploads", files={"file": ("notes.png", b"not an image at all", "image/png")})
+    text = await user.post(
+        "/v1/uploads", files={"file": ("notes.png", b"not an image at all", "image/png")}
+    )
     assert text.status_code in (400, 415, 422), text.text
     assert "file" in [e["field"] for e in text.json().get("errors", [])]
-    big = await user.post("/v1/uploads", files={"file": ("big.png", b"\0" * (21 * 1024 * 1024), "image/png")})
+    big = await user.post(
+        "/v1/uploads", files={"file": ("big.png", b"\0" * (21 * 1024 * 1024), "image/png")}
+    )
     assert big.status_code == 413, big.status_code
 
 
@@ -60,7 +64,9 @@ async def test_other_users_resources_are_404(http):
     assert job["state"] == "completed"
     image = io.BytesIO()
     Image.new("RGB", (64, 64)).save(image, format="PNG")
-    upload = (await owner.post("/v1/uploads", files={"file": ("r.png", image.getvalue(), "image/png")})).json()
+    upload = (
+        await owner.post("/v1/uploads", files={"file": ("r.png", image.getvalue(), "image/png")})
+    ).json()
     session_id = job["workspace_session_id"]
 
     assert (await stranger.get(f"/v1/jobs/{job['id']}")).status_code == 404
@@ -83,7 +89,8 @@ async def test_other_users_resources_are_404(http):
     assert (await stranger.delete(f"/v1/library/assets/{asset['id']}")).status_code == 404
     assert (await stranger.get("/v1/library/assets")).json()["items"] == []
     borrowed = await stranger.post(
-        "/v1/jobs", json=job_body(num_images=1, reference_image_id=upload["id"], reference_type="style")
+        "/v1/jobs",
+        json=job_body(num_images=1, reference_image_id=upload["id"], reference_type="style"),
     )
     assert borrowed.status_code in (404, 422), borrowed.text
     assert (await owner.get(f"/v1/jobs/{job['id']}")).status_code == 200

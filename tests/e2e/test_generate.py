@@ -22,8 +22,8 @@ async def download(url: str) -> bytes:
     return response.content
 
 
-async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(predicate, within: float = 30.0, interval: float = 0.2):
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         value = await predicate()
         if value:
@@ -80,7 +80,9 @@ async def test_three_images_end_to_end(http):
     # The same request again gives byte-identical images.
     again, _ = await run_job(user, job_body())
     assert again["id"] != job["id"]
-    again_pngs = [await download(a["url"]) for a in sorted(again["assets"], key=lambda a: a["index"])]
+    again_pngs = [
+        await download(a["url"]) for a in sorted(again["assets"], key=lambda a: a["index"])
+    ]
     assert again_pngs == pngs
 
     # The workspace holds the three items of the first job; one is saved.
@@ -109,7 +111,9 @@ async def test_reference_image_runs_img2img(http):
     user = await signup(http)
     reference = io.BytesIO()
     Image.new("RGB", (96, 80), (200, 40, 40)).save(reference, format="PNG")
-    upload = await user.post("/v1/uploads", files={"file": ("ref.png", reference.getvalue(), "image/png")})
+    upload = await user.post(
+        "/v1/uploads", files={"file": ("ref.png", reference.getvalue(), "image/png")}
+    )
     assert upload.status_code == 201, upload.text
     assert (upload.json()["width"], upload.json()["height"]) == (96, 80)
 
@@ -141,7 +145,7 @@ async def test_cancel_running_job_leaves_no_assets(http, stack):
         job = (await user.get(f"/v1/jobs/{job_id}")).json()
         return job if job["state"] == "running" and job["progress"]["step"] >= 1 else None
 
-    await wait_for(running_with_progress, timeout=60, interval=0.05)
+    await wait_for(running_with_progress, within=60, interval=0.05)
     cancelled = await user.post(f"/v1/jobs/{job_id}/cancel")
     assert cancelled.status_code == 200, cancelled.text
     events = await user.events(f"/v1/jobs/{job_id}/events")
@@ -152,8 +156,9 @@ async def test_cancel_running_job_leaves_no_assets(http, stack):
     assert max(steps) < 25
     # The worker stops at its next step; give it a moment, then nothing is stored.
     await asyncio.sleep(2)
-    from ourvidz.storage import store_from_settings
     from services.jobs.settings import JobsSettings
+
+    from ourvidz.storage import store_from_settings
     from tests.conftest import make_settings
 
     store = store_from_settings(make_settings(JobsSettings, stack.env))
