@@ -157,14 +157,14 @@ def load_local(path: str | Path, dtype: str, config_dir: str | None = None):
     torch_dtype = DTYPES[dtype]
     if path.is_dir():
         return StableDiffusionXLPipeline.from_pretrained(
-            path, torch_dtype=torch_dtype, local_files_only=True, add_watermarker=False
+            path, dtype=torch_dtype, local_files_only=True, add_watermarker=False
         )
     if path.is_file() and path.suffix in (".safetensors", ".ckpt"):
         kwargs = {"config": config_dir} if config_dir else {}
         try:
             return StableDiffusionXLPipeline.from_single_file(
                 str(path),
-                torch_dtype=torch_dtype,
+                dtype=torch_dtype,
                 local_files_only=True,
                 add_watermarker=False,
                 **kwargs,
