@@ -175,11 +175,19 @@ async def test_task_runs_uploads_completes_and_acks(sdxl, double, make_task):
     assert not double.of("FailJob")
 
 
+async def _pause(running) -> None:
+    running.worker.stop()
+    await asyncio.wait_for(running._tasks[1], 10)
+
+
+def _resume(running) -> None:
+    running.worker._stopping.clear()
+    running._tasks[1] = asyncio.create_task(running.worker.run())
+
+
 async def test_fast_queue_is_served_before_high(sdxl, double, make_task):
     running, _ = sdxl
-    running.worker.stop()  # hold the loop while both queues fill
-    loop_task = running._tasks[1]
-    await asyncio.wait_for(loop_task, 10)
+    await _pause(running)  # hold the loop while both queues fill
     user, _ = _ids()
     high = make_task(
         job_id=f"high-{uuid.uuid4().hex[:8]}", user_id=user, job_type="sdxl_image_high"
@@ -187,8 +195,7 @@ async def test_fast_queue_is_served_before_high(sdxl, double, make_task):
     fast = make_task(job_id=f"fast-{uuid.uuid4().hex[:8]}", user_id=user)
     await _publish(running, high, "tasks.sdxl.high")
     await _publish(running, fast, "tasks.sdxl.fast")
-    running.worker._stopping.clear()
-    running._tasks[1] = asyncio.create_task(running.worker.run())
+    _resume(running)
 
     await double.wait_for("CompleteJob", 2)
     await _drained(running)
@@ -304,6 +311,37 @@ async def test_reference_job_completes(sdxl, double, make_task):
     await _drained(running)
     strength, _ = catalog.reference_settings("character", 1.0)
     assert double.of("ReportProgress")[-1].progress.total == int(10 * strength)
+    assert complete.assets[0].key == f"{user}/{job}_0.png"
+
+
+async def test_shutdown_hands_the_job_in_hand_back(sdxl, double, make_task, base_env, jobs_double):
+    running, _ = sdxl
+    await _pause(running)
+    settings = make_settings(
+        SdxlSettings,
+        base_env,
+        jobs_addr=f"127.0.0.1:{jobs_double[1]}",
+        sdxl_progress_interval_seconds=0,
+        sdxl_retry_backoff_seconds="[0.2]",
+        sdxl_shutdown_grace_seconds=0.2,
+        sdxl_fetch_timeout_seconds=0.3,
+        sdxl_worker_id="sdxl-leaving",
+    )
+    leaving = await start(settings, port=0)
+    await leaving.wait_ready(120)
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user, steps=15, width=512, height=512))
+    await double.wait_for("ReportProgress")
+    await leaving.stop()
+    (fail,) = double.of("FailJob")
+    assert (fail.will_retry, fail.error.code) == (True, "WORKER_SHUTDOWN")
+    assert not double.of("CompleteJob")
+
+    _resume(running)  # another replica takes the job over
+    (complete,) = await double.wait_for("CompleteJob")
+    await _drained(running)
+    starts = double.of("StartJob")
+    assert [(s.worker_id, s.delivery) for s in starts] == [("sdxl-leaving", 1), ("sdxl-test", 2)]
     assert complete.assets[0].key == f"{user}/{job}_0.png"
 
 
