@@ -1,0 +1,3 @@
+from services.sdxl.main import main
+
+main()

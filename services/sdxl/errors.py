@@ -1,0 +1,71 @@
+"""How the worker sorts failures: retry later (transient) or give up (permanent).
+
+Transient: out of GPU memory, a peer service or the blob store unreachable,
+anything unexpected (bounded by the attempt limit, so a poison message still
+ends). Permanent: a task the model cannot run or a reference that does not
+decode; retrying would give the same answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+
+class PermanentError(Exception):
+    """A job that cannot succeed however often it is retried."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class InvalidReference(PermanentError):
+    def __init__(self, message: str) -> None:
+        super().__init__("INVALID_REFERENCE", message)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    retry: bool
+    code: str
+    message: str
+
+
+_TRANSIENT_GRPC = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.UNAUTHENTICATED,  # e.g. a secret being rotated: wait, do not drop work
+}
+
+
+def _storage_transient(exc: BaseException) -> bool:
+    try:
+        import urllib3.exceptions
+        from minio.error import ServerError
+    except ImportError:  # pragma: no cover - both come with the minio client
+        return False
+    return isinstance(exc, urllib3.exceptions.HTTPError | ServerError)
+
+
+def classify(exc: BaseException) -> Verdict:
+    if isinstance(exc, PermanentError):
+        return Verdict(False, exc.code, exc.message)
+    if isinstance(exc, torch.OutOfMemoryError):
+        return Verdict(True, "OUT_OF_MEMORY", "the worker ran out of GPU memory")
+    if isinstance(exc, grpc.aio.AioRpcError):
+        if exc.code() in _TRANSIENT_GRPC:
+            return Verdict(True, "UNAVAILABLE", "a service the worker needs did not answer")
+        return Verdict(False, "REJECTED", f"the jobs service refused the call: {exc.details()}")
+    if isinstance(exc, ConnectionError | TimeoutError) or _storage_transient(exc):
+        return Verdict(True, "STORAGE_UNAVAILABLE", "the blob store could not be reached")
+    if isinstance(exc, ValueError):
+        return Verdict(False, "INVALID_TASK", f"the model cannot run this job: {exc}")
+    return Verdict(True, "INTERNAL", "internal error in the worker")

@@ -1,0 +1,220 @@
+"""Loading the SDXL pipelines: the presets and a local checkpoint.
+
+- `tiny`: the real diffusers/transformers classes at tiny widths with seeded
+  random weights and offline tokenizers (tests and the dev stack; fast on a CPU
+  at the catalog's 1024x1024).
+- `full-random`: SDXL base's full architecture with random weights, built
+  directly on the target device (GPU benchmarks: the same compute as the real
+  model).
+- a path: a single-file `.safetensors` checkpoint or a diffusers folder.
+
+Hub access is always off: nothing here may reach the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Set before huggingface_hub is imported anywhere: its constants read these once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch
+
+from services.sdxl import configs, tokenizers
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny"
+FULL_RANDOM = "full-random"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class PipeBundle:
+    """The loaded pipelines. `img2img` shares every module with `txt2img`;
+    `lock` keeps one generation at a time on the device."""
+
+    txt2img: object  # StableDiffusionXLPipeline
+    img2img: object  # StableDiffusionXLImg2ImgPipeline
+    preset: str
+    device: str
+    dtype: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """bf16 on a GPU, fp32 on a CPU unless asked otherwise."""
+    if dtype in ("", "auto"):
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)} or auto")
+    return dtype
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _sdpa(text_encoder) -> None:
+    text_encoder.config._attn_implementation = "sdpa"
+
+
+def _assemble(unet, vae, text_encoder, text_encoder_2):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizers.clip_tokenizer(),
+        tokenizer_2=tokenizers.clip_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**configs.scheduler_kwargs()),
+        add_watermarker=False,
+    )
+
+
+def build_tiny(seed: int = 0):
+    """The tiny preset on the CPU in fp32; each module from its own seed so a
+    change in one leaves the others' weights alone."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab = tokenizers.vocab_size()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**configs.tiny_unet_kwargs())
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**configs.tiny_vae_kwargs())
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(configs.text_config(configs.TINY_TEXT_1, vocab))
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(configs.text_config(configs.TINY_TEXT_2, vocab))
+    return _assemble(unet, vae, text_encoder, text_encoder_2)
+
+
+def build_full_random(device: str, dtype: str):
+    """SDXL base at full size with random weights, initialised directly on
+    `device` in `dtype` (no host copy, no meta tensors left behind)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab = tokenizers.vocab_size()
+    torch.manual_seed(0)
+    with torch.device(device), _default_dtype(DTYPES[dtype]):
+        unet = UNet2DConditionModel(**configs.full_unet_kwargs())
+        vae = AutoencoderKL(**configs.full_vae_kwargs())
+        text_encoder = CLIPTextModel(configs.text_config(configs.FULL_TEXT_1, vocab))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            configs.text_config(configs.FULL_TEXT_2, vocab)
+        )
+    return _assemble(unet, vae, text_encoder, text_encoder_2)
+
+
+def count_full_parameters() -> dict[str, int]:
+    """Parameter counts of the full architecture, built on the meta device."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab = 49408  # the real CLIP vocabulary, so counts match the published model
+    with torch.device("meta"):
+        modules = {
+            "unet": UNet2DConditionModel(**configs.full_unet_kwargs()),
+            "vae": AutoencoderKL(**configs.full_vae_kwargs()),
+            "text_encoder": CLIPTextModel(configs.text_config(configs.FULL_TEXT_1, vocab)),
+            "text_encoder_2": CLIPTextModelWithProjection(
+                configs.text_config(configs.FULL_TEXT_2, vocab)
+            ),
+        }
+    return {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
+
+
+def load_local(path: str | Path, dtype: str, config_dir: str | None = None):
+    """A diffusers folder (`from_pretrained`) or a single-file checkpoint
+    (`from_single_file`, whose component configs and tokenizers come from
+    `config_dir`, a local copy of the SDXL base repository without weights)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    path = Path(path)
+    torch_dtype = DTYPES[dtype]
+    if path.is_dir():
+        return StableDiffusionXLPipeline.from_pretrained(
+            path, dtype=torch_dtype, local_files_only=True, add_watermarker=False
+        )
+    if path.is_file() and path.suffix in (".safetensors", ".ckpt"):
+        kwargs = {"config": config_dir} if config_dir else {}
+        try:
+            return StableDiffusionXLPipeline.from_single_file(
+                str(path),
+                dtype=torch_dtype,
+                local_files_only=True,
+                add_watermarker=False,
+                **kwargs,
+            )
+        except OSError as exc:
+            raise ValueError(
+                f"cannot load {path}: a single-file checkpoint needs SDXL_CONFIG_DIR, a local "
+                "folder with the base model's configs and tokenizers (Hub access is off)"
+            ) from exc
+    raise ValueError(
+        f"model {str(path)!r} is neither a preset (tiny, full-random), a folder "
+        "nor a .safetensors file"
+    )
+
+
+def load(
+    preset: str = TINY,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    compile: bool = False,
+    config_dir: str | None = None,
+    seed: int = 0,
+) -> PipeBundle:
+    """Load a preset or a local checkpoint, ready to generate."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if preset == TINY:
+        pipe = build_tiny(seed)
+    elif preset == FULL_RANDOM:
+        pipe = build_full_random(device, dtype)
+    else:
+        pipe = load_local(preset, dtype, config_dir)
+    if pipe.unet.device.type != torch.device(device).type:
+        pipe.to(device)
+    if pipe.unet.dtype != DTYPES[dtype]:
+        pipe.to(dtype=DTYPES[dtype])
+    if pipe.vae.config.force_upcast and dtype == "float16":
+        pipe.vae.to(torch.float32)
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+        _sdpa(encoder)
+    pipe.set_progress_bar_config(disable=True)
+    if compile:
+        pipe.unet = torch.compile(pipe.unet)
+    img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+    log.info("sdxl model loaded", extra={"preset": preset, "device": device, "dtype": dtype})
+    return PipeBundle(txt2img=pipe, img2img=img2img, preset=preset, device=device, dtype=dtype)

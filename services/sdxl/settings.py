@@ -1,0 +1,36 @@
+"""Settings of the SDXL worker (env: SDXL_MODEL, SDXL_DEVICE, ...)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+
+from ourvidz.settings import CommonSettings
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class SdxlSettings(CommonSettings):
+    # "tiny", "full-random", a diffusers folder or a single-file .safetensors.
+    sdxl_model: str = "tiny"
+    # Local folder with SDXL base's configs and tokenizers, for a single-file checkpoint.
+    sdxl_config_dir: str = ""
+    sdxl_device: str = "auto"  # auto: cuda when available, else cpu
+    sdxl_dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+    sdxl_compile: bool = False
+    sdxl_port: int = 50061
+    sdxl_host: str = "127.0.0.1"
+    sdxl_worker_id: str = Field(default_factory=_default_worker_id)
+    sdxl_ack_wait_seconds: float = 60.0
+    sdxl_max_attempts: int = 3
+    # Delays before a failed job's message is redelivered, by attempt.
+    sdxl_retry_backoff_seconds: tuple[float, ...] = (5.0, 15.0, 30.0)
+    sdxl_progress_interval_seconds: float = 0.5
+    # How long a fetch waits for work before checking the other queue again.
+    sdxl_fetch_timeout_seconds: float = 1.0
+    # How long SIGTERM waits for the job in hand before handing it back.
+    sdxl_shutdown_grace_seconds: float = 30.0

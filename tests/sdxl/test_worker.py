@@ -1,0 +1,375 @@
+"""The worker loop against a real NATS JetStream and a real S3 server, with a
+minimal in-test JobService that records the worker's calls (the real jobs
+service is exercised by the end-to-end tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+
+import grpc
+import pytest
+from PIL import Image
+
+from ourvidz import catalog, grpcserver, queue
+from ourvidz.auth import TokenSource, current_principal
+from ourvidz.storage import store_from_settings
+from ourvidz.v1 import (
+    events_pb2,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+from services.sdxl.main import start
+from services.sdxl.settings import SdxlSettings
+from tests.conftest import make_settings
+
+
+class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
+    """Answers like the jobs service would and records every call; per-test
+    hooks change the answers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.proceed = True
+        self.complete_errors: list[grpc.StatusCode] = []
+        self.cancel_at_step: int | None = None
+        self.on_progress = None
+        self.changed = asyncio.Event()
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def _record(self, name: str, request) -> None:
+        current_principal().require("worker")
+        self.calls.append((name, request))
+        self.changed.set()
+
+    def of(self, name: str) -> list:
+        return [r for n, r in self.calls if n == name]
+
+    async def wait_for(self, name: str, count: int = 1, wait_seconds: float = 60.0) -> list:
+        async def until() -> None:
+            while len(self.of(name)) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(until(), wait_seconds)
+        return self.of(name)
+
+    async def StartJob(self, request, context):
+        self._record("StartJob", request)
+        return job_service_pb2.StartJobResponse(proceed=self.proceed)
+
+    async def ReportProgress(self, request, context):
+        self._record("ReportProgress", request)
+        if self.on_progress is not None:
+            await self.on_progress(request)
+        cancel = self.cancel_at_step is not None and request.progress.step >= self.cancel_at_step
+        return job_service_pb2.ReportProgressResponse(cancel_requested=cancel)
+
+    async def CompleteJob(self, request, context):
+        self._record("CompleteJob", request)
+        if self.complete_errors:
+            await context.abort(self.complete_errors.pop(0), "injected")
+        return job_service_pb2.CompleteJobResponse()
+
+    async def FailJob(self, request, context):
+        self._record("FailJob", request)
+        return job_service_pb2.FailJobResponse()
+
+
+@pytest.fixture(scope="module")
+async def jobs_double(base_env):
+    double = RecordingJobs()
+    served = grpcserver.build_server(
+        secret=base_env["AUTH_SECRET"],
+        register=lambda s: job_service_pb2_grpc.add_JobServiceServicer_to_server(double, s),
+        service_names=["ourvidz.v1.JobService"],
+        port=0,
+    )
+    await served.start()
+    yield double, served.port
+    await served.stop(0)
+
+
+@pytest.fixture(scope="module")
+async def sdxl(base_env, jobs_double, tiny_bundle):
+    _, port = jobs_double
+    settings = make_settings(
+        SdxlSettings,
+        base_env,
+        jobs_addr=f"127.0.0.1:{port}",
+        sdxl_progress_interval_seconds=0,
+        sdxl_retry_backoff_seconds="[0.2]",
+        sdxl_ack_wait_seconds=5,
+        sdxl_fetch_timeout_seconds=0.3,
+        sdxl_worker_id="sdxl-test",
+    )
+    store = store_from_settings(settings)
+    await store.ensure_buckets(catalog.ALL_BUCKETS)
+    running = await start(settings, port=0)
+    await running.wait_ready(120)
+    yield running, store
+    await running.stop()
+
+
+@pytest.fixture
+def double(jobs_double):
+    d, _ = jobs_double
+    d.reset()
+    return d
+
+
+async def _publish(running, task, subject="tasks.sdxl.fast") -> None:
+    await running.worker.js.publish(
+        subject, task.SerializeToString(), headers={"Nats-Msg-Id": task.job_id}
+    )
+
+
+async def _drained(running) -> None:
+    """Until both consumers hold nothing: no pending, nothing awaiting an ack."""
+    for _ in range(200):
+        infos = [
+            await running.worker.js.consumer_info(queue.TASKS_STREAM, name)
+            for name in ("sdxl-fast", "sdxl-high")
+        ]
+        if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"messages left: {infos}")
+
+
+def _ids() -> tuple[str, str]:
+    return f"u{uuid.uuid4().hex[:8]}", f"j{uuid.uuid4().hex[:12]}"
+
+
+async def test_task_runs_uploads_completes_and_acks(sdxl, double, make_task):
+    running, store = sdxl
+    user, job = _ids()
+    task = make_task(job_id=job, user_id=user, num_images=3, steps=3, seed=41)
+    await _publish(running, task)
+
+    (complete,) = await double.wait_for("CompleteJob")
+    await _drained(running)
+
+    (started,) = double.of("StartJob")
+    assert (started.job_id, started.worker_id, started.delivery) == (job, "sdxl-test", 1)
+    steps = [r.progress.step for r in double.of("ReportProgress")]
+    assert steps == [1, 2, 3]
+    assert {r.progress.total for r in double.of("ReportProgress")} == {3}
+    names = [n for n, _ in double.calls]
+    assert names.index("CompleteJob") > max(i for i, n in enumerate(names) if n == "ReportProgress")
+
+    assert [a.index for a in complete.assets] == [0, 1, 2]
+    assert [a.seed for a in complete.assets] == [41, 42, 43]
+    for asset in complete.assets:
+        assert (asset.bucket, asset.key) == ("sdxl-image-fast", f"{user}/{job}_{asset.index}.png")
+        assert (asset.content_type, asset.width, asset.height) == ("image/png", 64, 64)
+        data = await store.get(asset.bucket, asset.key)
+        assert len(data) == asset.size_bytes
+        assert Image.open(io.BytesIO(data)).size == (64, 64)
+    assert not double.of("FailJob")
+
+
+async def _pause(running) -> None:
+    running.worker.stop()
+    await asyncio.wait_for(running._tasks[1], 10)
+
+
+def _resume(running) -> None:
+    running.worker._stopping.clear()
+    running._tasks[1] = asyncio.create_task(running.worker.run())
+
+
+async def test_fast_queue_is_served_before_high(sdxl, double, make_task):
+    running, _ = sdxl
+    await _pause(running)  # hold the loop while both queues fill
+    user, _ = _ids()
+    high = make_task(
+        job_id=f"high-{uuid.uuid4().hex[:8]}", user_id=user, job_type="sdxl_image_high"
+    )
+    fast = make_task(job_id=f"fast-{uuid.uuid4().hex[:8]}", user_id=user)
+    await _publish(running, high, "tasks.sdxl.high")
+    await _publish(running, fast, "tasks.sdxl.fast")
+    _resume(running)
+
+    await double.wait_for("CompleteJob", 2)
+    await _drained(running)
+    assert [r.job_id for r in double.of("StartJob")] == [fast.job_id, high.job_id]
+
+
+async def test_start_job_refusal_acks_without_running(sdxl, double, make_task):
+    running, store = sdxl
+    double.proceed = False
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user))
+    await double.wait_for("StartJob")
+    await _drained(running)
+    assert not double.of("ReportProgress") and not double.of("CompleteJob")
+    assert not await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
+
+
+async def test_cancel_from_progress_answer_stops_and_cleans_up(sdxl, double, make_task):
+    running, store = sdxl
+    double.cancel_at_step = 2
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user, steps=12, width=256, height=256))
+    await double.wait_for("ReportProgress", 2)
+    await _drained(running)
+    assert not double.of("CompleteJob") and not double.of("FailJob")
+    assert max(r.progress.step for r in double.of("ReportProgress")) < 12
+    assert not await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
+
+
+async def test_cancel_event_stops_the_job(sdxl, double, make_task):
+    running, store = sdxl
+    user, job = _ids()
+    nc = running.worker.nc
+
+    async def publish_cancel(request):
+        if request.progress.step == 1:
+            event = events_pb2.JobEvent(
+                job_id=job,
+                user_id=user,
+                sequence=5,
+                type=events_pb2.JOB_EVENT_TYPE_CANCELLED,
+                state=job_pb2.JOB_STATE_CANCELLED,
+            )
+            await nc.publish(queue.event_subject(user, job), event.SerializeToString())
+            await nc.flush()
+            await asyncio.sleep(0.5)  # keep the answer back: only the event cancels
+
+    double.on_progress = publish_cancel
+    await _publish(running, make_task(job_id=job, user_id=user, steps=15, width=512, height=512))
+    await double.wait_for("StartJob")
+    await _drained(running)
+    assert not double.of("CompleteJob")
+    assert max(r.progress.step for r in double.of("ReportProgress")) < 15
+    assert not await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
+
+
+async def test_transient_failure_is_retried_with_the_same_keys(sdxl, double, make_task):
+    running, store = sdxl
+    double.complete_errors = [grpc.StatusCode.UNAVAILABLE]
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user, seed=5))
+    await double.wait_for("CompleteJob", 2)
+    await _drained(running)
+    (fail,) = double.of("FailJob")
+    assert fail.will_retry and fail.error.code == "UNAVAILABLE"
+    assert [r.delivery for r in double.of("StartJob")] == [1, 2]
+    assert await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
+
+
+async def test_cancelled_meanwhile_at_completion_removes_outputs(sdxl, double, make_task):
+    running, store = sdxl
+    double.complete_errors = [grpc.StatusCode.FAILED_PRECONDITION]
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user))
+    await double.wait_for("CompleteJob")
+    await _drained(running)
+    assert not double.of("FailJob")
+    assert len(double.of("StartJob")) == 1
+    assert not await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
+
+
+async def test_undecodable_reference_fails_for_good(sdxl, double, make_task):
+    running, store = sdxl
+    user, job = _ids()
+    await store.put("reference-images", f"{user}/ref.png", b"not an image", "image/png")
+    reference = job_pb2.Reference(
+        type=job_pb2.REFERENCE_TYPE_STYLE,
+        strength=0.5,
+        bucket="reference-images",
+        key=f"{user}/ref.png",
+    )
+    await _publish(running, make_task(job_id=job, user_id=user, reference=reference))
+    (fail,) = await double.wait_for("FailJob")
+    await _drained(running)
+    assert (fail.will_retry, fail.error.code) == (False, "INVALID_REFERENCE")
+    assert len(double.of("StartJob")) == 1 and not double.of("CompleteJob")
+
+
+async def test_reference_job_completes(sdxl, double, make_task):
+    running, store = sdxl
+    user, job = _ids()
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 80), (10, 200, 40)).save(buffer, format="PNG")
+    await store.put("reference-images", f"{user}/ref.png", buffer.getvalue(), "image/png")
+    reference = job_pb2.Reference(
+        type=job_pb2.REFERENCE_TYPE_CHARACTER,
+        strength=1.0,
+        bucket="reference-images",
+        key=f"{user}/ref.png",
+    )
+    await _publish(running, make_task(job_id=job, user_id=user, steps=10, reference=reference))
+    (complete,) = await double.wait_for("CompleteJob")
+    await _drained(running)
+    strength, _ = catalog.reference_settings("character", 1.0)
+    assert double.of("ReportProgress")[-1].progress.total == int(10 * strength)
+    assert complete.assets[0].key == f"{user}/{job}_0.png"
+
+
+async def test_shutdown_hands_the_job_in_hand_back(sdxl, double, make_task, base_env, jobs_double):
+    running, _ = sdxl
+    await _pause(running)
+    settings = make_settings(
+        SdxlSettings,
+        base_env,
+        jobs_addr=f"127.0.0.1:{jobs_double[1]}",
+        sdxl_progress_interval_seconds=0,
+        sdxl_retry_backoff_seconds="[0.2]",
+        sdxl_shutdown_grace_seconds=0.2,
+        sdxl_fetch_timeout_seconds=0.3,
+        sdxl_worker_id="sdxl-leaving",
+    )
+    leaving = await start(settings, port=0)
+    await leaving.wait_ready(120)
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user, steps=15, width=512, height=512))
+    await double.wait_for("ReportProgress")
+    await leaving.stop()
+    (fail,) = double.of("FailJob")
+    assert (fail.will_retry, fail.error.code) == (True, "WORKER_SHUTDOWN")
+    assert not double.of("CompleteJob")
+
+    _resume(running)  # another replica takes the job over
+    (complete,) = await double.wait_for("CompleteJob")
+    await _drained(running)
+    starts = double.of("StartJob")
+    assert [(s.worker_id, s.delivery) for s in starts] == [("sdxl-leaving", 1), ("sdxl-test", 2)]
+    assert complete.assets[0].key == f"{user}/{job}_0.png"
+
+
+async def test_poison_message_is_dropped(sdxl, double):
+    running, _ = sdxl
+    await running.worker.js.publish("tasks.sdxl.fast", b"\xff\xfe not a protobuf")
+    await _drained(running)
+    assert not double.calls
+
+
+async def test_worker_info_and_health(sdxl, base_env):
+    running, _ = sdxl
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpcserver.channel(f"127.0.0.1:{running.port}") as ch:
+        health = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="")
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        tokens = TokenSource(base_env["AUTH_SECRET"], "ops", role="admin")
+        info = await worker_service_pb2_grpc.WorkerServiceStub(ch).GetWorkerInfo(
+            worker_service_pb2.GetWorkerInfoRequest(), metadata=tokens.metadata(), timeout=5
+        )
+    assert (info.worker_id, info.family, info.model_preset, info.ready) == (
+        "sdxl-test",
+        "sdxl",
+        "tiny",
+        True,
+    )
+    assert (info.device, info.dtype) == ("cpu", "float32")
+    assert info.jobs_completed >= 1 and info.jobs_failed >= 1
