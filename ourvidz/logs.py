@@ -11,13 +11,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_fields: contextvars.ContextVar[dict | None] = contextvars.ContextVar("ourvidz_log_fields", default=None)
+_fields: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "ourvidz_log_fields", default=None
+)
 
 
 @contextmanager
 def bind(**fields: object) -> Iterator[None]:
     """Attach fields (job_id=..., user_id=...) to every record logged inside."""
-    token = _fields.set({**(_fields.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
+    token = _fields.set(
+        {**(_fields.get() or {}), **{k: v for k, v in fields.items() if v is not None}}
+    )
     try:
         yield
     finally:

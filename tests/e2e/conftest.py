@@ -4,76 +4,28 @@ JetStream and S3 server. The tests talk HTTP to the gateway, as a client would."
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from tests.conftest import make_settings
-
-
-@dataclass
-class Stack:
-    url: str
-    env: dict
-    jobs: object
-    workspace: object
-    gateway: object
-    sdxl: object | None = None
+from ourvidz.dev.stack import running_stack
 
 
 def mesh_env(base_env: dict, **extra) -> dict:
     return {
         **base_env,
-        "CATALOG_SDXL_MIN_SIZE": "64",
         "SDXL_MODEL": "tiny",
-        "SDXL_ACK_WAIT_SECONDS": "6",
+        "SDXL_ACK_WAIT_SECONDS": "4",
         "SDXL_PROGRESS_INTERVAL_SECONDS": "0",
-        "JOBS_MAX_ACTIVE_PER_USER": "10",
         **extra,
     }
 
 
-@contextlib.asynccontextmanager
-async def running_stack(base_env: dict, *, with_worker: bool = True):
-    from services.jobs.main import start as start_jobs
-    from services.jobs.settings import JobsSettings
-
-    from services.gateway.main import start as start_gateway
-    from services.gateway.settings import GatewaySettings
-    from services.workspace.main import start as start_workspace
-    from services.workspace.settings import WorkspaceSettings
-
-    env = mesh_env(base_env)
-    workspace = await start_workspace(make_settings(WorkspaceSettings, env), port=0)
-    env["WORKSPACE_ADDR"] = f"127.0.0.1:{workspace.port}"
-    jobs = await start_jobs(make_settings(JobsSettings, env), port=0)
-    env["JOBS_ADDR"] = f"127.0.0.1:{jobs.port}"
-    gateway = await start_gateway(make_settings(GatewaySettings, env), port=0)
-    url = f"http://127.0.0.1:{gateway.port}"
-    env["PUBLIC_BASE_URL"] = url
-    sdxl = None
-    if with_worker:
-        from services.sdxl.main import start as start_sdxl
-        from services.sdxl.settings import SdxlSettings
-
-        sdxl = await start_sdxl(make_settings(SdxlSettings, env), port=0)
-    stack = Stack(url=url, env=env, jobs=jobs, workspace=workspace, gateway=gateway, sdxl=sdxl)
-    try:
-        yield stack
-    finally:
-        for part in (sdxl, gateway, jobs, workspace):
-            if part is not None:
-                with contextlib.suppress(Exception):
-                    await part.stop()
-
-
 @pytest.fixture(scope="package")
 async def stack(base_env):
-    async with running_stack(base_env) as s:
+    async with running_stack(mesh_env(base_env)) as s:
         yield s
 
 

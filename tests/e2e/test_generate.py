@@ -156,9 +156,8 @@ async def test_cancel_running_job_leaves_no_assets(http, stack):
     assert max(steps) < 25
     # The worker stops at its next step; give it a moment, then nothing is stored.
     await asyncio.sleep(2)
-    from services.jobs.settings import JobsSettings
-
     from ourvidz.storage import store_from_settings
+    from services.jobs.settings import JobsSettings
     from tests.conftest import make_settings
 
     store = store_from_settings(make_settings(JobsSettings, stack.env))

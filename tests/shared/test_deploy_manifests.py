@@ -28,7 +28,9 @@ def workloads():
                 yield path.name, doc
 
 
-@pytest.mark.parametrize("name,doc", list(workloads()), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name,doc", list(workloads()), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_workloads_are_hardened(name, doc):
     pod = doc["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
