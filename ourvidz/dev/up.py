@@ -273,7 +273,8 @@ def setup_logging() -> None:
 def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     started = time.monotonic()
-    data = root / ".data"
+    # OURVIDZ_DATA_DIR moves the data folder (the benchmarks start from an empty one).
+    data = Path(environ.get("OURVIDZ_DATA_DIR") or root / ".data")
     host = environ.get("GATEWAY_HOST", "127.0.0.1")
     port = int(environ.get("GATEWAY_PORT", "8080"))
     if not port_is_free(host, port):
