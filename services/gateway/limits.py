@@ -10,6 +10,7 @@ from ourvidz.errors import FieldViolation
 from services.gateway.problems import PROBLEM_TYPE, PayloadTooLarge, problem_bytes
 
 UPLOAD_PATHS = ("/v1/uploads",)
+DRAIN_LIMIT = 64 * 1024 * 1024
 
 
 class BodyLimitMiddleware:
@@ -37,6 +38,10 @@ class BodyLimitMiddleware:
             await _reply(send, 400, "invalid Content-Length header")
             return
         if declared is not None and declared > allowed:
+            # Read (and drop) a moderately oversized body before answering, so
+            # the client, still sending, reads the 413 instead of a reset.
+            if declared <= DRAIN_LIMIT:
+                await _discard(receive)
             await _reply(send, 413, f"the request body exceeds {stated} bytes", field, stated)
             return
 
@@ -52,6 +57,13 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counted, send)
+
+
+async def _discard(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -4,10 +4,12 @@ queued), bad tokens, and other users' resources (404, never 403)."""
 from __future__ import annotations
 
 import io
+import uuid
 
 import pytest
 from PIL import Image
 
+from ourvidz.auth import mint_token
 from tests.e2e.conftest import signup
 from tests.e2e.test_generate import job_body, run_job
 
@@ -51,10 +53,19 @@ async def test_bad_uploads_are_refused(http):
     assert big.status_code == 413, big.status_code
 
 
-@pytest.mark.parametrize("token", ["", "garbage", "Bearer.not.a.jwt"])
-async def test_bad_token_is_401(http, token):
-    response = await http.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
-    assert response.status_code == 401
+@pytest.mark.parametrize("token", [None, "garbage", "not.a.jwt", "expired", "forged"])
+async def test_bad_or_expired_token_is_401(http, stack, token):
+    secret = stack.env["AUTH_SECRET"]
+    if token == "expired":
+        token = mint_token(secret, str(uuid.uuid4()), "user", -5)
+    elif token == "forged":
+        token = mint_token("another-secret-0123456789-0123456789", str(uuid.uuid4()), "user", 60)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    for path in ("/v1/jobs", "/v1/me", "/v1/library/assets"):
+        response = await http.get(path, headers=headers)
+        assert response.status_code == 401, (path, response.text)
+    submitted = await http.post("/v1/jobs", headers=headers, json=job_body())
+    assert submitted.status_code == 401
 
 
 async def test_other_users_resources_are_404(http):
