@@ -117,6 +117,7 @@ async def start(settings: SdxlSettings, *, port: int | None = None) -> Running:
     running._tasks = [load_task, asyncio.create_task(consume())]
 
     async def close_nats() -> None:
+        await worker.unsubscribe()
         await nc.drain()
 
     running._closers = [close_nats, jobs_channel.close]

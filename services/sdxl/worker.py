@@ -121,6 +121,13 @@ class Worker:
         """Stop fetching; the job in hand finishes."""
         self._stopping.set()
 
+    async def unsubscribe(self) -> None:
+        """Drop the pull subscriptions (a drain otherwise waits out its timeout on them)."""
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs = []
+
     def abort_current(self) -> None:
         """Stop the job in hand at its next step and hand it back to the queue."""
         self._abort.set()
