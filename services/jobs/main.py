@@ -4,7 +4,6 @@ the gRPC server. The only module with side effects at start and stop."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -41,16 +40,27 @@ class Running:
 
     async def stop(self) -> None:
         """Health NOT_SERVING, stop the server with a grace period, stop the
-        relay, drain NATS, close the pool."""
+        relay, drain NATS, close the pool. Runs in a task of its own, each step
+        bounded, so a caller's cancellation or a stuck step cannot leave the
+        rest undone."""
         if self._stopped:
             return
         self._stopped = True
-        await self.served.stop(self.grace)
-        await self.relay.stop()
-        await self.uploads.close()
-        with contextlib.suppress(Exception):
-            await self.nc.drain()
-        await self.database.close()
+        await asyncio.ensure_future(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        steps = (
+            ("grpc server", lambda: self.served.stop(self.grace), self.grace + 5),
+            ("outbox relay", self.relay.stop, 10),
+            ("upload client", self.uploads.close, 5),
+            ("nats", self.nc.drain, 10),
+            ("database pool", self.database.close, 10),
+        )
+        for name, step, limit in steps:
+            try:
+                await asyncio.wait_for(step(), limit)
+            except Exception as exc:
+                log.warning("stopping the %s: %r", name, exc)
         log.info("jobs service stopped")
 
 
@@ -64,8 +74,17 @@ async def start(
     )
     database = db.Database(role_url, max_size=settings.db_pool_size, name="jobs")
     await database.open()
-    nc, js = await queue.connect(settings.nats_url, name="jobs")
-    await queue.declare_streams(js, settings.queue_settings())
+    try:
+        nc, js = await queue.connect(settings.nats_url, name="jobs")
+    except Exception:
+        await database.close()
+        raise
+    try:
+        await queue.declare_streams(js, settings.queue_settings())
+    except Exception:
+        await nc.close()
+        await database.close()
+        raise
 
     blobs = store_from_settings(settings)
     uploads = uploads or WorkspaceUploads(settings.workspace_addr, settings.grpc_deadline_seconds)

@@ -4,6 +4,7 @@ the service as a user or as a worker."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 
@@ -80,12 +81,18 @@ class Harness:
         return response.job
 
     async def drain_relay(self) -> None:
-        """Publish what the outbox holds now (the relay also runs by itself)."""
-        while True:
-            count, ok = await self.running.relay.drain_once()
+        """Return once the outbox is empty: everything written so far is
+        published (by this call or by the relay running in the background,
+        whose claimed rows this call skips)."""
+        for _ in range(400):
+            _, ok = await self.running.relay.drain_once()
             assert ok
-            if count == 0:
-                return
+            async with self.running.database.tx(role="system") as conn:
+                cur = await conn.execute("SELECT count(*) AS n FROM jobs.outbox")
+                if (await cur.fetchone())["n"] == 0:
+                    return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the outbox does not empty")
 
 
 @pytest.fixture(scope="module")
