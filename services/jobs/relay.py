@@ -118,8 +118,13 @@ class OutboxRelay:
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._wake.set()  # catch up on anything written while not listening
-                    async for _ in conn.notifies():
-                        self._wake.set()
+                    while True:
+                        # aclosing: a cancelled generator must let go of the
+                        # connection's lock before the connection closes.
+                        notifies = conn.notifies(timeout=30.0)
+                        async with contextlib.aclosing(notifies):
+                            async for _ in notifies:
+                                self._wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
