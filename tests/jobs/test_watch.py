@@ -104,3 +104,20 @@ async def test_watching_a_foreign_or_missing_job_is_not_found(harness):
     for job_id in (job.id, "00000000-0000-0000-0000-000000000000", "nonsense"):
         err = await rpc_error(collect(harness, other, job_id))
         assert err.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_live_events_arrive_through_nats(harness):
+    """With the database re-read pushed far out, only NATS can deliver."""
+    from services.jobs.watch import Watcher
+
+    running = harness.running
+    watcher = Watcher(running.database, running.nc, running.core.blobs, poll_seconds=120)
+    user_id, md = harness.user()
+    job = await harness.create(md)
+    events = watcher.watch(user_id, job.id, 0)
+    first = await asyncio.wait_for(events.__anext__(), 10)
+    assert first.sequence == 1
+    await harness.stub.CancelJob(pb.CancelJobRequest(job_id=job.id), metadata=md)
+    second = await asyncio.wait_for(events.__anext__(), 10)
+    assert (second.sequence, second.type) == (2, T.JOB_EVENT_TYPE_CANCELLED)
+    await events.aclose()
