@@ -64,6 +64,7 @@ class Harness:
     js: object
     nc: object
     worker_md: tuple = field(default=())
+    created_consumers: list[str] = field(default_factory=list)
 
     def user(self) -> tuple[str, tuple]:
         """A fresh user id and its call metadata."""
@@ -136,4 +137,6 @@ async def harness(base_env):
         await ws.stop(0)
         # Leave no test task behind for the workers' tests that share the stream.
         await js.purge_stream(queue.TASKS_STREAM)
+        for durable in h.created_consumers:
+            await js.delete_consumer(queue.TASKS_STREAM, durable)
         await nc.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+from nats.js.errors import NotFoundError
+
 from ourvidz import queue
 from ourvidz.v1 import job_pb2, job_service_pb2, queue_pb2
 from tests.jobs.helpers import owner_query
@@ -15,7 +17,11 @@ async def pull_task(harness, subject: str, msg_id: str, wait: float = 15.0):
     """The message with `msg_id` from the family's durable pull consumer."""
     parts = subject.split(".")
     durable = queue.consumer_name(*parts[1:]) if len(parts) == 3 else "enhancer"
-    await queue.declare_task_consumer(harness.js, subject, durable)
+    try:
+        await harness.js.consumer_info(queue.TASKS_STREAM, durable)
+    except NotFoundError:
+        await queue.declare_task_consumer(harness.js, subject, durable)
+        harness.created_consumers.append(durable)  # removed again at teardown
     sub = await harness.js.pull_subscribe(subject, durable=durable, stream=queue.TASKS_STREAM)
     deadline = asyncio.get_running_loop().time() + wait
     try:
