@@ -1,0 +1,3 @@
+from services.jobs.main import main
+
+main()

@@ -1,0 +1,149 @@
+"""Wiring of the jobs service: database, NATS, streams, the outbox relay and
+the gRPC server. The only module with side effects at start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+
+from ourvidz import db, logs, queue
+from ourvidz.grpcserver import Served, build_server, set_serving
+from ourvidz.storage import store_from_settings
+from ourvidz.v1 import job_service_pb2_grpc
+from services.jobs.relay import OutboxRelay
+from services.jobs.service import JobsCore
+from services.jobs.servicer import SERVICE_NAME, JobServicer
+from services.jobs.settings import JobsSettings
+from services.jobs.uploads import UploadResolver, WorkspaceUploads
+from services.jobs.watch import Watcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    """A started jobs service. `port` is the bound gRPC port."""
+
+    port: int
+    served: Served
+    database: db.Database
+    nc: NATS
+    relay: OutboxRelay
+    uploads: UploadResolver
+    core: JobsCore
+    grace: float = 10.0
+    _stopped: bool = field(default=False, repr=False)
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING, stop the server with a grace period, stop the
+        relay, drain NATS, close the pool. Runs in a task of its own, each step
+        bounded, so a caller's cancellation or a stuck step cannot leave the
+        rest undone."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await asyncio.ensure_future(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        steps = (
+            ("grpc server", lambda: self.served.stop(self.grace), self.grace + 5),
+            ("outbox relay", self.relay.stop, 10),
+            ("upload client", self.uploads.close, 5),
+            ("nats", self.nc.drain, 10),
+            ("database pool", self.database.close, 10),
+        )
+        for name, step, limit in steps:
+            try:
+                await asyncio.wait_for(step(), limit)
+            except Exception as exc:
+                log.warning("stopping the %s: %r", name, exc)
+        log.info("jobs service stopped")
+
+
+async def start(
+    settings: JobsSettings, *, port: int | None = None, uploads: UploadResolver | None = None
+) -> Running:
+    """Start the service. `port=0` binds any free port (tests); `uploads`
+    replaces the workspace client that resolves reference images."""
+    role_url = db.role_url(
+        settings.database_url, "ourvidz_jobs", settings.db_role_password.get_secret_value()
+    )
+    database = db.Database(role_url, max_size=settings.db_pool_size, name="jobs")
+    await database.open()
+    try:
+        nc, js = await queue.connect(settings.nats_url, name="jobs")
+    except Exception:
+        await database.close()
+        raise
+    try:
+        await queue.declare_streams(js, settings.queue_settings())
+    except Exception:
+        await nc.close()
+        await database.close()
+        raise
+
+    blobs = store_from_settings(settings)
+    uploads = uploads or WorkspaceUploads(settings.workspace_addr, settings.grpc_deadline_seconds)
+    limits = settings.limits()
+    core = JobsCore(
+        database,
+        limits=limits,
+        blobs=blobs,
+        uploads=uploads,
+        max_active_per_user=settings.jobs_max_active_per_user,
+        max_preview_bytes=settings.jobs_max_preview_bytes,
+    )
+    watcher = Watcher(database, nc, blobs, settings.jobs_watch_poll_seconds)
+    relay = OutboxRelay(
+        database,
+        js,
+        listen_url=role_url,
+        batch=settings.jobs_relay_batch,
+        poll_seconds=settings.jobs_relay_poll_seconds,
+    )
+    relay.start()
+
+    servicer = JobServicer(core, watcher, limits)
+    served = build_server(
+        secret=settings.auth_secret.get_secret_value(),
+        register=lambda server: job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            servicer, server
+        ),
+        service_names=[SERVICE_NAME],
+        host=settings.jobs_host,
+        port=settings.jobs_port if port is None else port,
+    )
+    await served.start()
+    await set_serving(served, [SERVICE_NAME])
+    log.info("jobs service listening on %s:%d", settings.jobs_host, served.port)
+    return Running(
+        port=served.port,
+        served=served,
+        database=database,
+        nc=nc,
+        relay=relay,
+        uploads=uploads,
+        core=core,
+        grace=settings.jobs_shutdown_grace_seconds,
+    )
+
+
+async def _serve(settings: JobsSettings) -> None:
+    running = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop()
+
+
+def main() -> None:
+    settings = JobsSettings()
+    logs.setup("jobs", settings.log_level, settings.log_json)
+    asyncio.run(_serve(settings))

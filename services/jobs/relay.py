@@ -1,0 +1,132 @@
+"""The outbox relay: publishes rows of jobs.outbox to JetStream, then deletes
+them.
+
+A change and its outbox rows commit together, so nothing is lost when the
+process dies between the commit and the publish: the next relay (this replica
+after a restart, or another one) finds the rows. Rows are claimed with
+`FOR UPDATE SKIP LOCKED`, so several replicas share the work without
+publishing a row twice at once; a row published but not yet deleted when a
+relay dies is published again with the same `Nats-Msg-Id`, which JetStream's
+duplicate window drops. It wakes on `NOTIFY jobs_outbox` (a trigger on the
+outbox) and polls about once a second in case a notification is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import psycopg
+from nats.js import JetStreamContext
+
+from ourvidz.db import Database
+from services.jobs import store
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "jobs_outbox"
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        database: Database,
+        js: JetStreamContext,
+        *,
+        listen_url: str,
+        batch: int = 100,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self._db = database
+        self._js = js
+        self._listen_url = listen_url
+        self._batch = batch
+        self._poll = poll_seconds
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="outbox-listen"),
+            asyncio.create_task(self._run(), name="outbox-relay"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop after the batch in hand: its transaction either commits (rows
+        deleted) or rolls back (rows stay for the next relay)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def drain_once(self) -> tuple[int, bool]:
+        """Publish one batch. Returns (rows published, whether all went out)."""
+        async with self._db.tx(role="system") as conn:
+            rows = await store.claim_outbox(conn, self._batch)
+            done: list[int] = []
+            ok = True
+            for row in rows:
+                try:
+                    await self._js.publish(
+                        row["subject"],
+                        bytes(row["payload"]),
+                        timeout=PUBLISH_TIMEOUT_SECONDS,
+                        headers={"Nats-Msg-Id": row["msg_id"]},
+                    )
+                except Exception as exc:  # NATS down or slow: keep the rest for later
+                    log.warning("outbox publish to %s failed: %s", row["subject"], exc)
+                    ok = False
+                    break
+                done.append(row["id"])
+            if done:
+                await store.delete_outbox(conn, done)
+        return len(done), ok
+
+    async def _run(self) -> None:
+        backoff = self._poll
+        while True:
+            self._wake.clear()
+            try:
+                while True:
+                    count, ok = await self.drain_once()
+                    if not ok or count < self._batch:
+                        break
+                backoff = self._poll if ok else min(backoff * 2, 30.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: try again later
+                log.warning("outbox relay error: %s", exc)
+                ok = False
+                backoff = min(backoff * 2, 30.0)
+            if ok:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+            else:
+                await asyncio.sleep(backoff)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._wake.set()  # catch up on anything written while not listening
+                    while True:
+                        # aclosing: a cancelled generator must let go of the
+                        # connection's lock before the connection closes.
+                        notifies = conn.notifies(timeout=30.0)
+                        async with contextlib.aclosing(notifies):
+                            async for _ in notifies:
+                                self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox listener error: %s", exc)
+                await asyncio.sleep(1.0)

@@ -1,0 +1,28 @@
+"""Settings of the jobs service (env: JOBS_*), on top of the common ones."""
+
+from __future__ import annotations
+
+from ourvidz.queue import QueueSettings
+from ourvidz.settings import CommonSettings
+
+
+class JobsSettings(CommonSettings):
+    jobs_host: str = "127.0.0.1"
+    jobs_port: int = 50051
+    # Jobs in queued, enhancing or running state one user may hold at once.
+    jobs_max_active_per_user: int = 10
+    # Outbox rows the relay claims per transaction, and how often it polls when
+    # no notification arrives.
+    jobs_relay_batch: int = 100
+    jobs_relay_poll_seconds: float = 1.0
+    # How long WatchJob waits for a live event before it re-reads the database
+    # (core NATS delivery is at most once).
+    jobs_watch_poll_seconds: float = 5.0
+    # Largest preview image a worker may attach to a progress report.
+    jobs_max_preview_bytes: int = 512 * 1024
+    jobs_shutdown_grace_seconds: float = 10.0
+    # JetStream stream replicas (3 on a 3-node cluster).
+    jobs_stream_replicas: int = 1
+
+    def queue_settings(self) -> QueueSettings:
+        return QueueSettings(replicas=self.jobs_stream_replicas)

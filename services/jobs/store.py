@@ -1,0 +1,169 @@
+"""SQL of the jobs schema. Every function takes a connection inside a
+transaction opened by the caller (`Database.tx`), so row level security and
+atomicity are decided by the service layer, not here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from psycopg import AsyncConnection, sql
+
+from services.jobs import domain
+
+_JOB_COLUMNS = (
+    "id, user_id, request_id, job_type, state, prompt, enhanced_prompt, negative_prompt, seed, "
+    "num_images, width, height, num_frames, steps, guidance_scale, reference_upload_id, "
+    "reference_type, reference_strength, reference_bucket, reference_key, destination, "
+    "workspace_session_id, progress_step, progress_total, progress_stage, attempt, "
+    "cancel_requested, error_code, error_message, enhancement_fallback, last_sequence, "
+    "created_at, started_at, completed_at, updated_at"
+)
+_ASSET_COLUMNS = (
+    "job_id, index, bucket, key, content_type, width, height, seed, thumbnail_bucket, "
+    "thumbnail_key, size_bytes, num_frames"
+)
+
+
+async def insert_job(conn: AsyncConnection, row: dict) -> dict:
+    columns = list(row)
+    query = sql.SQL("INSERT INTO jobs.jobs ({}) VALUES ({}) RETURNING " + _JOB_COLUMNS).format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+    )
+    cur = await conn.execute(query, [row[c] for c in columns])
+    return await cur.fetchone()
+
+
+async def get_job(conn: AsyncConnection, job_id: str, *, for_update: bool = False) -> dict | None:
+    lock = " FOR UPDATE" if for_update else ""
+    cur = await conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs.jobs WHERE id = %s{lock}", (job_id,))
+    return await cur.fetchone()
+
+
+async def find_by_request_id(conn: AsyncConnection, user_id: str, request_id: str) -> dict | None:
+    cur = await conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs.jobs WHERE user_id = %s AND request_id = %s",
+        (user_id, request_id),
+    )
+    return await cur.fetchone()
+
+
+async def lock_user(conn: AsyncConnection, user_id: str) -> None:
+    """Serialises one user's creates, so the active-job limit holds under races."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", (user_id,))
+
+
+async def count_active(conn: AsyncConnection, user_id: str) -> int:
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM jobs.jobs WHERE user_id = %s AND state = ANY(%s)",
+        (user_id, list(domain.ACTIVE)),
+    )
+    return (await cur.fetchone())["n"]
+
+
+async def update_job(conn: AsyncConnection, job_id: str, changes: dict) -> dict:
+    """Apply `changes` and return the updated row (updated_at is set here)."""
+    assignments = [sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder()) for c in changes]
+    assignments.append(sql.SQL("updated_at = now()"))
+    query = sql.SQL("UPDATE jobs.jobs SET {} WHERE id = %s RETURNING " + _JOB_COLUMNS).format(
+        sql.SQL(", ").join(assignments)
+    )
+    cur = await conn.execute(query, [*changes.values(), job_id])
+    return await cur.fetchone()
+
+
+async def list_jobs(
+    conn: AsyncConnection,
+    user_id: str,
+    *,
+    state: str,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[dict]:
+    where = ["user_id = %s"]
+    params: list = [user_id]
+    if state:
+        where.append("state = %s")
+        params.append(state)
+    if after is not None:
+        where.append("(created_at, id) < (%s, %s)")
+        params.extend(after)
+    params.append(limit)
+    cur = await conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs.jobs WHERE {' AND '.join(where)} "
+        "ORDER BY created_at DESC, id DESC LIMIT %s",
+        params,
+    )
+    return await cur.fetchall()
+
+
+async def assets_of(conn: AsyncConnection, job_ids: Iterable[str]) -> dict[str, list[dict]]:
+    ids = [str(i) for i in job_ids]
+    found: dict[str, list[dict]] = {i: [] for i in ids}
+    if not ids:
+        return found
+    cur = await conn.execute(
+        f"SELECT {_ASSET_COLUMNS} FROM jobs.assets WHERE job_id = ANY(%s::uuid[]) ORDER BY index",
+        (ids,),
+    )
+    for row in await cur.fetchall():
+        found[str(row["job_id"])].append(row)
+    return found
+
+
+async def replace_assets(
+    conn: AsyncConnection, job_id: str, user_id: str, assets: list[dict]
+) -> None:
+    await conn.execute("DELETE FROM jobs.assets WHERE job_id = %s", (job_id,))
+    if not assets:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO jobs.assets (job_id, user_id, index, bucket, key, content_type, width, "
+            "height, seed, thumbnail_bucket, thumbnail_key, size_bytes, num_frames) VALUES "
+            "(%(job_id)s, %(user_id)s, %(index)s, %(bucket)s, %(key)s, %(content_type)s, "
+            "%(width)s, %(height)s, %(seed)s, %(thumbnail_bucket)s, %(thumbnail_key)s, "
+            "%(size_bytes)s, %(num_frames)s)",
+            [{**a, "job_id": job_id, "user_id": user_id} for a in assets],
+        )
+
+
+async def insert_event(
+    conn: AsyncConnection, job_id: str, user_id: str, sequence: int, kind: str, payload: bytes
+) -> None:
+    await conn.execute(
+        "INSERT INTO jobs.job_events (job_id, sequence, user_id, type, payload) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (job_id, sequence, user_id, kind, payload),
+    )
+
+
+async def events_after(conn: AsyncConnection, job_id: str, after: int) -> list[dict]:
+    cur = await conn.execute(
+        "SELECT sequence, type, payload FROM jobs.job_events "
+        "WHERE job_id = %s AND sequence > %s ORDER BY sequence",
+        (job_id, after),
+    )
+    return await cur.fetchall()
+
+
+async def insert_outbox(conn: AsyncConnection, subject: str, msg_id: str, payload: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO jobs.outbox (subject, msg_id, payload) VALUES (%s, %s, %s)",
+        (subject, msg_id, payload),
+    )
+
+
+async def claim_outbox(conn: AsyncConnection, limit: int) -> list[dict]:
+    """Rows no other relay holds, oldest first; locked until the transaction ends."""
+    cur = await conn.execute(
+        "SELECT id, subject, msg_id, payload FROM jobs.outbox "
+        "ORDER BY id FOR UPDATE SKIP LOCKED LIMIT %s",
+        (limit,),
+    )
+    return await cur.fetchall()
+
+
+async def delete_outbox(conn: AsyncConnection, ids: list[int]) -> None:
+    await conn.execute("DELETE FROM jobs.outbox WHERE id = ANY(%s)", (ids,))

@@ -1,0 +1,138 @@
+"""The outbox relay: tasks reach the TASKS stream with Nats-Msg-Id = job id,
+a row published twice is stored once, and enhanced jobs go through
+tasks.enhance before their generation task."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.js.errors import NotFoundError
+
+from ourvidz import queue
+from ourvidz.v1 import job_pb2, job_service_pb2, queue_pb2
+from tests.jobs.helpers import owner_query
+
+
+async def pull_task(harness, subject: str, msg_id: str, wait: float = 15.0):
+    """The message with `msg_id` from the family's durable pull consumer."""
+    parts = subject.split(".")
+    durable = queue.consumer_name(*parts[1:]) if len(parts) == 3 else "enhancer"
+    try:
+        await harness.js.consumer_info(queue.TASKS_STREAM, durable)
+    except NotFoundError:
+        await queue.declare_task_consumer(harness.js, subject, durable)
+        harness.created_consumers.append(durable)  # removed again at teardown
+    sub = await harness.js.pull_subscribe(subject, durable=durable, stream=queue.TASKS_STREAM)
+    deadline = asyncio.get_running_loop().time() + wait
+    try:
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                msgs = await sub.fetch(batch=50, timeout=1)
+            except TimeoutError:
+                continue
+            found = None
+            for msg in msgs:
+                await msg.ack()  # every task here belongs to these tests
+                if msg.headers and msg.headers.get("Nats-Msg-Id") == msg_id:
+                    found = msg
+            if found is not None:
+                return found
+        raise AssertionError(f"no task {msg_id} on {subject}")
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_generation_task_is_published_with_the_job_id(harness):
+    user_id, md = harness.user()
+    job = await harness.create(md, prompt="a tall ship", seed=7, num_images=3)
+    msg = await pull_task(harness, "tasks.sdxl.fast", job.id)  # the relay runs by itself
+    assert msg.subject == "tasks.sdxl.fast"
+    task = queue_pb2.GenerationTask.FromString(msg.data)
+    assert (task.job_id, task.user_id, task.prompt) == (job.id, user_id, "a tall ship")
+    assert (task.seed, task.num_images, task.width, task.height) == (7, 3, 1024, 1024)
+    assert task.output_bucket == "sdxl-image-fast"
+    assert task.steps == 15
+    assert task.negative_prompt == job.negative_prompt
+
+
+async def test_a_row_published_twice_is_stored_once(harness, base_env):
+    _, md = harness.user()
+    job = await harness.create(md, job_type="sdxl_image_high")
+    await harness.drain_relay()
+    info = await harness.js.stream_info(queue.TASKS_STREAM)
+    before = info.state.messages
+    # As if a relay died after publishing but before deleting: the row again.
+    task = queue_pb2.GenerationTask(job_id=job.id, prompt=job.prompt).SerializeToString()
+    owner_query(
+        base_env["DATABASE_URL"],
+        "INSERT INTO jobs.outbox (subject, msg_id, payload) VALUES (%s, %s, %s) RETURNING id",
+        ("tasks.sdxl.high", job.id, task),
+    )
+    await harness.drain_relay()
+    assert (await harness.js.stream_info(queue.TASKS_STREAM)).state.messages == before
+    left = owner_query(base_env["DATABASE_URL"], "SELECT count(*) FROM jobs.outbox")
+    assert left[0][0] == 0
+    msg = await pull_task(harness, "tasks.sdxl.high", job.id)
+    assert queue_pb2.GenerationTask.FromString(msg.data).steps == 25  # the first one
+
+
+async def test_events_reach_the_events_stream(harness):
+    user_id, md = harness.user()
+    job = await harness.create(md)
+    await harness.drain_relay()
+    subject = queue.event_subject(user_id, job.id)
+    msg = await harness.js.get_last_msg(queue.EVENTS_STREAM, subject)
+    assert msg.headers["Nats-Msg-Id"] == f"{job.id}:1"
+    from ourvidz.v1 import events_pb2
+
+    event = events_pb2.JobEvent.FromString(msg.data)
+    assert (event.job_id, event.sequence, event.type) == (
+        job.id,
+        1,
+        events_pb2.JOB_EVENT_TYPE_STATE,
+    )
+    assert event.job.prompt == job.prompt
+
+
+async def test_enhanced_job_goes_through_the_enhancer(harness):
+    _, md = harness.user()
+    job = await harness.create(md, job_type="image7b_fast_enhanced", prompt="a cat")
+    msg = await pull_task(harness, "tasks.enhance", f"{job.id}:enhance")
+    enhance = queue_pb2.EnhanceTask.FromString(msg.data)
+    assert (enhance.job_id, enhance.prompt, enhance.target_model) == (job.id, "a cat", "wan")
+
+    done = await harness.stub.CompleteEnhancement(
+        job_service_pb2.CompleteEnhancementRequest(
+            job_id=job.id, enhanced_prompt="a fluffy cat on a sunlit windowsill"
+        ),
+        metadata=harness.worker_md,
+    )
+    assert done.job.state == job_pb2.JOB_STATE_QUEUED
+    assert done.job.enhanced_prompt == "a fluffy cat on a sunlit windowsill"
+    assert not done.job.enhancement_fallback
+    msg = await pull_task(harness, "tasks.wan.fast", job.id)
+    task = queue_pb2.GenerationTask.FromString(msg.data)
+    assert task.prompt == "a fluffy cat on a sunlit windowsill"
+    assert task.output_bucket == "image7b-fast-enhanced"
+
+    again = await harness.stub.CompleteEnhancement(
+        job_service_pb2.CompleteEnhancementRequest(job_id=job.id, enhanced_prompt="other"),
+        metadata=harness.worker_md,
+    )
+    assert again.job.enhanced_prompt == "a fluffy cat on a sunlit windowsill"
+    assert again.job.last_sequence == done.job.last_sequence
+
+
+async def test_enhancement_fallback_uses_the_original_prompt(harness):
+    _, md = harness.user()
+    job = await harness.create(md, job_type="video7b_high_enhanced", prompt="a river")
+    done = await harness.stub.CompleteEnhancement(
+        job_service_pb2.CompleteEnhancementRequest(
+            job_id=job.id, fallback=True, fallback_reason="timeout"
+        ),
+        metadata=harness.worker_md,
+    )
+    assert done.job.enhancement_fallback
+    assert done.job.state == job_pb2.JOB_STATE_QUEUED
+    msg = await pull_task(harness, "tasks.wan.high", job.id)
+    assert queue_pb2.GenerationTask.FromString(msg.data).prompt == "a river"
