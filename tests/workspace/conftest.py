@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from workspace_helpers import User, workspace_settings
 
 from ourvidz import grpcserver, queue
 from ourvidz.v1 import workspace_service_pb2_grpc as pb_grpc
 from services.workspace.main import Running, start
+from tests.workspace.workspace_helpers import User, workspace_settings
 
 
 @pytest.fixture(scope="module")

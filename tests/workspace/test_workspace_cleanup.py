@@ -7,7 +7,9 @@ import uuid
 
 import grpc
 import psycopg
-from workspace_helpers import (
+
+from ourvidz.v1 import workspace_service_pb2 as pb
+from tests.workspace.workspace_helpers import (
     IMAGE_BUCKET,
     completed_event,
     eventually,
@@ -17,8 +19,6 @@ from workspace_helpers import (
     put_outputs,
     rpc_error,
 )
-
-from ourvidz.v1 import workspace_service_pb2 as pb
 
 
 def _backdate(owner_url: str, session_id: str, days: int) -> None:

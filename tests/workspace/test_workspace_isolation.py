@@ -8,10 +8,10 @@ import grpc
 import psycopg
 import pytest
 from psycopg.rows import dict_row
-from workspace_helpers import User, file_job, png_bytes, rpc_error
 
 from ourvidz import db
 from ourvidz.v1 import workspace_service_pb2 as pb
+from tests.workspace.workspace_helpers import User, file_job, png_bytes, rpc_error
 
 TABLES = ("sessions", "items", "library_assets", "uploads")
 

@@ -9,7 +9,13 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import grpc
 import httpx
-from workspace_helpers import (
+
+from ourvidz import grpcserver
+from ourvidz.v1 import job_pb2
+from ourvidz.v1 import workspace_service_pb2 as pb
+from ourvidz.v1 import workspace_service_pb2_grpc as pb_grpc
+from services.workspace.main import start
+from tests.workspace.workspace_helpers import (
     IMAGE_BUCKET,
     completed_event,
     eventually,
@@ -20,12 +26,6 @@ from workspace_helpers import (
     rpc_error,
     workspace_settings,
 )
-
-from ourvidz import grpcserver
-from ourvidz.v1 import job_pb2
-from ourvidz.v1 import workspace_service_pb2 as pb
-from ourvidz.v1 import workspace_service_pb2_grpc as pb_grpc
-from services.workspace.main import start
 
 
 async def _assets(stub, user, **filters) -> list[pb.LibraryAsset]:

@@ -6,7 +6,11 @@ from __future__ import annotations
 import uuid
 
 import grpc
-from workspace_helpers import (
+
+from ourvidz.v1 import events_pb2, job_pb2
+from ourvidz.v1 import workspace_service_pb2 as pb
+from services.workspace.convert import completion
+from tests.workspace.workspace_helpers import (
     completed_event,
     eventually,
     file_job,
@@ -15,10 +19,6 @@ from workspace_helpers import (
     put_outputs,
     rpc_error,
 )
-
-from ourvidz.v1 import events_pb2, job_pb2
-from ourvidz.v1 import workspace_service_pb2 as pb
-from services.workspace.convert import completion
 
 
 async def test_active_session_is_created_once(stub, new_user):

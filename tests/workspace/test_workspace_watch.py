@@ -6,19 +6,19 @@ import asyncio
 import uuid
 
 import grpc
-from workspace_helpers import (
-    CALL_TIMEOUT,
-    completed_event,
-    publish,
-    put_outputs,
-    workspace_settings,
-)
 
 from ourvidz import grpcserver
 from ourvidz.v1 import events_pb2, job_pb2
 from ourvidz.v1 import workspace_service_pb2 as pb
 from ourvidz.v1 import workspace_service_pb2_grpc as pb_grpc
 from services.workspace.main import start
+from tests.workspace.workspace_helpers import (
+    CALL_TIMEOUT,
+    completed_event,
+    publish,
+    put_outputs,
+    workspace_settings,
+)
 
 
 def state_event(user_id: str, job_id: str, session_id: str, sequence: int) -> events_pb2.JobEvent:
