@@ -123,7 +123,7 @@ def bench_up(repeat: int) -> None:
     installed; embedded servers and data in a fresh folder each time)."""
     from ourvidz.dev.embedded import free_port
 
-    times = []
+    times, first_job = [], []
     for _ in range(repeat):
         data = Path(tempfile.mkdtemp(prefix="ovu"))
         port = free_port()
@@ -146,11 +146,39 @@ def bench_up(repeat: int) -> None:
                     raise RuntimeError("ourvidz.dev.up exited early")
                 time.sleep(0.25)
             times.append(time.perf_counter() - start)
+            first_job.append(_first_job(f"http://127.0.0.1:{port}") + times[-1])
         finally:
             os.killpg(proc.pid, signal.SIGINT)
             proc.wait(60)
             shutil.rmtree(data, ignore_errors=True)
     report("make up → /readyz 200", times)
+    report(
+        "make up → first sdxl_image_fast 1024² job completed",
+        first_job,
+        "(includes the worker's model load)",
+    )
+
+
+def _first_job(url: str) -> float:
+    """Seconds from a 200 on /readyz to the first job completed."""
+    start = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=120) as http:
+        token = http.post(
+            "/v1/auth/signup", json={"email": "first@example.com", "password": "bench password"}
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        job = http.post(
+            "/v1/jobs",
+            headers=headers,
+            json={"job_type": "sdxl_image_fast", "prompt": "a lighthouse"},
+        ).json()
+        with http.stream("GET", f"/v1/jobs/{job['id']}/events", headers=headers) as stream:
+            for _ in stream.iter_lines():
+                pass
+        state = http.get(f"/v1/jobs/{job['id']}", headers=headers).json()["state"]
+    if state != "completed":
+        raise RuntimeError(f"first job ended {state}")
+    return time.perf_counter() - start
 
 
 def bench_gpu(repeat: int) -> None:

@@ -106,6 +106,8 @@ def start_s3(emb: Embedded, port: int | None = None) -> str:
     """A moto S3 protocol server in this process (tests)."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
     port = port or free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
