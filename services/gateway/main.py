@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 from dataclasses import dataclass
 
 import uvicorn
 
-from ourvidz import logs
+from ourvidz import runtime
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
@@ -73,20 +72,5 @@ async def start(settings: GatewaySettings, *, port: int | None = None, **app_kwa
     return Running(port=bound, server=server, task=task, app=app)
 
 
-async def _serve(settings: GatewaySettings) -> None:
-    running = await start(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait({waiter, running.task}, return_when=asyncio.FIRST_COMPLETED)
-    log.info("gateway shutting down")
-    await running.stop()
-    waiter.cancel()
-
-
 def main() -> None:
-    settings = GatewaySettings()
-    logs.setup("gateway", settings.log_level, settings.log_json)
-    asyncio.run(_serve(settings))
+    runtime.run("gateway", GatewaySettings, start)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 
-from ourvidz import db, logs, queue
+from ourvidz import db, queue, runtime
 from ourvidz.grpcserver import Served, build_server, set_serving
 from ourvidz.storage import store_from_settings
 from ourvidz.v1 import job_service_pb2_grpc
@@ -132,18 +131,5 @@ async def start(
     )
 
 
-async def _serve(settings: JobsSettings) -> None:
-    running = await start(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await running.stop()
-
-
 def main() -> None:
-    settings = JobsSettings()
-    logs.setup("jobs", settings.log_level, settings.log_json)
-    asyncio.run(_serve(settings))
+    runtime.run("jobs", JobsSettings, start)

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from dataclasses import dataclass, field
 
-from ourvidz import grpcserver, logs, queue
+from ourvidz import grpcserver, queue, runtime
 from ourvidz.storage import store_from_settings
 from ourvidz.v1 import job_service_pb2_grpc, worker_service_pb2_grpc
 from services.sdxl.models import PipeBundle
@@ -125,17 +124,4 @@ async def start(settings: SdxlSettings, *, port: int | None = None) -> Running:
 
 
 def main() -> None:
-    settings = SdxlSettings()
-    logs.setup("sdxl", settings.log_level, settings.log_json)
-
-    async def serve() -> None:
-        running = await start(settings)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down")
-        await running.stop()
-
-    asyncio.run(serve())
+    runtime.run("sdxl", SdxlSettings, start)

@@ -3,15 +3,13 @@ clean-up task and the gRPC server. The only module with side effects."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import signal
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 
-from ourvidz import db, logs, queue
+from ourvidz import db, queue, runtime
 from ourvidz.catalog import ALL_BUCKETS
 from ourvidz.grpcserver import Served, build_server, set_serving
 from ourvidz.storage import store_from_settings
@@ -111,18 +109,5 @@ async def start(settings: WorkspaceSettings, *, port: int | None = None) -> Runn
     )
 
 
-async def _serve(settings: WorkspaceSettings) -> None:
-    running = await start(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await running.stop()
-
-
 def main() -> None:
-    settings = WorkspaceSettings()
-    logs.setup("workspace", settings.log_level, settings.log_json)
-    asyncio.run(_serve(settings))
+    runtime.run("workspace", WorkspaceSettings, start)
