@@ -117,18 +117,21 @@ class Unavailable(DomainError):
     reason = "UNAVAILABLE"
 
 
-@dataclass
 class ResourceExhausted(DomainError):
-    message: str
-    subject: str = ""
-    limit_description: str = ""
-    reason: str = "QUOTA_EXCEEDED"
-    violations: list[FieldViolation] = field(default_factory=list)
-
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "QUOTA_EXCEEDED"
 
-    def __post_init__(self) -> None:
-        Exception.__init__(self, self.message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str = "",
+        limit_description: str = "",
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.subject = subject
+        self.limit_description = limit_description
 
     def details(self) -> list[any_pb2.Any]:
         quota = error_details_pb2.QuotaFailure(

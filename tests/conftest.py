@@ -15,6 +15,7 @@ import pytest
 
 from ourvidz import db
 from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3
+from ourvidz.dev.stack import settings_from
 from ourvidz.migrate import migration_folders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,14 +68,4 @@ def base_env(infra, tmp_path_factory) -> dict[str, str]:
 
 def make_settings(cls, env: dict[str, str], **overrides):
     """Build a settings object from `env` without touching os.environ."""
-    merged = {**env, **{k.upper(): str(v) for k, v in overrides.items()}}
-    old = {k: os.environ.get(k) for k in merged}
-    os.environ.update(merged)
-    try:
-        return cls()
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return settings_from(cls, {**env, **{k.upper(): str(v) for k, v in overrides.items()}})

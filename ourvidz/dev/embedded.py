@@ -22,10 +22,18 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+STANDARD_NATS_PORT = 4222
+
+
+def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
+    """A port nothing listens on now, never one in `avoid` nor NATS's standard
+    port (a machine may run its own NATS there)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in avoid and port != STANDARD_NATS_PORT:
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:

@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 
+from ourvidz.dev.embedded import free_port
 from ourvidz.dev.supervisor import (
     LinePrefixer,
     ServiceSpec,
@@ -42,11 +43,11 @@ from ourvidz.dev.supervisor import (
     python_argv,
     run_until_signalled,
 )
+from ourvidz.migrate import migration_folders
 
 log = logging.getLogger("ourvidz.dev.up")
 
 ROOT = Path(__file__).resolve().parents[2]
-STANDARD_NATS_PORT = 4222
 GENERATED_SECRETS = ("AUTH_SECRET", "STORAGE_SIGNING_KEY")
 SECRET_LENGTH = 48
 
@@ -92,10 +93,6 @@ def order_services(names: list[str]) -> list[str]:
     return sorted(set(names), key=rank)
 
 
-def migration_folders(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "services").glob("*/migrations") if p.is_dir())
-
-
 # --- ports ------------------------------------------------------------------------------
 
 
@@ -111,16 +108,6 @@ def port_is_free(host: str, port: int) -> bool:
                 return False
             raise
     return True
-
-
-def free_port(avoid: set[int] | frozenset[int] = frozenset()) -> int:
-    """A port nothing listens on now, never one in `avoid`."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in avoid and port != STANDARD_NATS_PORT:
-            return port
 
 
 def listens(host: str, port: int) -> Callable[[], bool]:
@@ -308,7 +295,7 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
         from ourvidz import db
 
         log.info("preparing the database")
-        db.prepare(env["DATABASE_URL"], role_password, migration_folders(root))
+        db.prepare(env["DATABASE_URL"], role_password, migration_folders(root / "services"))
 
         ports = assign_ports(services, env)
         supervisor = Supervisor(
