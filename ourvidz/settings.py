@@ -70,6 +70,17 @@ class CommonSettings(BaseSettings):
 
     grpc_deadline_seconds: float = 10.0
 
+    # The prompt policy (ourvidz.policy): deny-listed terms, comma-separated,
+    # and/or a file with one term per line. Checked by Jobs at submit and by the
+    # enhancer on its input and its output.
+    prompt_deny_list: str = ""
+    prompt_deny_list_file: str = ""
+
+    def prompt_policy(self):
+        from ourvidz.policy import PromptPolicy
+
+        return PromptPolicy.from_settings(self.prompt_deny_list, self.prompt_deny_list_file)
+
     @model_validator(mode="after")
     def _refuse_dev_secrets(self) -> CommonSettings:
         if self.env == "prod":
