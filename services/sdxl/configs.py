@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from services.sdxl import tokenizers
+from ourvidz import tokenizers
 
 # SDXL's six added time ids: original size, crop top-left, target size.
 TIME_IDS = 6

@@ -27,7 +27,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
 
-from services.sdxl import configs, tokenizers
+from ourvidz import tokenizers
+from services.sdxl import configs
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.sdxl import configs, generate, models, tokenizers
+from ourvidz import tokenizers
+from services.sdxl import configs, generate, models
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +29,7 @@ def test_tokenizer_has_every_byte_and_is_deterministic():
 
 def test_tokenizer_is_identical_in_another_process():
     code = (
-        "from services.sdxl import tokenizers;"
+        "from ourvidz import tokenizers;"
         "print(tokenizers.clip_tokenizer()('a cat in the snow, 8k').input_ids,"
         " len(tokenizers.vocabulary()[1]))"
     )

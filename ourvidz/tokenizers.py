@@ -1,4 +1,5 @@
-"""CLIP tokenizers made offline, identical in every process.
+"""CLIP tokenizers made offline, identical in every process (SDXL's tiny and
+full-random presets; the enhancer counts SDXL prompt tokens with them).
 
 No tokenizer files can be downloaded here, so the tiny and full-random presets
 build a real `CLIPTokenizer` from an in-memory vocabulary: every byte of CLIP's
