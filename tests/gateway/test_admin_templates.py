@@ -130,6 +130,9 @@ async def test_template_lifecycle(client, enhancer, admin_token):
     assert [t["id"] for t in active["templates"]] == [v2["id"]]
     _, request, _ = fake.last("ListPromptTemplates")
     assert (request.target_model, request.active_only) == ("wan", True)
+    every = await client.get(BASE, params={"target_model": "", "active_only": ""}, headers=h)
+    assert every.status_code == 200, every.text
+    assert fake.last("ListPromptTemplates")[1].target_model == ""
 
     r = await client.post(
         f"{BASE}/{v2['id']}/tests",

@@ -4,9 +4,10 @@ call is made, and the enhancer checks the role again."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BeforeValidator
 
 from ourvidz.v1 import enhancer_service_pb2 as enh_pb2
 from services.gateway import mapping
@@ -14,7 +15,6 @@ from services.gateway.deps import AdminDep, gateway, resource_id
 from services.gateway.models import (
     CreateTemplateBody,
     PromptTestsOut,
-    TargetModel,
     TemplateOut,
     TemplatesOut,
     TemplateStatsOut,
@@ -40,17 +40,15 @@ async def _call(gw, caller, method_name: str, request, deadline: float | None = 
 @router.get("", response_model=TemplatesOut)
 async def list_templates(
     caller: AdminDep,
-    target_model: TargetModel | None = None,
-    active_only: bool = False,
+    target_model: Literal["sdxl", "wan", ""] = "",  # empty: every target
+    active_only: Annotated[bool, BeforeValidator(lambda v: v or False)] = False,
     gw=Depends(gateway),
 ) -> dict:
     reply = await _call(
         gw,
         caller,
         "ListPromptTemplates",
-        enh_pb2.ListPromptTemplatesRequest(
-            target_model=target_model or "", active_only=active_only
-        ),
+        enh_pb2.ListPromptTemplatesRequest(target_model=target_model, active_only=active_only),
     )
     return {"templates": [mapping.template(t) for t in reply.templates]}
 
