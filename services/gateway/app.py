@@ -18,7 +18,18 @@ from services.gateway.backends import Backends
 from services.gateway.identity import Identity
 from services.gateway.limits import BodyLimitMiddleware
 from services.gateway.metrics import HttpMetrics, MetricsMiddleware
-from services.gateway.routes import auth, files, jobs, library, ops, uploads, workspace
+from services.gateway.routes import (
+    admin,
+    auth,
+    files,
+    jobs,
+    library,
+    ops,
+    playground,
+    prompts,
+    uploads,
+    workspace,
+)
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -71,6 +82,7 @@ def create_app(
             channel(settings.jobs_addr),
             channel(settings.workspace_addr),
             settings.grpc_deadline_seconds,
+            channel(settings.enhancer_addr),
         )
         if own_db:
             # Without waiting: the process serves /healthz (and /readyz says
@@ -100,7 +112,7 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
-    for module in (auth, jobs, uploads, workspace, library, ops):
+    for module in (auth, jobs, prompts, playground, admin, uploads, workspace, library, ops):
         app.include_router(module.router)
     if local_store is not None:
         app.include_router(files.router)

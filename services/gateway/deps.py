@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ourvidz.auth import Principal, verify_token
-from ourvidz.errors import NotFound, Unauthenticated
+from ourvidz.errors import NotFound, PermissionDenied, Unauthenticated
 
 _bearer = HTTPBearer(auto_error=False, description="An access token from /v1/auth/login")
 
@@ -45,6 +45,16 @@ async def caller(
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
+
+
+async def admin(caller: CallerDep) -> Caller:
+    """A signed-in admin; a user is refused here (403) before any service is called."""
+    if caller.principal.role != "admin":
+        raise PermissionDenied("this route is for admins")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(admin)]
 
 
 def resource_id(value: str, what: str) -> str:

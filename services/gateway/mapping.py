@@ -9,6 +9,7 @@ from datetime import UTC
 
 from google.protobuf import timestamp_pb2
 
+from ourvidz.v1 import enhancer_service_pb2 as enh_pb2
 from ourvidz.v1 import events_pb2, job_pb2, workspace_service_pb2
 
 JOB_STATES = ("queued", "enhancing", "running", "completed", "failed", "cancelled")
@@ -90,6 +91,19 @@ def job_spec(body, workspace_session_id: str = "") -> job_pb2.JobSpec:
     return spec
 
 
+def generation_settings(body) -> enh_pb2.GenerationSettings | None:
+    """GenerationSettings from a body with temperature/top_p/max_new_tokens/seed
+    (absent -> 0, "the default"); None when the body is None."""
+    if body is None:
+        return None
+    return enh_pb2.GenerationSettings(
+        temperature=body.temperature or 0.0,
+        top_p=body.top_p or 0.0,
+        max_new_tokens=body.max_new_tokens or 0,
+        seed=body.seed or 0,
+    )
+
+
 # --- responses ---------------------------------------------------------------------
 
 
@@ -144,6 +158,7 @@ def job(j: job_pb2.Job) -> dict:
             else None
         ),
         "enhancement_fallback": j.enhancement_fallback,
+        "enhancement_fallback_reason": _opt(j.enhancement_fallback_reason),
         "created_at": _ts(j, "create_time"),
         "started_at": _ts(j, "start_time"),
         "completed_at": _ts(j, "complete_time"),
@@ -175,6 +190,79 @@ def job_type(t: job_pb2.JobType) -> dict:
         "fps": t.fps,
         "notes": t.notes,
     }
+
+
+def settings_out(s: enh_pb2.GenerationSettings) -> dict:
+    """Generation settings; a zero (not set) is null."""
+    return {
+        "temperature": round(s.temperature, 4) or None,
+        "top_p": round(s.top_p, 4) or None,
+        "max_new_tokens": s.max_new_tokens or None,
+        "seed": s.seed or None,
+    }
+
+
+def enhancement(r: enh_pb2.EnhancePromptResponse, original_prompt: str) -> dict:
+    return {
+        "original_prompt": original_prompt,
+        "enhanced_prompt": r.enhanced_prompt,
+        "target_model": r.target_model,
+        "template": {"id": _opt(r.template_id), "version": r.template_version or None},
+        "model": r.model,
+        "tokens_in": r.tokens_in,
+        "tokens_out": r.tokens_out,
+        "target_tokens": r.target_tokens,
+        "latency_seconds": round(r.latency_seconds, 4),
+        "settings": settings_out(r.settings),
+        "fallback": r.fallback,
+        "fallback_reason": _opt(r.fallback_reason),
+        "enhancement_id": _opt(r.enhancement_id),
+    }
+
+
+def template(t: enh_pb2.PromptTemplate) -> dict:
+    return {
+        "id": t.id,
+        "name": t.name,
+        "target_model": t.target_model,
+        "version": t.version,
+        "system_prompt": t.system_prompt,
+        "user_template": t.user_template,
+        "description": t.description,
+        "settings": settings_out(t.settings),
+        "active": t.active,
+        "created_by": _opt(t.created_by),
+        "created_at": _ts(t, "create_time"),
+    }
+
+
+def prompt_test(t: enh_pb2.PromptTest) -> dict:
+    return {
+        "id": t.id,
+        "template_id": t.template_id,
+        "template_version": t.template_version,
+        "sample_prompt": t.sample_prompt,
+        "result": enhancement(t.result, t.sample_prompt),
+        "created_at": _ts(t, "create_time"),
+    }
+
+
+def template_stats(s: enh_pb2.GetPromptTemplateStatsResponse) -> dict:
+    return {
+        "template_id": s.template_id,
+        "template_version": s.template_version,
+        "enhancements": s.enhancements,
+        "fallbacks": s.fallbacks,
+        "mean_latency_seconds": round(s.mean_latency_seconds, 4),
+        "mean_tokens_in": round(s.mean_tokens_in, 2),
+        "mean_tokens_out": round(s.mean_tokens_out, 2),
+        "ratings": s.ratings,
+        "mean_rating": round(s.mean_rating, 3) if s.ratings else None,
+    }
+
+
+def chat_done(r: enh_pb2.ChatResponse) -> dict:
+    return {"tokens_out": r.tokens_out, "model": r.model, "settings": settings_out(r.settings)}
 
 
 def session(s: workspace_service_pb2.Session) -> dict:

@@ -54,16 +54,16 @@ class PayloadTooLarge(StarletteHTTPException):
         self.field = field
 
 
-def problem(
+def problem_body(
     status: int,
     detail: str,
     *,
     title: str | None = None,
     type_: str | None = None,
     errors: list[FieldViolation] | None = None,
-    headers: dict[str, str] | None = None,
     **extra: object,
-) -> JSONResponse:
+) -> dict[str, object]:
+    """The RFC 9457 body: type, title, status, detail, and `errors` for bad fields."""
     phrase = _phrase(status)
     body: dict[str, object] = {
         "type": type_ or TYPE_BASE + phrase.lower().replace(" ", "-").replace("'", ""),
@@ -74,6 +74,20 @@ def problem(
     if errors:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
     body.update(extra)
+    return body
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str | None = None,
+    errors: list[FieldViolation] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: object,
+) -> JSONResponse:
+    body = problem_body(status, detail, title=title, type_=type_, errors=errors, **extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
 
 
@@ -111,6 +125,16 @@ def from_rpc_error(err: grpc.RpcError) -> JSONResponse:
         headers=_auth_headers(status, detail),
         **extra,
     )
+
+
+def rpc_problem_body(err: grpc.RpcError, interrupted: str) -> dict[str, object]:
+    """The problem body of a gRPC error that broke a stream after it started
+    (sent as an SSE `error` event); `interrupted` is the detail of a 5xx."""
+    remote = parse_rpc_error(err)
+    status = http_status(remote.code)
+    log.warning("stream ended with %s: %s", remote.code.name, remote.message)
+    detail = remote.message if status < 500 else interrupted
+    return problem_body(status, detail, errors=remote.violations or None)
 
 
 def from_domain_error(exc: DomainError) -> JSONResponse:

@@ -27,6 +27,11 @@ class GatewaySettings(CommonSettings):
     gateway_sse_keepalive_seconds: float = 15.0
     # Deadline of an upload call (the workspace decodes and stores the image).
     gateway_upload_deadline_seconds: float = 60.0
+    # Deadlines of calls that run the enhancer's model: one enhancement, a
+    # template test over several sample prompts, and a whole playground chat.
+    gateway_enhance_deadline_seconds: float = 60.0
+    gateway_template_test_deadline_seconds: float = 300.0
+    gateway_chat_deadline_seconds: float = 300.0
     # Seconds to finish in-flight requests on shutdown.
     gateway_shutdown_grace_seconds: float = 10.0
 

@@ -136,6 +136,7 @@ def job_proto(row: dict, assets: list[dict] = ()) -> job_pb2.Job:
         attempt=row["attempt"],
         assets=[asset_proto(a) for a in sorted(assets, key=lambda a: a["index"])],
         enhancement_fallback=row["enhancement_fallback"],
+        enhancement_fallback_reason=row["enhancement_fallback_reason"],
         request_id=row["request_id"] or "",
         last_sequence=row["last_sequence"],
     )

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from ourvidz import catalog
 from ourvidz.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from ourvidz.policy import PromptPolicy
 from ourvidz.settings import CatalogLimits
 
 QUEUED = "queued"
@@ -111,9 +112,13 @@ class ValidJob:
         return ENHANCING if self.job_type.enhanced else QUEUED
 
 
-def validate(sub: Submission, limits: CatalogLimits) -> ValidJob:
+def validate(
+    sub: Submission, limits: CatalogLimits, policy: PromptPolicy | None = None
+) -> ValidJob:
     """Check every field at once and raise one InvalidArgument that lists all
-    violations, so a client fixes its request in one round."""
+    violations, so a client fixes its request in one round. `policy` (the
+    deny list) applies to the prompt only: a negative prompt names what is
+    not wanted, so deny-listed words belong there."""
     bad: list[FieldViolation] = []
     jt = catalog.CATALOG.get(sub.job_type)
     if jt is None:
@@ -127,6 +132,8 @@ def validate(sub: Submission, limits: CatalogLimits) -> ValidJob:
         bad.append(
             FieldViolation("prompt", f"must be at most {limits.max_prompt_chars} characters")
         )
+    elif policy is not None and (denied := policy.violation(prompt, "prompt")) is not None:
+        bad.append(denied)
 
     negative = (sub.negative_prompt or "").strip()
     if len(negative) > limits.max_negative_prompt_chars:

@@ -17,6 +17,7 @@ from services.jobs.relay import OutboxRelay
 from services.jobs.service import JobsCore
 from services.jobs.servicer import SERVICE_NAME, JobServicer
 from services.jobs.settings import JobsSettings
+from services.jobs.sweeper import EnhancementSweeper
 from services.jobs.uploads import UploadResolver, WorkspaceUploads
 from services.jobs.watch import Watcher
 
@@ -34,14 +35,15 @@ class Running:
     relay: OutboxRelay
     uploads: UploadResolver
     core: JobsCore
+    sweeper: EnhancementSweeper
     grace: float = 10.0
     _stopped: bool = field(default=False, repr=False)
 
     async def stop(self) -> None:
         """Health NOT_SERVING, stop the server with a grace period, stop the
-        relay, drain NATS, close the pool. Runs in a task of its own, each step
-        bounded, so a caller's cancellation or a stuck step cannot leave the
-        rest undone."""
+        enhancement sweeper and the relay, drain NATS, close the pool. Runs in
+        a task of its own, each step bounded, so a caller's cancellation or a
+        stuck step cannot leave the rest undone."""
         if self._stopped:
             return
         self._stopped = True
@@ -50,6 +52,7 @@ class Running:
     async def _shutdown(self) -> None:
         steps = (
             ("grpc server", lambda: self.served.stop(self.grace), self.grace + 5),
+            ("enhancement sweeper", self.sweeper.stop, 10),
             ("outbox relay", self.relay.stop, 10),
             ("upload client", self.uploads.close, 5),
             ("nats", self.nc.drain, 10),
@@ -68,6 +71,7 @@ async def start(
 ) -> Running:
     """Start the service. `port=0` binds any free port (tests); `uploads`
     replaces the workspace client that resolves reference images."""
+    policy = settings.prompt_policy()  # a missing deny-list file stops the start here
     role_url = db.role_url(
         settings.database_url, "ourvidz_jobs", settings.db_role_password.get_secret_value()
     )
@@ -95,6 +99,7 @@ async def start(
         uploads=uploads,
         max_active_per_user=settings.jobs_max_active_per_user,
         max_preview_bytes=settings.jobs_max_preview_bytes,
+        policy=policy,
     )
     watcher = Watcher(database, nc, blobs, settings.jobs_watch_poll_seconds)
     relay = OutboxRelay(
@@ -105,6 +110,13 @@ async def start(
         poll_seconds=settings.jobs_relay_poll_seconds,
     )
     relay.start()
+    sweeper = EnhancementSweeper(
+        core,
+        timeout_seconds=settings.jobs_enhance_timeout_seconds,
+        check_seconds=settings.jobs_enhance_check_seconds,
+        on_expired=relay.wake,
+    )
+    sweeper.start()
 
     servicer = JobServicer(core, watcher, limits)
     served = build_server(
@@ -127,6 +139,7 @@ async def start(
         relay=relay,
         uploads=uploads,
         core=core,
+        sweeper=sweeper,
         grace=settings.jobs_shutdown_grace_seconds,
     )
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from ourvidz import catalog, queue
 from ourvidz.db import Database
 from ourvidz.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from ourvidz.policy import PromptPolicy
 from ourvidz.settings import CatalogLimits
 from ourvidz.storage import BlobStore, check_location
 from ourvidz.v1 import job_pb2
@@ -21,6 +22,9 @@ from services.jobs.uploads import UploadResolver
 log = logging.getLogger(__name__)
 
 ENHANCE_MSG_SUFFIX = ":enhance"
+# Starts the fallback reason of an enhancement that timed out in Jobs.
+ENHANCE_TIMEOUT_CODE = "ENHANCER_TIMEOUT"
+MAX_REASON_CHARS = 500
 
 
 def _now() -> datetime:
@@ -49,8 +53,10 @@ class JobsCore:
         uploads: UploadResolver,
         max_active_per_user: int,
         max_preview_bytes: int,
+        policy: PromptPolicy | None = None,
     ) -> None:
         self.db = database
+        self.policy = policy or PromptPolicy()
         self.limits = limits
         self.blobs = blobs
         self.uploads = uploads
@@ -109,7 +115,7 @@ class JobsCore:
     async def create(
         self, user_id: str, sub: domain.Submission, request_id: str, metadata
     ) -> tuple[job_pb2.Job, bool]:
-        valid = domain.validate(sub, self.limits)
+        valid = domain.validate(sub, self.limits, self.policy)
         request_id = request_id.strip() or None
         if request_id:
             async with self.db.tx(user_id=user_id) as conn:
@@ -289,24 +295,67 @@ class JobsCore:
             if not jt.enhanced:
                 raise FailedPrecondition(f"{jt.name} jobs are not enhanced")
             if row["state"] != domain.ENHANCING:
+                if row["enhancement_fallback_reason"].startswith(ENHANCE_TIMEOUT_CODE):
+                    # Too late: the job went on with its original prompt.
+                    raise FailedPrecondition(
+                        "the enhancement timed out; the job went on with its original prompt",
+                        reason="ENHANCEMENT_TIMED_OUT",
+                    )
                 return await self._job(conn, row)  # a repeat, or cancelled meanwhile
-            domain.transition(row["state"], domain.QUEUED)
-            enhanced = enhanced_prompt.strip()
-            fallback = fallback or not enhanced
-            job = await self._apply(
-                conn,
-                row,
-                {
-                    "state": domain.QUEUED,
-                    "enhanced_prompt": "" if fallback else enhanced,
-                    "enhancement_fallback": fallback,
-                },
-                [Emit("state")],
+            job = await self._finish_enhancement(conn, row, enhanced_prompt, fallback, reason)
+        if job.enhancement_fallback:
+            log.warning(
+                "job %s: enhancement fell back to the original prompt: %s",
+                job.id,
+                job.enhancement_fallback_reason,
             )
-            task = convert.generation_task(job, now=_now())
-            await store.insert_outbox(conn, jt.subject, job.id, task.SerializeToString())
-        if fallback:
-            log.warning("job %s: enhancement fell back to the original prompt: %s", job.id, reason)
+        return job
+
+    async def expire_enhancements(self, timeout_seconds: float, limit: int) -> list[job_pb2.Job]:
+        """Jobs enhancing for longer than `timeout_seconds` go on with their
+        original prompt (a fallback with an ENHANCER_TIMEOUT reason) and their
+        generation task is queued, so a job never waits on an enhancer that is
+        down. Rows another replica or a CompleteEnhancement holds are skipped:
+        whoever holds the lock decides, the other sees a job no longer enhancing."""
+        reason = f"{ENHANCE_TIMEOUT_CODE}: no enhancement within {timeout_seconds:g} s"
+        async with self.db.tx(role="system") as conn:
+            rows = await store.claim_stale_enhancing(conn, timeout_seconds, limit)
+            jobs = [await self._finish_enhancement(conn, row, "", True, reason) for row in rows]
+        for job in jobs:
+            log.warning("job %s: %s; generating with the original prompt", job.id, reason)
+        return jobs
+
+    async def _finish_enhancement(
+        self, conn, row: dict, enhanced_prompt: str, fallback: bool, reason: str
+    ) -> job_pb2.Job:
+        """enhancing -> queued with the prompt to render, and the generation task."""
+        jt = catalog.CATALOG[row["job_type"]]
+        domain.transition(row["state"], domain.QUEUED)
+        enhanced = enhanced_prompt.strip()
+        reason = reason.strip()
+        if not fallback:
+            if not enhanced:
+                fallback, reason = True, "EMPTY_ENHANCEMENT: the enhancer returned no prompt"
+            elif denied := self.policy.violations(enhanced):
+                # The enhancer checks its output too; an enhanced prompt must
+                # never bring back what the user could not submit.
+                listed = ", ".join(repr(t) for t in denied)
+                fallback, reason = True, f"PROMPT_POLICY: the enhanced prompt contains {listed}"
+        elif not reason:
+            reason = "UNSPECIFIED: the enhancer gave no reason"
+        job = await self._apply(
+            conn,
+            row,
+            {
+                "state": domain.QUEUED,
+                "enhanced_prompt": "" if fallback else enhanced,
+                "enhancement_fallback": fallback,
+                "enhancement_fallback_reason": reason[:MAX_REASON_CHARS] if fallback else "",
+            },
+            [Emit("state")],
+        )
+        task = convert.generation_task(job, now=_now())
+        await store.insert_outbox(conn, jt.subject, job.id, task.SerializeToString())
         return job
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from ourvidz.queue import QueueSettings
 from ourvidz.settings import CommonSettings
 
@@ -20,6 +22,11 @@ class JobsSettings(CommonSettings):
     jobs_watch_poll_seconds: float = 5.0
     # Largest preview image a worker may attach to a progress report.
     jobs_max_preview_bytes: int = 512 * 1024
+    # An enhanced job still `enhancing` after this long goes on with its
+    # original prompt (a recorded fallback), so a stopped enhancer delays jobs
+    # but never strands them. Checked every jobs_enhance_check_seconds.
+    jobs_enhance_timeout_seconds: float = Field(60.0, gt=0)
+    jobs_enhance_check_seconds: float = Field(2.0, gt=0)
     jobs_shutdown_grace_seconds: float = 10.0
     # JetStream stream replicas (3 on a 3-node cluster).
     jobs_stream_replicas: int = 1

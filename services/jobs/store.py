@@ -16,7 +16,8 @@ _JOB_COLUMNS = (
     "num_images, width, height, num_frames, steps, guidance_scale, reference_upload_id, "
     "reference_type, reference_strength, reference_bucket, reference_key, destination, "
     "workspace_session_id, progress_step, progress_total, progress_stage, attempt, "
-    "cancel_requested, error_code, error_message, enhancement_fallback, last_sequence, "
+    "cancel_requested, error_code, error_message, enhancement_fallback, "
+    "enhancement_fallback_reason, last_sequence, "
     "created_at, started_at, completed_at, updated_at"
 )
 _ASSET_COLUMNS = (
@@ -71,6 +72,21 @@ async def update_job(conn: AsyncConnection, job_id: str, changes: dict) -> dict:
     )
     cur = await conn.execute(query, [*changes.values(), job_id])
     return await cur.fetchone()
+
+
+async def claim_stale_enhancing(
+    conn: AsyncConnection, older_than_seconds: float, limit: int
+) -> list[dict]:
+    """Jobs enhancing for longer than `older_than_seconds`, oldest first, locked
+    until the transaction ends; rows another transaction holds (a replica's
+    sweep, a CompleteEnhancement in flight) are skipped, not waited for."""
+    cur = await conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs.jobs WHERE state = 'enhancing' "
+        "AND created_at < now() - make_interval(secs => %s) "
+        "ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT %s",
+        (older_than_seconds, limit),
+    )
+    return await cur.fetchall()
 
 
 async def list_jobs(

@@ -10,7 +10,7 @@ import pytest
 from ourvidz.auth import mint_token
 from services.gateway.settings import GatewaySettings
 from tests.conftest import SECRET
-from tests.gateway.gateway_fakes import start_fakes
+from tests.gateway.gateway_fakes import start_enhancer_fake, start_fakes
 from tests.gateway.gateway_helpers import gateway_settings, serve_app
 
 
@@ -24,9 +24,19 @@ async def fakes():
 
 
 @pytest.fixture(scope="session")
-def settings(base_env, fakes) -> GatewaySettings:
+async def enhancer():
+    """(served, FakeEnhancer): the EnhancerService double."""
+    served, fake = await start_enhancer_fake(SECRET)
+    try:
+        yield served, fake
+    finally:
+        await served.stop(0)
+
+
+@pytest.fixture(scope="session")
+def settings(base_env, fakes, enhancer) -> GatewaySettings:
     served, _, _ = fakes
-    return gateway_settings(base_env, served.port)
+    return gateway_settings(base_env, served.port, enhancer[0].port)
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +50,10 @@ def user_token() -> tuple[str, str]:
     """(user id, access token) of a fresh user; the doubles only check the token."""
     user_id = str(uuid.uuid4())
     return user_id, mint_token(SECRET, user_id, "user", 300, email=f"{user_id[:8]}@example.com")
+
+
+@pytest.fixture
+def admin_token() -> tuple[str, str]:
+    """(admin id, access token) of a fresh admin."""
+    admin_id = str(uuid.uuid4())
+    return admin_id, mint_token(SECRET, admin_id, "admin", 300, email="boss@example.com")

@@ -11,9 +11,18 @@ import uuid
 from google.protobuf import timestamp_pb2
 
 from ourvidz.auth import current_principal
-from ourvidz.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ourvidz.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from ourvidz.grpcserver import build_server, set_serving
+from ourvidz.v1 import enhancer_service_pb2 as enh_pb2
 from ourvidz.v1 import (
+    enhancer_service_pb2_grpc,
     events_pb2,
     job_pb2,
     job_service_pb2,
@@ -341,3 +350,233 @@ async def start_fakes(secret: str):
     await served.start()
     await set_serving(served, [JOB_SERVICE, WORKSPACE_SERVICE])
     return served, jobs, workspace
+
+
+ENHANCER_SERVICE = "ourvidz.v1.EnhancerService"
+
+
+class FakeEnhancer(enhancer_service_pb2_grpc.EnhancerServiceServicer):
+    """EnhancerService double. Like the real one it refuses non-admins on the
+    template methods. Scripted prompts: "trigger-unavailable" (UNAVAILABLE),
+    "trigger-fallback" (a fallback answer); chat contents "fail-first" (an
+    error before any token), "fail-mid" (an error after two tokens), "hold"
+    (one token, then the stream stays open until the client goes away)."""
+
+    REPLY = ("A ", "misty ", "harbour ", "at ", "dawn")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object, str]] = []  # (method, request, caller subject)
+        self.templates: dict[str, enh_pb2.PromptTemplate] = {}
+        self.tests: dict[str, list[enh_pb2.PromptTest]] = {}
+        self.ratings: dict[str, int] = {}
+        self.chat_closed = asyncio.Event()
+
+    def _record(self, method: str, request) -> None:
+        self.calls.append((method, request, current_principal().subject))
+
+    def methods(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+    def last(self, method: str):
+        return next(c for c in reversed(self.calls) if c[0] == method)
+
+    def _admin(self) -> None:
+        current_principal().require("admin")
+
+    def _result(self, prompt: str, target: str, settings) -> enh_pb2.EnhancePromptResponse:
+        used = enh_pb2.GenerationSettings(
+            temperature=settings.temperature or 0.7,
+            top_p=settings.top_p or 0.9,
+            max_new_tokens=settings.max_new_tokens or 77,
+            seed=settings.seed or 1234,
+        )
+        fallback = prompt == "trigger-fallback"
+        return enh_pb2.EnhancePromptResponse(
+            enhanced_prompt=prompt if fallback else f"{prompt}, golden light, detailed",
+            template_id="7d0c4a53-0000-4000-8000-000000000001",
+            template_version=2,
+            model="qwen2.5-tiny",
+            tokens_in=31,
+            tokens_out=12,
+            latency_seconds=0.123456,
+            settings=used,
+            fallback=fallback,
+            fallback_reason="MODEL_ERROR: boom" if fallback else "",
+            enhancement_id=str(uuid.uuid4()),
+            target_model=target,
+            target_tokens=15,
+        )
+
+    async def EnhancePrompt(self, request, context):
+        self._record("EnhancePrompt", request)
+        if request.prompt == "trigger-unavailable":
+            raise Unavailable("model not loaded: secret internal detail")
+        target = request.target_model or ("sdxl" if request.job_type.startswith("sdxl") else "wan")
+        return self._result(request.prompt, target, request.settings)
+
+    async def Chat(self, request, context):
+        self._record("Chat", request)
+        content = request.messages[-1].content
+        try:
+            if content == "fail-first":
+                raise InvalidArgument.field("messages", "too long for the model")
+            for i, piece in enumerate(self.REPLY):
+                if content == "fail-mid" and i == 2:
+                    raise Unavailable("the model crashed")
+                yield enh_pb2.ChatResponse(delta=piece)
+                if content == "hold":
+                    await asyncio.Event().wait()  # until the call is cancelled
+            yield enh_pb2.ChatResponse(
+                done=True,
+                tokens_out=len(self.REPLY),
+                model="qwen2.5-tiny",
+                settings=enh_pb2.GenerationSettings(
+                    temperature=request.settings.temperature or 0.7,
+                    top_p=0.9,
+                    max_new_tokens=200,
+                    seed=request.settings.seed or 99,
+                ),
+            )
+        finally:
+            self.chat_closed.set()
+
+    def _template(self, template_id: str) -> enh_pb2.PromptTemplate:
+        found = self.templates.get(template_id)
+        if found is None:
+            raise NotFound("prompt template not found")
+        return found
+
+    def _store(self, template: enh_pb2.PromptTemplate, activate: bool) -> enh_pb2.PromptTemplate:
+        template.id = str(uuid.uuid4())
+        template.created_by = current_principal().subject
+        template.create_time.CopyFrom(ts())
+        if activate:
+            for other in self.templates.values():
+                if other.target_model == template.target_model:
+                    other.active = False
+            template.active = True
+        self.templates[template.id] = template
+        return template
+
+    async def ListPromptTemplates(self, request, context):
+        self._admin()
+        self._record("ListPromptTemplates", request)
+        found = [
+            t
+            for t in self.templates.values()
+            if (not request.target_model or t.target_model == request.target_model)
+            and (not request.active_only or t.active)
+        ]
+        return enh_pb2.ListPromptTemplatesResponse(templates=found)
+
+    async def GetPromptTemplate(self, request, context):
+        self._admin()
+        self._record("GetPromptTemplate", request)
+        return enh_pb2.GetPromptTemplateResponse(template=self._template(request.template_id))
+
+    async def CreatePromptTemplate(self, request, context):
+        self._admin()
+        self._record("CreatePromptTemplate", request)
+        if any(t.name == request.template.name for t in self.templates.values()):
+            raise AlreadyExists("a template with this name exists")
+        template = enh_pb2.PromptTemplate()
+        template.CopyFrom(request.template)
+        template.version = 1
+        template.user_template = template.user_template or "{prompt}"
+        return enh_pb2.CreatePromptTemplateResponse(
+            template=self._store(template, request.activate)
+        )
+
+    async def UpdatePromptTemplate(self, request, context):
+        self._admin()
+        self._record("UpdatePromptTemplate", request)
+        base = self._template(request.template_id)
+        latest = max(
+            (t for t in self.templates.values() if t.name == base.name), key=lambda t: t.version
+        )
+        template = enh_pb2.PromptTemplate()
+        template.CopyFrom(latest)
+        template.version = latest.version + 1
+        template.active = False
+        for name in ("system_prompt", "user_template", "description"):
+            if getattr(request, name):
+                setattr(template, name, getattr(request, name))
+        if request.HasField("settings"):
+            template.settings.CopyFrom(request.settings)
+        return enh_pb2.UpdatePromptTemplateResponse(
+            template=self._store(template, request.activate)
+        )
+
+    async def ActivatePromptTemplate(self, request, context):
+        self._admin()
+        self._record("ActivatePromptTemplate", request)
+        template = self._template(request.template_id)
+        for other in self.templates.values():
+            if other.target_model == template.target_model:
+                other.active = False
+        template.active = True
+        return enh_pb2.ActivatePromptTemplateResponse(template=template)
+
+    async def TestPromptTemplate(self, request, context):
+        self._admin()
+        self._record("TestPromptTemplate", request)
+        template = self._template(request.template_id)
+        tests = []
+        for prompt in request.sample_prompts or ["a cat"]:
+            result = self._result(prompt, template.target_model, request.settings)
+            tests.append(
+                enh_pb2.PromptTest(
+                    id=str(uuid.uuid4()),
+                    template_id=template.id,
+                    template_version=template.version,
+                    sample_prompt=prompt,
+                    result=result,
+                    create_time=ts(),
+                )
+            )
+        self.tests.setdefault(template.id, []).extend(tests)
+        return enh_pb2.TestPromptTemplateResponse(results=[t.result for t in tests], tests=tests)
+
+    async def ListPromptTests(self, request, context):
+        self._admin()
+        self._record("ListPromptTests", request)
+        self._template(request.template_id)
+        return enh_pb2.ListPromptTestsResponse(tests=self.tests.get(request.template_id, []))
+
+    async def GetPromptTemplateStats(self, request, context):
+        self._admin()
+        self._record("GetPromptTemplateStats", request)
+        template = self._template(request.template_id)
+        rated = bool(self.ratings)
+        return enh_pb2.GetPromptTemplateStatsResponse(
+            template_id=template.id,
+            template_version=template.version,
+            enhancements=10,
+            fallbacks=1,
+            mean_latency_seconds=0.5,
+            mean_tokens_in=30.0,
+            mean_tokens_out=40.0,
+            ratings=len(self.ratings),
+            mean_rating=sum(self.ratings.values()) / len(self.ratings) if rated else 0.0,
+        )
+
+    async def RateEnhancement(self, request, context):
+        self._record("RateEnhancement", request)
+        if not 1 <= request.rating <= 5:
+            raise InvalidArgument.field("rating", "must be between 1 and 5")
+        self.ratings[request.job_id] = request.rating
+        return enh_pb2.RateEnhancementResponse(job_id=request.job_id, rating=request.rating)
+
+
+async def start_enhancer_fake(secret: str):
+    """The EnhancerService double on its own server (port 0). Returns (served, fake)."""
+    fake = FakeEnhancer()
+    served = build_server(
+        secret=secret,
+        register=lambda s: enhancer_service_pb2_grpc.add_EnhancerServiceServicer_to_server(fake, s),
+        service_names=[ENHANCER_SERVICE],
+        port=0,
+    )
+    await served.start()
+    await set_serving(served, [ENHANCER_SERVICE])
+    return served, fake

@@ -12,11 +12,16 @@ from services.gateway.settings import GatewaySettings
 from tests.conftest import make_settings
 
 
-def gateway_settings(base_env, fakes_port: int, **overrides) -> GatewaySettings:
+def gateway_settings(
+    base_env, fakes_port: int, enhancer_port: int = 1, **overrides
+) -> GatewaySettings:
+    """Settings against the doubles; without `enhancer_port` the enhancer is a
+    closed port (unavailable)."""
     env = {
         "STORAGE_BACKEND": "local",
         "JOBS_ADDR": f"127.0.0.1:{fakes_port}",
         "WORKSPACE_ADDR": f"127.0.0.1:{fakes_port}",
+        "ENHANCER_ADDR": f"127.0.0.1:{enhancer_port}",
         "GATEWAY_ADMIN_EMAILS": "boss@example.com",
         "PUBLIC_BASE_URL": "http://testserver",
         **{k.upper(): str(v) for k, v in overrides.items()},

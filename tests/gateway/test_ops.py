@@ -23,6 +23,7 @@ async def test_readyz_ready_when_database_and_services_serve(client):
     r = await client.get("/readyz")
     assert r.status_code == 200, r.text
     assert r.json()["checks"] == {"database": "ok", "jobs": "SERVING", "workspace": "SERVING"}
+    assert r.json()["optional"] == {"enhancer": "SERVING"}
 
 
 async def test_readyz_names_the_part_that_is_down(base_env, fakes):
@@ -88,6 +89,47 @@ async def test_start_serves_on_a_free_port_and_stops(settings):
     finally:
         await running.stop()
     assert running.task.done()
+
+
+async def test_openapi_documents_the_prompt_routes(client):
+    spec = (await client.get("/openapi.json")).json()
+    paths = spec["paths"]
+    expected = {
+        "/v1/prompts/enhance": ("post", "EnhanceBody", "EnhancementOut"),
+        "/v1/playground/chat": ("post", "ChatBody", None),
+        "/v1/jobs/{job_id}/rating": ("put", "RatingBody", "RatingOut"),
+        "/v1/admin/prompt-templates": ("post", "CreateTemplateBody", "TemplateOut"),
+        "/v1/admin/prompt-templates/{template_id}/versions": (
+            "post",
+            "UpdateTemplateBody",
+            "TemplateOut",
+        ),
+        "/v1/admin/prompt-templates/{template_id}/tests": (
+            "post",
+            "TemplateTestBody",
+            "PromptTestsOut",
+        ),
+    }
+    for path, (method, body, out) in expected.items():
+        op = paths[path][method]
+        ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith("/" + body), (path, ref)
+        if out:
+            schema = op["responses"][next(iter(op["responses"]))]["content"]["application/json"]
+            assert schema["schema"]["$ref"].endswith("/" + out), path
+    assert (
+        "text/event-stream" in paths["/v1/playground/chat"]["post"]["responses"]["200"]["content"]
+    )
+    for path in (
+        "/v1/admin/prompt-templates/{template_id}",
+        "/v1/admin/prompt-templates/{template_id}/activate",
+        "/v1/admin/prompt-templates/{template_id}/stats",
+    ):
+        assert path in paths
+    assert "403" in paths["/v1/admin/prompt-templates"]["get"]["responses"]
+    assert "503" in paths["/v1/prompts/enhance"]["post"]["responses"]
+    job = spec["components"]["schemas"]["JobOut"]["properties"]
+    assert "enhancement_fallback_reason" in job
 
 
 def test_admin_emails_from_a_list_or_json(base_env):

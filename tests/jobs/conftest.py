@@ -24,7 +24,7 @@ from ourvidz.v1 import (
 from services.jobs.main import start
 from services.jobs.settings import JobsSettings
 from tests.conftest import SECRET, make_settings
-from tests.jobs.helpers import MAX_ACTIVE
+from tests.jobs.helpers import MAX_ACTIVE, owner_query
 
 
 class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
@@ -65,10 +65,12 @@ class Harness:
     nc: object
     worker_md: tuple = field(default=())
     created_consumers: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
 
     def user(self) -> tuple[str, tuple]:
         """A fresh user id and its call metadata."""
         user_id = str(uuid.uuid4())
+        self.users.append(user_id)
         token = mint_token(SECRET, user_id, "user", 600)
         return user_id, (("authorization", f"Bearer {token}"),)
 
@@ -96,8 +98,15 @@ class Harness:
         raise AssertionError("the outbox does not empty")
 
 
+# The prompt policy of these tests: one term from the setting, one from a file.
+DENIED_TERM = "gore"
+DENIED_FILE_TERM = "bad thing"
+
+
 @pytest.fixture(scope="module")
-async def harness(base_env):
+async def harness(base_env, tmp_path_factory):
+    deny_file = tmp_path_factory.mktemp("policy") / "deny.txt"
+    deny_file.write_text(f"# terms, one per line\n{DENIED_FILE_TERM}\n", encoding="utf-8")
     workspace = FakeWorkspace()
     ws = build_server(
         secret=SECRET,
@@ -114,6 +123,9 @@ async def harness(base_env):
         WORKSPACE_ADDR=f"127.0.0.1:{ws.port}",
         JOBS_MAX_ACTIVE_PER_USER=MAX_ACTIVE,
         JOBS_WATCH_POLL_SECONDS=1,
+        JOBS_ENHANCE_CHECK_SECONDS=0.5,
+        PROMPT_DENY_LIST=DENIED_TERM,
+        PROMPT_DENY_LIST_FILE=str(deny_file),
     )
     running = await start(settings, port=0)
     nc, js = await queue.connect(settings.nats_url, name="jobs-tests")
@@ -135,6 +147,14 @@ async def harness(base_env):
         await ch.close()
         await running.stop()
         await ws.stop(0)
+        # Jobs these tests left queued or enhancing would otherwise be taken up
+        # by a later Jobs service (its enhancement timeout) or worker.
+        owner_query(
+            base_env["DATABASE_URL"],
+            "UPDATE jobs.jobs SET state = 'cancelled' "
+            "WHERE user_id = ANY(%s::uuid[]) AND state IN ('queued', 'enhancing') RETURNING id",
+            (h.users,),
+        )
         # Leave no test task behind for the workers' tests that share the stream.
         await js.purge_stream(queue.TASKS_STREAM)
         for durable in h.created_consumers:

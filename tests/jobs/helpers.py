@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import psycopg
+from nats.js.errors import NotFoundError
 
+from ourvidz import queue
 from ourvidz.errors import RemoteError, parse_rpc_error
 
 MAX_ACTIVE = 3
@@ -23,3 +27,32 @@ def owner_query(owner_url: str, query: str, params=()) -> list[tuple]:
     """Run `query` as the database owner (no row level security)."""
     with psycopg.connect(owner_url) as conn:
         return conn.execute(query, params).fetchall()
+
+
+async def pull_task(harness, subject: str, msg_id: str, wait: float = 15.0):
+    """The message with `msg_id` from the family's durable pull consumer."""
+    parts = subject.split(".")
+    durable = queue.consumer_name(*parts[1:]) if len(parts) == 3 else "enhancer"
+    try:
+        await harness.js.consumer_info(queue.TASKS_STREAM, durable)
+    except NotFoundError:
+        await queue.declare_task_consumer(harness.js, subject, durable)
+        harness.created_consumers.append(durable)  # removed again at teardown
+    sub = await harness.js.pull_subscribe(subject, durable=durable, stream=queue.TASKS_STREAM)
+    deadline = asyncio.get_running_loop().time() + wait
+    try:
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                msgs = await sub.fetch(batch=50, timeout=1)
+            except TimeoutError:
+                continue
+            found = None
+            for msg in msgs:
+                await msg.ack()  # every task here belongs to these tests
+                if msg.headers and msg.headers.get("Nats-Msg-Id") == msg_id:
+                    found = msg
+            if found is not None:
+                return found
+        raise AssertionError(f"no task {msg_id} on {subject}")
+    finally:
+        await sub.unsubscribe()

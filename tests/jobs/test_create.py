@@ -32,6 +32,8 @@ BAD_INPUTS = [
     ({"job_type": "image_fast", "width": 840}, "width"),
     ({"job_type": "video_fast", "reference_image_id": str(uuid.uuid4())}, "reference_image_id"),
     ({"workspace_session_id": "not-a-session"}, "workspace_session_id"),
+    ({"prompt": "a scene full of GORE"}, "prompt"),  # the deny list (setting)
+    ({"prompt": "a Bad-Thing at night", "job_type": "image7b_fast_enhanced"}, "prompt"),  # (file)
 ]
 
 
@@ -74,6 +76,23 @@ async def test_every_violation_is_reported_at_once(harness):
         "width",
         "reference_strength",
     }
+
+
+async def test_a_denied_prompt_is_reported_with_the_other_violations(harness, base_env):
+    user_id, md = harness.user()
+    err = await rpc_error(harness.create(md, prompt="gore and a bad  thing", num_images=4))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    by_field = {v.field: v.message for v in err.violations}
+    assert set(by_field) == {"prompt", "num_images"}
+    assert "'gore'" in by_field["prompt"] and "'bad thing'" in by_field["prompt"]
+    assert stored_rows(base_env["DATABASE_URL"], user_id) == 0
+
+
+async def test_the_deny_list_matches_whole_words_and_spares_the_negative_prompt(harness):
+    _, md = harness.user()
+    job = await harness.create(md, prompt="a gorestone cliff", negative_prompt="gore, bad thing")
+    assert job.prompt == "a gorestone cliff"
+    assert job.negative_prompt == "gore, bad thing"
 
 
 async def test_sdxl_defaults_and_negative_prompt(harness):

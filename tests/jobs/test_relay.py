@@ -4,42 +4,9 @@ tasks.enhance before their generation task."""
 
 from __future__ import annotations
 
-import asyncio
-
-from nats.js.errors import NotFoundError
-
 from ourvidz import queue
 from ourvidz.v1 import job_pb2, job_service_pb2, queue_pb2
-from tests.jobs.helpers import owner_query
-
-
-async def pull_task(harness, subject: str, msg_id: str, wait: float = 15.0):
-    """The message with `msg_id` from the family's durable pull consumer."""
-    parts = subject.split(".")
-    durable = queue.consumer_name(*parts[1:]) if len(parts) == 3 else "enhancer"
-    try:
-        await harness.js.consumer_info(queue.TASKS_STREAM, durable)
-    except NotFoundError:
-        await queue.declare_task_consumer(harness.js, subject, durable)
-        harness.created_consumers.append(durable)  # removed again at teardown
-    sub = await harness.js.pull_subscribe(subject, durable=durable, stream=queue.TASKS_STREAM)
-    deadline = asyncio.get_running_loop().time() + wait
-    try:
-        while asyncio.get_running_loop().time() < deadline:
-            try:
-                msgs = await sub.fetch(batch=50, timeout=1)
-            except TimeoutError:
-                continue
-            found = None
-            for msg in msgs:
-                await msg.ack()  # every task here belongs to these tests
-                if msg.headers and msg.headers.get("Nats-Msg-Id") == msg_id:
-                    found = msg
-            if found is not None:
-                return found
-        raise AssertionError(f"no task {msg_id} on {subject}")
-    finally:
-        await sub.unsubscribe()
+from tests.jobs.helpers import owner_query, pull_task
 
 
 async def test_generation_task_is_published_with_the_job_id(harness):
@@ -133,6 +100,7 @@ async def test_enhancement_fallback_uses_the_original_prompt(harness):
         metadata=harness.worker_md,
     )
     assert done.job.enhancement_fallback
+    assert done.job.enhancement_fallback_reason == "timeout"
     assert done.job.state == job_pb2.JOB_STATE_QUEUED
     msg = await pull_task(harness, "tasks.wan.high", job.id)
     assert queue_pb2.GenerationTask.FromString(msg.data).prompt == "a river"

@@ -9,7 +9,7 @@ import grpc
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
-from ourvidz.errors import FieldViolation, InvalidArgument, NotFound, parse_rpc_error
+from ourvidz.errors import InvalidArgument, NotFound
 from ourvidz.v1 import job_service_pb2, workspace_service_pb2
 from services.gateway import mapping, sse
 from services.gateway.deps import CallerDep, gateway, resource_id
@@ -21,7 +21,7 @@ from services.gateway.models import (
     JobTypesOut,
     Page,
 )
-from services.gateway.problems import http_status
+from services.gateway.problems import rpc_problem_body
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +176,5 @@ async def job_events(
 
 
 def stream_error(err: grpc.aio.AioRpcError) -> bytes:
-    """An `error` event for a stream that broke after it started."""
-    remote = parse_rpc_error(err)
-    status = http_status(remote.code)
-    log.warning("watch stream ended with %s: %s", remote.code.name, remote.message)
-    detail = remote.message if status < 500 else "the event stream was interrupted; reconnect"
-    violations: list[FieldViolation] = remote.violations
-    data = {"status": status, "detail": detail}
-    if violations:
-        data["errors"] = [{"field": v.field, "message": v.message} for v in violations]
-    return sse.event("error", data)
+    """An `error` event (a problem body) for a stream that broke after it started."""
+    return sse.event("error", rpc_problem_body(err, "the event stream was interrupted; reconnect"))

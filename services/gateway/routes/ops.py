@@ -26,12 +26,17 @@ async def healthz() -> dict:
 async def readyz(gw=Depends(gateway)):
     checks = {"database": await _database(gw)}
     checks.update(await gw.backends.health())
+    optional = await gw.backends.optional_health()
     down = [name for name, status in checks.items() if status not in ("ok", "SERVING")]
     if down:
         return problem(
-            503, f"not ready: {', '.join(down)} unavailable", title="Not Ready", checks=checks
+            503,
+            f"not ready: {', '.join(down)} unavailable",
+            title="Not Ready",
+            checks=checks,
+            optional=optional,
         )
-    return {"status": "ready", "checks": checks}
+    return {"status": "ready", "checks": checks, "optional": optional}
 
 
 async def _database(gw) -> str:
