@@ -147,7 +147,7 @@ def load_local(path: str | Path, dtype: str):
             f"model {str(path)!r} is neither a preset (tiny, full-random) nor a diffusers "
             "folder with a model_index.json"
         )
-    pipe = WanPipeline.from_pretrained(path, torch_dtype=DTYPES[dtype], local_files_only=True)
+    pipe = WanPipeline.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True)
     # WAN 2.1 at 480p: UniPC with flow shift 5.0, whatever the folder ships.
     pipe.scheduler = scheduler()
     return pipe
