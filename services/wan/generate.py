@@ -32,6 +32,7 @@ from PIL import Image
 from ourvidz import catalog
 from ourvidz.genworker.errors import Cancelled, InvalidReference, InvalidTask
 from ourvidz.genworker.progress import DECODING, ENCODING_TEXT, ENCODING_VIDEO
+from ourvidz.settings import CatalogLimits
 from ourvidz.v1 import queue_pb2
 from services.wan.models import PipeBundle
 
@@ -73,8 +74,11 @@ def has_reference(task: queue_pb2.GenerationTask) -> bool:
     return task.HasField("reference") and bool(task.reference.key or task.reference.upload_id)
 
 
-def plan(task: queue_pb2.GenerationTask, model: str = "") -> Plan:
-    """Check the task against what WAN can run and resolve its defaults."""
+def plan(
+    task: queue_pb2.GenerationTask, model: str = "", limits: CatalogLimits | None = None
+) -> Plan:
+    """Check the task against what WAN can run (and the deployment's catalog
+    limits, where given) and resolve its defaults."""
     job_type = catalog.CATALOG.get(task.job_type)
     if job_type is None or job_type.worker != "wan":
         raise InvalidTask(f"job_type {task.job_type!r} is not a WAN job type")
@@ -89,11 +93,18 @@ def plan(task: queue_pb2.GenerationTask, model: str = "") -> Plan:
             raise InvalidTask(
                 f"{name} must be a positive multiple of {catalog.WAN_SIZE_MULTIPLE}, got {size}"
             )
+        if limits is not None and not limits.wan_min_size <= size <= limits.wan_max_size:
+            raise InvalidTask(
+                f"{name} must be between {limits.wan_min_size} and {limits.wan_max_size}, "
+                f"got {size}"
+            )
     video = job_type.output == "video"
     if video:
         frames = task.num_frames or job_type.default_num_frames
         if frames < 1 or (frames - 1) % FRAME_MULTIPLE:
             raise InvalidTask(f"num_frames must be 4k+1 (e.g. 81), got {frames}")
+        if limits is not None and frames > limits.wan_max_frames:
+            raise InvalidTask(f"num_frames must be at most {limits.wan_max_frames}, got {frames}")
     else:
         if task.num_frames not in (0, 1):
             raise InvalidTask(f"num_frames must be 1 for the image type {job_type.name}")
@@ -157,6 +168,7 @@ def render(
     on_stage: Callable[..., None] | None = None,
     *,
     crf: int = 18,
+    limits: CatalogLimits | None = None,
 ) -> Rendered:
     """Run the job; blocking (call it from a thread).
 
@@ -165,7 +177,7 @@ def render(
     true; `on_stage(name, total=None)` hears encoding_text, decoding and, for a
     video, encoding_video."""
     stage = on_stage or (lambda name, total=None: None)
-    job_plan = plan(task, pipe_bundle.preset)
+    job_plan = plan(task, pipe_bundle.preset, limits)
     if should_cancel():
         raise Cancelled()
     seed = job_seed(task)
@@ -219,8 +231,9 @@ async def render_async(
     on_stage: Callable[..., None] | None = None,
     *,
     crf: int = 18,
+    limits: CatalogLimits | None = None,
 ) -> Rendered:
     """`render` in a worker thread, never on the event loop."""
     return await asyncio.to_thread(
-        render, pipe_bundle, task, on_step, should_cancel, on_stage, crf=crf
+        render, pipe_bundle, task, on_step, should_cancel, on_stage, crf=crf, limits=limits
     )

@@ -27,7 +27,7 @@ async def start(settings: WanSettings, *, port: int | None = None) -> Running:
         )
 
     def family(bundle):
-        return WanFamily(bundle, crf=settings.wan_mp4_crf)
+        return WanFamily(bundle, crf=settings.wan_mp4_crf, limits=settings.limits())
 
     return await start_worker(settings, FAMILY, load=load, make_family=family, port=port)
 

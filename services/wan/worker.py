@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from ourvidz import catalog
 from ourvidz.genworker import Blob, JobRun, Output
+from ourvidz.settings import CatalogLimits
 from ourvidz.v1 import queue_pb2
 from services.wan import generate
 from services.wan.models import PipeBundle
@@ -29,9 +30,16 @@ def image_key(task: queue_pb2.GenerationTask) -> str:
 
 
 class WanFamily:
-    def __init__(self, bundle: Callable[[], PipeBundle | None], *, crf: int = 18) -> None:
+    def __init__(
+        self,
+        bundle: Callable[[], PipeBundle | None],
+        *,
+        crf: int = 18,
+        limits: CatalogLimits | None = None,
+    ) -> None:
         self._bundle = bundle
         self._crf = crf
+        self._limits = limits
 
     async def render(self, run: JobRun) -> list[Output]:
         bundle = self._bundle()
@@ -45,6 +53,7 @@ class WanFamily:
             run.should_cancel,
             run.progress.stage,
             crf=self._crf,
+            limits=self._limits,
         )
         if out.thumbnail_png is None:
             file = Blob(task.output_bucket, image_key(task), out.data, out.content_type)

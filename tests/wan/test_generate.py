@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from ourvidz.genworker import Cancelled, InvalidReference, InvalidTask
+from ourvidz.settings import CatalogLimits
 from ourvidz.v1 import job_pb2
 from services.wan import generate
 
@@ -133,6 +134,18 @@ def test_tasks_wan_cannot_run_fail_for_good_naming_the_field(tiny_wan, make_task
     with pytest.raises(InvalidTask, match=field) as caught:
         generate.render(tiny_wan, make_task(**overrides), _noop, _never)
     assert caught.value.code == "INVALID_TASK"
+
+
+def test_catalog_limits_are_checked_where_given(make_task):
+    limits = CatalogLimits(wan_min_size=64, wan_max_size=128, wan_max_frames=17)
+    assert generate.plan(make_task(num_frames=17), limits=limits).num_frames == 17
+    for overrides, field in (
+        ({"num_frames": 21}, "num_frames must be at most 17"),
+        ({"width": 144}, "width must be between 64 and 128"),
+        ({"height": 48}, "height must be between 64 and 128"),
+    ):
+        with pytest.raises(InvalidTask, match=field):
+            generate.plan(make_task(**overrides), limits=limits)
 
 
 def test_task_defaults_come_from_the_catalog(make_task):
