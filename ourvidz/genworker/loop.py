@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -51,7 +51,7 @@ class LoopConfig:
 
     family: str
     worker_id: str
-    auth_secret: str
+    auth_secret: str = field(repr=False)
     ack_wait_seconds: float = 60.0
     max_attempts: int = 3
     # Delays before a failed job's message is redelivered, by attempt.

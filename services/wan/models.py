@@ -178,7 +178,6 @@ def load(
         pipe.to(device)
     if pipe.transformer.dtype != DTYPES[dtype]:
         pipe.to(dtype=DTYPES[dtype])
-    # The VAE decodes in fp32 where the weights allow: bf16 decoding bands colours.
     if vae_tiling:
         pipe.vae.enable_tiling()
     if vae_slicing:
