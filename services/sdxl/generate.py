@@ -7,7 +7,8 @@ image as a one-image job with its recorded seed draws the same starting noise.
 
 Progress and cancellation go through `callback_on_step_end`: it reports each
 finished denoising step and raises `Cancelled` when asked to stop, which ends
-the call at once (nothing is decoded) and leaves the pipeline reusable.
+the call at once (nothing is decoded) and leaves the pipeline reusable. The
+stages around it (encoding the text, decoding) go to `on_stage` where given.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 from PIL import Image
 
 from ourvidz import catalog
+from ourvidz.genworker.errors import Cancelled
+from ourvidz.genworker.progress import DECODING, ENCODING_TEXT
 from ourvidz.v1 import job_pb2, queue_pb2
 from services.sdxl.models import PipeBundle
 
@@ -32,10 +35,6 @@ REFERENCE_TYPES = {
 }
 DEFAULT_REFERENCE_TYPE = "style"
 DEFAULT_REFERENCE_STRENGTH = 0.5
-
-
-class Cancelled(Exception):
-    """The job was cancelled while it ran; nothing was produced."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +99,15 @@ def render(
     reference_image: Image.Image | None,
     on_step: Callable[[int, int], None],
     should_cancel: Callable[[], bool],
+    on_stage: Callable[..., None] | None = None,
 ) -> list[RenderedImage]:
     """Run the job's images as one batch; blocking (call it from a thread).
 
     `on_step(step, total)` follows each denoising step (1-based); `should_cancel`
-    is polled after each step and raises `Cancelled` when true."""
+    is polled after each step and raises `Cancelled` when true; `on_stage(name,
+    total=None)` hears "encoding_text" before the pipeline starts and "decoding"
+    after the last step."""
+    stage = on_stage or (lambda name, total=None: None)
     job_plan = plan(task, reference_image is not None)
     if should_cancel():
         raise Cancelled()
@@ -115,6 +118,8 @@ def render(
         if should_cancel():
             raise Cancelled()
         on_step(i + 1, pipe.num_timesteps)
+        if i + 1 == pipe.num_timesteps:
+            stage(DECODING)
         return kwargs
 
     common = {
@@ -128,6 +133,8 @@ def render(
         "output_type": "pil",
     }
     with pipe_bundle.lock, torch.inference_mode():
+        # img2img runs a share of the steps that diffusers settles; its first step tells.
+        stage(ENCODING_TEXT, job_plan.steps if job_plan.strength is None else None)
         if reference_image is None:
             out = pipe_bundle.txt2img(width=task.width, height=task.height, **common)
         else:
@@ -149,8 +156,9 @@ async def render_async(
     reference_image: Image.Image | None,
     on_step: Callable[[int, int], None],
     should_cancel: Callable[[], bool],
+    on_stage: Callable[..., None] | None = None,
 ) -> list[RenderedImage]:
     """`render` in a worker thread, never on the event loop."""
     return await asyncio.to_thread(
-        render, pipe_bundle, task, reference_image, on_step, should_cancel
+        render, pipe_bundle, task, reference_image, on_step, should_cancel, on_stage
     )

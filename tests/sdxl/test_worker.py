@@ -158,9 +158,16 @@ async def test_task_runs_uploads_completes_and_acks(sdxl, double, make_task):
 
     (started,) = double.of("StartJob")
     assert (started.job_id, started.worker_id, started.delivery) == (job, "sdxl-test", 1)
-    steps = [r.progress.step for r in double.of("ReportProgress")]
-    assert steps == [1, 2, 3]
-    assert {r.progress.total for r in double.of("ReportProgress")} == {3}
+    reports = double.of("ReportProgress")
+    assert [r.progress.step for r in reports if r.progress.stage == "denoising"] == [1, 2, 3]
+    assert {r.progress.total for r in reports} == {3}
+    stages = [r.progress.stage for r in reports]
+    assert [s for i, s in enumerate(stages) if i == 0 or s != stages[i - 1]] == [
+        "encoding_text",
+        "denoising",
+        "decoding",
+        "uploading",
+    ]
     names = [n for n, _ in double.calls]
     assert names.index("CompleteJob") > max(i for i, n in enumerate(names) if n == "ReportProgress")
 

@@ -1,17 +1,26 @@
-"""How the worker sorts failures: retry later (transient) or give up (permanent).
+"""How a generation worker sorts failures: retry later (transient) or give up
+(permanent).
 
 Transient: out of GPU memory, a peer service or the blob store unreachable,
 anything unexpected (bounded by the attempt limit, so a poison message still
-ends). Permanent: a task the model cannot run or a reference that does not
-decode; retrying would give the same answer.
+ends). Permanent: a task the model cannot run or a reference it cannot use;
+retrying would give the same answer.
+
+torch is imported lazily: the shared library does not depend on it, and a
+torch error can only reach here once a model worker has imported it.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import grpc
-import torch
+
+
+class Cancelled(Exception):
+    """The job was cancelled (or the worker is stopping) while it ran; nothing
+    was produced."""
 
 
 class PermanentError(Exception):
@@ -26,6 +35,13 @@ class PermanentError(Exception):
 class InvalidReference(PermanentError):
     def __init__(self, message: str) -> None:
         super().__init__("INVALID_REFERENCE", message)
+
+
+class InvalidTask(PermanentError):
+    """Parameters the model cannot run (a size or frame count it does not take)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("INVALID_TASK", message)
 
 
 @dataclass(frozen=True)
@@ -55,10 +71,15 @@ def _storage_transient(exc: BaseException) -> bool:
     return isinstance(exc, urllib3.exceptions.HTTPError | ServerError)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
 def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, PermanentError):
         return Verdict(False, exc.code, exc.message)
-    if isinstance(exc, torch.OutOfMemoryError):
+    if _out_of_memory(exc):
         return Verdict(True, "OUT_OF_MEMORY", "the worker ran out of GPU memory")
     if isinstance(exc, grpc.aio.AioRpcError):
         if exc.code() in _TRANSIENT_GRPC:
@@ -69,3 +90,13 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, ValueError):
         return Verdict(False, "INVALID_TASK", f"the model cannot run this job: {exc}")
     return Verdict(True, "INTERNAL", "internal error in the worker")
+
+
+def free_device_memory() -> None:
+    """After an out-of-memory error: drop what the allocator caches."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

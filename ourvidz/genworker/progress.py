@@ -1,0 +1,95 @@
+"""Progress reports from the torch thread to the jobs service: stages and steps.
+
+A job goes through stages (`STAGES`, in order); within "denoising" it reports
+steps. The pipeline runs in a worker thread while gRPC objects belong to the
+event loop, so `ProgressReporter.stage` and `.step` (any thread) only decide
+what is worth sending and hand it to a single task on the loop, which sends
+the reports in order:
+
+- a change of stage is sent at once;
+- denoising steps at most one per interval, the first and the last always.
+
+Each report carries the latest step and total, so a client's step count never
+goes backwards when the stage changes. A report's answer may ask to cancel:
+that sets the job's cancel event, which the step callback polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+from ourvidz.v1 import job_pb2
+
+log = logging.getLogger(__name__)
+
+ENCODING_TEXT = "encoding_text"
+DENOISING = "denoising"
+DECODING = "decoding"
+ENCODING_VIDEO = "encoding_video"
+UPLOADING = "uploading"
+STAGES = (ENCODING_TEXT, DENOISING, DECODING, ENCODING_VIDEO, UPLOADING)
+
+_DONE = None
+
+
+class ProgressReporter:
+    def __init__(
+        self,
+        send: Callable[[job_pb2.Progress], Awaitable[bool]],
+        cancel: threading.Event,
+        interval_seconds: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._send = send
+        self._cancel = cancel
+        self._interval = interval_seconds
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._stage = ""
+        self._step = 0
+        self._total = 0
+        self._last = float("-inf")
+        self._task = loop.create_task(self._run())
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        """Enter stage `name` (sent at once unless it is the current one);
+        `total` sets the step count the job will report."""
+        with self._lock:
+            if total is not None:
+                self._total = total
+            if name == self._stage:
+                return
+            self._stage = name
+            self._enqueue()
+
+    def step(self, step: int, total: int) -> None:
+        """A finished denoising step (1-based), from the pipeline's thread."""
+        now = time.monotonic()
+        with self._lock:
+            changed = self._stage != DENOISING
+            self._stage, self._step, self._total = DENOISING, step, total
+            if changed or step in (1, total) or now - self._last >= self._interval:
+                self._last = now
+                self._enqueue()
+
+    def _enqueue(self) -> None:
+        progress = job_pb2.Progress(step=self._step, total=self._total, stage=self._stage)
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, progress)
+
+    async def _run(self) -> None:
+        while (progress := await self._queue.get()) is not _DONE:
+            try:
+                if await self._send(progress):
+                    self._cancel.set()
+            except Exception as exc:  # progress is best effort; the job goes on
+                log.warning("progress report failed: %s", exc)
+
+    async def close(self) -> None:
+        """Send what is queued, then stop."""
+        self._queue.put_nowait(_DONE)
+        await self._task

@@ -1,0 +1,3 @@
+from services.wan.main import main
+
+main()

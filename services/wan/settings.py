@@ -1,0 +1,40 @@
+"""Settings of the WAN worker (env: WAN_MODEL, WAN_DEVICE, ...)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+
+from ourvidz.settings import CommonSettings
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WanSettings(CommonSettings):
+    # "tiny", "full-random" or a local WAN 2.1 text-to-video diffusers folder.
+    wan_model: str = "tiny"
+    wan_device: str = "auto"  # auto: cuda when available, else cpu
+    wan_dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+    wan_compile: bool = False
+    # Memory: decode the video in tiles / one sample at a time.
+    wan_vae_tiling: bool = False
+    wan_vae_slicing: bool = False
+    # H.264 quality of the MP4 (0 lossless .. 51; 18 looks lossless to the eye).
+    wan_mp4_crf: int = Field(18, ge=0, le=51)
+    wan_port: int = 50062
+    wan_host: str = "127.0.0.1"
+    wan_worker_id: str = Field(default_factory=_default_worker_id)
+    wan_ack_wait_seconds: float = 60.0
+    wan_max_attempts: int = 3
+    # Delays before a failed job's message is redelivered, by attempt.
+    wan_retry_backoff_seconds: tuple[float, ...] = (5.0, 15.0, 30.0)
+    wan_progress_interval_seconds: float = 0.5
+    # How long a fetch waits for work before checking the other queue again.
+    wan_fetch_timeout_seconds: float = 1.0
+    # How long SIGTERM waits for the job in hand before handing it back (a
+    # video_high job takes about a minute on a GPU).
+    wan_shutdown_grace_seconds: float = 90.0
