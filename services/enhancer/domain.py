@@ -191,7 +191,7 @@ def check_chat(
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.IGNORECASE | re.DOTALL)
 _LABEL = re.compile(
-    r"^\s*(?:\*\*)?\s*(?:enhanced|improved|final|rewritten|new)?\s*prompt\s*(?:\*\*)?\s*[:\-–]\s*",
+    r"^\s*\**\s*(?:enhanced|improved|final|rewritten|new)?\s*prompt\s*\**\s*[:\-–]\s*\**\s*",
     re.IGNORECASE,
 )
 _QUOTES = "\"'“”‘’`«»"
