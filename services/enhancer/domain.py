@@ -5,6 +5,7 @@ writes; fitting SDXL prompts into CLIP's 77-token window."""
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +101,8 @@ def check_prompt(prompt: str, max_chars: int, field: str = "prompt") -> str:
     text = (prompt or "").strip()
     if not text:
         raise InvalidArgument.field(field, "must not be empty")
+    if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in text):
+        raise InvalidArgument.field(field, "must not contain control characters")
     if len(text) > max_chars:
         raise InvalidArgument.field(field, f"must be at most {max_chars} characters")
     return text
@@ -202,7 +205,9 @@ def clean_output(text: str) -> str:
     """The prompt in what the model wrote: no think blocks, no "Enhanced
     prompt:" label, no surrounding quotes, whitespace collapsed."""
     text = _SPECIAL.sub(" ", _THINK.sub(" ", text or ""))
-    text = text.replace("\ufffd", " ")
+    # Random or confused models write replacement and control characters
+    # (PostgreSQL refuses NUL): they are no part of a prompt.
+    text = "".join(" " if c == "\ufffd" or unicodedata.category(c)[0] == "C" else c for c in text)
     text = " ".join(text.split())
     for _ in range(3):
         before = text

@@ -24,6 +24,7 @@ def clip_count(text: str) -> int:
         ("<think>unfinished thoughts", ""),
         ("a red fox<|im_end|>", "a red fox"),
         ("   ", ""),
+        ("a\x00red\x07 fox\ufffd", "a red fox"),
     ],
 )
 def test_clean_output(raw, clean):
