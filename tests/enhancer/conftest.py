@@ -77,11 +77,12 @@ async def replica(base_env, **overrides):
 
 def restore_default_templates(owner_url: str) -> None:
     """Leave the seeded defaults active for the suites that follow."""
-    owner_query(
-        owner_url,
-        "UPDATE enhancer.prompt_templates SET active = (name IN ('sdxl-default', 'wan-default') "
-        "AND version = 1)",
-    )
+    with psycopg.connect(owner_url) as conn:
+        conn.execute("UPDATE enhancer.prompt_templates SET active = false WHERE active")
+        conn.execute(
+            "UPDATE enhancer.prompt_templates SET active = true "
+            "WHERE name IN ('sdxl-default', 'wan-default') AND version = 1"
+        )
 
 
 async def remove_enhance_consumer(nats_url: str, durable: str = "enhancer") -> None:
