@@ -56,10 +56,14 @@ class EnhanceStage:
         self.handled = 0
 
     def queue_settings(self) -> queue.QueueSettings:
-        # One delivery beyond the attempts, so the last one can still settle the job.
+        # One delivery beyond the attempts, so the last one can still settle the
+        # job. No backoff: a replica that died mid-enhancement hands its task on
+        # after the ack wait (heartbeats keep a live one's), and a nak carries
+        # its own delay.
         return queue.QueueSettings(
             ack_wait_seconds=self.settings.enhancer_ack_wait_seconds,
             max_deliver=self.settings.enhancer_max_attempts + 1,
+            backoff_seconds=(),
         )
 
     async def declare(self) -> None:

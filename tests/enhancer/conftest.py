@@ -56,15 +56,13 @@ class Replica:
 
 @contextlib.asynccontextmanager
 async def replica(base_env, **overrides):
-    settings = make_settings(
-        EnhancerSettings,
-        base_env,
-        PROMPT_DENY_LIST=DENIED,
-        ENHANCER_ACK_WAIT_SECONDS=5,
-        ENHANCER_FETCH_TIMEOUT_SECONDS=0.2,
-        ENHANCER_SHUTDOWN_GRACE_SECONDS=5,
-        **overrides,
-    )
+    defaults = {
+        "PROMPT_DENY_LIST": DENIED,
+        "ENHANCER_ACK_WAIT_SECONDS": 5,
+        "ENHANCER_FETCH_TIMEOUT_SECONDS": 0.2,
+        "ENHANCER_SHUTDOWN_GRACE_SECONDS": 5,
+    }
+    settings = make_settings(EnhancerSettings, base_env, **{**defaults, **overrides})
     running = await start(settings, port=0)
     ch = channel(f"127.0.0.1:{running.port}")
     try:
