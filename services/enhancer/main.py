@@ -117,12 +117,16 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
     running = Running(port=served.port, served=served, core=core, stage=stage, settings=settings)
 
     async def load() -> None:
-        model = await asyncio.to_thread(
-            models.load,
-            settings.enhancer_model,
-            device=settings.enhancer_device,
-            dtype=settings.enhancer_dtype,
-        )
+        try:
+            model = await asyncio.to_thread(
+                models.load,
+                settings.enhancer_model,
+                device=settings.enhancer_device,
+                dtype=settings.enhancer_dtype,
+            )
+        except Exception:
+            log.exception("the model could not be loaded; health stays NOT_SERVING")
+            raise
         holder["model"] = model
         running.model = model
         await grpcserver.set_serving(served, SERVICE_NAMES, serving=True)

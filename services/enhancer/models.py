@@ -95,7 +95,9 @@ class LoadedModel:
     preset: str
     device: str
     dtype: str
+    # One generation at a time; the tokenizer's own lock for encoding from any thread.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def name(self) -> str:
@@ -314,9 +316,18 @@ class _Stop:
 
 
 def encode_chat(lm: LoadedModel, messages: list[dict[str, str]]) -> dict[str, torch.Tensor]:
-    text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    enc = lm.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with lm.tokenizer_lock:
+        text = lm.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        enc = lm.tokenizer(text, return_tensors="pt", add_special_tokens=False)
     return {k: v.to(lm.device) for k, v in enc.items()}
+
+
+def count_tokens(lm: LoadedModel, text: str) -> int:
+    """Tokens of `text` under the model's tokenizer (no special tokens)."""
+    with lm.tokenizer_lock:
+        return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _generate_kwargs(lm: LoadedModel, inputs, sampling: Sampling, stop: _Stop) -> dict:

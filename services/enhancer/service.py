@@ -70,7 +70,7 @@ class TokenCounter:
             return self.clip_tokens(text)
         if lm is None:
             return 0
-        return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return models.count_tokens(lm, text)
 
 
 class EnhancerCore:

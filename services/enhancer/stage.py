@@ -116,6 +116,10 @@ class EnhanceStage:
             heartbeat = asyncio.create_task(self._heartbeat(msg))
             try:
                 await self._handle(msg, task, delivery)
+            except Exception as exc:  # e.g. the database is away: try again later
+                log.error("enhance task failed; retried", exc_info=exc)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self._backoff(delivery))
             finally:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
