@@ -101,3 +101,20 @@ def test_unknown_model_is_refused():
 
 def test_full_size_architecture_is_qwen25_7b():
     assert models.count_full_parameters() == 7_615_616_512
+
+
+def test_bench_times_the_requested_tokens():
+    from services.enhancer import bench
+
+    times = bench.run(models.TINY, tokens=8, repeat=2, device="cpu", dtype="float32")
+    assert len(times) == 2 and all(t > 0 for t in times)
+
+
+def test_a_real_clip_tokenizer_folder_counts_like_the_offline_one(tmp_path):
+    from ourvidz import tokenizers
+    from services.enhancer.service import TokenCounter
+
+    tokenizers.clip_tokenizer().save_pretrained(tmp_path)
+    text = "a red fox, snow, golden hour, highly detailed"
+    assert TokenCounter(str(tmp_path)).clip_tokens(text) == TokenCounter().clip_tokens(text)
+    assert TokenCounter().clip_tokens("") == 2  # the start and end tokens
