@@ -151,10 +151,7 @@ class EnhancerCore:
             result.fallback = True
             result.fallback_reason = reason
             result.enhanced_prompt = prompt
-            if lm is not None:
-                result.target_tokens = await asyncio.to_thread(
-                    self.counter.count, lm, target, prompt
-                )
+            result.target_tokens = await asyncio.to_thread(self.counter.count, lm, target, prompt)
         else:
             result.enhanced_prompt = text
         result.latency_seconds = time.monotonic() - started
