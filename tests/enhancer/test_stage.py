@@ -196,3 +196,32 @@ async def test_tasks_for_jobs_that_no_longer_wait_are_acked(mesh):
     assert mesh.enh.running.stage.handled >= handled + 1
     info = await mesh.js.stream_info(queue.TASKS_STREAM, subjects_filter=queue.ENHANCE_SUBJECT)
     assert not (info.state.subjects or {}).get(queue.ENHANCE_SUBJECT)
+
+
+async def test_a_task_that_keeps_failing_ends_as_a_fallback(mesh, infra):
+    """The enhancement itself fails (here: before the model runs) on every
+    attempt; the delivery after the last attempt queues the job with the
+    original prompt."""
+    stage = mesh.enh.running.stage
+    original = stage.settings
+    stage.settings = original.model_copy(
+        update={"enhancer_max_attempts": 2, "enhancer_retry_backoff_seconds": (0.1,)}
+    )
+    attempts = []
+
+    async def failing(*args, **kwargs):
+        attempts.append(1)
+        raise ConnectionError("database unreachable")
+
+    mesh.enh.core.enhance = failing
+    try:
+        _, md = user_md()
+        job = await mesh.create(md, "image7b_high_enhanced", "a lighthouse at dusk")
+        job = await mesh.until_queued(md, job.id)
+        await mesh.consumer_idle()
+    finally:
+        del mesh.enh.core.enhance
+        stage.settings = original
+    assert len(attempts) == 2
+    assert job.state == job_pb2.JOB_STATE_QUEUED
+    assert job.enhancement_fallback and job.enhanced_prompt == ""
