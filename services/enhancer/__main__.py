@@ -1,0 +1,3 @@
+from services.enhancer.main import main
+
+main()
