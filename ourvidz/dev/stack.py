@@ -1,5 +1,6 @@
-"""The whole mesh in one process — jobs, workspace, the SDXL worker and the
-gateway on a real port — for the end-to-end tests and `make bench`.
+"""The whole mesh in one process — jobs, workspace, the gateway on a real port,
+the generation workers and the enhancer — for the end-to-end tests and
+`make bench`.
 
 `make up` runs the same services as separate supervised processes; this is
 the in-process twin, where the diffusers import and the model load are paid
@@ -35,12 +36,36 @@ class Stack:
     workspace: object
     gateway: object
     sdxl: object | None = None
+    wan: object | None = None
+    enhancer: object | None = None
+
+
+# Model services: (module, settings class) by name.
+_MODEL_SERVICES = {
+    "sdxl": ("services.sdxl", "SdxlSettings"),
+    "wan": ("services.wan", "WanSettings"),
+    "enhancer": ("services.enhancer", "EnhancerSettings"),
+}
+
+
+async def _start_model_service(name: str, env: Mapping[str, str]):
+    import importlib
+
+    package, settings_cls = _MODEL_SERVICES[name]
+    main = importlib.import_module(f"{package}.main")
+    settings = importlib.import_module(f"{package}.settings")
+    return await main.start(settings_from(getattr(settings, settings_cls), env), port=0)
 
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    env: Mapping[str, str], *, with_worker: bool = True
+    env: Mapping[str, str],
+    *,
+    workers: tuple[str, ...] = ("sdxl",),
+    enhancer: bool = False,
 ) -> AsyncIterator[Stack]:
+    """Jobs, workspace and the gateway, plus the named generation workers
+    ("sdxl", "wan") and optionally the enhancer, each on a free port."""
     from services.gateway.main import start as start_gateway
     from services.gateway.settings import GatewaySettings
     from services.jobs.main import start as start_jobs
@@ -50,6 +75,7 @@ async def running_stack(
 
     env = dict(env)
     started: list = []
+    parts: dict[str, object] = {}
     try:
         workspace = await start_workspace(settings_from(WorkspaceSettings, env), port=0)
         started.append(workspace)
@@ -57,18 +83,19 @@ async def running_stack(
         jobs = await start_jobs(settings_from(JobsSettings, env), port=0)
         started.append(jobs)
         env["JOBS_ADDR"] = f"127.0.0.1:{jobs.port}"
+        if enhancer:
+            parts["enhancer"] = await _start_model_service("enhancer", env)
+            started.append(parts["enhancer"])
+            env["ENHANCER_ADDR"] = f"127.0.0.1:{parts['enhancer'].port}"
         gateway = await start_gateway(settings_from(GatewaySettings, env), port=0)
         started.append(gateway)
         url = f"http://127.0.0.1:{gateway.port}"
-        sdxl = None
-        if with_worker:
-            from services.sdxl.main import start as start_sdxl
-            from services.sdxl.settings import SdxlSettings
-
-            sdxl = await start_sdxl(settings_from(SdxlSettings, env), port=0)
-            started.append(sdxl)
-            await sdxl.wait_ready()
-        yield Stack(url=url, env=env, jobs=jobs, workspace=workspace, gateway=gateway, sdxl=sdxl)
+        for name in workers:
+            parts[name] = await _start_model_service(name, env)
+            started.append(parts[name])
+        for part in parts.values():
+            await part.wait_ready()
+        yield Stack(url=url, env=env, jobs=jobs, workspace=workspace, gateway=gateway, **parts)
     finally:
         for part in reversed(started):
             with contextlib.suppress(Exception):

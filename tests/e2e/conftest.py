@@ -48,6 +48,9 @@ class Client:
         headers = {**self.headers, **kw.pop("headers", {})}
         return await self.http.post(path, headers=headers, **kw)
 
+    async def put(self, path: str, **kw) -> httpx.Response:
+        return await self.http.put(path, headers=self.headers, **kw)
+
     async def delete(self, path: str, **kw) -> httpx.Response:
         return await self.http.delete(path, headers=self.headers, **kw)
 

@@ -49,7 +49,7 @@ async def run_job(user, body: dict) -> tuple[dict, list[dict]]:
     response = await user.post("/v1/jobs", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
     assert response.status_code == 202, response.text
     job = response.json()
-    assert job["state"] in ("queued", "running")
+    assert job["state"] in ("queued", "enhancing", "running")
     events = await user.events(f"/v1/jobs/{job['id']}/events")
     final = (await user.get(f"/v1/jobs/{job['id']}")).json()
     return final, events

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 async def stack_without_worker(base_env):
-    async with running_stack(mesh_env(base_env), with_worker=False) as stack:
+    async with running_stack(mesh_env(base_env), workers=()) as stack:
         yield stack
 
 

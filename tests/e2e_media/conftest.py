@@ -1,0 +1,57 @@
+"""The mesh with the WAN worker and the enhancer (tiny models) in this process:
+jobs, workspace, the gateway on a real port, against the session's PostgreSQL,
+NATS JetStream and S3 server. The tests talk HTTP, as a client would."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from ourvidz.dev.stack import running_stack
+from tests.e2e.conftest import Client
+
+ADMIN_EMAIL = "admin-e2e@example.com"
+DENIED = "forbidden thing"
+
+
+def media_env(base_env: dict, **extra) -> dict:
+    return {
+        **base_env,
+        "WAN_MODEL": "tiny",
+        "WAN_PROGRESS_INTERVAL_SECONDS": "0",
+        "ENHANCER_MODEL": "tiny",
+        "JOBS_ENHANCE_TIMEOUT_SECONDS": "3",
+        "PROMPT_DENY_LIST": DENIED,
+        "GATEWAY_ADMIN_EMAILS": ADMIN_EMAIL,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="package")
+async def stack(base_env):
+    async with running_stack(media_env(base_env), workers=("wan",), enhancer=True) as s:
+        yield s
+
+
+@pytest.fixture
+async def http(stack):
+    async with httpx.AsyncClient(base_url=stack.url, timeout=120) as client:
+        yield client
+
+
+async def signup(http: httpx.AsyncClient, email: str | None = None) -> Client:
+    email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+    response = await http.post(
+        "/v1/auth/signup", json={"email": email, "password": "a long password"}
+    )
+    if response.status_code == 409:  # the admin signed up by an earlier test
+        response = await http.post(
+            "/v1/auth/login", json={"email": email, "password": "a long password"}
+        )
+        assert response.status_code == 200, response.text
+    else:
+        assert response.status_code == 201, response.text
+    body = response.json()
+    return Client(http, body["access_token"], body["user"])
