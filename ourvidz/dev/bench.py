@@ -2,12 +2,17 @@
 that their ratios are comparable (CPU timings on a shared machine swing ±50 %).
 
 - render: the tiny SDXL preset, `sdxl_image_fast` (15 steps) at 1024² (the
-  catalog default) and 256², model time only;
-- job: a 1-image `sdxl_image_fast` job at its default size through the whole
-  mesh over HTTP, from submit to `completed` (embedded PostgreSQL, NATS, S3);
+  catalog default) and 256²; the tiny WAN preset, `video_fast` (25 steps) at
+  256×144 with 17 frames and `image_fast` at 256×144; the tiny Qwen preset,
+  200 new tokens; model time only;
+- job: through the whole mesh over HTTP, from submit to `completed` (embedded
+  PostgreSQL, NATS, S3): a 1-image `sdxl_image_fast` job at its default size,
+  a `video_fast` job at 256×144×17 and an `image7b_fast_enhanced` job at
+  256×144 (enhance stage included);
 - up: `python -m ourvidz.dev.up` from start to a 200 on /readyz;
-- gpu (only where CUDA is present): the `full-random` preset (the real SDXL
-  architecture) at 1024² in bf16, batch 1 and 6.
+- gpu (only where CUDA is present), in bf16 with random weights of the real
+  architectures (`full-random`): SDXL at 1024², batch 1 and 6; WAN 2.1 1.3B
+  `video_fast` (81 frames at 832×480, 25 steps); Qwen2.5-7B, 200 new tokens.
 
 Options: --only render,job,up,gpu   --repeat N
 """
@@ -49,19 +54,65 @@ def task(width: int, height: int, num_images: int = 1, steps: int = 15):
     )  # fmt: skip
 
 
+def wan_task(job_type: str, width: int, height: int, num_frames: int):
+    from ourvidz.catalog import CATALOG, WAN_DEFAULT_NEGATIVE
+    from ourvidz.v1 import queue_pb2
+
+    jt = CATALOG[job_type]
+    return queue_pb2.GenerationTask(
+        job_id="bench", user_id="bench", job_type=job_type,
+        prompt="a red kite over a windy beach, camera tracking left",
+        negative_prompt=WAN_DEFAULT_NEGATIVE, seed=42, num_images=1, width=width, height=height,
+        num_frames=num_frames, steps=jt.steps, guidance_scale=jt.guidance_scale,
+        output_bucket=jt.bucket,
+    )  # fmt: skip
+
+
+def _timed(fn, repeat: int, *, sync=None) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        if sync:
+            sync()
+        start = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def bench_render(repeat: int) -> None:
     from services.sdxl import models
     from services.sdxl.generate import render
 
     bundle = models.load("tiny")
     for size in (1024, 256):
-        render(bundle, task(size, size), None, lambda *_: None, lambda: False)  # warm-up
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            render(bundle, task(size, size), None, lambda *_: None, lambda: False)
-            times.append(time.perf_counter() - start)
+        times = _timed(
+            lambda size=size: render(
+                bundle, task(size, size), None, lambda *_: None, lambda: False
+            ),
+            repeat,
+        )
         report(f"tiny render sdxl_image_fast {size}² ×1", times)
+
+    from services.wan import generate as wan_generate
+    from services.wan import models as wan_models
+
+    wan = wan_models.load("tiny")
+    for job_type, frames in (("video_fast", 17), ("image_fast", 1)):
+        times = _timed(
+            lambda job_type=job_type, frames=frames: wan_generate.render(
+                wan, wan_task(job_type, 256, 144, frames), lambda *_: None, lambda: False
+            ),
+            repeat,
+        )
+        report(f"tiny render {job_type} 256×144×{frames} (25 steps)", times)
+
+    from services.enhancer import bench as enhancer_bench
+
+    times = enhancer_bench.run("tiny", 200, repeat, "auto", "auto")
+    report("tiny Qwen2 200 new tokens", times)
 
 
 async def _bench_job(repeat: int) -> None:
@@ -82,37 +133,43 @@ async def _bench_job(repeat: int) -> None:
             "OURVIDZ_ENV": "dev", "DATABASE_URL": emb.database_url, "DB_ROLE_PASSWORD": "bench",
             "NATS_URL": emb.nats_url, "STORAGE_BACKEND": "s3", "S3_ENDPOINT": emb.s3_endpoint,
             "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", "AUTH_SECRET": secret,
-            "STORAGE_SIGNING_KEY": secret, "SDXL_MODEL": "tiny", "LOG_LEVEL": "WARNING",
-            "LOG_JSON": "false",
+            "STORAGE_SIGNING_KEY": secret, "SDXL_MODEL": "tiny", "WAN_MODEL": "tiny",
+            "ENHANCER_MODEL": "tiny", "LOG_LEVEL": "WARNING", "LOG_JSON": "false",
         }  # fmt: skip
         async with (
-            running_stack(env) as stack,
+            running_stack(env, workers=("sdxl", "wan"), enhancer=True) as stack,
             httpx.AsyncClient(base_url=stack.url, timeout=120) as http,
         ):
             signup = await http.post(
                 "/v1/auth/signup", json={"email": "bench@example.com", "password": "bench password"}
             )
             headers = {"Authorization": f"Bearer {signup.json()['access_token']}"}
-            times = []
-            for i in range(repeat + 1):
-                start = time.perf_counter()
-                job = await http.post(
-                    "/v1/jobs", headers=headers,
-                    json={"job_type": "sdxl_image_fast", "prompt": f"a lighthouse {i}", "num_images": 1},
-                )  # fmt: skip
-                job_id = job.json()["id"]
-                async with http.stream(
-                    "GET", f"/v1/jobs/{job_id}/events", headers=headers
-                ) as stream:
-                    async for _ in stream.aiter_lines():
-                        pass
-                elapsed = time.perf_counter() - start
-                state = (await http.get(f"/v1/jobs/{job_id}", headers=headers)).json()["state"]
-                if state != "completed":
-                    raise RuntimeError(f"bench job ended {state}")
-                if i:  # the first job warms the worker up
-                    times.append(elapsed)
-            report("tiny job sdxl_image_fast 1024² ×1, submit → completed", times)
+            small = {"width": 256, "height": 144}
+            jobs = (
+                ("sdxl_image_fast 1024² ×1", {"job_type": "sdxl_image_fast", "num_images": 1}),
+                ("video_fast 256×144×17", {"job_type": "video_fast", "num_frames": 17, **small}),
+                ("image7b_fast_enhanced 256×144", {"job_type": "image7b_fast_enhanced", **small}),
+            )
+            for name, body in jobs:
+                times = []
+                for i in range(repeat + 1):
+                    start = time.perf_counter()
+                    job = await http.post(
+                        "/v1/jobs", headers=headers, json={**body, "prompt": f"a lighthouse {i}"}
+                    )
+                    job_id = job.json()["id"]
+                    async with http.stream(
+                        "GET", f"/v1/jobs/{job_id}/events", headers=headers
+                    ) as stream:
+                        async for _ in stream.aiter_lines():
+                            pass
+                    elapsed = time.perf_counter() - start
+                    done = (await http.get(f"/v1/jobs/{job_id}", headers=headers)).json()
+                    if done["state"] != "completed":
+                        raise RuntimeError(f"bench job ended {done['state']}")
+                    if i:  # the first job warms the worker up
+                        times.append(elapsed)
+                report(f"tiny job {name}, submit → completed", times)
     finally:
         emb.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -205,6 +262,32 @@ def bench_gpu(repeat: int) -> None:
             times,
         )
     print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", file=sys.stderr)
+    del bundle
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+    from services.wan import generate as wan_generate
+    from services.wan import models as wan_models
+
+    wan = wan_models.load("full-random", device="cuda", dtype="bfloat16")
+    video = wan_task("video_fast", 832, 480, 81)
+    times = _timed(
+        lambda: wan_generate.render(wan, video, lambda *_: None, lambda: False),
+        repeat,
+        sync=torch.cuda.synchronize,
+    )
+    report(
+        f"full-random video_fast 832×480×81, 25 steps bf16 ({torch.cuda.get_device_name()})",
+        times,
+    )
+    print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", file=sys.stderr)
+    wan = None
+    torch.cuda.empty_cache()
+
+    from services.enhancer import bench as enhancer_bench
+
+    times = enhancer_bench.run("full-random", 200, repeat, "cuda", "bfloat16")
+    report(f"full-random Qwen2.5-7B 200 new tokens bf16 ({torch.cuda.get_device_name()})", times)
 
 
 def main() -> None:
