@@ -224,8 +224,14 @@ class Worker:
                 log.warning("fetch failed: %s", exc)
                 await asyncio.sleep(wait)
                 continue
-            if msg is not None:
+            if msg is None:
+                continue
+            try:
                 await self.handle(msg)
+            except Exception as exc:  # e.g. NATS away while settling: never end the loop
+                log.error("handling a task failed; it is redelivered", exc_info=exc)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self._backoff(msg.metadata.num_delivered))
 
     # --- one message ------------------------------------------------------------------
 
