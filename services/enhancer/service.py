@@ -180,7 +180,7 @@ class EnhancerCore:
             return f"{REASON_TIMEOUT}: no answer within {timeout:g}s", ""
         except Exception as exc:
             log.error("enhancement failed", exc_info=exc)
-            return f"{REASON_ERROR}: {type(exc).__name__}", ""
+            return f"{REASON_ERROR}: the model failed", ""
         result.tokens_in = out.tokens_in
         result.tokens_out = out.tokens_out
         text, tokens = await asyncio.to_thread(self._finish, lm, target, out.text)
