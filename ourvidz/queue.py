@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nats
@@ -139,3 +142,36 @@ async def declare_events_consumer(
             deliver_policy=DeliverPolicy.ALL,
         ),
     )
+
+
+# --- consuming tasks -------------------------------------------------------------------
+
+
+async def _keep_in_progress(msg, ack_wait_seconds: float) -> None:
+    interval = max(ack_wait_seconds / 3, 0.1)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await msg.in_progress()
+        except Exception as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(msg, ack_wait_seconds: float) -> AsyncIterator[None]:
+    """While inside, `in_progress` every ack_wait/3 keeps `msg` ours, so a
+    task longer than the ack wait is not redelivered while its worker lives."""
+    task = asyncio.create_task(_keep_in_progress(msg, ack_wait_seconds))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def retry_delay(delays: tuple[float, ...], delivery: int) -> float:
+    """The nak delay after delivery number `delivery` failed: by attempt, the
+    last delay repeated (none given: at once)."""
+    delays = delays or (0.0,)
+    return delays[min(delivery - 1, len(delays) - 1)]

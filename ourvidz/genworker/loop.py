@@ -224,8 +224,14 @@ class Worker:
                 log.warning("fetch failed: %s", exc)
                 await asyncio.sleep(wait)
                 continue
-            if msg is not None:
+            if msg is None:
+                continue
+            try:
                 await self.handle(msg)
+            except Exception as exc:  # e.g. NATS away while settling: never end the loop
+                log.error("handling a task failed; it is redelivered", exc_info=exc)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self._backoff(msg.metadata.num_delivered))
 
     # --- one message ------------------------------------------------------------------
 
@@ -266,13 +272,8 @@ class Worker:
             return
         # The heartbeat runs from the moment the message is ours: StartJob may
         # itself wait on a busy jobs service.
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
-        try:
+        async with queue.heartbeat(msg, self.config.ack_wait_seconds):
             await self._start_and_run(msg, task, delivery)
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
 
     async def _start_and_run(self, msg, task: queue_pb2.GenerationTask, delivery: int) -> None:
         try:
@@ -379,15 +380,6 @@ class Worker:
         )
         return response.cancel_requested
 
-    async def _heartbeat(self, msg) -> None:
-        interval = max(self.config.ack_wait_seconds / 3, 0.1)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await msg.in_progress()
-            except Exception as exc:
-                log.warning("heartbeat failed: %s", exc)
-
     async def _watch_cancel(self, task: queue_pb2.GenerationTask, cancel: threading.Event):
         async def on_event(m) -> None:
             try:
@@ -416,8 +408,7 @@ class Worker:
         uploaded.clear()
 
     def _backoff(self, delivery: int) -> float:
-        delays = self.config.retry_backoff_seconds or (0.0,)
-        return delays[min(delivery - 1, len(delays) - 1)]
+        return queue.retry_delay(self.config.retry_backoff_seconds, delivery)
 
     async def _fail(self, task, code: str, message: str, *, retry: bool) -> None:
         try:

@@ -146,7 +146,11 @@ async def start_worker(
     running = Running(port=served.port, worker=worker, served=served, config=config)
 
     async def load_model() -> None:
-        bundle = await asyncio.to_thread(load)
+        try:
+            bundle = await asyncio.to_thread(load)
+        except Exception:
+            log.exception("the model could not be loaded; health stays NOT_SERVING")
+            raise
         holder["bundle"] = bundle
         running.bundle = bundle
         await grpcserver.set_serving(served, SERVICE_NAMES, serving=True)

@@ -60,12 +60,13 @@ def template_proto(row: dict) -> pb.PromptTemplate:
     )
 
 
-def test_row(prompt: str, r: pb.EnhancePromptResponse, admin_id: str) -> dict:
+def result_columns(r: pb.EnhancePromptResponse) -> dict:
+    """The analytics columns an enhancement and a template test share: the
+    result, its template version, model, tokens, latency, fallback, settings."""
+    s = r.settings
     return {
-        "id": str(uuid.uuid4()),
-        "template_id": r.template_id,
+        "template_id": r.template_id or None,
         "template_version": r.template_version,
-        "sample_prompt": prompt,
         "enhanced_prompt": r.enhanced_prompt,
         "model": r.model,
         "target_model": r.target_model,
@@ -75,11 +76,31 @@ def test_row(prompt: str, r: pb.EnhancePromptResponse, admin_id: str) -> dict:
         "latency_seconds": r.latency_seconds,
         "fallback": r.fallback,
         "fallback_reason": r.fallback_reason,
-        "temperature": r.settings.temperature,
-        "top_p": r.settings.top_p,
-        "max_new_tokens": r.settings.max_new_tokens,
-        "seed": r.settings.seed,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "max_new_tokens": s.max_new_tokens,
+        "seed": s.seed,
+    }
+
+
+def enhancement_row(
+    prompt: str, r: pb.EnhancePromptResponse, user_id: str, job_id: str | None
+) -> dict:
+    return {
+        "id": str(uuid.uuid4()),
+        "job_id": job_id,
+        "user_id": user_id,
+        "original_prompt": prompt,
+        **result_columns(r),
+    }
+
+
+def test_row(prompt: str, r: pb.EnhancePromptResponse, admin_id: str) -> dict:
+    return {
+        "id": str(uuid.uuid4()),
+        "sample_prompt": prompt,
         "created_by": admin_id,
+        **result_columns(r),
     }
 
 

@@ -97,11 +97,17 @@ def resolve_target(target_model: str, job_type: str) -> str:
     return target_model
 
 
+def has_control_chars(text: str) -> bool:
+    """Control characters other than tab and line breaks (PostgreSQL refuses
+    NUL in text; none of them belongs in a prompt or a template)."""
+    return any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in text)
+
+
 def check_prompt(prompt: str, max_chars: int, field: str = "prompt") -> str:
     text = (prompt or "").strip()
     if not text:
         raise InvalidArgument.field(field, "must not be empty")
-    if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in text):
+    if has_control_chars(text):
         raise InvalidArgument.field(field, "must not contain control characters")
     if len(text) > max_chars:
         raise InvalidArgument.field(field, f"must be at most {max_chars} characters")
@@ -155,6 +161,16 @@ def template_violations(t: TemplateFields, *, new: bool) -> list[FieldViolation]
         bad.append(
             FieldViolation(f"{prefix}description", f"must be at most {MAX_DESCRIPTION} characters")
         )
+    named = {v.field for v in bad}
+    texts = {
+        "template.name": t.name,
+        f"{prefix}system_prompt": t.system_prompt,
+        f"{prefix}user_template": t.user_template,
+        f"{prefix}description": t.description,
+    }
+    for field, text in texts.items():
+        if field not in named and has_control_chars(text):
+            bad.append(FieldViolation(field, "must not contain control characters"))
     bad.extend(settings_violations(t.settings, f"{prefix}settings"))
     return bad
 

@@ -33,12 +33,12 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch
 
 from ourvidz import tokenizers
+from ourvidz.devices import DTYPES, default_dtype, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
 FULL_RANDOM = "full-random"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -105,21 +105,6 @@ class LoadedModel:
         if self.preset in (TINY, FULL_RANDOM):
             return f"qwen2.5-{self.preset}"
         return Path(self.preset).name or self.preset
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """bf16 on a GPU, fp32 on a CPU unless asked otherwise."""
-    if dtype in ("", "auto"):
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)} or auto")
-    return dtype
 
 
 # --- the offline tokenizer -------------------------------------------------------------
@@ -233,13 +218,8 @@ def build_full_random(device: str, dtype: str):
 
     tok = qwen_tokenizer()
     torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(DTYPES[dtype])
-    try:
-        with torch.device(device):
-            model = Qwen2ForCausalLM(full_config())
-    finally:
-        torch.set_default_dtype(old)
+    with torch.device(device), default_dtype(dtype):
+        model = Qwen2ForCausalLM(full_config())
     _generation_ids(model, tok)
     return model, tok
 

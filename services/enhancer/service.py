@@ -156,7 +156,7 @@ class EnhancerCore:
             result.enhanced_prompt = text
         result.latency_seconds = time.monotonic() - started
         if caller is not None and record:
-            result.enhancement_id = await self._record(prompt, result, sampling, caller)
+            result.enhancement_id = await self._record(prompt, result, caller)
         return result
 
     async def _generate(self, lm, prompt, target, template, sampling, result) -> tuple[str, str]:
@@ -180,7 +180,7 @@ class EnhancerCore:
             return f"{REASON_TIMEOUT}: no answer within {timeout:g}s", ""
         except Exception as exc:
             log.error("enhancement failed", exc_info=exc)
-            return f"{REASON_ERROR}: {type(exc).__name__}", ""
+            return f"{REASON_ERROR}: the model failed", ""
         result.tokens_in = out.tokens_in
         result.tokens_out = out.tokens_out
         text, tokens = await asyncio.to_thread(self._finish, lm, target, out.text)
@@ -198,28 +198,8 @@ class EnhancerCore:
             text = domain.fit_tokens(text, self.counter.clip_tokens)
         return text, (self.counter.count(lm, target, text) if text else 0)
 
-    async def _record(self, prompt: str, r: pb.EnhancePromptResponse, sampling, caller) -> str:
-        row = {
-            "id": str(uuid.uuid4()),
-            "job_id": caller.job_id,
-            "user_id": caller.user_id,
-            "template_id": r.template_id or None,
-            "template_version": r.template_version,
-            "model": r.model,
-            "target_model": r.target_model,
-            "tokens_in": r.tokens_in,
-            "tokens_out": r.tokens_out,
-            "target_tokens": r.target_tokens,
-            "latency_seconds": r.latency_seconds,
-            "fallback": r.fallback,
-            "fallback_reason": r.fallback_reason,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "max_new_tokens": sampling.max_new_tokens,
-            "seed": sampling.seed,
-            "original_prompt": prompt,
-            "enhanced_prompt": r.enhanced_prompt,
-        }
+    async def _record(self, prompt: str, r: pb.EnhancePromptResponse, caller: Caller) -> str:
+        row = convert.enhancement_row(prompt, r, caller.user_id, caller.job_id)
         async with self.db.tx(user_id=caller.user_id, role=caller.role) as conn:
             return await store.record_enhancement(conn, row)
 

@@ -113,17 +113,13 @@ class EnhanceStage:
             return
         delivery = msg.metadata.num_delivered
         with logs.bind(job_id=task.job_id, user_id=task.user_id, delivery=delivery):
-            heartbeat = asyncio.create_task(self._heartbeat(msg))
             try:
-                await self._handle(msg, task, delivery)
+                async with queue.heartbeat(msg, self.settings.enhancer_ack_wait_seconds):
+                    await self._handle(msg, task, delivery)
             except Exception as exc:  # e.g. the database is away: try again later
                 log.error("enhance task failed; retried", exc_info=exc)
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=self._backoff(delivery))
-            finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
             self.handled += 1
 
     async def _handle(self, msg, task: queue_pb2.EnhanceTask, delivery: int) -> None:
@@ -185,15 +181,5 @@ class EnhanceStage:
             job_id=task.job_id, enhanced_prompt=result.enhanced_prompt
         )
 
-    async def _heartbeat(self, msg) -> None:
-        interval = max(self.settings.enhancer_ack_wait_seconds / 3, 0.1)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await msg.in_progress()
-            except Exception as exc:
-                log.warning("heartbeat failed: %s", exc)
-
     def _backoff(self, delivery: int) -> float:
-        delays = self.settings.enhancer_retry_backoff_seconds or (0.0,)
-        return delays[min(delivery - 1, len(delays) - 1)]
+        return queue.retry_delay(self.settings.enhancer_retry_backoff_seconds, delivery)

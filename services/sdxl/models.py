@@ -13,7 +13,6 @@ Hub access is always off: nothing here may reach the network.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -28,13 +27,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch
 
 from ourvidz import tokenizers
+from ourvidz.devices import DTYPES, default_dtype, resolve_device, resolve_dtype
 from services.sdxl import configs
 
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
 FULL_RANDOM = "full-random"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -48,31 +47,6 @@ class PipeBundle:
     device: str
     dtype: str
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """bf16 on a GPU, fp32 on a CPU unless asked otherwise."""
-    if dtype in ("", "auto"):
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)} or auto")
-    return dtype
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def _sdpa(text_encoder) -> None:
@@ -120,7 +94,7 @@ def build_full_random(device: str, dtype: str):
 
     vocab = tokenizers.vocab_size()
     torch.manual_seed(0)
-    with torch.device(device), _default_dtype(DTYPES[dtype]):
+    with torch.device(device), default_dtype(dtype):
         unet = UNet2DConditionModel(**configs.full_unet_kwargs())
         vae = AutoencoderKL(**configs.full_vae_kwargs())
         text_encoder = CLIPTextModel(configs.text_config(configs.FULL_TEXT_1, vocab))

@@ -15,7 +15,6 @@ always off: nothing here may reach the network.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -29,13 +28,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
 
+from ourvidz.devices import DTYPES, default_dtype, resolve_device, resolve_dtype
 from services.wan import configs, tokenizer
 
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
 FULL_RANDOM = "full-random"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -47,31 +46,6 @@ class PipeBundle:
     device: str
     dtype: str
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """bf16 on a GPU, fp32 on a CPU unless asked otherwise."""
-    if dtype in ("", "auto"):
-        return "bfloat16" if device.startswith("cuda") else "float32"
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)} or auto")
-    return dtype
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def scheduler():
@@ -115,7 +89,7 @@ def build_full_random(device: str, dtype: str):
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(0)
-    with torch.device(device), _default_dtype(DTYPES[dtype]):
+    with torch.device(device), default_dtype(dtype):
         transformer = WanTransformer3DModel(**configs.full_transformer_kwargs())
         vae = AutoencoderKLWan(**configs.full_vae_kwargs())
         text_encoder = UMT5EncoderModel(UMT5Config(**configs.full_text_kwargs()))

@@ -103,6 +103,27 @@ def test_template_violations_name_their_fields():
     } == {"system_prompt"}
 
 
+def test_template_text_with_control_characters_is_refused_by_field():
+    # A NUL would otherwise reach PostgreSQL, which refuses it: an internal error.
+    bad = domain.TemplateFields(
+        name="n\x00",
+        target_model="wan",
+        system_prompt="be\x00brief",
+        user_template="{prompt}\x07",
+        description="d\x1b",
+    )
+    assert {v.field for v in domain.template_violations(bad, new=True)} == {
+        "template.name",
+        "template.system_prompt",
+        "template.user_template",
+        "template.description",
+    }
+    update = domain.TemplateFields(system_prompt="line one\n\tline two", user_template="{prompt}")
+    assert domain.template_violations(update, new=False) == []
+    update = domain.TemplateFields(system_prompt="s\x00", user_template="{prompt}")
+    assert [v.field for v in domain.template_violations(update, new=False)] == ["system_prompt"]
+
+
 def test_chat_messages_are_checked():
     assert domain.check_chat([("user", "hi")], 5, 100) == [{"role": "user", "content": "hi"}]
     cases = [

@@ -108,6 +108,14 @@ async def test_create_validates_and_names_fields(enh, admin):
         )
     )
     assert [v.field for v in err.violations] == ["template.system_prompt"]
+    err = await rpc_error(
+        enh.stub.CreatePromptTemplate(
+            pb.CreatePromptTemplateRequest(template=new_template(system_prompt="be\x00brief")),
+            metadata=md,
+        )
+    )
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in err.violations] == ["template.system_prompt"]
 
 
 async def test_create_update_activate(enh, admin, infra):

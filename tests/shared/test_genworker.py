@@ -1,5 +1,5 @@
 """The generation workers' shared parts that need no model: progress by stage
-and step, and the sorting of failures."""
+and step, the sorting of failures, and the JetStream loop's resilience."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import threading
 import grpc
 import pytest
 
+from ourvidz import queue
 from ourvidz.genworker import InvalidReference, ProgressReporter, classify
-from ourvidz.genworker.loop import LoopConfig
+from ourvidz.genworker.loop import LoopConfig, Worker
 from ourvidz.settings import CommonSettings
+from ourvidz.v1 import queue_pb2
+from tests.conftest import SECRET
 
 
 async def _report(steps, stages_before=(), stages_after=(), *, interval=1000.0, cancel_on=None):
@@ -101,3 +104,40 @@ def test_loop_config_reads_the_family_prefixed_settings():
         2,
     )
     assert config.retry_backoff_seconds == (1.0,) and config.shutdown_grace_seconds == 9.0
+
+
+async def test_a_failure_while_handling_a_task_neither_ends_the_loop_nor_loses_the_task(infra):
+    # Settling a message can fail (NATS away at that moment); the loop must go
+    # on with the next task and the failed one must come back.
+    nc, js = await queue.connect(infra.nats_url, name="genworker-loop-test")
+    config = LoopConfig(
+        family="looptest",
+        worker_id="w-loop",
+        auth_secret=SECRET,
+        ack_wait_seconds=30.0,
+        retry_backoff_seconds=(0.0,),
+        fetch_timeout_seconds=0.2,
+    )
+    worker = Worker(config, family=None, nc=nc, js=js, store=None, jobs=None)
+    try:
+        await worker.declare()
+        seen: list[tuple[str, int]] = []
+
+        async def handle(msg) -> None:
+            task = queue_pb2.GenerationTask.FromString(msg.data)
+            seen.append((task.job_id, msg.metadata.num_delivered))
+            if len(seen) == 1:
+                raise RuntimeError("the connection dropped while settling")
+            await msg.ack_sync()
+            if len(seen) == 3:
+                worker.stop()
+
+        worker.handle = handle
+        for job_id in ("job-a", "job-b"):
+            task = queue_pb2.GenerationTask(job_id=job_id, user_id="u")
+            await js.publish(queue.task_subject("looptest", "fast"), task.SerializeToString())
+        await asyncio.wait_for(worker.run(), 30)
+        assert sorted(seen) == [("job-a", 1), ("job-a", 2), ("job-b", 1)]
+    finally:
+        await worker.unsubscribe()
+        await nc.close()
