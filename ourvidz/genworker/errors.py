@@ -88,7 +88,9 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, ConnectionError | TimeoutError) or _storage_transient(exc):
         return Verdict(True, "STORAGE_UNAVAILABLE", "the blob store could not be reached")
     if isinstance(exc, ValueError):
-        return Verdict(False, "INVALID_TASK", f"the model cannot run this job: {exc}")
+        # The pipeline refused its arguments; its message names internals, so
+        # it goes to the log, and the user gets a fixed sentence.
+        return Verdict(False, "INVALID_TASK", "the model cannot run this job with these settings")
     return Verdict(True, "INTERNAL", "internal error in the worker")
 
 

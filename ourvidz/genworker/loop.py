@@ -426,8 +426,10 @@ class Worker:
     async def _on_error(self, msg, task, delivery: int, exc: Exception) -> None:
         verdict = classify(exc)
         retry = verdict.retry and delivery < self.config.max_attempts
-        if isinstance(exc, PermanentError) or not verdict.retry:
+        if isinstance(exc, PermanentError):
             log.warning("job failed: %s", verdict.message)
+        elif not verdict.retry:
+            log.warning("job failed: %s (%s: %s)", verdict.message, type(exc).__name__, exc)
         else:
             log.error("job attempt failed (%s)", verdict.code, exc_info=exc)
         if verdict.code == "OUT_OF_MEMORY":

@@ -89,7 +89,7 @@ class Running:
         self.worker.stop()
         grace = self.config.shutdown_grace_seconds
         loop_task = self._tasks[1] if len(self._tasks) > 1 else None
-        if loop_task is not None:
+        if loop_task is not None and self._tasks[0].done():  # loaded: a job may be in hand
             done, _ = await asyncio.wait({loop_task}, timeout=grace)
             if not done:
                 self.worker.abort_current()

@@ -333,6 +333,7 @@ class JobsCore:
         domain.transition(row["state"], domain.QUEUED)
         enhanced = enhanced_prompt.strip()
         reason = reason.strip()
+        enhanced = _fit(enhanced, self.limits.max_prompt_chars)
         if not fallback:
             if not enhanced:
                 fallback, reason = True, "EMPTY_ENHANCEMENT: the enhancer returned no prompt"
@@ -405,3 +406,14 @@ def _asset_rows(assets: list[job_pb2.Asset]) -> list[dict]:
             )
         seen.add(asset.index)
     return [convert.asset_row(a) for a in assets]
+
+
+def _fit(text: str, max_chars: int) -> str:
+    """`text` cut to `max_chars` at a word boundary: an enhanced prompt obeys the
+    length limit of a submitted one."""
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    if not text[max_chars].isspace() and " " in head:
+        head = head.rsplit(None, 1)[0]
+    return head.rstrip(" ,;")

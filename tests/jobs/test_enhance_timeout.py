@@ -155,3 +155,13 @@ async def test_the_enhancers_fallback_reason_is_recorded(harness):
         metadata=harness.worker_md,
     )
     assert again.job.last_sequence == done.job.last_sequence  # a repeat changes nothing
+
+
+def test_an_enhanced_prompt_is_cut_to_the_prompt_limit_at_a_word():
+    from services.jobs.service import _fit
+
+    assert _fit("short prompt", 50) == "short prompt"
+    assert _fit("alpha beta gamma", 12) == "alpha beta"
+    assert _fit("alpha beta, gamma", 11) == "alpha beta"
+    assert _fit("x" * 30, 10) == "x" * 10
+    assert len(_fit("word " * 1000, 2000)) <= 2000
