@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos protos-check lint fmt up test test-slow bench clean
+.PHONY: help install protos protos-check lint fmt up test test-browser browser-deps test-slow bench clean
 
 help: ## Print every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,7 +50,21 @@ up: install ## Start everything (embedded PostgreSQL, NATS, storage) with tiny m
 	$(BIN)/python -m ourvidz.dev.up
 
 test: install ## The whole fast suite against real PostgreSQL, NATS JetStream and S3
-	$(BIN)/python -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser" $(PYTEST_ARGS)
+
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	@# Debian's Chromium: Playwright never downloads a browser here.
+	@if command -v apt-get >/dev/null; then \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q chromium; \
+	else echo "install Chromium and set CHROMIUM=/path/to/chromium" >&2; exit 1; fi
+
+browser-deps: install $(CHROMIUM)
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/pip install -q -e '.[browser]'
+
+test-browser: browser-deps ## The web studio in headless Chromium (Playwright); screenshots in .artifacts/browser
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q -m browser tests/browser $(PYTEST_ARGS)
 
 test-slow: install ## Slow tests (full-size shapes on CPU)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)

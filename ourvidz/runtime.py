@@ -10,12 +10,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ourvidz import logs
 
 log = logging.getLogger(__name__)
+
+# diffusers and transformers import their classes lazily, and two threads that
+# first import them at once can see a half-initialised module ("cannot import
+# name ..."). Where several model services share a process (the in-process
+# stack of the tests and benchmarks), they load their models one at a time.
+_MODEL_LOAD_LOCK = threading.Lock()
+
+
+async def load_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking model load in a thread, one load per process at a time."""
+
+    def locked() -> Any:
+        with _MODEL_LOAD_LOCK:
+            return fn(*args, **kwargs)
+
+    return await asyncio.to_thread(locked)
 
 
 async def serve_until_signalled(

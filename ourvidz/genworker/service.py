@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ourvidz import grpcserver, queue
+from ourvidz import grpcserver, queue, runtime
 from ourvidz.auth import current_principal
 from ourvidz.genworker.loop import Family, LoopConfig, Stats, Worker
 from ourvidz.storage import store_from_settings
@@ -147,7 +147,7 @@ async def start_worker(
 
     async def load_model() -> None:
         try:
-            bundle = await asyncio.to_thread(load)
+            bundle = await runtime.load_in_thread(load)
         except Exception:
             log.exception("the model could not be loaded; health stays NOT_SERVING")
             raise

@@ -83,7 +83,7 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
     holder: dict[str, models.LoadedModel] = {}
     cache = TemplateCache(database, settings.enhancer_template_cache_seconds)
     notifier = ChangeNotifier(nc, settings.enhancer_templates_subject, cache)
-    counter = await asyncio.to_thread(TokenCounter, settings.enhancer_clip_tokenizer)
+    counter = await runtime.load_in_thread(TokenCounter, settings.enhancer_clip_tokenizer)
     core = EnhancerCore(
         settings,
         database,
@@ -118,7 +118,7 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
 
     async def load() -> None:
         try:
-            model = await asyncio.to_thread(
+            model = await runtime.load_in_thread(
                 models.load,
                 settings.enhancer_model,
                 device=settings.enhancer_device,

@@ -28,6 +28,7 @@ from services.gateway.routes import (
     playground,
     prompts,
     uploads,
+    web,
     workspace,
 )
 from services.gateway.settings import GatewaySettings
@@ -116,6 +117,7 @@ def create_app(
         app.include_router(module.router)
     if local_store is not None:
         app.include_router(files.router)
+    web.mount(app)
     # Added last = outermost: metrics see every answer, limits run before parsing.
     app.add_middleware(
         BodyLimitMiddleware,

@@ -1,0 +1,6 @@
+// The library page.
+import { h, mount } from "../ui.js";
+
+export function render(main) {
+  mount(main, h("h1", {}, "Library"));
+}
