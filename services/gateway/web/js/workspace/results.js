@@ -74,11 +74,11 @@ export function createResults({ actions }) {
 
   /** Newest first: a job's images in their order, above older jobs'. */
   function place(item, el) {
-    const newer = [...tiles.entries()].find(([, other]) => {
+    const later = [...grid.children].find((other) => {
       const o = other.item;
       return o.created_at < item.created_at || (o.job_id === item.job_id && o.index > item.index);
     });
-    if (newer) newer[1].before(el);
+    if (later) later.before(el);
     else grid.append(el);
   }
 
