@@ -11,7 +11,8 @@ import httpx
 from PIL import Image
 from playwright.async_api import expect
 
-from tests.browser.conftest import PASSWORD, shot
+from tests.browser.conftest import PASSWORD
+from tests.browser.conftest import shot as keep_shot
 
 RESULT = ".ws-result"
 
@@ -27,6 +28,12 @@ async def sign_up(page) -> str:
     await page.wait_for_url(re.compile(r"#/workspace$"))
     await page.get_by_role("button", name="Generate").wait_for()
     return email
+
+
+async def shot(page, name: str) -> None:
+    # From the top: a scrolled page draws the sticky header mid-screenshot.
+    await page.evaluate("window.scrollTo(0, 0)")
+    await keep_shot(page, name)
 
 
 async def token_of(page) -> str:
@@ -205,8 +212,25 @@ async def test_reference_from_a_result_and_the_phone_layout(phone_page):
     assert form["y"] + form["height"] <= results["y"]
     assert form["width"] <= 390
 
+    # From the library, in a dialog that Escape closes.
+    await page.locator(RESULT).get_by_role("button", name="Save to library").click()
+    await expect(page.locator(RESULT).get_by_role("button", name="Saved")).to_be_disabled()
+    await page.get_by_role("button", name="Pick from library").click()
+    dialog = page.get_by_role("dialog", name="Pick a reference from the library")
+    await dialog.get_by_role("button", name="Use a blue teapot").wait_for()
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_have_count(0)
+    await expect(page.get_by_role("button", name="Pick from library")).to_be_focused()
+    await page.get_by_role("button", name="Pick from library").click()
+    await dialog.get_by_role("button", name="Use a blue teapot").click()
+    await expect(dialog).to_have_count(0)
+    await expect(page.get_by_role("img", name="Reference: a blue teapot")).to_be_visible()
+    await page.get_by_role("button", name="Remove reference").click()
+    await expect(page.get_by_role("img", name="Reference: a blue teapot")).to_have_count(0)
+
+    # From a result.
     await page.locator(RESULT).get_by_role("button", name="Use as reference").click()
-    await expect(page.get_by_text("Reference image set.")).to_be_visible()
+    await expect(page.get_by_text("Reference image set.").first).to_be_visible()
     await expect(page.get_by_role("img", name="Reference: a blue teapot")).to_be_visible()
     strength = page.get_by_label("Reference strength")
     await strength.fill("0.8")

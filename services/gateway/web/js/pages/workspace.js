@@ -3,7 +3,7 @@
 // restores the session's items and any job still running.
 import { api, stream } from "../api.js";
 import { attempt, h, mount, toast } from "../ui.js";
-import { createForm } from "../workspace/form.js";
+import { createForm, typeLabel } from "../workspace/form.js";
 import { ACTIVE, createJobList } from "../workspace/jobs.js";
 import { uploadFromUrl } from "../workspace/reference.js";
 import { createResults } from "../workspace/results.js";
@@ -69,7 +69,7 @@ async function start(main, signal) {
     const response = await api.post("/v1/jobs", body, { headers: { "Idempotency-Key": idempotencyKey() } });
     jobs.add(response);
     const t = byName[body.job_type];
-    toast(`Started: ${t ? t.name.replaceAll("_", " ") : "job"}.`, "ok");
+    toast(`Started: ${t ? typeLabel(t) : body.job_type}.`, "ok");
   }
 
   /** Run an item's job again: same settings (from the job), one output, its seed or a new one. */

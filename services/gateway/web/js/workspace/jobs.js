@@ -63,8 +63,8 @@ export function createJobList({ types, signal }) {
     if (data.job) c.job = data.job;
     if (c.job.state === "failed") showError(c);
     const state = data.state || c.job.state;
-    // A late event of an older state never undoes a terminal one.
-    if (!ACTIVE.has(c.state) && c.state && state !== c.state) return;
+    // A finished card stays as it is: the two streams' late events change nothing.
+    if (c.state && !ACTIVE.has(c.state)) return;
     if (data.step !== undefined && data.total) {
       c.bar.max = data.total;
       c.bar.value = Math.max(Number(c.bar.value) || 0, data.step);
