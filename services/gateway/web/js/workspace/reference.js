@@ -3,7 +3,7 @@
 // (reference_image_id), so a library or workspace image is fetched and
 // uploaded again.
 import { api } from "../api.js";
-import { attempt, field, h, toast } from "../ui.js";
+import { attempt, field, h } from "../ui.js";
 
 const TYPES = ["style", "composition", "character"];
 
@@ -72,7 +72,6 @@ export function referencePicker() {
     preview.src = upload.url;
     preview.alt = `Reference: ${upload.label || "image"}`;
     chosen.querySelector(".ws-ref-label").textContent = upload.label || "Reference image";
-    toast("Reference image set.", "ok");
   }
 
   return {
