@@ -98,9 +98,9 @@ async function problemOf(response) {
   return { title: response.statusText || `HTTP ${response.status}` };
 }
 
-/** One API call. `body` is JSON, or a FormData for uploads. */
-export async function request(method, path, body, { auth = true, retry = true, signal } = {}) {
-  const headers = auth ? await authHeader() : {};
+/** One API call. `body` is JSON, or a FormData for uploads; `headers` are added. */
+export async function request(method, path, body, { auth = true, retry = true, signal, headers: extra } = {}) {
+  const headers = { ...(auth ? await authHeader() : {}), ...extra };
   let payload;
   if (body instanceof FormData) payload = body;
   else if (body !== undefined) {
@@ -116,7 +116,7 @@ export async function request(method, path, body, { auth = true, retry = true, s
   }
   if (response.status === 401 && auth && retry && session) {
     await refresh();
-    return request(method, path, body, { auth, retry: false, signal });
+    return request(method, path, body, { auth, retry: false, signal, headers: extra });
   }
   if (!response.ok) throw new ApiError(response.status, await problemOf(response));
   if (response.status === 204) return null;

@@ -1,6 +1,170 @@
-// The workspace page.
-import { h, mount } from "../ui.js";
+// The workspace: the generation form beside the active session's jobs and
+// results. The session's stream keeps cards and the grid live; a reload
+// restores the session's items and any job still running.
+import { api, stream } from "../api.js";
+import { attempt, h, mount, toast } from "../ui.js";
+import { createForm, typeLabel } from "../workspace/form.js";
+import { ACTIVE, createJobList } from "../workspace/jobs.js";
+import { uploadFromUrl } from "../workspace/reference.js";
+import { createResults } from "../workspace/results.js";
+
+/** A key per submission, so a retried POST never makes two jobs. */
+function idempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The user's active session (the one new jobs go to), created when there is none. */
+async function activeSession(signal) {
+  const page = await api.get("/v1/workspace/sessions?page_size=50", { signal });
+  return page.items.find((s) => s.active) || api.post("/v1/workspace/sessions", {}, { signal });
+}
+
+async function allPages(path, signal) {
+  const out = [];
+  let token = "";
+  do {
+    const sep = path.includes("?") ? "&" : "?";
+    const page = await api.get(`${path}${sep}page_size=100&page_token=${encodeURIComponent(token)}`, { signal });
+    out.push(...page.items);
+    token = page.next_page_token;
+  } while (token && out.length < 1000);
+  return out;
+}
 
 export function render(main) {
-  mount(main, h("h1", {}, "Workspace"));
+  const controller = new AbortController();
+  const { signal } = controller;
+  mount(main, h("h1", {}, "Workspace"), h("p", { class: "muted", role: "status" }, "Loading…"));
+  attempt(() => start(main, signal));
+  return () => controller.abort();
+}
+
+async function start(main, signal) {
+  const [catalog, session] = await Promise.all([api.get("/v1/job-types", { signal }), activeSession(signal)]);
+  if (signal.aborted) return;
+  const types = catalog.items;
+  const byName = Object.fromEntries(types.map((t) => [t.name, t]));
+  const jobs = createJobList({ types, signal });
+  const results = createResults({ actions: { runAgain, useAsReference } });
+  const form = createForm({ types, onSubmit: submit });
+  const clear = h("button", { type: "button", class: "danger" }, "Clear session");
+  const sessionName = h("span", { class: "muted" }, session.name);
+
+  mount(main,
+    h("h1", {}, "Workspace"),
+    h("div", { class: "ws-layout" },
+      h("div", { class: "ws-side" }, form.el),
+      h("section", { class: "ws-main", "aria-labelledby": "ws-session-title" },
+        h("div", { class: "ws-session-bar" },
+          h("h2", { id: "ws-session-title" }, "Session ", sessionName),
+          clear),
+        jobs.el,
+        results.el),
+    ),
+  );
+  clear.addEventListener("click", () => confirmClear(clear, session, jobs, results));
+
+  async function submit(body) {
+    const response = await api.post("/v1/jobs", body, { headers: { "Idempotency-Key": idempotencyKey() } });
+    jobs.add(response);
+    const t = byName[body.job_type];
+    toast(`Started: ${t ? typeLabel(t) : body.job_type}.`, "ok");
+  }
+
+  /** Run an item's job again: same settings (from the job), one output, its seed or a new one. */
+  async function runAgain(item, sameSeed) {
+    const job = await api.get(`/v1/jobs/${item.job_id}`, { signal });
+    const body = {
+      job_type: job.job_type,
+      prompt: job.prompt,
+      width: job.width,
+      height: job.height,
+    };
+    if (byName[job.job_type]?.allowed_num_images.length > 1) body.num_images = 1;
+    if (job.negative_prompt) body.negative_prompt = job.negative_prompt;
+    if (byName[job.job_type]?.output === "video") body.num_frames = job.num_frames;
+    if (sameSeed) body.seed = item.seed;
+    if (job.reference_image_id) {
+      Object.assign(body, {
+        reference_image_id: job.reference_image_id,
+        reference_type: job.reference_type,
+        reference_strength: job.reference_strength,
+      });
+    }
+    await submit(body);
+  }
+
+  async function useAsReference(item) {
+    const upload = await uploadFromUrl(item.url);
+    form.useReference({ id: upload.id, url: item.thumbnail_url || item.url, label: item.prompt });
+  }
+
+  jobs.onFinished((job, state) => {
+    if (state === "completed") loadItems();
+  });
+
+  // Live first, then what is already there: nothing filed in between is missed.
+  watchSession(session, jobs, results, loadItems, signal);
+  await loadItems();
+  const pages = await Promise.all([...ACTIVE].map((state) => api.get(`/v1/jobs?state=${state}&page_size=100`, { signal })));
+  const running = pages.flatMap((p) => p.items).filter((j) => j.workspace_session_id === session.id);
+  running.sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
+  for (const job of running) jobs.add(job);
+  form.focus();
+
+  async function loadItems() {
+    try {
+      for (const item of await allPages(`/v1/workspace/sessions/${session.id}/items`, signal)) results.add(item);
+    } catch (err) {
+      if (err.name !== "AbortError") toast(err.message, "error");
+    }
+  }
+}
+
+/** The session's stream: job states and progress, and items as they are filed. */
+async function watchSession(session, jobs, results, reload, signal) {
+  for (let failures = 0; !signal.aborted && failures < 5; ) {
+    try {
+      await stream(`/v1/workspace/sessions/${session.id}/events`, (name, data) => {
+        if (name === "item") results.add(data.item);
+        else if (name !== "error" && data.job_id) jobs.event(data);
+      }, { signal, resume: false });
+      failures = 0;
+    } catch {
+      failures++;
+    }
+    if (signal.aborted) return;
+    // The stream ended (server restart, network): catch up, then listen again.
+    await new Promise((resolve) => setTimeout(resolve, 1000 * (failures + 1)));
+    await reload();
+  }
+  if (!signal.aborted) toast("Live updates stopped; reload the page to see new results.", "error");
+}
+
+/** Clearing deletes the session's unsaved results: ask first, in a dialog. */
+function confirmClear(opener, session, jobs, results) {
+  const yes = h("button", { type: "button", class: "primary danger-fill" }, "Clear");
+  const no = h("button", { type: "button" }, "Keep");
+  const dialog = h("dialog", { class: "ws-dialog", "aria-labelledby": "ws-clear-title", "aria-describedby": "ws-clear-text" },
+    h("h2", { id: "ws-clear-title" }, "Clear this session?"),
+    h("p", { id: "ws-clear-text" }, "Its results are deleted, except those saved to the library."),
+    h("div", { class: "row" }, yes, no),
+  );
+  no.addEventListener("click", () => dialog.close());
+  dialog.addEventListener("close", () => {
+    dialog.remove();
+    opener.focus();
+  });
+  yes.addEventListener("click", async () => {
+    const reply = await attempt(() => api.post(`/v1/workspace/sessions/${session.id}/clear`), { busy: yes });
+    if (!reply) return;
+    results.clear();
+    jobs.clearFinished();
+    dialog.close();
+    toast(`Session cleared (${reply.deleted_items} deleted).`, "ok");
+  });
+  document.body.append(dialog);
+  dialog.showModal();
+  no.focus();
 }

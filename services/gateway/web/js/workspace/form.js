@@ -1,0 +1,235 @@
+// The generation form: prompt, job type, the type's options (quantity, seed,
+// size, frames, negative prompt), the reference image and the enhance preview.
+// It knows nothing of jobs: `onSubmit(body)` gets the POST /v1/jobs body.
+import { api } from "../api.js";
+import { attempt, field, formatSeconds, h, showFieldErrors } from "../ui.js";
+import { referencePicker } from "./reference.js";
+
+const GROUPS = [
+  ["image", "Images"],
+  ["video", "Videos"],
+];
+
+/** "SDXL image · fast · ~5 s" — what a person needs to choose a type. */
+export function typeLabel(t) {
+  const parts = [`${t.worker.toUpperCase()} ${t.output}`, t.quality];
+  if (t.enhanced) parts.push("enhanced");
+  return `${parts.join(" · ")} (${formatSeconds(t.expected_seconds)})`;
+}
+
+function byQualityThenEnhanced(a, b) {
+  const rank = (t) => (t.quality === "fast" ? 0 : 1) * 2 + (t.enhanced ? 1 : 0);
+  return rank(a) - rank(b) || a.worker.localeCompare(b.worker);
+}
+
+function typeSelect(types) {
+  const select = h("select", { name: "job_type" });
+  for (const [output, title] of GROUPS) {
+    const group = h("optgroup", { label: title });
+    for (const t of types.filter((x) => x.output === output).sort(byQualityThenEnhanced)) {
+      group.append(h("option", { value: t.name }, typeLabel(t)));
+    }
+    if (group.children.length) select.append(group);
+  }
+  return select;
+}
+
+function options(values, selected) {
+  return values.map((v) => h("option", { value: String(v), selected: v === selected }, String(v)));
+}
+
+/** WAN needs 4k+1 frames: 5, 9, 13 ... up to the type's maximum. */
+function frameChoices(t) {
+  const out = [];
+  for (let n = 5; n <= (t.max_num_frames || t.default_num_frames); n += 4) out.push(n);
+  if (!out.includes(t.default_num_frames)) out.push(t.default_num_frames);
+  return out.sort((a, b) => a - b);
+}
+
+function randomSeed() {
+  const v = new Uint32Array(1);
+  crypto.getRandomValues(v);
+  return (v[0] % 2147483646) + 1;
+}
+
+export function createForm({ types, onSubmit }) {
+  const byName = Object.fromEntries(types.map((t) => [t.name, t]));
+  const prompt = h("textarea", { name: "prompt", rows: 4, maxlength: 2000, placeholder: "A lighthouse on a cliff at dawn, oil painting" });
+  const jobType = typeSelect(types);
+  const typeHint = h("small", { class: "hint", id: "ws-type-hint" });
+  jobType.setAttribute("aria-describedby", typeHint.id);
+  const quantity = h("select", { name: "num_images" });
+  const negative = h("textarea", { name: "negative_prompt", rows: 2, maxlength: 2000, placeholder: "Empty: the job type's default" });
+  const lockSeed = h("input", { type: "checkbox", name: "lock_seed" });
+  const seed = h("input", { type: "number", name: "seed", min: 1, step: 1, inputmode: "numeric", disabled: true });
+  const width = h("select", { name: "width" });
+  const height = h("select", { name: "height" });
+  const frames = h("select", { name: "num_frames" });
+  const reference = referencePicker();
+  const generate = h("button", { type: "submit", class: "primary" }, "Generate");
+  const enhanceButton = h("button", { type: "button" }, "Enhance prompt");
+  const enhanced = h("section", { class: "ws-enhanced card", "aria-label": "Enhanced prompt", hidden: true });
+
+  const fields = {
+    quantity: field("Quantity", quantity),
+    negative: field("Negative prompt", negative),
+    seed: h("div", { class: "ws-seed" },
+      h("label", { class: "ws-check" }, lockSeed, " Lock seed"),
+      field("Seed", seed, "Random unless locked; every result shows its seed.")),
+    size: h("div", { class: "ws-size" }, field("Width", width), field("Height", height)),
+    frames: field("Frames", frames, "WAN video needs 4k+1 frames."),
+  };
+
+  lockSeed.addEventListener("change", () => {
+    seed.disabled = !lockSeed.checked;
+    if (lockSeed.checked && !seed.value) seed.value = String(randomSeed());
+    if (lockSeed.checked) seed.focus();
+  });
+
+  /** Show the controls the chosen type takes, with its sizes and defaults. */
+  function applyType() {
+    const t = byName[jobType.value];
+    typeHint.textContent = [`Expected time ${formatSeconds(t.expected_seconds)}.`, t.notes].filter(Boolean).join(" ");
+    const multi = t.allowed_num_images.length > 1;
+    fields.quantity.hidden = !multi;
+    quantity.replaceChildren(...options(t.allowed_num_images, Number(quantity.value) || 1));
+    fields.negative.hidden = t.worker !== "sdxl";
+    fields.seed.hidden = false;
+    const keepW = Number(width.value) || t.default_width;
+    const keepH = Number(height.value) || t.default_height;
+    width.replaceChildren(...options(t.allowed_widths, t.allowed_widths.includes(keepW) ? keepW : t.default_width));
+    height.replaceChildren(...options(t.allowed_heights, t.allowed_heights.includes(keepH) ? keepH : t.default_height));
+    fields.frames.hidden = t.output !== "video";
+    if (t.output === "video") {
+      const keep = Number(frames.value) || t.default_num_frames;
+      const choices = frameChoices(t);
+      frames.replaceChildren(...options(choices, choices.includes(keep) ? keep : t.default_num_frames));
+    }
+    reference.el.hidden = !t.accepts_reference;
+  }
+  jobType.addEventListener("change", applyType);
+
+  function body() {
+    const t = byName[jobType.value];
+    const out = { job_type: t.name, prompt: prompt.value.trim(), width: Number(width.value), height: Number(height.value) };
+    if (t.allowed_num_images.length > 1) out.num_images = Number(quantity.value);
+    if (t.worker === "sdxl" && negative.value.trim()) out.negative_prompt = negative.value.trim();
+    if (lockSeed.checked && seed.value !== "") out.seed = Number(seed.value);
+    if (t.output === "video") out.num_frames = Number(frames.value);
+    if (t.accepts_reference) Object.assign(out, reference.value());
+    return out;
+  }
+
+  async function enhance() {
+    hideEnhanced();
+    showFieldErrors(form, null);
+    const result = await attempt(async () => {
+      try {
+        return await api.post("/v1/prompts/enhance", { prompt: prompt.value.trim(), job_type: jobType.value });
+      } catch (err) {
+        showFieldErrors(form, err);
+        throw err;
+      }
+    }, { busy: enhanceButton });
+    if (result) showEnhanced(result);
+  }
+
+  function showEnhanced(result) {
+    const use = h("button", { type: "button", class: "primary" }, "Use it");
+    const dismiss = h("button", { type: "button" }, "Dismiss");
+    use.addEventListener("click", () => {
+      prompt.value = result.enhanced_prompt;
+      hideEnhanced();
+      prompt.focus();
+    });
+    dismiss.addEventListener("click", () => {
+      hideEnhanced();
+      enhanceButton.focus();
+    });
+    const note = result.fallback
+      ? h("p", { class: "ws-fallback", role: "alert" },
+          `The enhancer could not improve this prompt (${readableReason(result.fallback_reason)}); your prompt is unchanged.`)
+      : h("p", { class: "hint" }, `By ${result.model} in ${result.latency_seconds.toFixed(1)} s.`);
+    enhanced.replaceChildren(
+      h("h2", {}, "Enhanced prompt"),
+      h("blockquote", { class: "ws-enhanced-text" }, result.enhanced_prompt),
+      note,
+      h("div", { class: "row" }, result.fallback ? null : use, dismiss),
+    );
+    enhanced.hidden = false;
+    (result.fallback ? dismiss : use).focus();
+  }
+
+  function hideEnhanced() {
+    enhanced.hidden = true;
+    enhanced.replaceChildren();
+  }
+
+  const form = h("form", { class: "ws-form card", novalidate: true, "aria-label": "Generate" },
+    field("Prompt", prompt, "Ctrl+Enter (⌘+Enter) generates."),
+    h("div", { class: "row ws-prompt-actions" }, enhanceButton),
+    enhanced,
+    field("Job type", jobType),
+    typeHint,
+    fields.quantity,
+    fields.size,
+    fields.frames,
+    fields.seed,
+    fields.negative,
+    reference.el,
+    h("div", { class: "ws-submit" }, generate),
+  );
+  // The hint sits under the select rather than inside field(): keep it attached.
+  fields.quantity.before(typeHint);
+
+  prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  enhanceButton.addEventListener("click", enhance);
+  form.addEventListener("input", (event) => {
+    // A corrected control drops its old error.
+    event.target.removeAttribute("aria-invalid");
+    event.target.closest(".field")?.querySelector(".field-error")?.remove();
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    showFieldErrors(form, null);
+    for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+    // An empty prompt goes to the API too: its answer names the field.
+    const payload = body();
+    await attempt(async () => {
+      try {
+        await onSubmit(payload);
+      } catch (err) {
+        showFieldErrors(form, err);
+        throw err;
+      }
+    }, { busy: generate });
+  });
+
+  applyType();
+  return {
+    el: form,
+    focus: () => prompt.focus(),
+    /** Make `upload` ({id, url}) the reference, switching to an SDXL type if needed. */
+    useReference(upload) {
+      if (!byName[jobType.value].accepts_reference) {
+        const sdxl = types.find((t) => t.accepts_reference);
+        if (sdxl) {
+          jobType.value = sdxl.name;
+          applyType();
+        }
+      }
+      reference.set(upload);
+      reference.el.scrollIntoView({ block: "nearest" });
+    },
+  };
+}
+
+function readableReason(reason) {
+  if (!reason) return "no reason given";
+  return reason.replace(/_/g, " ").toLowerCase();
+}

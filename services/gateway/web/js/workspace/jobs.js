@@ -1,0 +1,170 @@
+// Job cards: one per job of this session, live from SSE. The session stream
+// brings every job's state and progress; a job's own stream (opened for a few
+// jobs at a time: a browser keeps only ~6 connections per host) also brings
+// preview images and the finished job with its error.
+import { api, stream } from "../api.js";
+import { attempt, h } from "../ui.js";
+import { typeLabel } from "./form.js";
+
+export const ACTIVE = new Set(["queued", "enhancing", "running"]);
+const STATE_TEXT = {
+  queued: "Queued",
+  enhancing: "Enhancing the prompt",
+  running: "Running",
+  completed: "Completed",
+  failed: "Failed",
+  cancelled: "Cancelled",
+};
+const MAX_JOB_STREAMS = 3;
+
+export function createJobList({ types, signal }) {
+  const byName = Object.fromEntries(types.map((t) => [t.name, t]));
+  const cards = new Map(); // job id -> card
+  const list = h("ol", { class: "ws-jobs", "aria-label": "Jobs" });
+  let streams = 0;
+
+  function card(job) {
+    const badge = h("span", { class: "badge" });
+    const bar = h("progress", { max: 1, value: 0, "aria-label": "Progress" });
+    const stage = h("span", { class: "ws-stage muted" });
+    const preview = h("img", { class: "ws-preview", alt: "Preview of the image being generated", hidden: true });
+    const error = h("p", { class: "ws-job-error", role: "alert", hidden: true });
+    const cancel = h("button", { type: "button", class: "danger" }, "Cancel");
+    const dismiss = h("button", { type: "button", class: "link", hidden: true }, "Dismiss");
+    const t = byName[job.job_type];
+    const size = `${job.width}×${job.height}${job.num_frames > 1 ? `, ${job.num_frames} frames` : ""}`;
+    const el = h("li", { class: "ws-job card", "aria-label": `Job: ${job.prompt}` },
+      h("div", { class: "ws-job-head" }, badge, h("span", { class: "ws-job-type" }, t ? typeLabel(t) : job.job_type)),
+      h("p", { class: "ws-job-prompt" }, job.prompt),
+      h("p", { class: "hint" }, `${size}${job.num_images > 1 ? ` · ${job.num_images} images` : ""}`),
+      h("div", { class: "ws-progress" }, bar, stage),
+      preview,
+      error,
+      h("div", { class: "row" }, cancel, dismiss),
+    );
+    const c = { job, el, badge, bar, stage, preview, error, cancel, dismiss, state: null, watching: false };
+    cancel.addEventListener("click", () => cancelJob(c));
+    dismiss.addEventListener("click", () => {
+      const next = el.nextElementSibling || el.previousElementSibling;
+      el.remove();
+      cards.delete(job.id);
+      next?.querySelector("button")?.focus();
+    });
+    return c;
+  }
+
+  async function cancelJob(c) {
+    const job = await attempt(() => api.post(`/v1/jobs/${c.job.id}/cancel`), { busy: c.cancel });
+    if (job) apply(c, { state: job.state, job });
+  }
+
+  /** Apply an event (or a fetched job) to its card. */
+  function apply(c, data) {
+    if (data.job) c.job = data.job;
+    if (c.job.state === "failed") showError(c);
+    const state = data.state || c.job.state;
+    // A finished card stays as it is: the two streams' late events change nothing.
+    if (c.state && !ACTIVE.has(c.state)) return;
+    if (data.step !== undefined && data.total) {
+      c.bar.max = data.total;
+      c.bar.value = Math.max(Number(c.bar.value) || 0, data.step);
+      c.bar.setAttribute("aria-valuetext", `step ${c.bar.value} of ${data.total}`);
+      c.stage.textContent = `${data.stage ? `${data.stage} · ` : ""}step ${c.bar.value} of ${data.total}`;
+    }
+    if (data.preview) {
+      c.preview.src = data.preview;
+      c.preview.hidden = false;
+    }
+    setState(c, state, Boolean(data.job));
+  }
+
+  function showError(c) {
+    c.error.textContent = `Failed: ${c.job.error?.message || "the job could not be completed."}`;
+    c.error.hidden = false;
+  }
+
+  function setState(c, state, hasJob) {
+    if (!state || state === c.state) return;
+    c.state = state;
+    c.el.dataset.state = state;
+    c.badge.className = `badge ${state}`;
+    c.badge.textContent = STATE_TEXT[state] || state;
+    const active = ACTIVE.has(state);
+    c.cancel.hidden = !active;
+    c.dismiss.hidden = active;
+    if (state === "completed") {
+      c.bar.value = c.bar.max;
+      c.stage.textContent = "Done";
+      c.preview.hidden = true;
+    }
+    if (state === "failed") showError(c);
+    if (state === "cancelled") c.stage.textContent = "Cancelled";
+    // The session stream's events do not carry the job: fetch it for its error.
+    if (!active && !hasJob && c.job.state !== state) refresh(c);
+    if (!active) onFinished?.(c.job, state);
+  }
+
+  /** A terminal state seen on the session stream: fetch the job for its error. */
+  async function refresh(c) {
+    try {
+      const job = await api.get(`/v1/jobs/${c.job.id}`, { signal });
+      c.job = job;
+      if (job.state === "failed") showError(c);
+    } catch {
+      /* the card keeps what it has */
+    }
+  }
+
+  async function watch(c) {
+    if (streams >= MAX_JOB_STREAMS || c.watching) return;
+    streams++;
+    c.watching = true;
+    try {
+      await stream(`/v1/jobs/${c.job.id}/events`, (name, data) => {
+        if (name === "error") return;
+        apply(c, data);
+      }, { signal });
+    } catch {
+      /* the session stream still carries this job's state */
+    } finally {
+      streams--;
+      c.watching = false;
+      // Hand the free stream to a job still waiting for one.
+      const waiting = [...cards.values()].find((x) => ACTIVE.has(x.state) && !x.watching);
+      if (waiting && !signal.aborted) watch(waiting);
+    }
+  }
+
+  let onFinished = null;
+
+  return {
+    el: list,
+    /** A job to show (new, or found running on reload): its card, at the top. */
+    add(job) {
+      if (cards.has(job.id)) return cards.get(job.id);
+      const c = card(job);
+      cards.set(job.id, c);
+      list.prepend(c.el);
+      apply(c, { state: job.state, step: job.progress?.step, total: job.progress?.total, stage: job.progress?.stage });
+      if (ACTIVE.has(job.state)) watch(c);
+      return c;
+    },
+    /** An event from the session stream. */
+    event(data) {
+      const c = cards.get(data.job_id);
+      if (c) apply(c, data);
+      return Boolean(c);
+    },
+    onFinished(fn) {
+      onFinished = fn;
+    },
+    clearFinished() {
+      for (const [id, c] of cards) {
+        if (!ACTIVE.has(c.state)) {
+          c.el.remove();
+          cards.delete(id);
+        }
+      }
+    },
+  };
+}
