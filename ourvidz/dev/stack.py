@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -58,12 +57,6 @@ async def _start_model_service(name: str, env: Mapping[str, str]):
     return await main.start(settings_from(getattr(settings, settings_cls), env), port=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.asynccontextmanager
 async def running_stack(
     env: Mapping[str, str],
@@ -86,7 +79,9 @@ async def running_stack(
     # must be able to load what those URLs point at.
     gateway_port = 0
     if not env.get("PUBLIC_BASE_URL"):
-        gateway_port = _free_port()
+        from ourvidz.dev.embedded import free_port
+
+        gateway_port = free_port()
         env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{gateway_port}"
     started: list = []
     parts: dict[str, object] = {}
