@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -57,6 +58,12 @@ async def _start_model_service(name: str, env: Mapping[str, str]):
     return await main.start(settings_from(getattr(settings, settings_cls), env), port=0)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextlib.asynccontextmanager
 async def running_stack(
     env: Mapping[str, str],
@@ -74,6 +81,13 @@ async def running_stack(
     from services.workspace.settings import WorkspaceSettings
 
     env = dict(env)
+    # The local store signs download URLs against PUBLIC_BASE_URL, so the
+    # gateway's port is chosen before the workspace service starts: a browser
+    # must be able to load what those URLs point at.
+    gateway_port = 0
+    if not env.get("PUBLIC_BASE_URL"):
+        gateway_port = _free_port()
+        env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{gateway_port}"
     started: list = []
     parts: dict[str, object] = {}
     try:
@@ -87,7 +101,7 @@ async def running_stack(
             parts["enhancer"] = await _start_model_service("enhancer", env)
             started.append(parts["enhancer"])
             env["ENHANCER_ADDR"] = f"127.0.0.1:{parts['enhancer'].port}"
-        gateway = await start_gateway(settings_from(GatewaySettings, env), port=0)
+        gateway = await start_gateway(settings_from(GatewaySettings, env), port=gateway_port)
         started.append(gateway)
         url = f"http://127.0.0.1:{gateway.port}"
         for name in workers:
