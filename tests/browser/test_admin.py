@@ -77,6 +77,7 @@ async def test_admin_edits_tests_and_activates_a_template(page, http, expected_s
     await page.get_by_role("button", name="Activate this version").click()
     await page.get_by_role("heading", name=re.compile(rf"v{new_version} .*active$")).wait_for()
     assert await page.get_by_role("button", name="Activate this version").is_hidden()
+    assert await result.get_by_text("Enhanced:").is_visible()  # the results stay
     row = wan.get_by_role("row").filter(
         has=page.get_by_role("button", name=f"Open {name} version {new_version}")
     )

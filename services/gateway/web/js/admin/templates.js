@@ -12,7 +12,9 @@ export function templatesSection() {
   const list = h("div", { class: "admin-templates" }, h("p", { class: "muted" }, "Loading templates…"));
   const detail = h("div", { class: "admin-detail" });
 
-  async function reload(selectId) {
+  /** Reload the list; the panel is rebuilt for `selectId` unless `keepPanel`
+   * (activating keeps the test results on screen). */
+  async function reload(selectId, { keepPanel = false } = {}) {
     const data = await attempt(() => api.get(BASE));
     if (!data) {
       mount(list, h("p", { class: "field-error" }, "The templates could not be loaded."));
@@ -21,7 +23,8 @@ export function templatesSection() {
     state.templates = data.templates;
     drawList();
     const chosen = state.templates.find((t) => t.id === (selectId || state.selected?.id));
-    if (chosen) select(chosen, { focus: false });
+    if (chosen && keepPanel) state.selected = chosen;
+    else if (chosen) select(chosen, { focus: false });
   }
 
   function drawList() {
@@ -71,7 +74,10 @@ function versionPanel(t, { reload }) {
     const done = await attempt(() => api.post(`${BASE}/${t.id}/activate`), { busy: activate });
     if (!done) return;
     toast(`${t.name} v${t.version} is now active.`, "ok");
-    await reload(t.id);
+    heading.append(h("span", { class: "badge completed" }, " active"));
+    activate.hidden = true;
+    heading.focus();
+    await reload(t.id, { keepPanel: true });
   });
   return h("div", { class: "card stack" }, h("div", { class: "row admin-detail-head" }, heading, activate),
     statsBlock(t), editForm(t, { reload }), testForm(t));
