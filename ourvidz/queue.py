@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 TASKS_STREAM = "TASKS"
 EVENTS_STREAM = "EVENTS"
 ENHANCE_SUBJECT = "tasks.enhance"
+# The enhancer's durable consumer of ENHANCE_SUBJECT (the default of ENHANCER_CONSUMER).
+ENHANCE_CONSUMER = "enhancer"
 WORKSPACE_CONSUMER = "workspace-filer"
 
 

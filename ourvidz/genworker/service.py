@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ourvidz import grpcserver, queue, runtime
+from ourvidz import grpcserver, queue, registry, runtime
 from ourvidz.auth import current_principal
 from ourvidz.genworker.loop import Family, LoopConfig, Stats, Worker
 from ourvidz.storage import store_from_settings
@@ -76,6 +76,7 @@ class Running:
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _closers: list = field(default_factory=list)
     bundle: Any = None
+    heartbeat: registry.Heartbeat | None = None
 
     async def wait_ready(self, wait_seconds: float | None = None):
         """Until the model is loaded (raises what loading raised)."""
@@ -86,6 +87,8 @@ class Running:
     async def stop(self) -> None:
         """Stop fetching, finish (or hand back) the job in hand, then close."""
         await grpcserver.set_serving(self.served, SERVICE_NAMES, serving=False)
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()  # off the registry at once, not after its TTL
         self.worker.stop()
         grace = self.config.shutdown_grace_seconds
         loop_task = self._tasks[1] if len(self._tasks) > 1 else None
@@ -144,6 +147,27 @@ async def start_worker(
     await served.start()
     await grpcserver.set_serving(served, SERVICE_NAMES, serving=False)
     running = Running(port=served.port, worker=worker, served=served, config=config)
+    model_setting = getattr(settings, f"{family_name}_model")
+
+    def card() -> dict:
+        """This worker as GET /v1/admin/workers shows it."""
+        bundle = holder.get("bundle")
+        stats = worker.stats
+        return {
+            "worker_id": config.worker_id,
+            "family": family_name,
+            "model_preset": bundle.preset if bundle else str(model_setting),
+            "device": bundle.device if bundle else "",
+            "dtype": bundle.dtype if bundle else "",
+            "ready": bundle is not None,
+            "current_job_id": stats.current_job_id,
+            "jobs_completed": stats.jobs_completed,
+            "jobs_failed": stats.jobs_failed,
+            "grpc_port": served.port,
+        }
+
+    running.heartbeat = registry.Heartbeat(js, family_name, config.worker_id, card)
+    running.heartbeat.start()
 
     async def load_model() -> None:
         try:
@@ -154,6 +178,7 @@ async def start_worker(
         holder["bundle"] = bundle
         running.bundle = bundle
         await grpcserver.set_serving(served, SERVICE_NAMES, serving=True)
+        await running.heartbeat.beat()  # show "ready" now, not at the next beat
         log.info("ready", extra={"preset": bundle.preset, "device": bundle.device})
 
     load_task = asyncio.create_task(load_model())

@@ -9,7 +9,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from ourvidz import db, grpcserver, queue, runtime
+from ourvidz import db, grpcserver, queue, registry, runtime
 from ourvidz.v1 import enhancer_service_pb2_grpc, job_service_pb2_grpc
 from services.enhancer import models
 from services.enhancer.service import EnhancerCore, TokenCounter
@@ -36,6 +36,7 @@ class Running:
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _closers: list = field(default_factory=list)
     _stopped: bool = False
+    heartbeat: registry.Heartbeat | None = None
 
     async def wait_ready(self, wait_seconds: float | None = None) -> models.LoadedModel:
         """Until the model is loaded (raises what loading raised)."""
@@ -50,6 +51,8 @@ class Running:
             return
         self._stopped = True
         await grpcserver.set_serving(self.served, SERVICE_NAMES, serving=False)
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()  # off the registry at once, not after its TTL
         self.stage.stop()
         loop_task = self._tasks[1] if len(self._tasks) > 1 else None
         if loop_task is not None:
@@ -116,6 +119,25 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
     await grpcserver.set_serving(served, SERVICE_NAMES, serving=False)
     running = Running(port=served.port, served=served, core=core, stage=stage, settings=settings)
 
+    def card() -> dict:
+        """This replica as GET /v1/admin/workers shows it."""
+        model = holder.get("model")
+        return {
+            "worker_id": settings.enhancer_worker_id,
+            "family": "enhancer",
+            "model_preset": model.preset if model else str(settings.enhancer_model),
+            "device": model.device if model else "",
+            "dtype": model.dtype if model else "",
+            "ready": model is not None,
+            "current_job_id": stage.current_job_id,
+            "jobs_completed": stage.handled - stage.failed,
+            "jobs_failed": stage.failed,
+            "grpc_port": served.port,
+        }
+
+    running.heartbeat = registry.Heartbeat(js, "enhancer", settings.enhancer_worker_id, card)
+    running.heartbeat.start()
+
     async def load() -> None:
         try:
             model = await runtime.load_in_thread(
@@ -130,6 +152,7 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
         holder["model"] = model
         running.model = model
         await grpcserver.set_serving(served, SERVICE_NAMES, serving=True)
+        await running.heartbeat.beat()  # show "ready" now, not at the next beat
         log.info("ready", extra={"model": model.name, "device": model.device})
 
     load_task = asyncio.create_task(load())

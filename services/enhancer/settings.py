@@ -7,6 +7,7 @@ import socket
 
 from pydantic import Field
 
+from ourvidz import queue
 from ourvidz.settings import CommonSettings
 
 
@@ -50,7 +51,7 @@ class EnhancerSettings(CommonSettings):
     enhancer_chat_timeout_seconds: float = 120.0
 
     # The enhance stage's consumer of tasks.enhance.
-    enhancer_consumer: str = "enhancer"
+    enhancer_consumer: str = queue.ENHANCE_CONSUMER
     enhancer_ack_wait_seconds: float = 60.0
     enhancer_max_attempts: int = 3
     enhancer_retry_backoff_seconds: tuple[float, ...] = (2.0, 5.0, 15.0)

@@ -54,6 +54,9 @@ class EnhanceStage:
         self._stopping = asyncio.Event()
         self._sub = None
         self.handled = 0
+        # For the worker registry: the job in hand, and tasks that had to be retried.
+        self.current_job_id = ""
+        self.failed = 0
 
     def queue_settings(self) -> queue.QueueSettings:
         # One delivery beyond the attempts, so the last one can still settle the
@@ -113,13 +116,17 @@ class EnhanceStage:
             return
         delivery = msg.metadata.num_delivered
         with logs.bind(job_id=task.job_id, user_id=task.user_id, delivery=delivery):
+            self.current_job_id = task.job_id
             try:
                 async with queue.heartbeat(msg, self.settings.enhancer_ack_wait_seconds):
                     await self._handle(msg, task, delivery)
             except Exception as exc:  # e.g. the database is away: try again later
+                self.failed += 1
                 log.error("enhance task failed; retried", exc_info=exc)
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=self._backoff(delivery))
+            finally:
+                self.current_job_id = ""
             self.handled += 1
 
     async def _handle(self, msg, task: queue_pb2.EnhanceTask, delivery: int) -> None:

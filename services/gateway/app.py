@@ -18,8 +18,10 @@ from services.gateway.backends import Backends
 from services.gateway.identity import Identity
 from services.gateway.limits import BodyLimitMiddleware
 from services.gateway.metrics import HttpMetrics, MetricsMiddleware
+from services.gateway.natslink import NatsLink
 from services.gateway.routes import (
     admin,
+    admin_ops,
     auth,
     files,
     jobs,
@@ -48,6 +50,8 @@ class Gateway:
     local_store: LocalStore | None
     # Set when shutdown begins: open event streams end so connections can drain.
     stopping: asyncio.Event
+    # NATS, for the operators' queue and worker views (connects in the background).
+    nats: NatsLink | None = None
 
 
 def create_app(
@@ -89,6 +93,8 @@ def create_app(
             # Without waiting: the process serves /healthz (and /readyz says
             # "database down") while PostgreSQL is unreachable, and recovers with it.
             await db.pool.open(wait=False)
+        nats_link = NatsLink(settings.nats_url)
+        nats_link.start()
         app.state.gateway = Gateway(
             settings=settings,
             database=db,
@@ -97,10 +103,12 @@ def create_app(
             metrics=metrics,
             local_store=local_store,
             stopping=asyncio.Event(),
+            nats=nats_link,
         )
         try:
             yield
         finally:
+            await nats_link.close()
             if own_backends:
                 await bk.close()
             if own_db:
@@ -113,7 +121,18 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
-    for module in (auth, jobs, prompts, playground, admin, uploads, workspace, library, ops):
+    for module in (
+        auth,
+        jobs,
+        prompts,
+        playground,
+        admin,
+        admin_ops,
+        uploads,
+        workspace,
+        library,
+        ops,
+    ):
         app.include_router(module.router)
     if local_store is not None:
         app.include_router(files.router)

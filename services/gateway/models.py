@@ -472,6 +472,42 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = None
 
 
+class QueueOut(BaseModel):
+    family: str  # sdxl | wan | enhance
+    priority: str | None  # fast | high; none for enhance
+    subject: str
+    consumer: str
+    # False until a worker of this family declared its consumer (then all zeros).
+    declared: bool
+    pending: int  # waiting to be delivered
+    in_flight: int  # delivered, not yet acked
+    redelivered: int
+    waiting_pulls: int  # workers waiting for work
+
+
+class QueuesOut(BaseModel):
+    queues: list[QueueOut]
+    checked_at: str
+
+
+class WorkerOut(BaseModel):
+    worker_id: str
+    family: str  # sdxl | wan | enhancer
+    model_preset: str
+    device: str
+    dtype: str
+    ready: bool
+    current_job_id: str | None
+    jobs_completed: int
+    jobs_failed: int
+    last_seen: str | None
+    health: Literal["healthy", "starting", "stale", "failing"]
+
+
+class WorkersOut(BaseModel):
+    workers: list[WorkerOut]
+
+
 def problem_responses(*statuses: int) -> dict[int, dict]:
     """OpenAPI entries of the problem+json answers a route gives."""
     return {

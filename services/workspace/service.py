@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 
 from ourvidz.catalog import REFERENCE_BUCKET
 from ourvidz.db import Database
-from ourvidz.errors import NotFound
+from ourvidz.errors import InvalidArgument, NotFound
 from ourvidz.storage import BlobStore
 from services.workspace import store
 from services.workspace.domain import (
@@ -286,14 +286,26 @@ class Workspace:
         *,
         media_type: str = "",
         job_type: str = "",
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> Page[Asset]:
+        """Newest first; `created_after` is inclusive, `created_before` exclusive."""
         size = self._page_size(requested_size)
         media = check_media_type(media_type)
         kind = check_job_type(job_type)
+        if created_after and created_before and created_after >= created_before:
+            raise InvalidArgument.field("created_before", "must be later than created_after")
         after = decode_token(token, 2)
         async with self.database.tx(user_id=str(user_id)) as conn:
             rows = await store.list_assets(
-                conn, user_id, size + 1, after, media_type=media, job_type=kind
+                conn,
+                user_id,
+                size + 1,
+                after,
+                media_type=media,
+                job_type=kind,
+                created_after=created_after,
+                created_before=created_before,
             )
         assets = [Asset.from_row(r) for r in rows[:size]]
         more = len(rows) > size

@@ -4,6 +4,7 @@ Every method is the calling user's (a worker token has no workspace)."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import grpc
 
@@ -25,6 +26,13 @@ def _caller() -> uuid.UUID:
         return uuid.UUID(principal.user_id)
     except ValueError as exc:
         raise Unauthenticated("the token does not name a user") from exc
+
+
+def _time_or_none(request, name: str) -> datetime | None:
+    """An optional Timestamp field as an aware datetime (None when unset)."""
+    if not request.HasField(name):
+        return None
+    return getattr(request, name).ToDatetime(tzinfo=UTC)
 
 
 class WorkspaceServicer(pb_grpc.WorkspaceServiceServicer):
@@ -91,6 +99,8 @@ class WorkspaceServicer(pb_grpc.WorkspaceServiceServicer):
             request.page_token,
             media_type=request.media_type,
             job_type=request.job_type,
+            created_after=_time_or_none(request, "created_after"),
+            created_before=_time_or_none(request, "created_before"),
         )
         return pb.ListAssetsResponse(
             assets=[self.signer.asset(a) for a in page.items], next_page_token=page.next_page_token

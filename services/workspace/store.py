@@ -306,9 +306,17 @@ async def list_assets(
     *,
     media_type: str = "",
     job_type: str = "",
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> list[dict]:
     where = ["user_id = %s"]
     params: list = [user_id]
+    if created_after is not None:
+        where.append("created_at >= %s")
+        params.append(created_after)
+    if created_before is not None:
+        where.append("created_at < %s")
+        params.append(created_before)
     if media_type:
         where.append("content_type LIKE %s")
         params.append(f"{media_type}/%")

@@ -116,6 +116,26 @@ async def test_library(client, fakes, user_token):
     assert ASSET_KEYS <= asset.keys()
     request = workspace.last("ListAssets")[1]
     assert (request.media_type, request.job_type) == ("video", "video_fast")
+    assert not request.HasField("created_after") and not request.HasField("created_before")
+    r = await client.get(
+        "/v1/library/assets",
+        params={
+            "created_after": "2024-05-01T00:00:00Z",
+            "created_before": "2024-05-08T12:30:00+02:00",
+        },
+        headers=auth(token),
+    )
+    assert r.status_code == 200
+    request = workspace.last("ListAssets")[1]
+    assert request.created_after.ToJsonString() == "2024-05-01T00:00:00Z"
+    assert request.created_before.ToJsonString() == "2024-05-08T10:30:00Z"
+    # A time without a zone is ambiguous, so it is refused.
+    assert_problem(
+        await client.get(
+            "/v1/library/assets?created_after=2024-05-01T00:00:00", headers=auth(token)
+        ),
+        422,
+    )
     assert_problem(
         await client.get("/v1/library/assets?media_type=audio", headers=auth(token)), 422
     )

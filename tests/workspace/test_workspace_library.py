@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import grpc
 import httpx
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from ourvidz import grpcserver
 from ourvidz.v1 import job_pb2
@@ -172,6 +173,19 @@ async def test_list_filter_rename_and_paginate(workspace, js, stub, new_user):
             break
     assert len(seen) == 4 == len(set(seen))
     assert seen[0] == videos[0].id  # newest first
+
+    # Date bounds: after is inclusive, before exclusive; a reversed range is refused.
+    newest = videos[0].create_time
+    since = await _assets(stub, user, created_after=newest)
+    assert [a.id for a in since] == [videos[0].id]
+    before = await _assets(stub, user, created_before=newest)
+    assert len(before) == 3 and videos[0].id not in {a.id for a in before}
+    far = Timestamp(seconds=newest.seconds + 3600)
+    assert await _assets(stub, user, created_after=far) == []
+    reversed_range = await rpc_error(
+        stub.ListAssets(pb.ListAssetsRequest(created_after=far, created_before=newest), **user.kw())
+    )
+    assert [v.field for v in reversed_range.violations] == ["created_before"]
 
     renamed = await stub.UpdateAsset(
         pb.UpdateAssetRequest(asset_id=videos[0].id, title="  My clip  "), **user.kw()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
+from pydantic import AwareDatetime
 
 from ourvidz.v1 import workspace_service_pb2 as ws_pb2
 from services.gateway import mapping
@@ -19,20 +20,28 @@ async def list_assets(
     caller: CallerDep,
     media_type: Literal["image", "video"] | None = None,
     job_type: Annotated[str, Query(max_length=64)] = "",
+    created_after: Annotated[
+        AwareDatetime | None, Query(description="Only assets created at or after this time")
+    ] = None,
+    created_before: Annotated[
+        AwareDatetime | None, Query(description="Only assets created before this time")
+    ] = None,
     page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
     page_token: Annotated[str, Query(max_length=1024)] = "",
     gw=Depends(gateway),
 ) -> dict:
-    reply = await gw.backends.call(
-        gw.backends.workspace.ListAssets,
-        ws_pb2.ListAssetsRequest(
-            page_size=page_size,
-            page_token=page_token,
-            media_type=media_type or "",
-            job_type=job_type,
-        ),
-        caller.token,
+    request = ws_pb2.ListAssetsRequest(
+        page_size=page_size,
+        page_token=page_token,
+        media_type=media_type or "",
+        job_type=job_type,
     )
+    # Unset Timestamps mean "no bound"; only set the ones that were given.
+    if created_after is not None:
+        request.created_after.FromDatetime(created_after)
+    if created_before is not None:
+        request.created_before.FromDatetime(created_before)
+    reply = await gw.backends.call(gw.backends.workspace.ListAssets, request, caller.token)
     return mapping.page([mapping.library_asset(a) for a in reply.assets], reply.next_page_token)
 
 

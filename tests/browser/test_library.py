@@ -1,0 +1,254 @@
+"""The library in the browser: a user's kept image and video in the grid,
+filters by type and date, the viewer (the video plays), rename, download and
+delete; the empty state; the phone layout."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import date, timedelta
+
+import httpx
+import pytest
+
+from tests.browser.conftest import PASSWORD, shot
+
+SDXL_JOB = {
+    "job_type": "sdxl_image_fast",
+    "prompt": "a lighthouse on a cliff at dusk",
+    "num_images": 1,
+    "width": 128,
+    "height": 128,
+    "seed": 11,
+}
+WAN_JOB = {
+    "job_type": "video_fast",
+    "prompt": "a red kite over a windy beach",
+    "width": 64,
+    "height": 48,
+    "num_frames": 5,
+    "seed": 12,
+    # Straight into the library: the other path (save from the workspace) is the SDXL job's.
+    "destination": "library",
+}
+# Every thumbnail in the grid has loaded (and there is at least one).
+LOADED_THUMBS = """() => {
+  const imgs = [...document.querySelectorAll('.library-grid img')];
+  return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0);
+}"""
+
+
+async def _until(check, within: float = 120.0):
+    """Poll `check` (an async callable) until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.3)
+
+
+async def _finished(client: httpx.AsyncClient, job_id: str) -> dict:
+    async def done():
+        job = (await client.get(f"/v1/jobs/{job_id}")).json()
+        assert job["state"] not in ("failed", "cancelled"), job
+        return job if job["state"] == "completed" else None
+
+    return await _until(done)
+
+
+async def _user_with_items(stack) -> tuple[str, dict]:
+    """A new user with a saved SDXL image and a WAN video in the library."""
+    email = f"library-{uuid.uuid4().hex[:8]}@example.com"
+    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
+        r = await client.post("/v1/auth/signup", json={"email": email, "password": PASSWORD})
+        assert r.status_code == 201, r.text
+        client.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+        image_job = await client.post("/v1/jobs", json=SDXL_JOB)
+        video_job = await client.post("/v1/jobs", json=WAN_JOB)
+        assert image_job.status_code == video_job.status_code == 202, image_job.text
+        image = await _finished(client, image_job.json()["id"])
+        await _finished(client, video_job.json()["id"])
+        session = image["workspace_session_id"]
+
+        async def item():
+            items = (await client.get(f"/v1/workspace/sessions/{session}/items")).json()["items"]
+            return next((i for i in items if i["job_id"] == image["id"]), None)
+
+        saved = await client.post(f"/v1/workspace/items/{(await item())['id']}/save")
+        assert saved.status_code == 201, saved.text
+
+        async def both():
+            assets = (await client.get("/v1/library/assets")).json()["items"]
+            return assets if len(assets) == 2 else None
+
+        assets = await _until(both)
+    by_kind = {a["content_type"].split("/")[0]: a for a in assets}
+    return email, by_kind
+
+
+@pytest.fixture(scope="module")
+async def library_user(stack):
+    return await _user_with_items(stack)
+
+
+async def sign_in(page, email: str) -> None:
+    await page.goto("/")
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(re.compile(r"#/workspace$"))
+    await page.get_by_role("link", name="Library").click()
+    await page.get_by_role("heading", name="Library").wait_for()
+
+
+def cards(page):
+    return page.get_by_role("list", name="Library items").get_by_role("listitem")
+
+
+async def test_grid_filters_and_a_video_that_plays(page, library_user):
+    email, _ = library_user
+    await sign_in(page, email)
+    await page.get_by_role("button", name=re.compile(r"^Open .*\(image\)$")).wait_for()
+    await page.get_by_role("button", name=re.compile(r"^Open .*\(video\)$")).wait_for()
+    assert await cards(page).count() == 2
+    await page.wait_for_function(LOADED_THUMBS)
+    await shot(page, "library")
+
+    await page.get_by_label("Type").select_option("video")
+    await page.get_by_text("1 item").wait_for()
+    assert await page.get_by_role("button", name=re.compile(r"\(image\)$")).count() == 0
+    await page.get_by_label("Type").select_option("image")
+    await page.get_by_role("button", name=re.compile(r"\(image\)$")).wait_for()
+    assert await cards(page).count() == 1
+
+    await page.get_by_label("Type").select_option("")
+    await page.get_by_label("Date").select_option("day")
+    await page.get_by_text("2 items").wait_for()
+    assert await page.get_by_label("From").is_hidden()
+    await page.get_by_label("Date").select_option("custom")
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    await page.get_by_label("From").fill(tomorrow)
+    await page.get_by_text("Nothing matches these filters.").wait_for()
+    assert await cards(page).count() == 0
+    await page.get_by_label("Date").select_option("")
+    await page.get_by_text("2 items").wait_for()
+
+    # The video plays in the viewer, with controls; Escape closes the viewer.
+    await page.get_by_role("button", name=re.compile(r"\(video\)$")).click()
+    dialog = page.get_by_role("dialog")
+    await dialog.wait_for()
+    video = dialog.locator("video")
+    assert await video.get_attribute("controls") is not None
+    await video.evaluate("v => { v.muted = true; return v.play(); }")
+    await page.wait_for_function(
+        "() => { const v = document.querySelector('dialog video'); return v && v.currentTime > 0; }"
+    )
+    await page.keyboard.press("Escape")
+    await dialog.wait_for(state="detached")
+    # Focus goes back to the card that opened it.
+    focused = await page.evaluate("document.activeElement.getAttribute('aria-label')")
+    assert focused.endswith("(video)")
+
+
+async def test_viewer_renames_downloads_and_deletes(page, stack):
+    email, assets = await _user_with_items(stack)
+    await sign_in(page, email)
+    await page.get_by_role("button", name=re.compile(r"\(image\)$")).click()
+    dialog = page.get_by_role("dialog")
+    await dialog.get_by_role("img").wait_for()
+    await page.wait_for_function(
+        "() => { const i = document.querySelector('dialog img'); return i && i.naturalWidth > 0; }"
+    )
+    await shot(page, "library-viewer")
+
+    # Rename: the heading and the card follow, and the API has the new title.
+    await dialog.get_by_label("Title").fill("Lighthouse, kept")
+    await dialog.get_by_role("button", name="Rename").click()
+    await dialog.get_by_role("heading", name="Lighthouse, kept").wait_for()
+    await page.get_by_role("button", name="Open Lighthouse, kept (image)").wait_for()
+
+    # Download: the signed URL, under a file name made from the title.
+    link = dialog.get_by_role("link", name="Download")
+    assert await link.get_attribute("download") == "Lighthouse kept.png"
+    async with page.expect_download() as info:
+        await link.click()
+    download = await info.value
+    assert download.suggested_filename == "Lighthouse kept.png"
+    assert (await download.failure()) is None
+
+    # Delete asks first; "Keep it" keeps it.
+    await dialog.get_by_role("button", name="Delete", exact=True).click()
+    await dialog.get_by_role("button", name="Keep it").click()
+    assert await dialog.is_visible()
+    await dialog.get_by_role("button", name="Delete", exact=True).click()
+    await dialog.get_by_role("button", name="Delete for good").click()
+    await dialog.wait_for(state="detached")
+    await page.get_by_text("1 item").wait_for()
+    assert await page.get_by_role("button", name=re.compile(r"\(image\)$")).count() == 0
+
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        token = (
+            await client.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
+        ).json()["access_token"]
+        gone = await client.get(
+            f"/v1/library/assets/{assets['image']['id']}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert gone.status_code == 404
+
+
+async def test_a_bad_title_is_shown_beside_the_field(page, library_user, expected_statuses):
+    expected_statuses.add(422)
+    email, _ = library_user
+    await sign_in(page, email)
+    await page.get_by_role("button", name=re.compile(r"\(video\)$")).click()
+    dialog = page.get_by_role("dialog")
+    title = dialog.get_by_label("Title")
+    # Longer than the API allows: the browser's maxlength is lifted to reach the server.
+    await title.evaluate("el => el.removeAttribute('maxlength')")
+    await title.fill("x" * 201)
+    await dialog.get_by_role("button", name="Rename").click()
+    await dialog.locator(".field-error").wait_for()
+    assert await title.get_attribute("aria-invalid") == "true"
+
+
+async def test_empty_library_says_so(page, http):
+    email = f"library-{uuid.uuid4().hex[:8]}@example.com"
+    r = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD})
+    assert r.status_code == 201
+    await sign_in(page, email)
+    await page.get_by_text("Your library is empty.").wait_for()
+    assert await page.get_by_role("button", name="Load more").is_hidden()
+
+
+async def test_library_on_a_phone(phone_page, library_user):
+    email, _ = library_user
+    await sign_in(phone_page, email)
+    await phone_page.get_by_role("button", name=re.compile(r"\(image\)$")).wait_for()
+    await phone_page.wait_for_function(LOADED_THUMBS)
+    width = await phone_page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways ({width}px)"
+    await shot(phone_page, "library-phone")
+    await phone_page.get_by_role("button", name=re.compile(r"\(image\)$")).click()
+    dialog = phone_page.get_by_role("dialog")
+    await dialog.get_by_role("button", name="Close viewer").click()
+    await dialog.wait_for(state="detached")
+
+
+async def test_load_more_pages_through(page, library_user):
+    email, _ = library_user
+
+    # One item a page, so two items take two pages.
+    async def one_per_page(route):
+        await route.continue_(url=re.sub(r"page_size=\d+", "page_size=1", route.request.url))
+
+    await page.route(re.compile(r"/v1/library/assets\?"), one_per_page)
+    await sign_in(page, email)
+    await page.get_by_text("1 item shown").wait_for()
+    await page.get_by_role("button", name="Load more").click()
+    await page.get_by_text("2 items").wait_for()
+    assert await cards(page).count() == 2
+    assert await page.get_by_role("button", name="Load more").is_hidden()
