@@ -57,7 +57,8 @@ CHROMIUM ?= /usr/bin/chromium
 $(CHROMIUM):
 	@# Debian's Chromium: Playwright never downloads a browser here.
 	@if command -v apt-get >/dev/null; then \
-	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q chromium; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; \
 	else echo "install Chromium and set CHROMIUM=/path/to/chromium" >&2; exit 1; fi
 
 browser-deps: install $(CHROMIUM)

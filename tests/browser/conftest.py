@@ -138,6 +138,11 @@ async def phone_page(browser, stack, expected_statuses):
 
 
 async def shot(page, name: str) -> Path:
+    """A full-page screenshot, from the top and without passing messages (a
+    scrolled page draws the sticky header mid-image; toasts cover content)."""
+    await page.evaluate(
+        "window.scrollTo(0, 0); document.getElementById('toasts')?.replaceChildren()"
+    )
     path = ARTIFACTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
