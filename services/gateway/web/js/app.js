@@ -31,7 +31,8 @@ function route() {
   }
   document.title = `${name[0].toUpperCase()}${name.slice(1)} · ourvidz studio`;
   cleanup = ROUTES[name].render(main, { navigate, user }) || null;
-  main.focus({ preventScroll: true });
+  // Move focus into the new page, unless the page put it somewhere itself.
+  if (!main.contains(document.activeElement)) main.focus({ preventScroll: true });
 }
 
 function showAccount(user) {
