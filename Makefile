@@ -50,7 +50,7 @@ up: install ## Start everything (embedded PostgreSQL, NATS, storage) with tiny m
 	$(BIN)/python -m ourvidz.dev.up
 
 test: install ## The whole fast suite against real PostgreSQL, NATS JetStream and S3
-	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser" --ignore=tests/browser $(PYTEST_ARGS)
 
 CHROMIUM ?= /usr/bin/chromium
 
