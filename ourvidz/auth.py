@@ -34,10 +34,6 @@ class Principal:
         """The id that row level security keys on (a user's or admin's own id)."""
         return self.subject if self.role in ("user", "admin") else ""
 
-    @property
-    def db_role(self) -> str:
-        return self.role
-
     def require(self, *roles: str) -> Principal:
         if self.role not in roles:
             raise PermissionDenied(f"this call needs the role {' or '.join(roles)}")

@@ -38,7 +38,7 @@ WORDS = (
 ).split()
 
 
-def _bytes_to_unicode() -> list[str]:
+def bytes_to_unicode() -> list[str]:
     """CLIP's (GPT-2's) reversible byte -> printable character table."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
@@ -52,24 +52,30 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
 
 
+def add_merges(parts: list[str], tokens: list[str], merges: list[tuple[str, str]]) -> None:
+    """Extend a BPE vocabulary so that `parts` merge left to right into one
+    token: each new pair becomes a merge rule, each new piece a token, in order
+    of appearance (so the same word list always gives the same ids)."""
+    known = set(tokens)
+    while len(parts) > 1:
+        rule = (parts[0], parts[1])
+        merged = parts[0] + parts[1]
+        if rule not in merges:
+            merges.append(rule)
+        if merged not in known:
+            known.add(merged)
+            tokens.append(merged)
+        parts = [merged, *parts[2:]]
+
+
 @cache
 def vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """(vocab, merges), built in a fixed order."""
-    alphabet = _bytes_to_unicode()
+    alphabet = bytes_to_unicode()
     tokens: list[str] = [*alphabet, *(c + "</w>" for c in alphabet)]
-    seen = set(tokens)
     merges: list[tuple[str, str]] = []
     for word in WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:
-            merged = parts[0] + parts[1]
-            rule = (parts[0], parts[1])
-            if rule not in merges:
-                merges.append(rule)
-            if merged not in seen:
-                seen.add(merged)
-                tokens.append(merged)
-            parts = [merged, *parts[2:]]
+        add_merges([*word[:-1], word[-1] + "</w>"], tokens, merges)
     tokens += [BOS, EOS]
     return {tok: i for i, tok in enumerate(tokens)}, merges
 

@@ -11,11 +11,13 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 
 from ourvidz import db
 from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3
 from ourvidz.dev.stack import settings_from
+from ourvidz.errors import RemoteError, parse_rpc_error
 from ourvidz.migrate import migration_folders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,3 +71,12 @@ def base_env(infra, tmp_path_factory) -> dict[str, str]:
 def make_settings(cls, env: dict[str, str], **overrides):
     """Build a settings object from `env` without touching os.environ."""
     return settings_from(cls, {**env, **{k.upper(): str(v) for k, v in overrides.items()}})
+
+
+async def rpc_error(call) -> RemoteError:
+    """The error a gRPC call ends with, decoded (fails the test when it succeeds)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return parse_rpc_error(exc)
+    raise AssertionError("the call succeeded")

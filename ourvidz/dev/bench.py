@@ -297,7 +297,6 @@ def main() -> None:
     parser.add_argument("--only", default="render,job,up,gpu")
     parser.add_argument("--repeat", type=int, default=3)
     opts = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parts = opts.only.split(",")
     if "render" in parts:
         bench_render(opts.repeat)

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
+from ourvidz.genworker.errors import Cancelled
 from ourvidz.v1 import job_pb2
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,32 @@ DECODING = "decoding"
 ENCODING_VIDEO = "encoding_video"
 UPLOADING = "uploading"
 STAGES = (ENCODING_TEXT, DENOISING, DECODING, ENCODING_VIDEO, UPLOADING)
+
+
+def no_stage(name: str, total: int | None = None) -> None:
+    """An `on_stage` that listens to nothing."""
+
+
+def step_callback(
+    on_step: Callable[[int, int], None],
+    should_cancel: Callable[[], bool],
+    on_stage: Callable[..., None] = no_stage,
+):
+    """A diffusers `callback_on_step_end`: stops the run at the next step when
+    `should_cancel()` (raising `Cancelled` decodes nothing and leaves the
+    pipeline reusable), reports each step 1-based, and announces "decoding"
+    after the last one."""
+
+    def callback(pipe, i, t, kwargs):
+        if should_cancel():
+            raise Cancelled()
+        on_step(i + 1, pipe.num_timesteps)
+        if i + 1 == pipe.num_timesteps:
+            on_stage(DECODING)
+        return kwargs
+
+    return callback
+
 
 _DONE = None
 

@@ -17,18 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-
-# Set before huggingface_hub is imported anywhere: its constants read these once.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
 
@@ -115,23 +109,12 @@ def _vocabulary() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], .
     """(vocab, merges) of the tiny tokenizer in a fixed order: every byte of the
     byte-level alphabet, then merges of a fixed word list with the leading space
     ("Ġ") that Qwen's pre-tokenizer keeps on words inside a text."""
-    alphabet = tokenizers._bytes_to_unicode()
+    alphabet = tokenizers.bytes_to_unicode()
     space = alphabet[ord(" ")]
     tokens: list[str] = list(alphabet)
-    seen = set(tokens)
     merges: list[tuple[str, str]] = []
-    words = dict.fromkeys([*tokenizers.WORDS, *EXTRA_WORDS])
-    for word in words:
-        parts = list(space + word)
-        while len(parts) > 1:
-            merged = parts[0] + parts[1]
-            rule = (parts[0], parts[1])
-            if rule not in merges:
-                merges.append(rule)
-            if merged not in seen:
-                seen.add(merged)
-                tokens.append(merged)
-            parts = [merged, *parts[2:]]
+    for word in dict.fromkeys([*tokenizers.WORDS, *EXTRA_WORDS]):
+        tokenizers.add_merges(list(space + word), tokens, merges)
     return tuple((tok, i) for i, tok in enumerate(tokens)), tuple(merges)
 
 

@@ -12,10 +12,8 @@ from google.protobuf import timestamp_pb2
 from ourvidz.v1 import enhancer_service_pb2 as enh_pb2
 from ourvidz.v1 import events_pb2, job_pb2, workspace_service_pb2
 
-JOB_STATES = ("queued", "enhancing", "running", "completed", "failed", "cancelled")
 REFERENCE_TYPES = ("style", "composition", "character")
 DESTINATIONS = ("workspace", "library")
-EVENT_NAMES = ("state", "progress", "preview", "completed", "failed", "cancelled")
 
 
 def _enum_word(enum, value: int, prefix: str) -> str | None:

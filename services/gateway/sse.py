@@ -9,6 +9,11 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
+import grpc
+from fastapi.responses import StreamingResponse
+
+from services.gateway.problems import rpc_problem_body
+
 log = logging.getLogger(__name__)
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -80,3 +85,26 @@ async def with_keepalive(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def relay(gw, call, events: AsyncIterator[bytes], interrupted: str) -> StreamingResponse:
+    """The SSE response of `events`, which read the gRPC server stream `call`:
+    keep-alive comments, an early end at shutdown, an `error` event (a problem
+    body saying `interrupted`) when the stream breaks after it started, and the
+    call cancelled however the response ends (the client may simply leave)."""
+
+    async def guarded() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in events:
+                yield chunk
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                yield event("error", rpc_problem_body(err, interrupted))
+        finally:
+            call.cancel()
+
+    return StreamingResponse(
+        with_keepalive(guarded(), gw.settings.gateway_sse_keepalive_seconds, gw.stopping),
+        media_type=MEDIA_TYPE,
+        headers=HEADERS,
+    )

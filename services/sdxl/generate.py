@@ -23,7 +23,7 @@ from PIL import Image
 
 from ourvidz import catalog
 from ourvidz.genworker.errors import Cancelled
-from ourvidz.genworker.progress import DECODING, ENCODING_TEXT
+from ourvidz.genworker.progress import ENCODING_TEXT, no_stage, step_callback
 from ourvidz.v1 import job_pb2, queue_pb2
 from services.sdxl.models import PipeBundle
 
@@ -107,20 +107,14 @@ def render(
     is polled after each step and raises `Cancelled` when true; `on_stage(name,
     total=None)` hears "encoding_text" before the pipeline starts and "decoding"
     after the last step."""
-    stage = on_stage or (lambda name, total=None: None)
+    stage = on_stage or no_stage
     job_plan = plan(task, reference_image is not None)
     if should_cancel():
         raise Cancelled()
     seeds = [image_seed(task.seed, i) for i in range(task.num_images)]
     generators = [torch.Generator(device=pipe_bundle.device).manual_seed(s) for s in seeds]
 
-    def callback(pipe, i, t, kwargs):
-        if should_cancel():
-            raise Cancelled()
-        on_step(i + 1, pipe.num_timesteps)
-        if i + 1 == pipe.num_timesteps:
-            stage(DECODING)
-        return kwargs
+    callback = step_callback(on_step, should_cancel, stage)
 
     common = {
         "prompt": task.prompt,

@@ -31,7 +31,7 @@ from PIL import Image
 
 from ourvidz import catalog
 from ourvidz.genworker.errors import Cancelled, InvalidReference, InvalidTask
-from ourvidz.genworker.progress import DECODING, ENCODING_TEXT, ENCODING_VIDEO
+from ourvidz.genworker.progress import ENCODING_TEXT, ENCODING_VIDEO, no_stage, step_callback
 from ourvidz.settings import CatalogLimits
 from ourvidz.v1 import queue_pb2
 from services.wan.models import PipeBundle
@@ -176,20 +176,14 @@ def render(
     is polled before the run and after each step and raises `Cancelled` when
     true; `on_stage(name, total=None)` hears encoding_text, decoding and, for a
     video, encoding_video."""
-    stage = on_stage or (lambda name, total=None: None)
+    stage = on_stage or no_stage
     job_plan = plan(task, pipe_bundle.preset, limits)
     if should_cancel():
         raise Cancelled()
     seed = job_seed(task)
     generator = torch.Generator(device=pipe_bundle.device).manual_seed(seed)
 
-    def callback(pipe, i, t, kwargs):
-        if should_cancel():
-            raise Cancelled()
-        on_step(i + 1, pipe.num_timesteps)
-        if i + 1 == pipe.num_timesteps:
-            stage(DECODING)
-        return kwargs
+    callback = step_callback(on_step, should_cancel, stage)
 
     with pipe_bundle.lock, torch.inference_mode():
         stage(ENCODING_TEXT, job_plan.steps)

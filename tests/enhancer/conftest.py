@@ -7,13 +7,11 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 
-import grpc
 import psycopg
 import pytest
 
 from ourvidz import queue
 from ourvidz.auth import call_metadata, mint_token
-from ourvidz.errors import RemoteError, parse_rpc_error
 from ourvidz.grpcserver import channel
 from ourvidz.v1 import enhancer_service_pb2_grpc
 from services.enhancer.main import start
@@ -26,14 +24,6 @@ DENIED = "forbidden thing"
 def user_md(role: str = "user", subject: str | None = None) -> tuple[str, tuple]:
     subject = subject or str(uuid.uuid4())
     return subject, call_metadata(mint_token(SECRET, subject, role, 600))
-
-
-async def rpc_error(coro) -> RemoteError:
-    try:
-        await coro
-    except grpc.aio.AioRpcError as exc:
-        return parse_rpc_error(exc)
-    raise AssertionError("the call succeeded")
 
 
 def owner_query(owner_url: str, query: str, params=()) -> list[tuple]:

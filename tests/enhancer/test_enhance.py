@@ -12,7 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ourvidz.v1 import enhancer_service_pb2 as pb
 from services.enhancer import models
 from services.enhancer.service import Caller
-from tests.enhancer.conftest import DENIED, owner_query, replica, rpc_error, user_md
+from tests.conftest import rpc_error
+from tests.enhancer.conftest import DENIED, owner_query, replica, user_md
 
 MAX_CLIP = 77
 

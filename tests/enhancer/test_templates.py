@@ -12,7 +12,8 @@ import pytest
 
 from ourvidz.v1 import enhancer_service_pb2 as pb
 from services.enhancer.service import Caller
-from tests.enhancer.conftest import owner_query, replica, rpc_error, user_md
+from tests.conftest import rpc_error
+from tests.enhancer.conftest import owner_query, replica, user_md
 
 SYSTEM = "You rewrite prompts as comma-separated visual descriptors."
 

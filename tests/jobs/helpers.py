@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import psycopg
 from nats.js.errors import NotFoundError
 
 from ourvidz import queue
-from ourvidz.errors import RemoteError, parse_rpc_error
 
 MAX_ACTIVE = 3
-
-
-async def rpc_error(coro) -> RemoteError:
-    """The error a call ends with, decoded (fails the test when it succeeds)."""
-    try:
-        await coro
-    except grpc.aio.AioRpcError as exc:
-        return parse_rpc_error(exc)
-    raise AssertionError("the call succeeded")
 
 
 def owner_query(owner_url: str, query: str, params=()) -> list[tuple]:

@@ -11,7 +11,8 @@ import pytest
 from ourvidz import catalog, queue
 from ourvidz.auth import mint_token
 from ourvidz.v1 import job_pb2
-from tests.jobs.helpers import MAX_ACTIVE, owner_query, rpc_error
+from tests.conftest import rpc_error
+from tests.jobs.helpers import MAX_ACTIVE, owner_query
 
 BAD_INPUTS = [
     ({"job_type": "sdxl_image_medium"}, "job_type"),

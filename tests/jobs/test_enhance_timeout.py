@@ -12,7 +12,8 @@ import grpc
 
 from ourvidz.v1 import job_pb2, queue_pb2
 from ourvidz.v1 import job_service_pb2 as pb
-from tests.jobs.helpers import owner_query, pull_task, rpc_error
+from tests.conftest import rpc_error
+from tests.jobs.helpers import owner_query, pull_task
 
 SMALL_VIDEO = {"width": 64, "height": 64, "num_frames": 9}
 

@@ -9,7 +9,7 @@ import psycopg
 from ourvidz import db
 from ourvidz.v1 import job_pb2
 from ourvidz.v1 import job_service_pb2 as pb
-from tests.jobs.helpers import rpc_error
+from tests.conftest import rpc_error
 
 
 async def test_list_pages_newest_first_and_filters_by_state(harness):

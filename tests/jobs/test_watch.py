@@ -9,7 +9,7 @@ import grpc
 
 from ourvidz.v1 import events_pb2, job_pb2
 from ourvidz.v1 import job_service_pb2 as pb
-from tests.jobs.helpers import rpc_error
+from tests.conftest import rpc_error
 from tests.jobs.test_worker import Worker
 
 T = events_pb2

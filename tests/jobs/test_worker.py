@@ -10,7 +10,8 @@ from ourvidz.errors import FailedPrecondition
 from ourvidz.v1 import job_pb2
 from ourvidz.v1 import job_service_pb2 as pb
 from services.jobs import domain
-from tests.jobs.helpers import owner_query, rpc_error
+from tests.conftest import rpc_error
+from tests.jobs.helpers import owner_query
 
 
 def asset(job: job_pb2.Job, index: int = 0) -> job_pb2.Asset:

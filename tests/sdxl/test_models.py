@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_tokenizer_has_every_byte_and_is_deterministic():
     vocab, _ = tokenizers.vocabulary()
-    alphabet = tokenizers._bytes_to_unicode()
+    alphabet = tokenizers.bytes_to_unicode()
     assert len(set(alphabet)) == 256
     assert all(ch in vocab and ch + "</w>" in vocab for ch in alphabet)
     a, b = tokenizers.clip_tokenizer(), tokenizers.clip_tokenizer()

@@ -9,6 +9,7 @@ import grpc
 import psycopg
 
 from ourvidz.v1 import workspace_service_pb2 as pb
+from tests.conftest import rpc_error
 from tests.workspace.workspace_helpers import (
     IMAGE_BUCKET,
     completed_event,
@@ -17,7 +18,6 @@ from tests.workspace.workspace_helpers import (
     items_of,
     publish,
     put_outputs,
-    rpc_error,
 )
 
 

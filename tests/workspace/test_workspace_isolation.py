@@ -11,7 +11,8 @@ from psycopg.rows import dict_row
 
 from ourvidz import db
 from ourvidz.v1 import workspace_service_pb2 as pb
-from tests.workspace.workspace_helpers import User, file_job, png_bytes, rpc_error
+from tests.conftest import rpc_error
+from tests.workspace.workspace_helpers import User, file_job, png_bytes
 
 TABLES = ("sessions", "items", "library_assets", "uploads")
 

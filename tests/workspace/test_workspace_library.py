@@ -16,6 +16,7 @@ from ourvidz.v1 import job_pb2
 from ourvidz.v1 import workspace_service_pb2 as pb
 from ourvidz.v1 import workspace_service_pb2_grpc as pb_grpc
 from services.workspace.main import start
+from tests.conftest import rpc_error
 from tests.workspace.workspace_helpers import (
     IMAGE_BUCKET,
     completed_event,
@@ -24,7 +25,6 @@ from tests.workspace.workspace_helpers import (
     items_of,
     publish,
     put_outputs,
-    rpc_error,
     workspace_settings,
 )
 

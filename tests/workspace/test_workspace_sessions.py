@@ -10,6 +10,7 @@ import grpc
 from ourvidz.v1 import events_pb2, job_pb2
 from ourvidz.v1 import workspace_service_pb2 as pb
 from services.workspace.convert import completion
+from tests.conftest import rpc_error
 from tests.workspace.workspace_helpers import (
     completed_event,
     eventually,
@@ -17,7 +18,6 @@ from tests.workspace.workspace_helpers import (
     items_of,
     publish,
     put_outputs,
-    rpc_error,
 )
 
 

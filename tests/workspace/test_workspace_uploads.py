@@ -12,7 +12,7 @@ from PIL import Image
 
 from ourvidz.catalog import REFERENCE_BUCKET
 from ourvidz.v1 import workspace_service_pb2 as pb
-from tests.workspace.workspace_helpers import rpc_error
+from tests.conftest import rpc_error
 
 
 def encoded(fmt: str, size=(40, 24)) -> bytes:

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import grpc
 from PIL import Image
 
 from ourvidz import queue
 from ourvidz.auth import call_metadata, mint_token
-from ourvidz.errors import RemoteError, parse_rpc_error
 from ourvidz.v1 import events_pb2, job_pb2
 from ourvidz.v1 import workspace_service_pb2 as pb
 from services.workspace.main import Running
 from services.workspace.settings import WorkspaceSettings
+from tests.conftest import make_settings
 
 CALL_TIMEOUT = 15.0
 IMAGE_BUCKET = "sdxl-image-fast"
@@ -27,17 +25,7 @@ IMAGE_BUCKET = "sdxl-image-fast"
 
 def workspace_settings(env: dict[str, str], **overrides) -> WorkspaceSettings:
     """Settings from `env` without leaving anything in os.environ."""
-    merged = {**env, **{k.upper(): str(v) for k, v in overrides.items()}}
-    old = {k: os.environ.get(k) for k in merged}
-    os.environ.update(merged)
-    try:
-        return WorkspaceSettings()
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return make_settings(WorkspaceSettings, env, **overrides)
 
 
 class User:
@@ -133,15 +121,6 @@ async def items_of(stub, user: User, session_id: str) -> list[pb.WorkspaceItem]:
         pb.ListSessionItemsRequest(session_id=session_id, page_size=200), **user.kw()
     )
     return list(reply.items)
-
-
-async def rpc_error(call: Awaitable) -> RemoteError:
-    """The error a call ends with (it must fail)."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as err:
-        return parse_rpc_error(err)
-    raise AssertionError("the call succeeded")
 
 
 async def file_job(workspace: Running, js, stub, user: User, count: int = 3, **event_kw):

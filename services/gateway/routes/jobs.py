@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-import grpc
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
@@ -21,7 +20,6 @@ from services.gateway.models import (
     JobTypesOut,
     Page,
 )
-from services.gateway.problems import rpc_problem_body
 
 log = logging.getLogger(__name__)
 
@@ -148,33 +146,19 @@ async def job_events(
     after = after_sequence if after_sequence is not None else sse.parse_last_event_id(last_event_id)
     request = job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
 
+    call = gw.backends.stream(gw.backends.jobs.WatchJob, request, caller.token)
+
     async def events():
-        call = gw.backends.stream(gw.backends.jobs.WatchJob, request, caller.token)
-        try:
-            async for reply in call:
-                name, data = mapping.job_event(reply.event)
-                if name in TERMINAL_EVENTS and "job" not in data:
-                    # Terminal events carry the job (with its assets' URLs).
-                    got = await gw.backends.call(
-                        gw.backends.jobs.GetJob,
-                        job_service_pb2.GetJobRequest(job_id=job_id),
-                        caller.token,
-                    )
-                    data["job"] = mapping.job(got.job)
-                yield sse.event(name, data, reply.event.sequence)
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.CANCELLED:
-                yield stream_error(err)
-        finally:
-            call.cancel()
+        async for reply in call:
+            name, data = mapping.job_event(reply.event)
+            if name in TERMINAL_EVENTS and "job" not in data:
+                # Terminal events carry the job (with its assets' URLs).
+                got = await gw.backends.call(
+                    gw.backends.jobs.GetJob,
+                    job_service_pb2.GetJobRequest(job_id=job_id),
+                    caller.token,
+                )
+                data["job"] = mapping.job(got.job)
+            yield sse.event(name, data, reply.event.sequence)
 
-    return StreamingResponse(
-        sse.with_keepalive(events(), gw.settings.gateway_sse_keepalive_seconds, gw.stopping),
-        media_type=sse.MEDIA_TYPE,
-        headers=sse.HEADERS,
-    )
-
-
-def stream_error(err: grpc.aio.AioRpcError) -> bytes:
-    """An `error` event (a problem body) for a stream that broke after it started."""
-    return sse.event("error", rpc_problem_body(err, "the event stream was interrupted; reconnect"))
+    return sse.relay(gw, call, events(), "the event stream was interrupted; reconnect")

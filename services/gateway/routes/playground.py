@@ -18,7 +18,6 @@ from ourvidz.v1 import enhancer_service_pb2 as enh_pb2
 from services.gateway import mapping, sse
 from services.gateway.deps import CallerDep, gateway
 from services.gateway.models import ChatBody, problem_responses
-from services.gateway.problems import rpc_problem_body
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +60,18 @@ async def chat(body: ChatBody, caller: CallerDep, gw=Depends(gateway)) -> Stream
         raise  # grpc.aio.AioRpcError -> problem+json by the app's handlers
 
     async def events():
-        try:
-            pending = list(first)
-            while True:
-                if not pending:
-                    reply = await call.read()
-                    if reply is grpc.aio.EOF:
-                        return
-                    pending.append(reply)
-                reply = pending.pop(0)
-                if reply.delta:
-                    yield sse.event("token", {"delta": reply.delta})
-                if reply.done:
-                    yield sse.event("done", mapping.chat_done(reply))
+        pending = list(first)
+        while True:
+            if not pending:
+                reply = await call.read()
+                if reply is grpc.aio.EOF:
                     return
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.CANCELLED:
-                yield sse.event(
-                    "error", rpc_problem_body(err, "the chat was interrupted; try again")
-                )
-        finally:
-            call.cancel()
+                pending.append(reply)
+            reply = pending.pop(0)
+            if reply.delta:
+                yield sse.event("token", {"delta": reply.delta})
+            if reply.done:
+                yield sse.event("done", mapping.chat_done(reply))
+                return
 
-    return StreamingResponse(
-        sse.with_keepalive(events(), gw.settings.gateway_sse_keepalive_seconds, gw.stopping),
-        media_type=sse.MEDIA_TYPE,
-        headers=sse.HEADERS,
-    )
+    return sse.relay(gw, call, events(), "the chat was interrupted; try again")

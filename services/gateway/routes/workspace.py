@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import grpc
 from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.responses import StreamingResponse
 
@@ -22,7 +21,6 @@ from services.gateway.models import (
     SessionOut,
     WorkspaceItemOut,
 )
-from services.gateway.routes.jobs import stream_error
 
 router = APIRouter(tags=["workspace"], responses=PROBLEM_RESPONSES)
 
@@ -101,25 +99,16 @@ async def session_events(session_id: str, caller: CallerDep, gw=Depends(gateway)
     )
     request = ws_pb2.WatchSessionRequest(session_id=session_id)
 
-    async def events():
-        call = gw.backends.stream(gw.backends.workspace.WatchSession, request, caller.token)
-        try:
-            async for reply in call:
-                update = mapping.session_update(reply)
-                if update is not None:
-                    name, event_id, data = update
-                    yield sse.event(name, data, event_id)
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.CANCELLED:
-                yield stream_error(err)
-        finally:
-            call.cancel()
+    call = gw.backends.stream(gw.backends.workspace.WatchSession, request, caller.token)
 
-    return StreamingResponse(
-        sse.with_keepalive(events(), gw.settings.gateway_sse_keepalive_seconds, gw.stopping),
-        media_type=sse.MEDIA_TYPE,
-        headers=sse.HEADERS,
-    )
+    async def events():
+        async for reply in call:
+            update = mapping.session_update(reply)
+            if update is not None:
+                name, event_id, data = update
+                yield sse.event(name, data, event_id)
+
+    return sse.relay(gw, call, events(), "the event stream was interrupted; reconnect")
 
 
 @router.post("/v1/workspace/sessions/{session_id}/clear", response_model=ClearSessionOut)
