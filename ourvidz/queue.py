@@ -1,10 +1,14 @@
 """NATS JetStream topology, declared in code and applied idempotently at start.
 
-- TASKS: a work-queue stream (file storage) on `tasks.>`; subjects by worker
-  family and priority (`tasks.sdxl.fast`, `tasks.sdxl.high`, `tasks.wan.*`,
-  `tasks.enhance`). One durable pull consumer per family and priority, shared by
-  every replica of that worker. Publishes carry `Nats-Msg-Id` = job id, so a
-  retried publish is stored once within the duplicate window.
+- TASKS: a work-queue stream (file storage) on `tasks.>`; generation tasks on
+  `tasks.<family>.<priority>.<job id>` (`tasks.sdxl.fast.<id>`,
+  `tasks.wan.high.<id>`), enhance tasks on `tasks.enhance`. One durable pull
+  consumer per family and priority (`tasks.sdxl.fast.>`), shared by every
+  replica of that worker. The job id in the subject lets Jobs' reconciler ask
+  JetStream whether a job's task is still held (`task_held`). Publishes carry
+  `Nats-Msg-Id` = job id, so a retried publish is stored once within the
+  duplicate window. Consumers redeliver without limit: Jobs counts attempts
+  (renders that started), so a dependency that is away never uses them up.
 - EVENTS: a limits stream on `events.>` with short retention; job events on
   `events.jobs.<user_id>.<job_id>` fan out to watchers (plain subscriptions) and
   to Workspace's durable consumer.
@@ -29,7 +33,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +47,14 @@ WORKSPACE_CONSUMER = "workspace-filer"
 
 @dataclass(frozen=True)
 class QueueSettings:
-    ack_wait_seconds: float = 60.0
-    max_deliver: int = 5
-    # Redelivery delays after a missed ack (JetStream `backoff`), seconds.
-    backoff_seconds: tuple[float, ...] = (5.0, 15.0, 30.0, 60.0)
+    # A worker that holds a task beats `in_progress` every third of this, so
+    # a dead worker's task goes to another replica after at most this long.
+    ack_wait_seconds: float = 15.0
+    # -1: no limit (attempts are counted by Jobs, not by deliveries).
+    max_deliver: int = -1
+    # Redelivery delays after a missed ack (JetStream `backoff`), seconds;
+    # only the ones at least as long as the ack wait are used.
+    backoff_seconds: tuple[float, ...] = ()
     events_max_age_seconds: float = 24 * 3600
     duplicate_window_seconds: float = 3600
     replicas: int = 1
@@ -54,6 +62,11 @@ class QueueSettings:
 
 def task_subject(worker: str, quality: str) -> str:
     return f"tasks.{worker}.{quality}"
+
+
+def job_task_subject(queue_subject: str, job_id: str) -> str:
+    """One job's task on its family's queue: `tasks.sdxl.fast` -> `tasks.sdxl.fast.<id>`."""
+    return f"{queue_subject}.{job_id}"
 
 
 def consumer_name(worker: str, quality: str) -> str:
@@ -114,6 +127,8 @@ async def declare_task_consumer(
     """A durable pull consumer on the work-queue stream (explicit ack, bounded
     ack wait and redeliveries)."""
     backoff = [b for b in qs.backoff_seconds if b >= qs.ack_wait_seconds] or None
+    if backoff and 0 < qs.max_deliver < len(backoff):
+        backoff = None
     config = ConsumerConfig(
         durable_name=durable,
         filter_subject=subject,
@@ -121,9 +136,11 @@ async def declare_task_consumer(
         ack_wait=qs.ack_wait_seconds,
         max_deliver=qs.max_deliver,
         max_ack_pending=1000,
-        backoff=backoff if backoff and len(backoff) <= qs.max_deliver else None,
+        backoff=backoff,
         deliver_policy=DeliverPolicy.ALL,
     )
+    # JetStream updates a durable declared earlier with other (editable)
+    # settings: ack wait, redeliveries and the filter follow this version.
     await js.add_consumer(TASKS_STREAM, config)
 
 
@@ -144,6 +161,20 @@ async def declare_events_consumer(
             deliver_policy=DeliverPolicy.ALL,
         ),
     )
+
+
+async def task_held(js: JetStreamContext, subjects: list[str]) -> set[str]:
+    """Which of these task subjects hold a message on the TASKS stream (waiting,
+    delivered and not yet acked, or waiting for a redelivery). Raises when
+    JetStream cannot answer."""
+    held = set()
+    for subject in subjects:
+        try:
+            await js.get_last_msg(TASKS_STREAM, subject)
+        except NotFoundError:
+            continue
+        held.add(subject)
+    return held
 
 
 # --- consuming tasks -------------------------------------------------------------------

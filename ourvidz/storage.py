@@ -51,6 +51,13 @@ class BlobStore(ABC):
     async def exists(self, bucket: str, key: str) -> bool: ...
 
     @abstractmethod
+    async def list_older(
+        self, bucket: str, before: datetime, limit: int
+    ) -> list[tuple[str, datetime]]:
+        """Up to `limit` objects of `bucket` last written before `before`:
+        (key, modified). An absent bucket holds nothing."""
+
+    @abstractmethod
     def signed_url(
         self, bucket: str, key: str, ttl_seconds: int | None = None
     ) -> tuple[str, datetime]:
@@ -109,6 +116,29 @@ class LocalStore(BlobStore):
 
     async def exists(self, bucket: str, key: str) -> bool:
         return self._path(bucket, key).is_file()
+
+    async def list_older(
+        self, bucket: str, before: datetime, limit: int
+    ) -> list[tuple[str, datetime]]:
+        top = self.root / bucket
+        cutoff = before.timestamp()
+
+        def scan() -> list[tuple[str, datetime]]:
+            found: list[tuple[str, datetime]] = []
+            if not top.is_dir():
+                return found
+            for path in top.rglob("*"):
+                if path.name.startswith(".") or not path.is_file():
+                    continue  # a write in progress (see `put`)
+                mtime = path.stat().st_mtime
+                if mtime < cutoff:
+                    key = path.relative_to(top).as_posix()
+                    found.append((key, datetime.fromtimestamp(mtime, UTC)))
+                    if len(found) >= limit:
+                        break
+            return found
+
+        return await asyncio.to_thread(scan)
 
     def signed_url(
         self, bucket: str, key: str, ttl_seconds: int | None = None
@@ -205,6 +235,28 @@ class S3Store(BlobStore):
             if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
                 return False
             raise
+
+    async def list_older(
+        self, bucket: str, before: datetime, limit: int
+    ) -> list[tuple[str, datetime]]:
+        from minio.error import S3Error
+
+        def scan() -> list[tuple[str, datetime]]:
+            found: list[tuple[str, datetime]] = []
+            try:
+                for obj in self.client.list_objects(bucket, recursive=True):
+                    if obj.is_dir or obj.last_modified is None:
+                        continue
+                    if obj.last_modified < before:
+                        found.append((obj.object_name, obj.last_modified))
+                        if len(found) >= limit:
+                            break
+            except S3Error as exc:
+                if exc.code != "NoSuchBucket":
+                    raise
+            return found
+
+        return await asyncio.to_thread(scan)
 
     def signed_url(
         self, bucket: str, key: str, ttl_seconds: int | None = None

@@ -65,6 +65,10 @@ def base_env(infra, tmp_path_factory) -> dict[str, str]:
         "STORAGE_SIGNING_KEY": SECRET,
         "AUTH_SECRET": SECRET,
         "LOG_JSON": "false",
+        # The shared test database keeps the jobs of finished tests, whose
+        # tasks are gone on purpose; the reconciler must not publish them
+        # again for the next test's workers. Its own tests set their bounds.
+        "JOBS_QUEUED_CHECK_SECONDS": "3600",
     }
 
 

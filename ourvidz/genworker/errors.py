@@ -76,6 +76,15 @@ def _out_of_memory(exc: BaseException) -> bool:
     return torch is not None and isinstance(exc, torch.OutOfMemoryError)
 
 
+def dependency_error(exc: BaseException) -> bool:
+    """True when `exc` says a dependency (a peer service, its database, the
+    blob store) is away or slow, not that the job is wrong: such a failure
+    costs the job no attempt."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() in _TRANSIENT_GRPC
+    return isinstance(exc, ConnectionError | TimeoutError) or _storage_transient(exc)
+
+
 def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, PermanentError):
         return Verdict(False, exc.code, exc.message)

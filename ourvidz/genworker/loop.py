@@ -1,21 +1,30 @@
 """The JetStream loop every generation worker runs; a model family supplies
 only its render and outputs (`Family`).
 
-Per message: parse the `GenerationTask`, `StartJob` (Jobs may say not to
-proceed: the job was cancelled or already finished), render while a heartbeat
-keeps the message ours (`in_progress` every ack_wait/3) and progress goes to
-Jobs (`ProgressReporter`), upload the outputs under the family's deterministic
+Per message: parse the `GenerationTask`, `StartJob` (Jobs counts the attempt,
+or says not to proceed: the job was cancelled, finished or out of attempts),
+render while two heartbeats run (`in_progress` keeps the message ours,
+`Heartbeat` tells Jobs the worker lives) and progress goes to Jobs
+(`ProgressReporter`), upload the outputs under the family's deterministic
 keys, then `CompleteJob`, then ack. A redelivered task gives the same outputs
 at the same keys, so a crash anywhere loses nothing and duplicates nothing.
 
-Cancellation reaches a running job two ways: the answer to a progress report
-(`cancel_requested`) and the job's `CANCELLED` event on
-`events.jobs.<user>.<job>`; either stops the pipeline at its next step.
+Cancellation reaches a running job three ways: the answer to a progress report
+or a heartbeat (`cancel_requested`) and the job's `CANCELLED` event on
+`events.jobs.<user>.<job>`; any of them stops the pipeline at its next step.
 
-Failures: transient ones (out of memory, peers or storage unreachable) are
-reported with `will_retry` and the message is nak'ed with a backoff while
-attempts remain; permanent ones (bad task, bad reference) fail the job and
-terminate the message. Nothing blocks the queue.
+A dependency that is away (the jobs service, its database, storage) is never
+the job's fault: the worker keeps the message and retries with a back-off,
+says so in its log and its health card (`waiting_on`), and after
+`dependency_wait_seconds` hands the task back with a delay. No message is
+terminated unless Jobs recorded the job's outcome. Blobs are removed only when
+Jobs answered that the job ended without them; everything else is left to the
+jobs service's collector of orphan blobs.
+
+Failures of the job itself: transient ones (out of memory, anything
+unexpected) are reported with `will_retry` and the message is nak'ed with a
+backoff; Jobs decides whether an attempt is left. Permanent ones (bad task,
+bad reference) fail the job and terminate the message.
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -35,7 +46,14 @@ from nats.js import JetStreamContext
 
 from ourvidz import logs, queue
 from ourvidz.auth import TokenSource
-from ourvidz.genworker.errors import Cancelled, PermanentError, classify, free_device_memory
+from ourvidz.errors import parse_rpc_error
+from ourvidz.genworker.errors import (
+    Cancelled,
+    PermanentError,
+    classify,
+    dependency_error,
+    free_device_memory,
+)
 from ourvidz.genworker.progress import UPLOADING, ProgressReporter
 from ourvidz.storage import BlobStore
 from ourvidz.v1 import events_pb2, job_pb2, job_service_pb2, job_service_pb2_grpc, queue_pb2
@@ -43,6 +61,14 @@ from ourvidz.v1 import events_pb2, job_pb2, job_service_pb2, job_service_pb2_grp
 log = logging.getLogger(__name__)
 
 QUALITIES = ("fast", "high")  # fetched in this order: fast presets first
+# Jobs' reasons for refusing a completion of a job that ended without it.
+_ENDED_WITHOUT_OUTPUTS = ("JOB_CANCELLED", "JOB_FAILED")
+T = TypeVar("T")
+
+
+class DependencyAway(Exception):
+    """A dependency stayed away for the whole wait (or the worker is stopping
+    meanwhile): the task goes back to the queue, at no cost to the job."""
 
 
 @dataclass(frozen=True)
@@ -52,10 +78,13 @@ class LoopConfig:
     family: str
     worker_id: str
     auth_secret: str = field(repr=False)
-    ack_wait_seconds: float = 60.0
-    max_attempts: int = 3
+    ack_wait_seconds: float = 15.0
     # Delays before a failed job's message is redelivered, by attempt.
     retry_backoff_seconds: tuple[float, ...] = (5.0, 15.0, 30.0)
+    # How long a task is kept while a dependency is away, and the delay of its
+    # hand-back after that.
+    dependency_wait_seconds: float = 600.0
+    dependency_nak_seconds: float = 30.0
     progress_interval_seconds: float = 0.5
     # How long a fetch waits for work before checking the other queue again.
     fetch_timeout_seconds: float = 1.0
@@ -73,8 +102,9 @@ class LoopConfig:
             worker_id=own("worker_id"),
             auth_secret=settings.auth_secret.get_secret_value(),
             ack_wait_seconds=own("ack_wait_seconds"),
-            max_attempts=own("max_attempts"),
             retry_backoff_seconds=tuple(own("retry_backoff_seconds")),
+            dependency_wait_seconds=own("dependency_wait_seconds"),
+            dependency_nak_seconds=own("dependency_nak_seconds"),
             progress_interval_seconds=own("progress_interval_seconds"),
             fetch_timeout_seconds=own("fetch_timeout_seconds"),
             shutdown_grace_seconds=own("shutdown_grace_seconds"),
@@ -133,6 +163,8 @@ class Stats:
     current_job_id: str = ""
     jobs_completed: int = 0
     jobs_failed: int = 0
+    # The dependency the worker waits for ("" when none), for logs and health.
+    waiting_on: str = ""
 
 
 class Worker:
@@ -160,12 +192,9 @@ class Worker:
     # --- set-up -------------------------------------------------------------------
 
     def queue_settings(self) -> queue.QueueSettings:
-        # One delivery beyond the attempts, so that a worker dying on the last
-        # attempt still leaves a delivery that records the failure.
-        return queue.QueueSettings(
-            ack_wait_seconds=self.config.ack_wait_seconds,
-            max_deliver=self.config.max_attempts + 1,
-        )
+        # Deliveries are not limited: Jobs counts attempts, and a task is only
+        # dropped once Jobs has recorded its job's outcome.
+        return queue.QueueSettings(ack_wait_seconds=self.config.ack_wait_seconds, max_deliver=-1)
 
     async def declare(self) -> None:
         """Streams and this family's durable consumers (idempotent)."""
@@ -175,7 +204,7 @@ class Worker:
         for quality in QUALITIES:
             await queue.declare_task_consumer(
                 self.js,
-                queue.task_subject(family, quality),
+                queue.job_task_subject(queue.task_subject(family, quality), ">"),
                 queue.consumer_name(family, quality),
                 qs,
             )
@@ -260,39 +289,71 @@ class Worker:
                 self.stats.current_job_id = ""
 
     async def _handle_task(self, msg, task: queue_pb2.GenerationTask, delivery: int) -> None:
-        max_attempts = self.config.max_attempts
-        if delivery > max_attempts:
-            await self._fail(
-                task,
-                "ATTEMPTS_EXHAUSTED",
-                f"the job did not finish in {max_attempts} attempts",
-                retry=False,
-            )
-            await msg.term()
-            return
         # The heartbeat runs from the moment the message is ours: StartJob may
-        # itself wait on a busy jobs service.
+        # itself wait on a busy or absent jobs service.
         async with queue.heartbeat(msg, self.config.ack_wait_seconds):
             await self._start_and_run(msg, task, delivery)
 
+    # --- dependencies -------------------------------------------------------------
+
+    async def _persist(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` until it succeeds or fails for a reason other than `what`
+        being away. While it is away: retries with a growing pause, one log
+        line, `stats.waiting_on` set; raises `DependencyAway` once the wait is
+        over or the worker is stopping."""
+        deadline = time.monotonic() + self.config.dependency_wait_seconds
+        pause = 0.25
+        while True:
+            try:
+                result = await call()
+            except Exception as exc:
+                if not dependency_error(exc):
+                    raise
+                if self._stopping.is_set() or time.monotonic() >= deadline:
+                    raise DependencyAway(what) from exc
+                if self.stats.waiting_on != what:
+                    self.stats.waiting_on = what
+                    log.warning("waiting for %s: %s", what, _short(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            if self.stats.waiting_on == what:
+                self.stats.waiting_on = ""
+                log.info("%s is back", what)
+            return result
+
+    async def _hand_back(self, msg, reason: str) -> None:
+        """Return the task to the queue without costing an attempt."""
+        delay = 0.0 if self._stopping.is_set() else self.config.dependency_nak_seconds
+        log.warning("task handed back (%s); redelivered in %g s", reason, delay)
+        await msg.nak(delay=delay)
+
+    # --- one job --------------------------------------------------------------------
+
     async def _start_and_run(self, msg, task: queue_pb2.GenerationTask, delivery: int) -> None:
+        request = job_service_pb2.StartJobRequest(
+            job_id=task.job_id,
+            worker_id=self.config.worker_id,
+            delivery=delivery,
+            task_sequence=msg.metadata.sequence.stream,
+        )
         try:
-            started = await self._call(
-                self.jobs.StartJob,
-                job_service_pb2.StartJobRequest(
-                    job_id=task.job_id, worker_id=self.config.worker_id, delivery=delivery
-                ),
+            started = await self._persist(
+                "the jobs service", lambda: self._call(self.jobs.StartJob, request)
             )
+        except DependencyAway as away:
+            await self._hand_back(msg, f"{away} unreachable")
+            return
         except grpc.aio.AioRpcError as exc:
-            verdict = classify(exc)
-            log.warning("StartJob failed: %s %s", exc.code().name, exc.details())
-            if verdict.retry and delivery < self.config.max_attempts:
-                await msg.nak(delay=self._backoff(delivery))
+            log.warning("StartJob refused: %s %s", exc.code().name, exc.details())
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                await msg.term()  # no such job: nothing to record
             else:
-                await msg.term()
+                await msg.nak(delay=self.config.dependency_nak_seconds)
             return
         if not started.proceed:
-            log.info("job not to be run (cancelled or finished); acked")
+            log.info("job not to be run (%s); acked", job_state_name(started.job.state))
             await msg.ack_sync()
             return
 
@@ -305,50 +366,82 @@ class Worker:
             asyncio.get_running_loop(),
         )
         events = await self._watch_cancel(task, cancel)
+        beat = asyncio.create_task(self._beat(task, started.start_token, cancel))
         try:
             run = JobRun(task, reporter, self.store, cancel, self._abort)
             outputs = await self.family.render(run)
             if cancel.is_set():  # a finished render at shutdown is still delivered
                 raise Cancelled()
             reporter.stage(UPLOADING)
-            assets = [await self._upload(output, uploaded) for output in outputs]
-            await reporter.close()  # every report reaches Jobs before the completion
-            if cancel.is_set():
-                raise Cancelled()
-            try:
-                await self._call(
-                    self.jobs.CompleteJob,
-                    job_service_pb2.CompleteJobRequest(job_id=task.job_id, assets=assets),
+            assets = []
+            for output in outputs:
+                assets.append(
+                    await self._persist("storage", lambda o=output: self._upload(o, uploaded))
                 )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    log.info("job ended meanwhile (%s); outputs removed", exc.details())
-                    raise Cancelled() from exc
-                raise
-            uploaded.clear()
-            self.stats.jobs_completed += 1
-            await msg.ack_sync()
-            log.info("job completed", extra={"assets": len(assets)})
+            await reporter.close()  # every report reaches Jobs before the completion
+            # No cancellation check here: Jobs says whether these outputs are wanted.
+            await self._complete(msg, task, assets, uploaded)
         except Cancelled:
-            await self._remove(uploaded)
             if self._abort.is_set():
-                await self._fail(
-                    task, "WORKER_SHUTDOWN", "the worker stopped; the job is retried", retry=True
+                await self._fail_once(
+                    task, "WORKER_SHUTDOWN", "the worker stopped; the job waits for another worker"
                 )
                 await msg.nak()
                 log.info("job handed back at shutdown")
             else:
                 await msg.ack_sync()
                 log.info("job cancelled; acked")
+        except DependencyAway as away:
+            await self._hand_back(msg, f"{away} unreachable")
         except Exception as exc:
-            await self._remove(uploaded)
-            await self._on_error(msg, task, delivery, exc)
+            await self._on_error(msg, task, exc)
         finally:
+            beat.cancel()
+            with contextlib.suppress(BaseException):
+                await beat
             with contextlib.suppress(Exception):
                 await reporter.close()
             if events is not None:
                 with contextlib.suppress(Exception):
                     await events.unsubscribe()
+
+    async def _complete(self, msg, task, assets: list[job_pb2.Asset], uploaded) -> None:
+        """CompleteJob, asked again while its outcome is unknown (it is
+        idempotent); blobs are removed only when Jobs says the job ended
+        without them."""
+        request = job_service_pb2.CompleteJobRequest(job_id=task.job_id, assets=assets)
+        try:
+            await self._persist(
+                "the jobs service", lambda: self._call(self.jobs.CompleteJob, request)
+            )
+        except grpc.aio.AioRpcError as exc:
+            reason = _reason(exc)
+            if (
+                exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+                and reason in _ENDED_WITHOUT_OUTPUTS
+            ):
+                log.info("job ended meanwhile (%s); its outputs removed", exc.details())
+                await self._remove(uploaded)
+                await msg.ack_sync()
+                return
+            raise
+        self.stats.jobs_completed += 1
+        await msg.ack_sync()
+        log.info("job completed", extra={"assets": len(assets)})
+
+    async def _beat(self, task: queue_pb2.GenerationTask, token: str, cancel: threading.Event):
+        """Tell Jobs every few seconds that this worker still has the job."""
+        interval = min(max(self.config.ack_wait_seconds / 3, 0.1), 5.0)
+        request = job_service_pb2.HeartbeatRequest(job_id=task.job_id, start_token=token)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                answer = await self._call(self.jobs.Heartbeat, request)
+            except grpc.aio.AioRpcError as exc:
+                log.debug("heartbeat to Jobs failed: %s", exc.code().name)
+                continue
+            if answer.cancel_requested or answer.finished:
+                cancel.set()
 
     async def _upload(self, output: Output, uploaded: list[tuple[str, str]]) -> job_pb2.Asset:
         """Store an output's file (and thumbnail); the asset that records them."""
@@ -403,29 +496,37 @@ class Worker:
         for bucket, key in uploaded:
             try:
                 await self.store.delete(bucket, key)
-            except Exception as exc:
+            except Exception as exc:  # the collector of orphan blobs gets it later
                 log.warning("could not remove %s/%s: %s", bucket, key, exc)
         uploaded.clear()
 
-    def _backoff(self, delivery: int) -> float:
-        return queue.retry_delay(self.config.retry_backoff_seconds, delivery)
+    def _backoff(self, attempt: int) -> float:
+        return queue.retry_delay(self.config.retry_backoff_seconds, max(attempt, 1))
 
-    async def _fail(self, task, code: str, message: str, *, retry: bool) -> None:
+    async def _fail_request(self, task, request) -> job_pb2.Job:
+        response = await self._persist(
+            "the jobs service", lambda: self._call(self.jobs.FailJob, request)
+        )
+        return response.job
+
+    async def _fail_once(self, task, code: str, message: str) -> None:
+        """At shutdown: one try to say the job waits for another worker (no
+        attempt spent); the redelivery's StartJob sets it right otherwise."""
         try:
             await self._call(
                 self.jobs.FailJob,
                 job_service_pb2.FailJobRequest(
                     job_id=task.job_id,
                     error=job_pb2.JobError(code=code, message=message),
-                    will_retry=retry,
+                    will_retry=True,
+                    dependency_failure=True,
                 ),
             )
         except grpc.aio.AioRpcError as exc:
             log.warning("FailJob failed: %s %s", exc.code().name, exc.details())
 
-    async def _on_error(self, msg, task, delivery: int, exc: Exception) -> None:
+    async def _on_error(self, msg, task, exc: Exception) -> None:
         verdict = classify(exc)
-        retry = verdict.retry and delivery < self.config.max_attempts
         if isinstance(exc, PermanentError):
             log.warning("job failed: %s", verdict.message)
         elif not verdict.retry:
@@ -434,9 +535,40 @@ class Worker:
             log.error("job attempt failed (%s)", verdict.code, exc_info=exc)
         if verdict.code == "OUT_OF_MEMORY":
             free_device_memory()
-        await self._fail(task, verdict.code, verdict.message, retry=retry)
-        if retry:
-            await msg.nak(delay=self._backoff(delivery))
-        else:
+        request = job_service_pb2.FailJobRequest(
+            job_id=task.job_id,
+            error=job_pb2.JobError(code=verdict.code, message=verdict.message),
+            will_retry=verdict.retry,
+            dependency_failure=dependency_error(exc),
+        )
+        try:
+            job = await self._fail_request(task, request)
+        except (DependencyAway, grpc.aio.AioRpcError) as failed:
+            # The outcome is not recorded: the task stays on the queue.
+            await self._hand_back(msg, f"the failure could not be recorded: {_short(failed)}")
+            return
+        if job.state in (job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED):
             self.stats.jobs_failed += 1
             await msg.term()
+        elif job.state == job_pb2.JOB_STATE_COMPLETED:
+            await msg.ack_sync()  # another delivery finished it meanwhile
+        else:
+            await msg.nak(delay=self._backoff(job.attempt))
+
+
+def job_state_name(state: int) -> str:
+    return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+
+
+def _reason(exc: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a refusal, or ""."""
+    with contextlib.suppress(Exception):
+        return parse_rpc_error(exc).reason or ""
+    return ""
+
+
+def _short(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    if isinstance(cause, grpc.aio.AioRpcError):
+        return f"{cause.code().name}: {cause.details()}"
+    return f"{type(cause).__name__}: {cause}"

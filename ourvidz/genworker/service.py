@@ -163,6 +163,7 @@ async def start_worker(
             "current_job_id": stats.current_job_id,
             "jobs_completed": stats.jobs_completed,
             "jobs_failed": stats.jobs_failed,
+            "waiting_on": stats.waiting_on,
             "grpc_port": served.port,
         }
 

@@ -40,10 +40,13 @@ _EPS = 1e-6  # reference_strength travels as a float32
 
 # The only legal changes of state. Enhanced job types are created directly in
 # `enhancing`; `running -> running` is a redelivered task (a new attempt).
+# `running -> queued` is a hand-back (the worker stopped, or the attempt failed
+# and waits for a retry); `queued -> completed` is the completion of a worker
+# that was handed back while it still rendered (its outputs are the same).
 TRANSITIONS: dict[str, frozenset[str]] = {
-    QUEUED: frozenset({ENHANCING, RUNNING, CANCELLED, FAILED}),
+    QUEUED: frozenset({ENHANCING, RUNNING, COMPLETED, CANCELLED, FAILED}),
     ENHANCING: frozenset({QUEUED, CANCELLED, FAILED}),
-    RUNNING: frozenset({RUNNING, COMPLETED, FAILED, CANCELLED}),
+    RUNNING: frozenset({RUNNING, QUEUED, COMPLETED, FAILED, CANCELLED}),
     COMPLETED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),

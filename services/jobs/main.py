@@ -13,6 +13,7 @@ from ourvidz import db, queue, runtime
 from ourvidz.grpcserver import Served, build_server, set_serving
 from ourvidz.storage import store_from_settings
 from ourvidz.v1 import job_service_pb2_grpc
+from services.jobs.reconciler import Reconciler
 from services.jobs.relay import OutboxRelay
 from services.jobs.service import JobsCore
 from services.jobs.servicer import SERVICE_NAME, JobServicer
@@ -36,6 +37,7 @@ class Running:
     uploads: UploadResolver
     core: JobsCore
     sweeper: EnhancementSweeper
+    reconciler: Reconciler
     grace: float = 10.0
     _stopped: bool = field(default=False, repr=False)
 
@@ -53,6 +55,7 @@ class Running:
         steps = (
             ("grpc server", lambda: self.served.stop(self.grace), self.grace + 5),
             ("enhancement sweeper", self.sweeper.stop, 10),
+            ("reconciler", self.reconciler.stop, 10),
             ("outbox relay", self.relay.stop, 10),
             ("upload client", self.uploads.close, 5),
             ("nats", self.nc.drain, 10),
@@ -100,6 +103,7 @@ async def start(
         max_active_per_user=settings.jobs_max_active_per_user,
         max_preview_bytes=settings.jobs_max_preview_bytes,
         policy=policy,
+        max_attempts=settings.jobs_max_attempts,
     )
     watcher = Watcher(database, nc, blobs, settings.jobs_watch_poll_seconds)
     relay = OutboxRelay(
@@ -117,6 +121,18 @@ async def start(
         on_expired=relay.wake,
     )
     sweeper.start()
+    reconciler = Reconciler(
+        core,
+        blobs,
+        lambda subjects: queue.task_held(js, subjects),
+        silent_seconds=settings.jobs_worker_silent_seconds,
+        check_after_seconds=settings.jobs_queued_check_seconds,
+        interval_seconds=settings.jobs_reconcile_seconds,
+        gc_grace_seconds=settings.jobs_gc_grace_seconds,
+        gc_interval_seconds=settings.jobs_gc_interval_seconds,
+        on_requeued=relay.wake,
+    )
+    reconciler.start()
 
     servicer = JobServicer(core, watcher, limits)
     served = build_server(
@@ -140,6 +156,7 @@ async def start(
         uploads=uploads,
         core=core,
         sweeper=sweeper,
+        reconciler=reconciler,
         grace=settings.jobs_shutdown_grace_seconds,
     )
 

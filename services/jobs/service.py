@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -54,6 +55,7 @@ class JobsCore:
         max_active_per_user: int,
         max_preview_bytes: int,
         policy: PromptPolicy | None = None,
+        max_attempts: int = 3,
     ) -> None:
         self.db = database
         self.policy = policy or PromptPolicy()
@@ -62,6 +64,7 @@ class JobsCore:
         self.uploads = uploads
         self.max_active = max_active_per_user
         self.max_preview = max_preview_bytes
+        self.max_attempts = max(max_attempts, 1)
 
     # --- writing a change -------------------------------------------------------
 
@@ -151,7 +154,7 @@ class JobsCore:
                 subject, msg_id = queue.ENHANCE_SUBJECT, job.id + ENHANCE_MSG_SUFFIX
             else:
                 task = convert.generation_task(job, now=now)
-                subject, msg_id = valid.job_type.subject, job.id
+                subject, msg_id = task_subject(job), job.id
             await store.insert_outbox(conn, subject, msg_id, task.SerializeToString())
         log.info("job %s created (%s, %s)", job.id, job.job_type, convert.state_name(job.state))
         return job, False
@@ -198,23 +201,80 @@ class JobsCore:
 
     # --- worker operations ------------------------------------------------------
 
-    async def start(self, job_id: str, delivery: int) -> tuple[job_pb2.Job, bool]:
-        delivery = max(delivery, 1)
+    async def start(
+        self, job_id: str, delivery: int, task_sequence: int = 0
+    ) -> tuple[job_pb2.Job, bool, str]:
+        """A worker took the job's task: (job, proceed, start token).
+
+        Attempts are counted here, one per start of a render: a repeated call
+        with the same delivery (its answer was lost) is the same start; any
+        other delivery of a job that is running or queued is the next attempt.
+        A start beyond the last attempt fails the job instead (the previous
+        attempts died without a word, e.g. a worker killed each time)."""
+        token = f"{max(task_sequence, 0)}:{max(delivery, 1)}"
         async with self.db.tx(role="worker") as conn:
             row = await self._locked(conn, job_id)
             state = row["state"]
             if state in domain.TERMINAL or row["cancel_requested"]:
-                return await self._job(conn, row), False
-            if state == domain.RUNNING and delivery <= row["attempt"]:
-                return await self._job(conn, row), True  # the same start again
+                return await self._job(conn, row), False, ""
+            if state == domain.RUNNING and row["start_token"] == token:
+                await store.heartbeat(conn, job_id)
+                return await self._job(conn, row), True, token  # the same start again
             domain.transition(state, domain.RUNNING)
-            changes = {"state": domain.RUNNING, "attempt": delivery}
-            if state != domain.RUNNING:
+            attempt = row["attempt"] + 1
+            if attempt > self.max_attempts:
+                last = f": {row['error_message']}" if row["error_message"] else ""
+                job = await self._apply(
+                    conn,
+                    row,
+                    {
+                        "state": domain.FAILED,
+                        "completed_at": _now(),
+                        "error_code": "ATTEMPTS_EXHAUSTED",
+                        "error_message": f"the job did not finish in {self.max_attempts} "
+                        f"attempts{last}"[:2000],
+                    },
+                    [Emit("failed")],
+                )
+                log.warning("job %s failed: no attempt left", job.id)
+                return job, False, ""
+            changes = {
+                "state": domain.RUNNING,
+                "attempt": attempt,
+                "start_token": token,
+                "heartbeat_at": _now(),
+                "progress_step": 0,
+                "progress_stage": "",
+                "error_code": "",
+                "error_message": "",
+            }
+            if row["started_at"] is None:
                 changes["started_at"] = _now()
-            changes.update(progress_step=0, progress_stage="")
             job = await self._apply(conn, row, changes, [Emit("state")])
         log.info("job %s running (attempt %d)", job.id, job.attempt)
-        return job, True
+        return job, True, token
+
+    async def heartbeat(self, job_id: str, start_token: str) -> tuple[bool, bool]:
+        """The worker holding the job is alive: (cancel requested, finished).
+        A job the reconciler handed back while its worker was cut off (same
+        start token) is running again."""
+        async with self.db.tx(role="worker") as conn:
+            row = await self._locked(conn, job_id)
+            state = row["state"]
+            if state in domain.TERMINAL:
+                return bool(row["cancel_requested"]), True
+            if state == domain.QUEUED and start_token and row["start_token"] == start_token:
+                await self._apply(
+                    conn,
+                    row,
+                    {"state": domain.RUNNING, "heartbeat_at": _now(), "error_code": "",
+                     "error_message": ""},
+                    [Emit("state")],
+                )  # fmt: skip
+                log.info("job %s: its worker is back; running again", job_id)
+            elif state == domain.RUNNING:
+                await store.heartbeat(conn, job_id)
+            return bool(row["cancel_requested"]), False
 
     async def progress(self, job_id: str, progress: job_pb2.Progress, preview_png: bytes) -> bool:
         if len(preview_png) > self.max_preview:
@@ -223,12 +283,15 @@ class JobsCore:
             row = await self._locked(conn, job_id)
             if row["state"] in domain.TERMINAL:
                 return True  # nothing more to do for this job: stop
+            if row["state"] == domain.QUEUED and row["start_token"]:
+                return False  # handed back meanwhile: the report changes nothing
             if row["state"] != domain.RUNNING:
                 raise FailedPrecondition(f"a {row['state']} job cannot report progress")
             emits = [Emit("progress")]
             if preview_png:
                 emits.append(Emit("preview", preview_png))
             changes = {
+                "heartbeat_at": _now(),
                 "progress_step": max(progress.step, 0),
                 "progress_total": max(progress.total, 0),
                 "progress_stage": progress.stage[:64],
@@ -244,6 +307,11 @@ class JobsCore:
                 raise FailedPrecondition(
                     f"the job was {row['state']}; its outputs are not wanted",
                     reason="JOB_" + row["state"].upper(),
+                )
+            if row["state"] in (domain.QUEUED, domain.ENHANCING) and not row["start_token"]:
+                raise FailedPrecondition(
+                    f"a {row['state']} job that never started cannot complete",
+                    reason="JOB_NOT_STARTED",
                 )
             if not domain.transition(row["state"], domain.COMPLETED):
                 return await self._job(conn, row)  # a repeated completion
@@ -265,18 +333,39 @@ class JobsCore:
         log.info("job %s completed with %d assets", job.id, len(job.assets))
         return job
 
-    async def fail(self, job_id: str, code: str, message: str, will_retry: bool) -> job_pb2.Job:
+    async def fail(
+        self,
+        job_id: str,
+        code: str,
+        message: str,
+        will_retry: bool,
+        dependency_failure: bool = False,
+    ) -> job_pb2.Job:
+        """A failed attempt. With `will_retry` the job goes back to `queued`
+        with the error, to wait for its next delivery, unless that was its
+        last attempt (then it fails). A `dependency_failure` (a service or
+        storage the worker needs was away) gives the attempt back."""
         code = (code or "WORKER_ERROR")[:64]
         message = (message or "the job failed")[:2000]
         async with self.db.tx(role="worker") as conn:
             row = await self._locked(conn, job_id)
+            if row["state"] in domain.TERMINAL:
+                if will_retry or not domain.transition(row["state"], domain.FAILED):
+                    return await self._job(conn, row)  # ended meanwhile, or a repeat
             error = {"error_code": code, "error_message": message}
+            attempt = row["attempt"]
+            if dependency_failure:
+                attempt = max(attempt - 1, 0)
+            if will_retry and (dependency_failure or attempt < self.max_attempts):
+                changes = {**error, "attempt": attempt}
+                if row["state"] == domain.RUNNING:
+                    changes["state"] = domain.QUEUED
+                return await self._apply(conn, row, changes, [Emit("state")])
             if will_retry:
-                if row["state"] in domain.TERMINAL:
-                    return await self._job(conn, row)
-                return await self._apply(conn, row, error, [Emit("state")])
-            if not domain.transition(row["state"], domain.FAILED):
-                return await self._job(conn, row)
+                error["error_message"] = f"{message} (the last of {self.max_attempts} attempts)"[
+                    :2000
+                ]
+            domain.transition(row["state"], domain.FAILED)
             job = await self._apply(
                 conn,
                 row,
@@ -285,6 +374,83 @@ class JobsCore:
             )
         log.warning("job %s failed: %s %s", job.id, code, message)
         return job
+
+    # --- the reconciler ---------------------------------------------------------
+
+    async def hand_back_silent(self, silent_seconds: float, limit: int) -> list[job_pb2.Job]:
+        """Running jobs whose worker gave no sign of life for `silent_seconds`
+        go back to `queued` (the attempt stays counted): their task is
+        redelivered when its ack wait runs out, or re-published by
+        `requeue_lost` when it is gone."""
+        async with self.db.tx(role="system") as conn:
+            rows = await store.claim_silent_running(conn, silent_seconds, limit)
+            jobs = [
+                await self._apply(
+                    conn,
+                    row,
+                    {
+                        "state": domain.QUEUED,
+                        "error_code": "WORKER_LOST",
+                        "error_message": "the worker stopped responding; "
+                        "the job waits for another attempt",
+                    },
+                    [Emit("state")],
+                )
+                for row in rows
+            ]
+        for job in jobs:
+            log.warning("job %s: its worker went silent; handed back", job.id)
+        return jobs
+
+    async def requeue_lost(
+        self,
+        older_than_seconds: float,
+        limit: int,
+        present: Callable[[list[str]], Awaitable[set[str]]],
+    ) -> tuple[int, list[job_pb2.Job]]:
+        """Queued jobs unchanged for `older_than_seconds` whose task is neither
+        in the outbox nor on the queue (`present` answers which task subjects
+        JetStream holds) get their task published again, under a new message
+        id (the old one may still be in the duplicate window). Returns how many
+        were checked and the jobs re-published. Raises when `present` does (NATS
+        away): nothing is changed then."""
+        async with self.db.tx(role="system") as conn:
+            rows = await store.claim_queued_to_check(conn, older_than_seconds, limit)
+            if not rows:
+                return 0, []
+            by_subject = {task_subject(row): row for row in rows}
+            waiting = await store.outbox_subjects(conn, list(by_subject))
+            candidates = [subject for subject in by_subject if subject not in waiting]
+            held = await present(candidates) if candidates else set()
+            await store.mark_checked(conn, [str(row["id"]) for row in rows])
+            lost = []
+            for subject in candidates:
+                if subject in held:
+                    continue
+                job = await self._job(conn, by_subject[subject])
+                task = convert.generation_task(job, now=_now())
+                msg_id = f"{job.id}:requeue:{uuid.uuid4().hex[:12]}"
+                await store.insert_outbox(conn, subject, msg_id, task.SerializeToString())
+                lost.append(job)
+        for job in lost:
+            log.warning("job %s: its task was not on the queue; published again", job.id)
+        return len(rows), lost
+
+    async def orphan_blobs(self, candidates: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+        """Of (bucket, key, job id) triples, the objects no asset will ever
+        point at: their job does not exist, or ended without them. Objects
+        of jobs still active are kept (a retry writes the same keys)."""
+        job_ids = sorted({job_id for _, _, job_id in candidates})
+        async with self.db.tx(role="system") as conn:
+            states = await store.job_states(conn, job_ids)
+            ended = [j for j, state in states.items() if state in domain.TERMINAL]
+            kept = await store.asset_locations(conn, ended)
+        orphans = []
+        for bucket, key, job_id in candidates:
+            state = states.get(job_id)
+            if state is None or (state in domain.TERMINAL and (bucket, key) not in kept):
+                orphans.append((bucket, key))
+        return orphans
 
     async def complete_enhancement(
         self, job_id: str, enhanced_prompt: str, fallback: bool, reason: str
@@ -329,7 +495,6 @@ class JobsCore:
         self, conn, row: dict, enhanced_prompt: str, fallback: bool, reason: str
     ) -> job_pb2.Job:
         """enhancing -> queued with the prompt to render, and the generation task."""
-        jt = catalog.CATALOG[row["job_type"]]
         domain.transition(row["state"], domain.QUEUED)
         enhanced = enhanced_prompt.strip()
         reason = reason.strip()
@@ -356,8 +521,19 @@ class JobsCore:
             [Emit("state")],
         )
         task = convert.generation_task(job, now=_now())
-        await store.insert_outbox(conn, jt.subject, job.id, task.SerializeToString())
+        await store.insert_outbox(conn, task_subject(job), job.id, task.SerializeToString())
         return job
+
+
+def task_subject(job: job_pb2.Job | dict) -> str:
+    """The subject a job's generation task is published on: its family and
+    priority, then its own id, so JetStream can be asked whether it holds
+    the task (`tasks.sdxl.fast.<job id>`)."""
+    if isinstance(job, dict):
+        job_type, job_id = job["job_type"], str(job["id"])
+    else:
+        job_type, job_id = job.job_type, job.id
+    return queue.job_task_subject(catalog.CATALOG[job_type].subject, job_id)
 
 
 def _job_row(valid: domain.ValidJob, user_id: str, request_id: str | None) -> dict:

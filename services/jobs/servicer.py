@@ -73,8 +73,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def StartJob(self, request, context):
         _worker()
-        job, proceed = await self._core.start(request.job_id, request.delivery)
-        return pb.StartJobResponse(job=job, proceed=proceed)
+        job, proceed, token = await self._core.start(
+            request.job_id, request.delivery, request.task_sequence
+        )
+        return pb.StartJobResponse(job=job, proceed=proceed, start_token=token)
+
+    async def Heartbeat(self, request, context):
+        _worker()
+        cancel, finished = await self._core.heartbeat(request.job_id, request.start_token)
+        return pb.HeartbeatResponse(cancel_requested=cancel, finished=finished)
 
     async def ReportProgress(self, request, context):
         _worker()
@@ -90,7 +97,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def FailJob(self, request, context):
         _worker()
         job = await self._core.fail(
-            request.job_id, request.error.code, request.error.message, request.will_retry
+            request.job_id,
+            request.error.code,
+            request.error.message,
+            request.will_retry,
+            request.dependency_failure,
         )
         return pb.FailJobResponse(job=job)
 

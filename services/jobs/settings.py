@@ -28,6 +28,19 @@ class JobsSettings(CommonSettings):
     jobs_enhance_timeout_seconds: float = Field(60.0, gt=0)
     jobs_enhance_check_seconds: float = Field(2.0, gt=0)
     jobs_shutdown_grace_seconds: float = 10.0
+    # Renders a job may start (a start that dies or fails counts; a dependency
+    # that was away does not).
+    jobs_max_attempts: int = Field(3, ge=1)
+    # The reconciler (services/jobs/reconciler.py): a running job whose worker
+    # was silent this long is handed back; a queued job unchanged this long has
+    # its task looked for on the queue (and published again when it is gone).
+    jobs_worker_silent_seconds: float = Field(20.0, gt=0)
+    jobs_queued_check_seconds: float = Field(30.0, gt=0)
+    jobs_reconcile_seconds: float = Field(2.0, gt=0)
+    # Objects of the output buckets that belong to no asset are deleted once
+    # older than the grace period; looked for every interval.
+    jobs_gc_grace_seconds: float = Field(3600.0, ge=0)
+    jobs_gc_interval_seconds: float = Field(600.0, gt=0)
     # JetStream stream replicas (3 on a 3-node cluster).
     jobs_stream_replicas: int = 1
 

@@ -17,7 +17,7 @@ _JOB_COLUMNS = (
     "reference_type, reference_strength, reference_bucket, reference_key, destination, "
     "workspace_session_id, progress_step, progress_total, progress_stage, attempt, "
     "cancel_requested, error_code, error_message, enhancement_fallback, "
-    "enhancement_fallback_reason, last_sequence, "
+    "enhancement_fallback_reason, last_sequence, start_token, heartbeat_at, checked_at, "
     "created_at, started_at, completed_at, updated_at"
 )
 _ASSET_COLUMNS = (
@@ -87,6 +87,75 @@ async def claim_stale_enhancing(
         (older_than_seconds, limit),
     )
     return await cur.fetchall()
+
+
+async def heartbeat(conn: AsyncConnection, job_id: str) -> None:
+    await conn.execute("UPDATE jobs.jobs SET heartbeat_at = now() WHERE id = %s", (job_id,))
+
+
+async def claim_silent_running(
+    conn: AsyncConnection, silent_seconds: float, limit: int
+) -> list[dict]:
+    """Running jobs whose worker gave no sign of life for `silent_seconds`,
+    locked (rows held elsewhere are skipped)."""
+    cur = await conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs.jobs WHERE state = 'running' "
+        "AND coalesce(heartbeat_at, updated_at) < now() - make_interval(secs => %s) "
+        "ORDER BY heartbeat_at NULLS FIRST FOR UPDATE SKIP LOCKED LIMIT %s",
+        (silent_seconds, limit),
+    )
+    return await cur.fetchall()
+
+
+async def claim_queued_to_check(
+    conn: AsyncConnection, older_than_seconds: float, limit: int
+) -> list[dict]:
+    """Queued jobs unchanged for `older_than_seconds` and not confirmed within
+    that time either, least recently confirmed first, locked."""
+    cur = await conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs.jobs WHERE state = 'queued' "
+        "AND updated_at < now() - make_interval(secs => %s) "
+        "AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => %s)) "
+        "ORDER BY checked_at NULLS FIRST, updated_at FOR UPDATE SKIP LOCKED LIMIT %s",
+        (older_than_seconds, older_than_seconds, limit),
+    )
+    return await cur.fetchall()
+
+
+async def mark_checked(conn: AsyncConnection, job_ids: list[str]) -> None:
+    await conn.execute(
+        "UPDATE jobs.jobs SET checked_at = now() WHERE id = ANY(%s::uuid[])", (job_ids,)
+    )
+
+
+async def outbox_subjects(conn: AsyncConnection, subjects: list[str]) -> set[str]:
+    """Which of `subjects` still have a row waiting in the outbox."""
+    cur = await conn.execute(
+        "SELECT DISTINCT subject FROM jobs.outbox WHERE subject = ANY(%s)", (subjects,)
+    )
+    return {row["subject"] for row in await cur.fetchall()}
+
+
+async def job_states(conn: AsyncConnection, job_ids: list[str]) -> dict[str, str]:
+    cur = await conn.execute(
+        "SELECT id, state FROM jobs.jobs WHERE id = ANY(%s::uuid[])", (job_ids,)
+    )
+    return {str(row["id"]): row["state"] for row in await cur.fetchall()}
+
+
+async def asset_locations(conn: AsyncConnection, job_ids: list[str]) -> set[tuple[str, str]]:
+    """Every (bucket, key) the assets of `job_ids` point at, thumbnails included."""
+    cur = await conn.execute(
+        "SELECT bucket, key, thumbnail_bucket, thumbnail_key FROM jobs.assets "
+        "WHERE job_id = ANY(%s::uuid[])",
+        (job_ids,),
+    )
+    found: set[tuple[str, str]] = set()
+    for row in await cur.fetchall():
+        found.add((row["bucket"], row["key"]))
+        if row["thumbnail_bucket"] and row["thumbnail_key"]:
+            found.add((row["thumbnail_bucket"], row["thumbnail_key"]))
+    return found
 
 
 async def list_jobs(

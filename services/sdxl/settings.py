@@ -25,10 +25,17 @@ class SdxlSettings(CommonSettings):
     sdxl_port: int = 50061
     sdxl_host: str = "127.0.0.1"
     sdxl_worker_id: str = Field(default_factory=_default_worker_id)
-    sdxl_ack_wait_seconds: float = 60.0
-    sdxl_max_attempts: int = 3
-    # Delays before a failed job's message is redelivered, by attempt.
+    # A task the worker holds is kept by a heartbeat every third of this; a
+    # killed worker's task goes to another replica after at most this long.
+    sdxl_ack_wait_seconds: float = 15.0
+    # Delays before a failed job's message is redelivered, by attempt (how
+    # many attempts a job gets is JOBS_MAX_ATTEMPTS).
     sdxl_retry_backoff_seconds: tuple[float, ...] = (5.0, 15.0, 30.0)
+    # While the jobs service or storage is away the worker keeps the task and
+    # retries; after this long it hands the task back to the queue with
+    # sdxl_dependency_nak_seconds of delay. Neither costs the job an attempt.
+    sdxl_dependency_wait_seconds: float = 600.0
+    sdxl_dependency_nak_seconds: float = 30.0
     sdxl_progress_interval_seconds: float = 0.5
     # How long a fetch waits for work before checking the other queue again.
     sdxl_fetch_timeout_seconds: float = 1.0

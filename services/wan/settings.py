@@ -28,10 +28,17 @@ class WanSettings(CommonSettings):
     wan_port: int = 50062
     wan_host: str = "127.0.0.1"
     wan_worker_id: str = Field(default_factory=_default_worker_id)
-    wan_ack_wait_seconds: float = 60.0
-    wan_max_attempts: int = 3
-    # Delays before a failed job's message is redelivered, by attempt.
+    # A task the worker holds is kept by a heartbeat every third of this; a
+    # killed worker's task goes to another replica after at most this long.
+    wan_ack_wait_seconds: float = 15.0
+    # Delays before a failed job's message is redelivered, by attempt (how
+    # many attempts a job gets is JOBS_MAX_ATTEMPTS).
     wan_retry_backoff_seconds: tuple[float, ...] = (5.0, 15.0, 30.0)
+    # While the jobs service or storage is away the worker keeps the task and
+    # retries; after this long it hands the task back to the queue with
+    # wan_dependency_nak_seconds of delay. Neither costs the job an attempt.
+    wan_dependency_wait_seconds: float = 600.0
+    wan_dependency_nak_seconds: float = 30.0
     wan_progress_interval_seconds: float = 0.5
     # How long a fetch waits for work before checking the other queue again.
     wan_fetch_timeout_seconds: float = 1.0

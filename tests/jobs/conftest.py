@@ -126,6 +126,8 @@ async def harness(base_env, tmp_path_factory):
         JOBS_ENHANCE_CHECK_SECONDS=0.5,
         PROMPT_DENY_LIST=DENIED_TERM,
         PROMPT_DENY_LIST_FILE=str(deny_file),
+        # The reconciler's passes are called by the tests that are about it.
+        JOBS_RECONCILE_SECONDS=3600,
     )
     running = await start(settings, port=0)
     nc, js = await queue.connect(settings.nats_url, name="jobs-tests")
@@ -147,12 +149,13 @@ async def harness(base_env, tmp_path_factory):
         await ch.close()
         await running.stop()
         await ws.stop(0)
-        # Jobs these tests left queued or enhancing would otherwise be taken up
-        # by a later Jobs service (its enhancement timeout) or worker.
+        # Jobs these tests left active would otherwise be taken up by a later
+        # Jobs service (its enhancement timeout, its reconciler) or worker.
         owner_query(
             base_env["DATABASE_URL"],
             "UPDATE jobs.jobs SET state = 'cancelled' "
-            "WHERE user_id = ANY(%s::uuid[]) AND state IN ('queued', 'enhancing') RETURNING id",
+            "WHERE user_id = ANY(%s::uuid[]) AND state IN ('queued', 'enhancing', 'running') "
+            "RETURNING id",
             (h.users,),
         )
         # Leave no test task behind for the workers' tests that share the stream.

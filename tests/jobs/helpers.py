@@ -22,12 +22,14 @@ async def pull_task(harness, subject: str, msg_id: str, wait: float = 15.0):
     """The message with `msg_id` from the family's durable pull consumer."""
     parts = subject.split(".")
     durable = queue.consumer_name(*parts[1:]) if len(parts) == 3 else "enhancer"
+    # Generation tasks travel on `<queue subject>.<job id>`.
+    filter_subject = queue.job_task_subject(subject, ">") if len(parts) == 3 else subject
     try:
         await harness.js.consumer_info(queue.TASKS_STREAM, durable)
     except NotFoundError:
-        await queue.declare_task_consumer(harness.js, subject, durable)
+        await queue.declare_task_consumer(harness.js, filter_subject, durable)
         harness.created_consumers.append(durable)  # removed again at teardown
-    sub = await harness.js.pull_subscribe(subject, durable=durable, stream=queue.TASKS_STREAM)
+    sub = await harness.js.pull_subscribe_bind(durable=durable, stream=queue.TASKS_STREAM)
     deadline = asyncio.get_running_loop().time() + wait
     try:
         while asyncio.get_running_loop().time() < deadline:

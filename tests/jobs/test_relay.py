@@ -13,7 +13,7 @@ async def test_generation_task_is_published_with_the_job_id(harness):
     user_id, md = harness.user()
     job = await harness.create(md, prompt="a tall ship", seed=7, num_images=3)
     msg = await pull_task(harness, "tasks.sdxl.fast", job.id)  # the relay runs by itself
-    assert msg.subject == "tasks.sdxl.fast"
+    assert msg.subject == f"tasks.sdxl.fast.{job.id}"
     task = queue_pb2.GenerationTask.FromString(msg.data)
     assert (task.job_id, task.user_id, task.prompt) == (job.id, user_id, "a tall ship")
     assert (task.seed, task.num_images, task.width, task.height) == (7, 3, 1024, 1024)

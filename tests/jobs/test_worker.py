@@ -145,13 +145,15 @@ async def test_a_job_runs_to_completion_and_repeats_change_nothing(harness, work
     ]
 
 
-async def test_fail_with_retry_keeps_running_then_fails(harness, worker):
+async def test_fail_with_retry_waits_queued_then_fails(harness, worker):
     _, md = harness.user()
     job = await harness.create(md)
     await worker.start(job.id)
     retrying = await worker.fail(job.id, will_retry=True)
-    assert retrying.state == job_pb2.JOB_STATE_RUNNING
-    assert retrying.error.code == "OUT_OF_MEMORY"
+    assert retrying.state == job_pb2.JOB_STATE_QUEUED  # waits for its next delivery
+    assert retrying.error.code == "OUT_OF_MEMORY" and retrying.attempt == 1
+    again = await worker.start(job.id, delivery=2)
+    assert again.proceed and again.job.attempt == 2 and not again.job.HasField("error")
     failed = await worker.fail(job.id, will_retry=False)
     assert failed.state == job_pb2.JOB_STATE_FAILED
     assert failed.error.message == "CUDA out of memory"
@@ -232,7 +234,9 @@ async def test_illegal_worker_calls(harness, worker):
         ("enhancing", "queued", True),
         ("enhancing", "failed", True),
         ("running", "running", True),
+        ("running", "queued", True),
         ("running", "completed", True),
+        ("queued", "completed", True),
         ("completed", "completed", False),
         ("failed", "failed", False),
         ("cancelled", "cancelled", False),
@@ -245,10 +249,8 @@ def test_legal_transitions(current, target, changes):
 @pytest.mark.parametrize(
     ("current", "target"),
     [
-        ("queued", "completed"),
         ("queued", "queued"),
         ("enhancing", "running"),
-        ("running", "queued"),
         ("completed", "failed"),
         ("completed", "cancelled"),
         ("failed", "completed"),

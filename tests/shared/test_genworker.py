@@ -90,19 +90,16 @@ def test_loop_config_reads_the_family_prefixed_settings():
     class FamSettings(CommonSettings):
         fam_worker_id: str = "w-1"
         fam_ack_wait_seconds: float = 7.0
-        fam_max_attempts: int = 2
         fam_retry_backoff_seconds: tuple[float, ...] = (1.0,)
+        fam_dependency_wait_seconds: float = 42.0
+        fam_dependency_nak_seconds: float = 3.0
         fam_progress_interval_seconds: float = 0.25
         fam_fetch_timeout_seconds: float = 0.5
         fam_shutdown_grace_seconds: float = 9.0
 
     config = LoopConfig.from_settings("fam", FamSettings())
-    assert (config.family, config.worker_id, config.ack_wait_seconds, config.max_attempts) == (
-        "fam",
-        "w-1",
-        7.0,
-        2,
-    )
+    assert (config.family, config.worker_id, config.ack_wait_seconds) == ("fam", "w-1", 7.0)
+    assert (config.dependency_wait_seconds, config.dependency_nak_seconds) == (42.0, 3.0)
     assert config.retry_backoff_seconds == (1.0,) and config.shutdown_grace_seconds == 9.0
 
 
@@ -135,7 +132,8 @@ async def test_a_failure_while_handling_a_task_neither_ends_the_loop_nor_loses_t
         worker.handle = handle
         for job_id in ("job-a", "job-b"):
             task = queue_pb2.GenerationTask(job_id=job_id, user_id="u")
-            await js.publish(queue.task_subject("looptest", "fast"), task.SerializeToString())
+            subject = queue.job_task_subject(queue.task_subject("looptest", "fast"), job_id)
+            await js.publish(subject, task.SerializeToString())
         await asyncio.wait_for(worker.run(), 30)
         assert sorted(seen) == [("job-a", 1), ("job-a", 2), ("job-b", 1)]
     finally:
