@@ -14,6 +14,7 @@ from PIL import Image
 
 from ourvidz import catalog, grpcserver, queue
 from ourvidz.auth import TokenSource, current_principal
+from ourvidz.errors import FailedPrecondition
 from ourvidz.storage import store_from_settings
 from ourvidz.v1 import (
     events_pb2,
@@ -30,12 +31,19 @@ from tests.conftest import make_settings
 
 class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
     """Answers like the jobs service would and records every call; per-test
-    hooks change the answers."""
+    hooks change the answers. Like the real service it remembers which jobs
+    it completed, so it can commit a completion and then lose the answer."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
         self.proceed = True
+        # Codes StartJob answers with before it succeeds (a jobs service away).
+        self.start_errors: list[grpc.StatusCode] = []
+        # Codes CompleteJob answers with before it commits.
         self.complete_errors: list[grpc.StatusCode] = []
+        # Completions to commit and then answer with UNAVAILABLE (the reply lost).
+        self.lose_completion_answers = 0
+        self.completed: set[str] = set()
         self.cancel_at_step: int | None = None
         self.on_progress = None
         self.changed = asyncio.Event()
@@ -62,7 +70,14 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
 
     async def StartJob(self, request, context):
         self._record("StartJob", request)
-        return job_service_pb2.StartJobResponse(proceed=self.proceed)
+        if self.start_errors:
+            await context.abort(self.start_errors.pop(0), "injected")
+        if request.job_id in self.completed:
+            job = job_pb2.Job(id=request.job_id, state=job_pb2.JOB_STATE_COMPLETED)
+            return job_service_pb2.StartJobResponse(job=job, proceed=False)
+        return job_service_pb2.StartJobResponse(
+            proceed=self.proceed, start_token=f"{request.task_sequence}:{request.delivery}"
+        )
 
     async def ReportProgress(self, request, context):
         self._record("ReportProgress", request)
@@ -71,15 +86,29 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
         cancel = self.cancel_at_step is not None and request.progress.step >= self.cancel_at_step
         return job_service_pb2.ReportProgressResponse(cancel_requested=cancel)
 
+    async def Heartbeat(self, request, context):
+        self._record("Heartbeat", request)
+        return job_service_pb2.HeartbeatResponse()
+
     async def CompleteJob(self, request, context):
         self._record("CompleteJob", request)
         if self.complete_errors:
-            await context.abort(self.complete_errors.pop(0), "injected")
-        return job_service_pb2.CompleteJobResponse()
+            code = self.complete_errors.pop(0)
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise FailedPrecondition("the job was cancelled", reason="JOB_CANCELLED")
+            await context.abort(code, "injected")
+        self.completed.add(request.job_id)  # committed
+        if self.lose_completion_answers:
+            self.lose_completion_answers -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the answer was lost")
+        job = job_pb2.Job(id=request.job_id, state=job_pb2.JOB_STATE_COMPLETED)
+        return job_service_pb2.CompleteJobResponse(job=job)
 
     async def FailJob(self, request, context):
         self._record("FailJob", request)
-        return job_service_pb2.FailJobResponse()
+        state = job_pb2.JOB_STATE_QUEUED if request.will_retry else job_pb2.JOB_STATE_FAILED
+        job = job_pb2.Job(id=request.job_id, state=state, attempt=1)
+        return job_service_pb2.FailJobResponse(job=job)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +155,9 @@ def double(jobs_double):
 
 async def _publish(running, task, subject="tasks.sdxl.fast") -> None:
     await running.worker.js.publish(
-        subject, task.SerializeToString(), headers={"Nats-Msg-Id": task.job_id}
+        queue.job_task_subject(subject, task.job_id),
+        task.SerializeToString(),
+        headers={"Nats-Msg-Id": task.job_id},
     )
 
 
@@ -259,17 +290,44 @@ async def test_cancel_event_stops_the_job(sdxl, double, make_task):
     assert not await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
 
 
-async def test_transient_failure_is_retried_with_the_same_keys(sdxl, double, make_task):
+async def test_a_jobs_service_away_at_completion_costs_nothing(sdxl, double, make_task):
     running, store = sdxl
-    double.complete_errors = [grpc.StatusCode.UNAVAILABLE]
+    double.complete_errors = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED]
     user, job = _ids()
     await _publish(running, make_task(job_id=job, user_id=user, seed=5))
+    await double.wait_for("CompleteJob", 3)
+    await _drained(running)
+    assert not double.of("FailJob")  # the job did nothing wrong
+    assert len(double.of("StartJob")) == 1  # the message was kept, not redelivered
+    assert await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
+
+
+async def test_a_completion_committed_whose_answer_was_lost_keeps_its_files(
+    sdxl, double, make_task
+):
+    running, store = sdxl
+    double.lose_completion_answers = 1
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user, num_images=3, seed=9))
     await double.wait_for("CompleteJob", 2)
     await _drained(running)
-    (fail,) = double.of("FailJob")
-    assert fail.will_retry and fail.error.code == "UNAVAILABLE"
-    assert [r.delivery for r in double.of("StartJob")] == [1, 2]
-    assert await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
+    assert job in double.completed and not double.of("FailJob")
+    for index in range(3):  # the completed job's files are all there
+        assert await store.exists("sdxl-image-fast", f"{user}/{job}_{index}.png")
+
+
+async def test_a_start_while_jobs_is_away_waits_and_runs_once(sdxl, double, make_task):
+    running, store = sdxl
+    double.start_errors = [grpc.StatusCode.UNAVAILABLE] * 3
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user))
+    (complete,) = await double.wait_for("CompleteJob")
+    await _drained(running)
+    starts = double.of("StartJob")
+    assert len(starts) == 4 and {s.delivery for s in starts} == {1}  # one delivery throughout
+    assert not double.of("FailJob")
+    assert running.worker.stats.waiting_on == ""
+    assert complete.assets[0].key == f"{user}/{job}_0.png"
 
 
 async def test_cancelled_meanwhile_at_completion_removes_outputs(sdxl, double, make_task):
@@ -342,6 +400,7 @@ async def test_shutdown_hands_the_job_in_hand_back(sdxl, double, make_task, base
     await leaving.stop()
     (fail,) = double.of("FailJob")
     assert (fail.will_retry, fail.error.code) == (True, "WORKER_SHUTDOWN")
+    assert fail.dependency_failure  # leaving costs the job no attempt
     assert not double.of("CompleteJob")
 
     _resume(running)  # another replica takes the job over
@@ -354,7 +413,7 @@ async def test_shutdown_hands_the_job_in_hand_back(sdxl, double, make_task, base
 
 async def test_poison_message_is_dropped(sdxl, double):
     running, _ = sdxl
-    await running.worker.js.publish("tasks.sdxl.fast", b"\xff\xfe not a protobuf")
+    await running.worker.js.publish("tasks.sdxl.fast.poison", b"\xff\xfe not a protobuf")
     await _drained(running)
     assert not double.calls
 

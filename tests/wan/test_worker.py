@@ -38,15 +38,14 @@ SLOW = {"width": 256, "height": 256, "num_frames": 33}
 
 
 def wan_settings(base_env, jobs_port: int, worker_id: str) -> WanSettings:
-    # One attempt: a redelivery would fail the job (ATTEMPTS_EXHAUSTED), and
-    # without retries JetStream's backoff stays off, so the ack wait is 1 s.
+    # The ack wait is 1 s; the jobs service of these tests allows one attempt,
+    # so a redelivery would fail the job (ATTEMPTS_EXHAUSTED).
     return make_settings(
         WanSettings,
         base_env,
         jobs_addr=f"127.0.0.1:{jobs_port}",
         wan_device="cpu",
         wan_ack_wait_seconds=ACK_WAIT,
-        wan_max_attempts=1,
         wan_progress_interval_seconds=0,
         wan_fetch_timeout_seconds=0.3,
         wan_shutdown_grace_seconds=5,
@@ -92,7 +91,7 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 async def mesh(base_env, tiny_wan):
-    jobs = await start_jobs(make_settings(JobsSettings, base_env), port=0)
+    jobs = await start_jobs(make_settings(JobsSettings, base_env, JOBS_MAX_ATTEMPTS=1), port=0)
     settings = wan_settings(base_env, jobs.port, "wan-test")
     store = store_from_settings(settings)
     await store.ensure_buckets(catalog.ALL_BUCKETS)
@@ -266,7 +265,7 @@ async def _rerouted(mesh: Mesh, md, spec: dict, **task_changes) -> job_pb2.Job:
     try:
         job = await mesh.create(md, **spec)
         js = mesh.wan.worker.js
-        subject = catalog.CATALOG[spec["job_type"]].subject
+        subject = queue.job_task_subject(catalog.CATALOG[spec["job_type"]].subject, job.id)
         for _ in range(400):
             infos = await mesh.consumers()
             if sum(i.num_pending for i in infos) >= 1:
