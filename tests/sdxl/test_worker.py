@@ -317,7 +317,7 @@ async def test_a_completion_committed_whose_answer_was_lost_keeps_its_files(
 
 
 async def test_a_start_while_jobs_is_away_waits_and_runs_once(sdxl, double, make_task):
-    running, store = sdxl
+    running, _ = sdxl
     double.start_errors = [grpc.StatusCode.UNAVAILABLE] * 3
     user, job = _ids()
     await _publish(running, make_task(job_id=job, user_id=user))
