@@ -78,12 +78,32 @@ def event_subject(user_id: str, job_id: str) -> str:
 
 
 async def connect(url: str, name: str) -> tuple[NATS, JetStreamContext]:
+    """A connection that reconnects for ever, and says so in one line per
+    event (the client's default logs a traceback for every refused retry)."""
+    state = {"down": False}
+
+    async def on_error(exc: Exception) -> None:
+        if not state["down"]:
+            log.warning("nats: %s: %s", type(exc).__name__, exc)
+
+    async def on_disconnected() -> None:
+        if not state["down"]:
+            state["down"] = True
+            log.warning("nats: disconnected; reconnecting")
+
+    async def on_reconnected() -> None:
+        state["down"] = False
+        log.info("nats: reconnected")
+
     nc = await nats.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
     )
     return nc, nc.jetstream()
 

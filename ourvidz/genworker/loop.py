@@ -352,6 +352,11 @@ class Worker:
             else:
                 await msg.nak(delay=self.config.dependency_nak_seconds)
             return
+        if started.held_elsewhere:
+            # A second delivery while the job's worker lives: wait, do not drop.
+            log.info("job held by another worker; handed back for now")
+            await msg.nak(delay=self.config.ack_wait_seconds)
+            return
         if not started.proceed:
             log.info("job not to be run (%s); acked", job_state_name(started.job.state))
             await msg.ack_sync()

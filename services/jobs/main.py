@@ -104,6 +104,7 @@ async def start(
         max_preview_bytes=settings.jobs_max_preview_bytes,
         policy=policy,
         max_attempts=settings.jobs_max_attempts,
+        silent_seconds=settings.jobs_worker_silent_seconds,
     )
     watcher = Watcher(database, nc, blobs, settings.jobs_watch_poll_seconds)
     relay = OutboxRelay(

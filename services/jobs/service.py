@@ -56,6 +56,7 @@ class JobsCore:
         max_preview_bytes: int,
         policy: PromptPolicy | None = None,
         max_attempts: int = 3,
+        silent_seconds: float = 15.0,
     ) -> None:
         self.db = database
         self.policy = policy or PromptPolicy()
@@ -65,6 +66,7 @@ class JobsCore:
         self.max_active = max_active_per_user
         self.max_preview = max_preview_bytes
         self.max_attempts = max(max_attempts, 1)
+        self.silent_seconds = silent_seconds
 
     # --- writing a change -------------------------------------------------------
 
@@ -203,23 +205,34 @@ class JobsCore:
 
     async def start(
         self, job_id: str, delivery: int, task_sequence: int = 0
-    ) -> tuple[job_pb2.Job, bool, str]:
-        """A worker took the job's task: (job, proceed, start token).
+    ) -> tuple[job_pb2.Job, bool, str, bool]:
+        """A worker took the job's task: (job, proceed, start token, held
+        elsewhere).
 
         Attempts are counted here, one per start of a render: a repeated call
         with the same delivery (its answer was lost) is the same start; any
         other delivery of a job that is running or queued is the next attempt.
         A start beyond the last attempt fails the job instead (the previous
-        attempts died without a word, e.g. a worker killed each time)."""
+        attempts died without a word, e.g. a worker killed each time). A
+        second delivery while the worker that holds the job still beats (NATS
+        was away and redelivered) does not start: it would run the job twice
+        and spend an attempt on a dependency's fault."""
         token = f"{max(task_sequence, 0)}:{max(delivery, 1)}"
         async with self.db.tx(role="worker") as conn:
             row = await self._locked(conn, job_id)
             state = row["state"]
             if state in domain.TERMINAL or row["cancel_requested"]:
-                return await self._job(conn, row), False, ""
+                return await self._job(conn, row), False, "", False
             if state == domain.RUNNING and row["start_token"] == token:
                 await store.heartbeat(conn, job_id)
-                return await self._job(conn, row), True, token  # the same start again
+                return await self._job(conn, row), True, token, False  # the same start again
+            beat = row["heartbeat_at"]
+            if (
+                state == domain.RUNNING
+                and beat is not None
+                and (_now() - beat).total_seconds() < self.silent_seconds
+            ):
+                return await self._job(conn, row), False, "", True
             domain.transition(state, domain.RUNNING)
             attempt = row["attempt"] + 1
             if attempt > self.max_attempts:
@@ -237,7 +250,7 @@ class JobsCore:
                     [Emit("failed")],
                 )
                 log.warning("job %s failed: no attempt left", job.id)
-                return job, False, ""
+                return job, False, "", False
             changes = {
                 "state": domain.RUNNING,
                 "attempt": attempt,
@@ -252,7 +265,7 @@ class JobsCore:
                 changes["started_at"] = _now()
             job = await self._apply(conn, row, changes, [Emit("state")])
         log.info("job %s running (attempt %d)", job.id, job.attempt)
-        return job, True, token
+        return job, True, token, False
 
     async def heartbeat(self, job_id: str, start_token: str) -> tuple[bool, bool]:
         """The worker holding the job is alive: (cancel requested, finished).

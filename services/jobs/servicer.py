@@ -73,10 +73,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def StartJob(self, request, context):
         _worker()
-        job, proceed, token = await self._core.start(
+        job, proceed, token, held = await self._core.start(
             request.job_id, request.delivery, request.task_sequence
         )
-        return pb.StartJobResponse(job=job, proceed=proceed, start_token=token)
+        return pb.StartJobResponse(job=job, proceed=proceed, start_token=token, held_elsewhere=held)
 
     async def Heartbeat(self, request, context):
         _worker()

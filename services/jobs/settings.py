@@ -34,7 +34,7 @@ class JobsSettings(CommonSettings):
     # The reconciler (services/jobs/reconciler.py): a running job whose worker
     # was silent this long is handed back; a queued job unchanged this long has
     # its task looked for on the queue (and published again when it is gone).
-    jobs_worker_silent_seconds: float = Field(20.0, gt=0)
+    jobs_worker_silent_seconds: float = Field(15.0, gt=0)
     jobs_queued_check_seconds: float = Field(30.0, gt=0)
     jobs_reconcile_seconds: float = Field(2.0, gt=0)
     # Objects of the output buckets that belong to no asset are deleted once

@@ -358,12 +358,14 @@ class Cluster:
                 accepted.append(job)
         return accepted
 
-    async def probe(self, http: httpx.AsyncClient, user: User, job: Accepted, tally: Tally) -> None:
-        """What a user's client does meanwhile: read a job, list jobs, submit."""
+    async def probe(self, http: httpx.AsyncClient, job: Accepted, tally: Tally) -> Accepted | None:
+        """What a user's client does meanwhile: read one of its jobs, list its
+        jobs, submit (the job, when it was accepted)."""
+        user = job.user
         for path in (f"/v1/jobs/{job.id}", "/v1/jobs?page_size=5"):
             with contextlib.suppress(httpx.HTTPError):
                 tally.add(await http.get(f"{self.gateway_url}{path}", headers=user.headers))
-        await self.submit(http, user, tally)
+        return await self.submit(http, user, tally)
 
     # --- the truth ---------------------------------------------------------------------
 
@@ -457,15 +459,18 @@ class Cluster:
         assert len(filed) == len(assets), f"{len(filed)} items filed for {len(assets)} assets"
         assert all(r["n"] == 1 for r in filed)
 
-        # Every blob an asset points at exists; after the collector, nothing else does.
-        every_asset = self.query(
-            "SELECT bucket, key, thumbnail_bucket, thumbnail_key FROM jobs.assets"
-        )
-        kept = {(a["bucket"], a["key"]) for a in every_asset} | {
-            (a["thumbnail_bucket"], a["thumbnail_key"]) for a in every_asset if a["thumbnail_key"]
-        }
+        # Every blob an asset points at exists; after the collector, nothing
+        # else does (jobs of other tests may still be finishing: asked anew).
         deadline = time.monotonic() + 60
         while True:
+            every_asset = self.query(
+                "SELECT bucket, key, thumbnail_bucket, thumbnail_key FROM jobs.assets"
+            )
+            kept = {(a["bucket"], a["key"]) for a in every_asset} | {
+                (a["thumbnail_bucket"], a["thumbnail_key"])
+                for a in every_asset
+                if a["thumbnail_key"]
+            }
             objects = self.objects()
             orphans = objects - kept
             if not orphans or time.monotonic() > deadline:

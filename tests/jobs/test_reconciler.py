@@ -94,12 +94,20 @@ async def test_the_same_delivery_is_the_same_start(harness):
     again = await harness.stub.StartJob(request, metadata=harness.worker_md)
     assert first.start_token == again.start_token == "77:1"
     assert again.job.attempt == 1 and again.job.last_sequence == first.job.last_sequence
-    # Another message for the same job (published again) is another attempt.
-    other = await harness.stub.StartJob(
-        pb.StartJobRequest(job_id=job.id, worker_id="w", delivery=1, task_sequence=78),
-        metadata=harness.worker_md,
-    )
-    assert other.job.attempt == 2
+    # Another delivery while the first worker still beats does not start...
+    core = harness.running.core
+    other = pb.StartJobRequest(job_id=job.id, worker_id="w2", delivery=2, task_sequence=77)
+    core.silent_seconds = 60
+    try:
+        held = await harness.stub.StartJob(other, metadata=harness.worker_md)
+    finally:
+        core.silent_seconds = harness.settings.jobs_worker_silent_seconds
+    assert held.held_elsewhere and not held.proceed
+    assert held.job.attempt == 1 and held.job.last_sequence == first.job.last_sequence
+    # ... once that worker is silent, it is the next attempt.
+    age(harness, job.id, "heartbeat_at", 120)
+    taken = await harness.stub.StartJob(other, metadata=harness.worker_md)
+    assert taken.proceed and not taken.held_elsewhere and taken.job.attempt == 2
 
 
 async def test_heartbeat_carries_cancellation(harness, worker):

@@ -44,6 +44,8 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
         # Completions to commit and then answer with UNAVAILABLE (the reply lost).
         self.lose_completion_answers = 0
         self.completed: set[str] = set()
+        # Starts to answer "another worker holds this job" before one proceeds.
+        self.held_elsewhere = 0
         self.cancel_at_step: int | None = None
         self.on_progress = None
         self.changed = asyncio.Event()
@@ -75,6 +77,9 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
         if request.job_id in self.completed:
             job = job_pb2.Job(id=request.job_id, state=job_pb2.JOB_STATE_COMPLETED)
             return job_service_pb2.StartJobResponse(job=job, proceed=False)
+        if self.held_elsewhere:
+            self.held_elsewhere -= 1
+            return job_service_pb2.StartJobResponse(proceed=False, held_elsewhere=True)
         return job_service_pb2.StartJobResponse(
             proceed=self.proceed, start_token=f"{request.task_sequence}:{request.delivery}"
         )
@@ -328,6 +333,17 @@ async def test_a_start_while_jobs_is_away_waits_and_runs_once(sdxl, double, make
     assert not double.of("FailJob")
     assert running.worker.stats.waiting_on == ""
     assert complete.assets[0].key == f"{user}/{job}_0.png"
+
+
+async def test_a_job_held_by_a_live_worker_is_handed_back_not_dropped(sdxl, double, make_task):
+    running, _ = sdxl
+    double.held_elsewhere = 1
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user))
+    (complete,) = await double.wait_for("CompleteJob")
+    await _drained(running)
+    assert [s.delivery for s in double.of("StartJob")] == [1, 2]  # kept, delivered again
+    assert complete.job_id == job
 
 
 async def test_cancelled_meanwhile_at_completion_removes_outputs(sdxl, double, make_task):
