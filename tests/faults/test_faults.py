@@ -105,6 +105,7 @@ async def test_workers_killed_mid_render_and_at_the_upload(cluster, http, users)
     jobs = await cluster.submit_many(http, users, 60, tally)
     tokens = TokenSource(SECRET, "fault-ops", role="admin")
     kills = {"render": 0, "end": 0}
+    killed_jobs: dict[str, int] = {}  # at most 3 kills per job: the kills are spread
     restarts: set[asyncio.Task] = set()
     deadline = time.monotonic() + 900
     while sum(kills.values()) < WORKER_KILLS:
@@ -115,7 +116,7 @@ async def test_workers_killed_mid_render_and_at_the_upload(cluster, http, users)
                 continue
             port = int(proc.env["SDXL_PORT"])
             job_id = await _worker_job(proc, port, tokens)
-            if not job_id:
+            if not job_id or killed_jobs.get(job_id, 0) >= 3:
                 continue
             row = cluster.query(
                 "SELECT progress_step AS step, progress_total AS total, progress_stage AS stage "
@@ -131,6 +132,7 @@ async def test_workers_killed_mid_render_and_at_the_upload(cluster, http, users)
             ):
                 await proc.signal(signal.SIGKILL)
                 kills[want] += 1
+                killed_jobs[job_id] = killed_jobs.get(job_id, 0) + 1
                 if want == "end" and kills["end"] % 3 == 0:
                     job = next((j for j in jobs if j.id == job_id), None)
                     if job is not None:
@@ -154,6 +156,7 @@ async def test_workers_killed_mid_render_and_at_the_upload(cluster, http, users)
         **report,
         "kills_mid_render": kills["render"],
         "kills_at_the_end": kills["end"],
+        "jobs_killed": len(killed_jobs),
     }
 
 
