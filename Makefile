@@ -73,7 +73,7 @@ test-browser: browser-deps ## The web studio in headless Chromium (Playwright); 
 test-slow: install ## Slow tests (full-size shapes on CPU)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
-bench: install ## Timings on the tiny preset (and full-random where a GPU is present); see docs/BENCHMARKS.md
+bench: install ## Timings on the tiny preset, the control-plane load bench, and full-random where a GPU is present; see docs/BENCHMARKS.md
 	$(BIN)/python -m ourvidz.dev.bench
 
 clean: ## Remove the venv, generated stubs and local data

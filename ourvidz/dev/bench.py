@@ -10,11 +10,17 @@ that their ratios are comparable (CPU timings on a shared machine swing ±50 %).
   a `video_fast` job at 256×144×17 and an `image7b_fast_enhanced` job at
   256×144 (enhance stage included);
 - up: `python -m ourvidz.dev.up` from start to a 200 on /readyz;
+- control-plane: the load bench of `ourvidz.dev.loadbench` (the services as
+  processes, the SDXL `control-plane` preset, no model): submit→start
+  latencies and jobs/s for many users over HTTP and SSE, each process's memory
+  idle, under 500 idle SSE watchers and with a 1,000-job queue, and the
+  queue's drain rate; its options (--users, --jobs, --queue, ...) apply;
 - gpu (only where CUDA is present), in bf16 with random weights of the real
   architectures (`full-random`): SDXL at 1024², batch 1 and 6; WAN 2.1 1.3B
   `video_fast` (81 frames at 832×480, 25 steps); Qwen2.5-7B, 200 new tokens.
 
-Options: --only render,job,up,gpu   --repeat N
+Options: --only render,job,up,control-plane,gpu (or the parts as arguments:
+`python -m ourvidz.dev.bench control-plane`)   --repeat N
 """
 
 from __future__ import annotations
@@ -294,21 +300,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="render,job,up,gpu")
+    parser.add_argument("parts", nargs="*", help="the parts to run (default: --only's)")
+    parser.add_argument("--only", default="render,job,up,control-plane,gpu")
     parser.add_argument("--repeat", type=int, default=3)
+    from ourvidz.dev import loadbench
+
+    loadbench.add_arguments(parser.add_argument_group("control-plane"))
     opts = parser.parse_args()
-    parts = opts.only.split(",")
+    parts = opts.parts or opts.only.split(",")
+    unknown = set(parts) - {"render", "job", "up", "control-plane", "gpu"}
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if "render" in parts:
         bench_render(opts.repeat)
     if "job" in parts:
         asyncio.run(_bench_job(opts.repeat))
     if "up" in parts:
         bench_up(max(1, opts.repeat - 1))
+    if "control-plane" in parts:
+        control_plane = loadbench.run(loadbench.options(opts))
     if "gpu" in parts:
         bench_gpu(opts.repeat)
-    print("\n| measurement | median s | range |\n| --- | --- | --- |")
-    for name, median, spread in RESULTS:
-        print(f"| {name} | {median} | {spread} |")
+    if RESULTS:
+        print("\n| measurement | median s | range |\n| --- | --- | --- |")
+        for name, median, spread in RESULTS:
+            print(f"| {name} | {median} | {spread} |")
+    if "control-plane" in parts and len(parts) > 1:
+        print(f"\nControl plane:\n\n{control_plane}")  # again, after the other parts' logs
 
 
 if __name__ == "__main__":

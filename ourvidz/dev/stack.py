@@ -1,17 +1,27 @@
 """The whole mesh in one process — jobs, workspace, the gateway on a real port,
 the generation workers and the enhancer — for the end-to-end tests and
-`make bench`.
+`make bench` (`running_stack`); or as one process per service
+(`ServiceProcesses`), for the benchmarks that measure each service's memory
+and CPU, or start a worker late.
 
-`make up` runs the same services as separate supervised processes; this is
-the in-process twin, where the diffusers import and the model load are paid
-once."""
+`make up` runs the same services as separate supervised processes; the
+in-process stack is its twin where the diffusers import and the model load
+are paid once."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings_from(cls, env: Mapping[str, str]):
@@ -109,3 +119,130 @@ async def running_stack(
         for part in reversed(started):
             with contextlib.suppress(Exception):
                 await part.stop()
+
+
+# --- one process per service ----------------------------------------------------------
+
+# gRPC services that others dial: starting one sets <NAME>_ADDR for those after it.
+_DIALLED = ("jobs", "workspace", "enhancer")
+
+
+def _grpc_serving(port: int) -> bool:
+    """True when the server on `port` says SERVING for the whole server ("")."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _http_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class ServiceProcesses:
+    """Services run as `make up` runs them, `python -m services.<module>`, one
+    process each on a free port, logs in `log_dir/<name>.log`; started and
+    stopped one at a time (no restarts: a process that dies stays dead, and
+    `start` says so). `env` is shared by all; starting jobs, workspace or the
+    enhancer adds its <NAME>_ADDR for the services started after it."""
+
+    env: dict[str, str]
+    log_dir: Path
+    root: Path = ROOT
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL (once it is started)."""
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    def pid(self, name: str) -> int | None:
+        proc = self.procs.get(name)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def start(
+        self,
+        name: str,
+        module: str | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = 120.0,
+    ) -> subprocess.Popen:
+        """Start `services.<module>` (default: `name`) as `name` and wait until
+        it serves: the gateway's /readyz answers 200, a gRPC service's health
+        says SERVING (a worker: its model is loaded)."""
+        from ourvidz.dev.embedded import free_port
+
+        module = module or name
+        port = free_port(set(self.ports.values()))
+        child_env = {**self.env, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        child_env[f"{module.upper()}_PORT"] = str(port)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", f"services.{module}"],
+                cwd=self.root,
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs[name], self.ports[name] = proc, port
+        if module == "gateway":
+            ready = lambda: _http_ready(f"http://127.0.0.1:{port}/readyz")  # noqa: E731
+        else:
+            ready = lambda: _grpc_serving(port)  # noqa: E731
+        deadline = time.monotonic() + ready_timeout
+        while not ready():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {self.log_tail(name)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not ready after {ready_timeout:.0f} s")
+            time.sleep(0.1)
+        if module in _DIALLED:
+            self.env[f"{module.upper()}_ADDR"] = f"127.0.0.1:{port}"
+        return proc
+
+    def stop(self, name: str, grace: float = 30.0) -> int | None:
+        """SIGTERM (a graceful stop: a worker hands back what it holds), then
+        SIGKILL after `grace` seconds. Returns the exit code."""
+        proc = self.procs.pop(name, None)
+        self.ports.pop(name, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        """Stop every service, the last started first."""
+        for name in reversed(list(self.procs)):
+            with contextlib.suppress(Exception):
+                self.stop(name)
+
+    def log_tail(self, name: str, chars: int = 2000) -> str:
+        try:
+            return (self.log_dir / f"{name}.log").read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""

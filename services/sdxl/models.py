@@ -6,6 +6,11 @@
 - `full-random`: SDXL base's full architecture with random weights, built
   directly on the target device (GPU benchmarks: the same compute as the real
   model).
+- `control-plane` (benchmarks and tests only; refused in prod): no model.
+  `ControlPlanePipeline` stands in for both pipelines: it walks the task's
+  steps through the step callback without computing any, and returns flat
+  images at the requested size. The worker loop, progress, uploads and
+  completion are the real ones; the control-plane load bench uses it.
 - a path: a single-file `.safetensors` checkpoint or a diffusers folder.
 
 Hub access is always off: nothing here may reach the network.
@@ -17,17 +22,18 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from ourvidz import tokenizers
 from ourvidz.devices import DTYPES, default_dtype, resolve_device, resolve_dtype
 from services.sdxl import configs
+from services.sdxl.presets import CONTROL_PLANE, FULL_RANDOM, TINY
 
 log = logging.getLogger(__name__)
 
-TINY = "tiny"
-FULL_RANDOM = "full-random"
+__all__ = ["CONTROL_PLANE", "FULL_RANDOM", "TINY", "ControlPlanePipeline", "PipeBundle", "load"]
 
 
 @dataclass
@@ -116,6 +122,71 @@ def count_full_parameters() -> dict[str, int]:
     return {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
 
 
+class ControlPlanePipeline:
+    """The `control-plane` preset's stand-in for `StableDiffusionXLPipeline`
+    and its img2img twin: called as they are by `generate.render`, it encodes
+    no text, runs no denoising step and decodes nothing.
+
+    It calls `callback_on_step_end(self, i, t, {})` once per step it would have
+    run (`num_inference_steps`, or the share `strength` leaves for img2img, as
+    diffusers does), with `self.num_timesteps` set, so progress, stages and
+    cancellation go exactly as with a model. Each image is one flat colour
+    drawn from its own generator: the same seed gives the same PNG."""
+
+    def __init__(self) -> None:
+        self.num_timesteps = 0
+
+    def __call__(
+        self,
+        prompt: str | None = None,
+        *,
+        num_inference_steps: int = 1,
+        num_images_per_prompt: int = 1,
+        generator=None,
+        callback_on_step_end=None,
+        width: int | None = None,
+        height: int | None = None,
+        image=None,
+        strength: float | None = None,
+        **_ignored,
+    ):
+        from PIL import Image
+
+        steps = num_inference_steps
+        if strength is not None:
+            steps = min(int(num_inference_steps * strength), num_inference_steps)
+        self.num_timesteps = steps
+        for i in range(steps):
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, i, steps - i, {})
+        if image is not None:
+            width, height = image.size
+        if not isinstance(generator, list):
+            generator = [generator] * num_images_per_prompt
+        images = []
+        for index in range(num_images_per_prompt):
+            drawn = torch.randint(0, 256, (3,), generator=generator[index])
+            colour = tuple(int(c) for c in drawn)
+            images.append(Image.new("RGB", (width or 64, height or 64), colour))
+        return SimpleNamespace(images=images)
+
+    def set_progress_bar_config(self, **_ignored) -> None:
+        pass
+
+
+def load_control_plane() -> PipeBundle:
+    """The `control-plane` preset: no weights, nothing imported from diffusers."""
+    pipe = ControlPlanePipeline()
+    log.warning(
+        "sdxl preset %r loaded: no model, every job renders flat images (benchmarks and "
+        "tests only)",
+        CONTROL_PLANE,
+    )
+    return PipeBundle(
+        txt2img=pipe, img2img=pipe, preset=CONTROL_PLANE, device="cpu", dtype="float32"
+    )
+
+
 def load_local(path: str | Path, dtype: str, config_dir: str | None = None):
     """A diffusers folder (`from_pretrained`) or a single-file checkpoint
     (`from_single_file`, whose component configs and tokenizers come from
@@ -144,7 +215,7 @@ def load_local(path: str | Path, dtype: str, config_dir: str | None = None):
                 "folder with the base model's configs and tokenizers (Hub access is off)"
             ) from exc
     raise ValueError(
-        f"model {str(path)!r} is neither a preset (tiny, full-random), a folder "
+        f"model {str(path)!r} is neither a preset (tiny, full-random, control-plane), a folder "
         "nor a .safetensors file"
     )
 
@@ -159,6 +230,8 @@ def load(
     seed: int = 0,
 ) -> PipeBundle:
     """Load a preset or a local checkpoint, ready to generate."""
+    if preset == CONTROL_PLANE:
+        return load_control_plane()
     from diffusers import StableDiffusionXLImg2ImgPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ourvidz.settings import CommonSettings
+from services.sdxl import presets
 
 
 def _default_worker_id() -> str:
@@ -15,7 +16,8 @@ def _default_worker_id() -> str:
 
 
 class SdxlSettings(CommonSettings):
-    # "tiny", "full-random", a diffusers folder or a single-file .safetensors.
+    # "tiny", "full-random", a diffusers folder or a single-file .safetensors;
+    # "control-plane" (no model: benchmarks and tests only, refused in prod).
     sdxl_model: str = "tiny"
     # Local folder with SDXL base's configs and tokenizers, for a single-file checkpoint.
     sdxl_config_dir: str = ""
@@ -41,3 +43,8 @@ class SdxlSettings(CommonSettings):
     sdxl_fetch_timeout_seconds: float = 1.0
     # How long SIGTERM waits for the job in hand before handing it back.
     sdxl_shutdown_grace_seconds: float = 30.0
+
+    @model_validator(mode="after")
+    def _refuse_bench_presets_in_prod(self) -> SdxlSettings:
+        presets.check_allowed(self.sdxl_model, self.env)
+        return self
