@@ -202,6 +202,12 @@ class Worker:
         qs = self.queue_settings()
         family = self.config.family
         for quality in QUALITIES:
+            # Tasks an earlier version published on the family's subject itself
+            # match no consumer now; their jobs are still queued, and Jobs'
+            # reconciler publishes them again on their own subjects.
+            await self.js.purge_stream(
+                queue.TASKS_STREAM, subject=queue.task_subject(family, quality)
+            )
             await queue.declare_task_consumer(
                 self.js,
                 queue.job_task_subject(queue.task_subject(family, quality), ">"),

@@ -139,3 +139,25 @@ async def test_a_failure_while_handling_a_task_neither_ends_the_loop_nor_loses_t
     finally:
         await worker.unsubscribe()
         await nc.close()
+
+
+async def test_tasks_on_an_earlier_versions_subject_are_cleared_at_declare(infra):
+    # An earlier version published on `tasks.<family>.<priority>` itself, which
+    # no consumer matches now; Jobs' reconciler publishes those jobs again.
+    nc, js = await queue.connect(infra.nats_url, name="genworker-legacy-test")
+    config = LoopConfig(family="legacytest", worker_id="w-legacy", auth_secret=SECRET)
+    worker = Worker(config, family=None, nc=nc, js=js, store=None, jobs=None)
+    try:
+        await queue.declare_streams(js)
+        legacy = queue.task_subject("legacytest", "fast")
+        current = queue.job_task_subject(legacy, "job-1")
+        await js.publish(legacy, b"old")
+        await js.publish(current, b"new")
+        await worker.declare()
+        assert await queue.task_held(js, [legacy, current]) == {current}
+    finally:
+        await worker.unsubscribe()
+        await js.purge_stream(queue.TASKS_STREAM, subject="tasks.legacytest.>")
+        for quality in ("fast", "high"):
+            await js.delete_consumer(queue.TASKS_STREAM, queue.consumer_name("legacytest", quality))
+        await nc.close()
