@@ -8,6 +8,7 @@ servicer; `main.py` of each service starts it and owns the signals.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -74,12 +75,23 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return call
 
     def _wrap_stream(self, inner):
+        """A server stream as a coroutine that writes each item itself.
+
+        Left to grpc, an async generator handler is iterated by grpc's own
+        loop, which drops it unclosed when the call ends while an item is being
+        sent (the client went away): the generator is then closed later by the
+        garbage collector, in another task and another context, where resetting
+        the caller's context variable fails ("created in a different Context")
+        and the stream's clean-up (unsubscribing) runs late. Here the inner
+        generator is closed in this task, on every way out."""
+
         async def call(request, context):
             try:
                 token = set_principal(self._authenticate(context))
                 try:
-                    async for item in inner(request, context):
-                        yield item
+                    async with contextlib.aclosing(inner(request, context)) as items:
+                        async for item in items:
+                            await context.write(item)
                 finally:
                     reset_principal(token)
             except grpc.aio.AbortError:
