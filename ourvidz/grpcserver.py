@@ -29,8 +29,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Verifies the bearer token of every call (but health and reflection), makes
     the caller available through `ourvidz.auth.current_principal()`, and maps
-    domain errors to status codes; any other exception becomes INTERNAL with a
-    generic message."""
+    domain errors to status codes, a dependency's failure to UNAVAILABLE; any
+    other exception becomes INTERNAL with a generic message."""
 
     def __init__(self, secret: str) -> None:
         self._secret = secret
@@ -43,23 +43,24 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_OPEN_PREFIXES):
+        method = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_PREFIXES):
             return handler
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary),
+                self._wrap_unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream),
+                self._wrap_stream(handler.unary_stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _wrap_unary(self, inner):
+    def _wrap_unary(self, inner, method: str):
         async def call(request, context):
             try:
                 token = set_principal(self._authenticate(context))
@@ -70,11 +71,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await abort_with(context, exc)
+                await abort_with(context, exc, method)
 
         return call
 
-    def _wrap_stream(self, inner):
+    def _wrap_stream(self, inner, method: str):
         """A server stream as a coroutine that writes each item itself.
 
         Left to grpc, an async generator handler is iterated by grpc's own
@@ -97,7 +98,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await abort_with(context, exc)
+                await abort_with(context, exc, method)
 
         return call
 

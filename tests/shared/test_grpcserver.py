@@ -1,6 +1,6 @@
 """The shared server plumbing (ourvidz.grpcserver) with a real gRPC server on
 port 0: a server stream the client leaves early is closed in its own call's
-context."""
+context, and a dependency failure reaches the caller as UNAVAILABLE."""
 
 from __future__ import annotations
 
@@ -8,23 +8,33 @@ import asyncio
 import itertools
 import logging
 
+import grpc
+import nats.errors
+import nats.js.errors
+import psycopg
+import psycopg_pool
 import pytest
+import urllib3.exceptions
 
 from ourvidz.auth import call_metadata, current_principal, mint_token
+from ourvidz.errors import DATABASE, PEER, QUEUE, STORAGE, NotFound, dependency_failure
 from ourvidz.grpcserver import build_server, channel
 from ourvidz.v1 import events_pb2
 from ourvidz.v1 import job_service_pb2 as pb
 from ourvidz.v1 import job_service_pb2_grpc as pb_grpc
+from tests.conftest import rpc_error
 
 SECRET = "s" * 40
 
 
 class StreamingJobs(pb_grpc.JobServiceServicer):
-    """WatchJob sends large events as fast as the client takes them."""
+    """WatchJob sends large events as fast as the client takes them; GetJob
+    fails the way `failure` says."""
 
     def __init__(self) -> None:
         self.closed = asyncio.Event()
         self.closed_as: str | None = None
+        self.failure: BaseException | None = None
 
     async def WatchJob(self, request, context):
         try:
@@ -41,6 +51,10 @@ class StreamingJobs(pb_grpc.JobServiceServicer):
             except Exception as exc:
                 self.closed_as = repr(exc)
             self.closed.set()
+
+    async def GetJob(self, request, context):
+        assert self.failure is not None
+        raise self.failure
 
 
 @pytest.fixture
@@ -78,3 +92,49 @@ async def test_a_stream_left_early_closes_in_its_own_context(served, caplog):
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
     logged += [r for r in caplog.records if "different Context" in r.getMessage()]
     assert not logged, [r.getMessage() for r in logged]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        psycopg.OperationalError("connection failed: Connection refused"),
+        psycopg_pool.PoolTimeout("couldn't get a connection after 5.00 sec"),
+    ],
+)
+async def test_a_dependency_failure_is_unavailable_without_a_trace(served, caplog, failure):
+    servicer, stub = served
+    servicer.failure = failure
+    caplog.set_level(logging.INFO)
+    err = await rpc_error(stub.GetJob(pb.GetJobRequest(job_id="job-1"), metadata=user_md()))
+    assert err.code == grpc.StatusCode.UNAVAILABLE
+    assert err.message == "the database is unavailable; try again shortly"
+    assert err.reason == "DATABASE_UNAVAILABLE"
+    mine = [r for r in caplog.records if r.name == "ourvidz.errors"]
+    assert len(mine) == 1 and mine[0].levelno == logging.WARNING and not mine[0].exc_info
+    assert "GetJob" in mine[0].getMessage() and type(failure).__name__ in mine[0].getMessage()
+
+
+def _caused(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "dependency"),
+    [
+        (psycopg.InterfaceError("the connection is closed"), DATABASE),
+        (nats.errors.NoServersError(), QUEUE),
+        (nats.errors.ConnectionReconnectingError(), QUEUE),
+        (nats.errors.TimeoutError(), QUEUE),
+        (nats.js.errors.ServiceUnavailableError(), QUEUE),
+        (urllib3.exceptions.MaxRetryError(None, "/bucket/key"), STORAGE),
+        (ConnectionRefusedError(111, "Connection refused"), PEER),
+        (TimeoutError(), PEER),
+        (_caused(RuntimeError("could not file"), psycopg.OperationalError("gone")), DATABASE),
+        (RuntimeError("a bug"), None),
+        (ValueError("bad"), None),
+        (NotFound("job not found"), None),
+    ],
+)
+def test_which_failures_are_a_dependencys(exc, dependency):
+    assert dependency_failure(exc) == dependency
