@@ -75,7 +75,12 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
     role_url = db.role_url(
         settings.database_url, "ourvidz_enhancer", settings.db_role_password.get_secret_value()
     )
-    database = db.Database(role_url, max_size=settings.db_pool_size, name="enhancer")
+    database = db.Database(
+        role_url,
+        max_size=settings.db_pool_size,
+        name="enhancer",
+        timeout=settings.db_pool_timeout_seconds,
+    )
     await database.open()
     try:
         nc, js = await queue.connect(settings.nats_url, name=f"{settings.enhancer_worker_id}")
