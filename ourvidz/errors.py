@@ -157,8 +157,12 @@ class Dependency:
     reason: str  # ErrorInfo.reason
 
     @property
+    def summary(self) -> str:
+        return f"{self.name} is unavailable"
+
+    @property
     def message(self) -> str:
-        return f"{self.name} is unavailable; try again shortly"
+        return f"{self.summary}; try again shortly"
 
 
 DATABASE = Dependency("the database", "DATABASE_UNAVAILABLE")
@@ -224,6 +228,11 @@ def _dependency_errors() -> tuple[tuple[tuple[type[BaseException], ...], Depende
     return tuple(kinds)
 
 
+def dependency_error_classes() -> tuple[type[BaseException], ...]:
+    """Every exception class that `dependency_failure` recognises by itself."""
+    return tuple(cls for classes, _ in _dependency_errors() for cls in classes)
+
+
 def dependency_failure(exc: BaseException) -> Dependency | None:
     """Which dependency `exc` says is down or too slow, or None when it says
     something else. Follows explicit causes (`raise ... from exc`)."""
@@ -256,7 +265,7 @@ def status_from_exception(exc: BaseException, where: str = "") -> status_pb2.Sta
         log.warning(
             "%s: %s (%s: %s)",
             where or "a call failed",
-            dependency.message.split(";")[0],
+            dependency.summary,
             type(exc).__name__,
             _first_line(exc),
         )
