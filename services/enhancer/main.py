@@ -67,7 +67,6 @@ class Running:
                 await asyncio.wait_for(close(), 10)
             except Exception as exc:
                 log.warning("stopping: %r", exc)
-        log.info("enhancer stopped")
 
 
 async def start(settings: EnhancerSettings, *, port: int | None = None) -> Running:

@@ -63,7 +63,6 @@ class Running:
                 await asyncio.wait_for(step(), limit)
             except Exception as exc:
                 log.warning("stopping the %s: %r", name, exc)
-        log.info("jobs service stopped")
 
 
 async def start(
