@@ -8,12 +8,14 @@ servicer; `main.py` of each service starts it and owns the signals.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
+from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,6 +23,11 @@ from ourvidz.auth import bearer, reset_principal, set_principal, verify_token
 from ourvidz.errors import Unauthenticated, abort_with
 
 log = logging.getLogger(__name__)
+
+# What a write to a call that is already over raises (grpc's core refuses it).
+_CALL_GONE: tuple[type[BaseException], ...] = tuple(
+    cls for cls in (getattr(cygrpc, "ExecuteBatchError", None),) if isinstance(cls, type)
+)
 
 _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -89,16 +96,27 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         async def call(request, context):
             try:
                 token = set_principal(self._authenticate(context))
-                try:
-                    async with contextlib.aclosing(inner(request, context)) as items:
-                        async for item in items:
-                            await context.write(item)
-                finally:
-                    reset_principal(token)
-            except grpc.aio.AbortError:
-                raise
             except Exception as exc:
                 await abort_with(context, exc, method)
+            try:
+                async with contextlib.aclosing(inner(request, context)) as items:
+                    while True:
+                        try:
+                            item = await anext(items)
+                        except StopAsyncIteration:
+                            return
+                        except grpc.aio.AbortError:
+                            raise
+                        except Exception as exc:
+                            await abort_with(context, exc, method)
+                        try:
+                            await context.write(item)
+                        except _CALL_GONE as exc:
+                            # The client left (or the call ended) under the
+                            # write: nothing to report, as for a cancellation.
+                            raise asyncio.CancelledError() from exc
+            finally:
+                reset_principal(token)
 
         return call
 
