@@ -37,13 +37,21 @@ def role_url(owner_url: str, role: str, password: str) -> str:
 class Database:
     """An async connection pool whose transactions carry the caller's identity."""
 
-    def __init__(self, url: str, *, max_size: int = 10, name: str = "ourvidz") -> None:
+    def __init__(
+        self, url: str, *, max_size: int = 10, name: str = "ourvidz", timeout: float = 5.0
+    ) -> None:
+        # `timeout`: how long a transaction waits for a connection. While
+        # PostgreSQL is down no connection comes, and the PoolTimeout that ends
+        # the wait is the "database unavailable" (UNAVAILABLE, 503) a caller
+        # sees; it stays under the mesh's gRPC deadline so the service answers
+        # that itself rather than leaving the caller to time out.
         self.pool = AsyncConnectionPool(
             url,
             min_size=1,
             max_size=max_size,
             open=False,
             name=name,
+            timeout=timeout,
             kwargs={"row_factory": dict_row, "autocommit": False},
         )
 

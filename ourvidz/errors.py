@@ -2,12 +2,15 @@
 
 Services raise these; one server interceptor turns them into a status with
 `google.rpc` details (BadRequest field violations, QuotaFailure, ErrorInfo).
-Anything else becomes INTERNAL with a generic message: no stack trace or
-internal detail ever reaches a caller.
+A dependency that is down or too slow (PostgreSQL, NATS, the blob store, a peer
+service) becomes UNAVAILABLE with a short message saying which, and one warning
+line on the server. Anything else becomes INTERNAL with a generic message: no
+stack trace or internal detail ever reaches a caller.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -146,16 +149,136 @@ class ResourceExhausted(DomainError):
         return [*super().details(), packed]
 
 
-def status_from_exception(exc: BaseException) -> status_pb2.Status:
+@dataclass(frozen=True)
+class Dependency:
+    """A kind of backing service, as a failure of it is reported."""
+
+    name: str  # "the database"
+    reason: str  # ErrorInfo.reason
+
+    @property
+    def summary(self) -> str:
+        return f"{self.name} is unavailable"
+
+    @property
+    def message(self) -> str:
+        return f"{self.summary}; try again shortly"
+
+
+DATABASE = Dependency("the database", "DATABASE_UNAVAILABLE")
+QUEUE = Dependency("the message queue", "QUEUE_UNAVAILABLE")
+STORAGE = Dependency("the blob store", "STORAGE_UNAVAILABLE")
+PEER = Dependency("a backing service", "DEPENDENCY_UNAVAILABLE")
+
+
+@functools.cache
+def _dependency_errors() -> tuple[tuple[tuple[type[BaseException], ...], Dependency], ...]:
+    """Exception classes that mean "a dependency is down or too slow", most
+    specific first (nats's TimeoutError is also the builtin one). Imported
+    here, lazily, so that this module stays cheap to import."""
+    kinds: list[tuple[tuple[type[BaseException], ...], Dependency]] = []
+    try:
+        import psycopg  # OperationalError covers psycopg_pool's PoolTimeout
+
+        kinds.append(((psycopg.OperationalError, psycopg.InterfaceError), DATABASE))
+    except ImportError:
+        pass
+    try:
+        import nats.errors as nats_errors
+        import nats.js.errors as js_errors
+
+        kinds.append(
+            (
+                (
+                    nats_errors.ConnectionClosedError,
+                    nats_errors.ConnectionReconnectingError,
+                    nats_errors.ConnectionDrainingError,
+                    nats_errors.NoServersError,
+                    nats_errors.NoRespondersError,
+                    nats_errors.StaleConnectionError,
+                    nats_errors.OutboundBufferLimitError,
+                    nats_errors.UnexpectedEOF,
+                    nats_errors.TimeoutError,
+                    js_errors.ServiceUnavailableError,
+                ),
+                QUEUE,
+            )
+        )
+    except ImportError:
+        pass
+    try:
+        import urllib3.exceptions as http_errors  # under the minio client
+
+        storage: tuple[type[BaseException], ...] = (
+            http_errors.MaxRetryError,
+            http_errors.NewConnectionError,
+            http_errors.ProtocolError,
+            http_errors.TimeoutError,
+        )
+        try:
+            from minio.error import ServerError  # the S3 server answered 5xx
+
+            storage = (*storage, ServerError)
+        except ImportError:
+            pass
+        kinds.append((storage, STORAGE))
+    except ImportError:
+        pass
+    kinds.append(((ConnectionError, TimeoutError), PEER))
+    return tuple(kinds)
+
+
+def dependency_error_classes() -> tuple[type[BaseException], ...]:
+    """Every exception class that `dependency_failure` recognises by itself."""
+    return tuple(cls for classes, _ in _dependency_errors() for cls in classes)
+
+
+def dependency_failure(exc: BaseException) -> Dependency | None:
+    """Which dependency `exc` says is down or too slow, or None when it says
+    something else. Follows explicit causes (`raise ... from exc`)."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 5:
+        if isinstance(current, grpc.aio.AioRpcError):
+            if current.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return PEER
+        elif not isinstance(current, DomainError):
+            for classes, dependency in _dependency_errors():
+                if isinstance(current, classes):
+                    return dependency
+        current, seen = current.__cause__, seen + 1
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def status_from_exception(exc: BaseException, where: str = "") -> status_pb2.Status:
+    """The status a caller sees for `exc`. `where` (the RPC's method) goes into
+    the server's log line."""
     if isinstance(exc, DomainError):
         return exc.to_status()
-    log.exception("unhandled error", exc_info=exc)
+    dependency = dependency_failure(exc)
+    if dependency is not None:
+        log.warning(
+            "%s: %s (%s: %s)",
+            where or "a call failed",
+            dependency.summary,
+            type(exc).__name__,
+            _first_line(exc),
+        )
+        return Unavailable(dependency.message, reason=dependency.reason).to_status()
+    log.exception("unhandled error%s", f" in {where}" if where else "", exc_info=exc)
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
 
 
-async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+async def abort_with(
+    context: grpc.aio.ServicerContext, exc: BaseException, where: str = ""
+) -> None:
     """Abort an RPC with the status that `exc` maps to (raises AbortError)."""
-    await context.abort_with_status(rpc_status.to_status(status_from_exception(exc)))
+    await context.abort_with_status(rpc_status.to_status(status_from_exception(exc, where)))
 
 
 # --- client side -----------------------------------------------------------------

@@ -8,11 +8,14 @@ servicer; `main.py` of each service starts it and owns the signals.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
+from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,6 +24,11 @@ from ourvidz.errors import Unauthenticated, abort_with
 
 log = logging.getLogger(__name__)
 
+# What a write to a call that is already over raises (grpc's core refuses it).
+_CALL_GONE: tuple[type[BaseException], ...] = tuple(
+    cls for cls in (getattr(cygrpc, "ExecuteBatchError", None),) if isinstance(cls, type)
+)
+
 _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -28,8 +36,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Verifies the bearer token of every call (but health and reflection), makes
     the caller available through `ourvidz.auth.current_principal()`, and maps
-    domain errors to status codes; any other exception becomes INTERNAL with a
-    generic message."""
+    domain errors to status codes, a dependency's failure to UNAVAILABLE; any
+    other exception becomes INTERNAL with a generic message."""
 
     def __init__(self, secret: str) -> None:
         self._secret = secret
@@ -42,23 +50,24 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_OPEN_PREFIXES):
+        method = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_PREFIXES):
             return handler
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary),
+                self._wrap_unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream),
+                self._wrap_stream(handler.unary_stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _wrap_unary(self, inner):
+    def _wrap_unary(self, inner, method: str):
         async def call(request, context):
             try:
                 token = set_principal(self._authenticate(context))
@@ -69,23 +78,45 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await abort_with(context, exc)
+                await abort_with(context, exc, method)
 
         return call
 
-    def _wrap_stream(self, inner):
+    def _wrap_stream(self, inner, method: str):
+        """A server stream as a coroutine that writes each item itself.
+
+        Left to grpc, an async generator handler is iterated by grpc's own
+        loop, which drops it unclosed when the call ends while an item is being
+        sent (the client went away): the generator is then closed later by the
+        garbage collector, in another task and another context, where resetting
+        the caller's context variable fails ("created in a different Context")
+        and the stream's clean-up (unsubscribing) runs late. Here the inner
+        generator is closed in this task, on every way out."""
+
         async def call(request, context):
             try:
                 token = set_principal(self._authenticate(context))
-                try:
-                    async for item in inner(request, context):
-                        yield item
-                finally:
-                    reset_principal(token)
-            except grpc.aio.AbortError:
-                raise
             except Exception as exc:
-                await abort_with(context, exc)
+                await abort_with(context, exc, method)
+            try:
+                async with contextlib.aclosing(inner(request, context)) as items:
+                    while True:
+                        try:
+                            item = await anext(items)
+                        except StopAsyncIteration:
+                            return
+                        except grpc.aio.AbortError:
+                            raise
+                        except Exception as exc:
+                            await abort_with(context, exc, method)
+                        try:
+                            await context.write(item)
+                        except _CALL_GONE as exc:
+                            # The client left (or the call ended) under the
+                            # write: nothing to report, as for a cancellation.
+                            raise asyncio.CancelledError() from exc
+            finally:
+                reset_principal(token)
 
         return call
 

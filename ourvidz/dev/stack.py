@@ -76,6 +76,7 @@ async def running_stack(
 ) -> AsyncIterator[Stack]:
     """Jobs, workspace and the gateway, plus the named generation workers
     ("sdxl", "wan") and optionally the enhancer, each on a free port."""
+    from ourvidz import logs
     from services.gateway.main import start as start_gateway
     from services.gateway.settings import GatewaySettings
     from services.jobs.main import start as start_jobs
@@ -83,6 +84,7 @@ async def running_stack(
     from services.workspace.main import start as start_workspace
     from services.workspace.settings import WorkspaceSettings
 
+    logs.quiet_library_errors()  # as the services' processes do (logs.setup)
     env = dict(env)
     # The local store signs download URLs against PUBLIC_BASE_URL, so the
     # gateway's port is chosen before the workspace service starts: a browser

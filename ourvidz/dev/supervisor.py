@@ -120,10 +120,13 @@ class LinePrefixer:
             stream.close()
 
 
-def process_spawner(prefixer: LinePrefixer) -> Spawner:
+def process_spawner(
+    prefixer: LinePrefixer, on_spawn: Callable[[int], None] | None = None
+) -> Spawner:
     """A spawner that runs each service as a subprocess in a new session (so a
     Ctrl-C at the terminal reaches only the supervisor, which then stops the
-    services in order) and prefixes its merged stdout/stderr."""
+    services in order) and prefixes its merged stdout/stderr. `on_spawn` hears
+    each new pid (`make up`'s watchdog)."""
 
     def spawn(spec: ServiceSpec) -> Child:
         proc = subprocess.Popen(
@@ -142,6 +145,8 @@ def process_spawner(prefixer: LinePrefixer) -> Spawner:
             name=f"out-{spec.name}",
             daemon=True,
         ).start()
+        if on_spawn is not None:
+            on_spawn(proc.pid)
         return proc
 
     return spawn

@@ -11,8 +11,15 @@ What it does, in order:
 4. prepares the database (roles, every service's migrations);
 5. gives every gRPC service a free port, and runs every `services/<name>` that
    has a `__main__.py`, in dependency order, under a `Supervisor` that restarts
-   what dies and stops everything on Ctrl-C / SIGTERM;
+   what dies;
 6. says so when the gateway answers `/readyz`.
+
+On Ctrl-C or SIGTERM — to this process or to its whole process group — it
+stops the services in reverse order, then the embedded servers: those run in
+sessions of their own, so the group's signal reaches none of them and no
+service loses its database or NATS while it stops. Should this process die
+without stopping them (SIGKILL), a watchdog (`ourvidz.dev.watchdog`) does it,
+in the same order.
 
 Everything persists in `.data/` across runs.
 """
@@ -279,16 +286,21 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
     env.update(dev_secrets(data / "secrets.env", environ))
 
     from ourvidz.dev.embedded import Embedded, start_nats, start_postgres
+    from ourvidz.dev.watchdog import Watchdog
 
+    watchdog = Watchdog.start()
     emb = Embedded()
     try:
         if not env.get("DATABASE_URL"):
             log.info("starting embedded PostgreSQL in %s", data / "pg")
+            watchdog.postgres(data / "pg")
             env["DATABASE_URL"] = start_postgres(data / "pg", emb)
         if not env.get("NATS_URL"):
             nats_port = free_port()
             log.info("starting embedded NATS JetStream on port %d in %s", nats_port, data / "nats")
             env["NATS_URL"] = start_nats(data / "nats", emb, port=nats_port)
+        for pid in emb.server_pids:
+            watchdog.server(pid)
         role_password = env.get("DB_ROLE_PASSWORD") or "ourvidz-dev"
         env["DB_ROLE_PASSWORD"] = role_password
 
@@ -300,7 +312,7 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
         ports = assign_ports(services, env)
         supervisor = Supervisor(
             service_specs(services, env, root, ports),
-            spawner=process_spawner(LinePrefixer(sys.stdout)),
+            spawner=process_spawner(LinePrefixer(sys.stdout), on_spawn=watchdog.service),
         )
         stop_polling = threading.Event()
 
@@ -321,6 +333,7 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
     finally:
         log.info("stopping embedded servers")
         emb.stop()
+        watchdog.release()
     log.info("stopped")
     return 0
 

@@ -67,7 +67,6 @@ class Running:
                 await asyncio.wait_for(close(), 10)
             except Exception as exc:
                 log.warning("stopping: %r", exc)
-        log.info("enhancer stopped")
 
 
 async def start(settings: EnhancerSettings, *, port: int | None = None) -> Running:
@@ -75,7 +74,12 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
     role_url = db.role_url(
         settings.database_url, "ourvidz_enhancer", settings.db_role_password.get_secret_value()
     )
-    database = db.Database(role_url, max_size=settings.db_pool_size, name="enhancer")
+    database = db.Database(
+        role_url,
+        max_size=settings.db_pool_size,
+        name="enhancer",
+        timeout=settings.db_pool_timeout_seconds,
+    )
     await database.open()
     try:
         nc, js = await queue.connect(settings.nats_url, name=f"{settings.enhancer_worker_id}")

@@ -82,6 +82,7 @@ def create_app(
             ),
             max_size=settings.db_pool_size,
             name="gateway",
+            timeout=settings.db_pool_timeout_seconds,
         )
         bk = backends or Backends(
             channel(settings.jobs_addr),

@@ -470,6 +470,8 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[FieldError] | None = None
+    # Why, in one word a client can branch on (EMAIL_TAKEN, DATABASE_UNAVAILABLE, ...).
+    reason: str | None = None
 
 
 class QueueOut(BaseModel):
@@ -508,12 +510,30 @@ class WorkersOut(BaseModel):
     workers: list[WorkerOut]
 
 
+UNAVAILABLE_RESPONSE = {
+    "description": "A backing service, the database or the message queue is down or too "
+    "slow; retry after the `Retry-After` seconds",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "schema": {"type": "integer"},
+        }
+    },
+}
+
+
 def problem_responses(*statuses: int) -> dict[int, dict]:
-    """OpenAPI entries of the problem+json answers a route gives."""
+    """OpenAPI entries of the problem+json answers a route gives (a 503 with
+    its `Retry-After` header)."""
     return {
-        status: {"model": Problem, "content": {"application/problem+json": {}}}
+        status: {
+            "model": Problem,
+            "content": {"application/problem+json": {}},
+            **(UNAVAILABLE_RESPONSE if status == 503 else {}),
+        }
         for status in statuses
     }
 
 
-PROBLEM_RESPONSES = problem_responses(401, 404, 422)
+# Every /v1 route calls a service or the database, so any may answer 503.
+PROBLEM_RESPONSES = problem_responses(401, 404, 422, 503)

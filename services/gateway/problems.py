@@ -1,6 +1,10 @@
 """Every error as application/problem+json (RFC 9457): gRPC statuses from the
 services, domain errors raised here, FastAPI's validation errors, HTTP errors
-and anything unexpected (a generic 500, never a stack trace)."""
+and anything unexpected (a generic 500, never a stack trace).
+
+A dependency that is down or too slow — a service answering UNAVAILABLE or
+DEADLINE_EXCEEDED, or the gateway's own database or NATS failing — is a 503
+with a `Retry-After` header, never a 500."""
 
 from __future__ import annotations
 
@@ -13,12 +17,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ourvidz.errors import DomainError, FieldViolation, InvalidArgument, parse_rpc_error
+from ourvidz.errors import (
+    PEER,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    dependency_error_classes,
+    dependency_failure,
+    parse_rpc_error,
+)
 
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "application/problem+json"
 TYPE_BASE = "https://ourvidz.dev/problems/"
+# Seconds a client is asked to wait before retrying a 503 (`Retry-After`).
+RETRY_AFTER_SECONDS = 5
 
 # gRPC status -> HTTP status. Anything not listed is a 500.
 GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
@@ -88,6 +102,8 @@ def problem(
     **extra: object,
 ) -> JSONResponse:
     body = problem_body(status, detail, title=title, type_=type_, errors=errors, **extra)
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
 
 
@@ -101,6 +117,12 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+def _tells_reason(status: int) -> bool:
+    """Whether a problem carries the error's reason: a client's error does, and
+    so does a 503 (DATABASE_UNAVAILABLE, ...: what is down, nothing more)."""
+    return status < 500 or status == 503
 
 
 def _auth_headers(status: int, detail: str) -> dict[str, str] | None:
@@ -117,7 +139,7 @@ def from_rpc_error(err: grpc.RpcError) -> JSONResponse:
         detail = _GENERIC_DETAIL.get(status, _GENERIC_DETAIL[500])
     else:
         detail = remote.message
-    extra = {"reason": remote.reason} if remote.reason and status < 500 else {}
+    extra = {"reason": remote.reason} if remote.reason and _tells_reason(status) else {}
     return problem(
         status,
         detail,
@@ -141,8 +163,24 @@ def from_domain_error(exc: DomainError) -> JSONResponse:
     status = http_status(exc.code)
     detail = exc.message if status < 500 else _GENERIC_DETAIL.get(status, _GENERIC_DETAIL[500])
     errors = exc.violations if isinstance(exc, InvalidArgument) else None
-    extra = {"reason": exc.reason} if status < 500 else {}
+    extra = {"reason": exc.reason} if _tells_reason(status) else {}
     return problem(status, detail, errors=errors, headers=_auth_headers(status, detail), **extra)
+
+
+def from_dependency_failure(request: Request, exc: BaseException) -> JSONResponse:
+    """503 for the gateway's own dependency failing (its database, NATS, a
+    connection that broke): one warning line, no traceback."""
+    dependency = dependency_failure(exc) or PEER
+    text = str(exc).strip().splitlines()
+    log.warning(
+        "%s %s: %s (%s: %s)",
+        request.method,
+        request.url.path,
+        dependency.summary,
+        type(exc).__name__,
+        text[0] if text else "",
+    )
+    return problem(503, dependency.message, reason=dependency.reason)
 
 
 def field_name(loc: tuple | list) -> str:
@@ -191,6 +229,15 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code)
         headers = dict(exc.headers or {}) or _auth_headers(exc.status_code, detail)
         return problem(exc.status_code, detail, headers=headers)
+
+    async def _dependency(request: Request, exc: Exception):
+        return from_dependency_failure(request, exc)
+
+    # By class, so these are answered where the route raised them (an
+    # `Exception` handler answers too, but only after the error was re-raised
+    # to the server, which logs it with its traceback).
+    for cls in dependency_error_classes():
+        app.add_exception_handler(cls, _dependency)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

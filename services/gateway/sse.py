@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 from fastapi.responses import StreamingResponse
 
+from ourvidz.errors import Unavailable
 from services.gateway.problems import rpc_problem_body
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,20 @@ async def with_keepalive(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def opened(call, within: float) -> None:
+    """Wait until the service has taken the stream on (it sends its initial
+    metadata once it watches), so that a refusal is the HTTP answer: a 404, or
+    a 503 while its database or NATS is down, rather than a 200 whose stream
+    breaks at once. A stream that does not open `within` seconds is a 503."""
+    try:
+        await asyncio.wait_for(call.initial_metadata(), within)
+    except TimeoutError:
+        call.cancel()
+        raise Unavailable("the event stream did not open in time") from None
+    if call.done() and await call.code() != grpc.StatusCode.OK:
+        await call.read()  # raises the call's error, which the problem handlers map
 
 
 def relay(gw, call, events: AsyncIterator[bytes], interrupted: str) -> StreamingResponse:

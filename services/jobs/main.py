@@ -66,7 +66,6 @@ class Running:
                 await asyncio.wait_for(step(), limit)
             except Exception as exc:
                 log.warning("stopping the %s: %r", name, exc)
-        log.info("jobs service stopped")
 
 
 async def start(
@@ -78,7 +77,12 @@ async def start(
     role_url = db.role_url(
         settings.database_url, "ourvidz_jobs", settings.db_role_password.get_secret_value()
     )
-    database = db.Database(role_url, max_size=settings.db_pool_size, name="jobs")
+    database = db.Database(
+        role_url,
+        max_size=settings.db_pool_size,
+        name="jobs",
+        timeout=settings.db_pool_timeout_seconds,
+    )
     await database.open()
     try:
         nc, js = await queue.connect(settings.nats_url, name="jobs")

@@ -66,8 +66,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def WatchJob(self, request, context):
         caller = _client()
+
+        async def opened() -> None:
+            # Tells the caller the watch is set up (the gateway answers 200 then).
+            await context.send_initial_metadata(())
+
         async for event in self._watcher.watch(
-            caller.user_id, request.job_id, request.after_sequence
+            caller.user_id, request.job_id, request.after_sequence, opened
         ):
             yield pb.WatchJobResponse(event=event)
 

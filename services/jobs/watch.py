@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 
@@ -45,8 +45,15 @@ class Watcher:
         return ev
 
     async def watch(
-        self, user_id: str, job_id: str, after_sequence: int
+        self,
+        user_id: str,
+        job_id: str,
+        after_sequence: int,
+        opened: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncIterator[events_pb2.JobEvent]:
+        """The job's events after `after_sequence`, then live ones until a
+        terminal event. `opened` is awaited once the watch is set up (the job
+        found, the history read, the subscription in place), before any event."""
         job_id = domain.parse_id(job_id)
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -57,6 +64,8 @@ class Watcher:
         try:
             last = max(after_sequence, 0)
             events, terminal = await self._stored(user_id, job_id, last)
+            if opened is not None:
+                await opened()
             while True:
                 for ev in events:
                     if ev.sequence <= last:

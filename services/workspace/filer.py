@@ -42,6 +42,7 @@ class Filer:
         *,
         durable: str,
         batch: int = 16,
+        fetch_timeout: float = FETCH_TIMEOUT_SECONDS,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -49,8 +50,11 @@ class Filer:
         self._signer = signer
         self._durable = durable
         self._batch = batch
+        self._fetch_timeout = fetch_timeout
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # Fetches that found nothing to do (an idle filer counts up once a timeout).
+        self.idle_fetches = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="workspace-filer")
@@ -71,17 +75,26 @@ class Filer:
         while not self._stopping.is_set():
             try:
                 await self._consume()
-            except Exception:
-                log.exception("the filer's consumer failed; binding again shortly")
+            except Exception as exc:  # NATS away, the consumer deleted: bind again
+                log.warning(
+                    "the filer's consumer failed (%s: %s); binding again in %.0f s",
+                    type(exc).__name__,
+                    exc,
+                    RETRY_DELAY_SECONDS,
+                )
                 await asyncio.sleep(RETRY_DELAY_SECONDS)
 
     async def _consume(self) -> None:
         sub = await self._js.pull_subscribe_bind(self._durable, stream=EVENTS_STREAM)
+        log.info("filer bound to the consumer %s", self._durable)
         try:
             while not self._stopping.is_set():
                 try:
-                    msgs = await sub.fetch(self._batch, timeout=FETCH_TIMEOUT_SECONDS)
-                except nats.errors.TimeoutError:
+                    msgs = await sub.fetch(self._batch, timeout=self._fetch_timeout)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    # Nothing to file. A fetch of several messages times out with
+                    # the builtin TimeoutError, a fetch of one with nats's own.
+                    self.idle_fetches += 1
                     continue
                 for msg in msgs:
                     await self.handle(msg)

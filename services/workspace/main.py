@@ -58,6 +58,7 @@ async def start(settings: WorkspaceSettings, *, port: int | None = None) -> Runn
         ),
         max_size=settings.db_pool_size,
         name="workspace",
+        timeout=settings.db_pool_timeout_seconds,
     )
     await database.open()
     blobs = store_from_settings(settings)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 
+from ourvidz.errors import QUEUE, Unavailable
 from ourvidz.v1 import events_pb2
 from ourvidz.v1 import workspace_service_pb2 as pb
 from services.workspace.convert import summary
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 ITEMS_PREFIX = "workspace.items"
 KNOWN_JOBS = 1024
+# How long opening a watch waits for NATS to confirm the subscriptions.
+FLUSH_TIMEOUT_SECONDS = 2.0
 
 
 def item_subject(user_id: str, session_id: str) -> str:
@@ -89,6 +92,10 @@ class Watch:
             log.warning("watcher of session %s is behind; dropped an update", self._session_id)
 
     async def open(self) -> None:
+        """Subscribe; UNAVAILABLE (the message queue) while NATS is away, as
+        no update could reach the watcher."""
+        if not self._nc.is_connected:
+            raise Unavailable(QUEUE.message, reason=QUEUE.reason)
         self._subs.append(
             await self._nc.subscribe(f"events.jobs.{self._user_id}.>", cb=self._on_message)
         )
@@ -97,7 +104,8 @@ class Watch:
                 item_subject(self._user_id, self._session_id), cb=self._on_message
             )
         )
-        await self._nc.flush()  # subscribed at the server before the caller hears so
+        # Subscribed at the server before the caller hears so.
+        await self._nc.flush(timeout=FLUSH_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
         for sub in self._subs:
@@ -145,7 +153,11 @@ class Watchers:
 
     async def open(self, user_id: str, session_id: str, is_active: bool) -> Watch:
         watch = Watch(self._nc, user_id, session_id, is_active, self.closing)
-        await watch.open()
+        try:
+            await watch.open()
+        except BaseException:
+            await watch.close()  # no subscription outlives a watch that failed to open
+            raise
         return watch
 
     def close_all(self) -> None:

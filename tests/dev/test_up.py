@@ -209,3 +209,159 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     secrets_env = (tmp_path / ".data" / "secrets.env").read_text()
     assert f"AUTH_SECRET={seen['AUTH_SECRET']}" in secrets_env
     assert seen["PUBLIC_BASE_URL"] == f"http://127.0.0.1:{gateway_port}"
+
+
+# --- stopping: the services first, the embedded servers last ----------------------------------
+
+# A stand-in service that, when asked to stop, records whether NATS and
+# PostgreSQL still answer (they must: they stop after every service).
+STOPPING = """
+import os, signal, socket, sys, time
+from urllib.parse import urlsplit
+import psycopg
+open(os.environ["PIDS_FILE"], "a").write(f"{os.getpid()}\\n")
+s = socket.socket(); s.bind(("127.0.0.1", int(os.environ["JOBS_PORT"]))); s.listen()
+
+def on_term(*_):
+    nats = urlsplit(os.environ["NATS_URL"])
+    try:
+        socket.create_connection((nats.hostname, nats.port), timeout=5).close()
+        seen = "nats up"
+    except OSError as exc:
+        seen = f"nats down: {exc}"
+    try:
+        psycopg.connect(os.environ["DATABASE_URL"], connect_timeout=5).close()
+        seen += ", postgres up"
+    except psycopg.Error as exc:
+        seen += f", postgres down: {exc}"
+    open(os.environ["SEEN_FILE"], "w").write(seen)
+    print("jobs stopped", flush=True)
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+print("jobs listening", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def server_pids(data: Path) -> list[int]:
+    """The embedded NATS and PostgreSQL of `data` (found by their data folders)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg in (str(data / "nats").encode(), str(data / "pg").encode()) for arg in argv):
+            if alive(int(proc.name)):
+                found.append(int(proc.name))
+    return found
+
+
+class UpRun:
+    """`python -m ourvidz.dev.up` with stand-in services and its own embedded
+    PostgreSQL and NATS, leading a process group of its own."""
+
+    def __init__(self, root: Path, data: Path) -> None:
+        self.root, self.data = root, data
+        make_service(root, "jobs", STOPPING)
+        make_service(root, "gateway", GATEWAY)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.gateway_port = sock.getsockname()[1]
+        self.pids_file, self.seen_file = root / "pids", root / "seen"
+        env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("DATABASE_", "NATS_", "AUTH_", "S3_", "STORAGE_"))
+            },
+            "OURVIDZ_DATA_DIR": str(data),
+            "GATEWAY_PORT": str(self.gateway_port),
+            "PIDS_FILE": str(self.pids_file),
+            "SEEN_FILE": str(self.seen_file),
+            "ENV_FILE": str(root / "env.json"),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ourvidz.dev.up", "--root", str(root)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(
+            target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True
+        )
+        self.reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_serving(self) -> None:
+        assert wait_until(
+            lambda: (
+                any("ourvidz is serving on" in ln for ln in self.lines)
+                or self.proc.poll() is not None
+            ),
+            timeout=180,
+        ), self.output
+        assert self.proc.poll() is None, self.output
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.reader.join(5)
+
+
+@pytest.fixture(scope="module")
+def up_data(tmp_path_factory) -> Path:
+    """One data folder for these runs: PostgreSQL is initialised once."""
+    return tmp_path_factory.mktemp("up-data")
+
+
+def test_a_group_sigterm_stops_the_services_before_the_servers(tmp_path: Path, up_data: Path):
+    run = UpRun(tmp_path, up_data)
+    try:
+        run.wait_serving()
+        children = read_pids(run.pids_file)
+        servers = server_pids(up_data)
+        assert len(children) == 2 and len(servers) == 2, (children, servers, run.output)
+        os.killpg(run.proc.pid, signal.SIGTERM)  # as `kill -TERM -<pgid>` or Ctrl-C would
+        run.proc.wait(timeout=120)
+    finally:
+        run.close()
+    assert run.proc.returncode == 0, run.output
+    assert run.seen_file.read_text() == "nats up, postgres up", run.output
+    assert not any(alive(p) for p in children + servers), run.output
+    output = run.output
+    assert output.index("stopped jobs") < output.index("stopping embedded servers")
+    assert "Traceback" not in output and "watchdog" not in output, output
+
+
+def test_servers_and_services_are_stopped_when_up_is_killed(tmp_path: Path, up_data: Path):
+    run = UpRun(tmp_path, up_data)
+    try:
+        run.wait_serving()
+        children = read_pids(run.pids_file)
+        servers = server_pids(up_data)
+        assert len(children) == 2 and len(servers) == 2, (children, servers, run.output)
+        os.kill(run.proc.pid, signal.SIGKILL)  # up alone: nothing of it runs its clean-up
+        run.proc.wait(timeout=10)
+        assert wait_until(lambda: not any(alive(p) for p in children + servers), timeout=120), (
+            [p for p in children + servers if alive(p)],
+            run.output,
+        )
+    finally:
+        run.close()
+    assert run.seen_file.read_text() == "nats up, postgres up", run.output
+    assert "watchdog  | make up (pid" in run.output
+    # pgserver's list of the server's users is left empty, so the next run stops it again.
+    assert json.loads((up_data / "pg" / ".handle_pids.json").read_text()) == []

@@ -3,7 +3,12 @@ JSON, unexpected errors."""
 
 from __future__ import annotations
 
+import logging
+
 import grpc
+import nats.errors
+import psycopg
+import psycopg_pool
 import pytest
 
 from services.gateway.problems import field_name, http_status
@@ -63,3 +68,48 @@ async def test_unexpected_error_is_a_generic_500(client):
     r = await client.get("/test-boom")
     body = assert_problem(r, 500)
     assert "secret" not in r.text and body["detail"] == "internal error"
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (psycopg.OperationalError("connection failed: Connection refused"), "DATABASE_UNAVAILABLE"),
+        (
+            psycopg_pool.PoolTimeout("couldn't get a connection after 5.00 sec"),
+            "DATABASE_UNAVAILABLE",
+        ),
+        (nats.errors.NoServersError(), "QUEUE_UNAVAILABLE"),
+        (ConnectionRefusedError(111, "Connection refused"), "DEPENDENCY_UNAVAILABLE"),
+    ],
+)
+async def test_the_gateways_own_dependency_failing_is_503_with_retry_after(
+    client, caplog, failure, reason
+):
+    async def down():
+        raise failure
+
+    path = f"/test-down-{reason.lower()}-{type(failure).__name__}"
+    client.app.add_api_route(path, down)
+    caplog.set_level(logging.WARNING, logger="services.gateway.problems")
+    r = await client.get(path)
+    body = assert_problem(r, 503)
+    assert int(r.headers["Retry-After"]) > 0
+    assert body["reason"] == reason and body["detail"].endswith("try again shortly")
+    assert [rec.exc_info for rec in caplog.records] == [None]  # one line, no traceback
+
+
+async def test_openapi_lists_503_with_retry_after(client):
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    for path, method in (
+        ("/v1/jobs", "post"),
+        ("/v1/jobs", "get"),
+        ("/v1/jobs/{job_id}", "get"),
+        ("/v1/jobs/{job_id}/events", "get"),
+        ("/v1/workspace/sessions/{session_id}/events", "get"),
+        ("/v1/auth/login", "post"),
+        ("/v1/me", "get"),
+        ("/readyz", "get"),
+    ):
+        unavailable = paths[path][method]["responses"]["503"]
+        assert "application/problem+json" in unavailable["content"], path
+        assert "Retry-After" in unavailable["headers"], path

@@ -161,4 +161,5 @@ async def job_events(
                 data["job"] = mapping.job(got.job)
             yield sse.event(name, data, reply.event.sequence)
 
+    await sse.opened(call, gw.backends.deadline)
     return sse.relay(gw, call, events(), "the event stream was interrupted; reconnect")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.gateway.deps import gateway
+from services.gateway.models import problem_responses
 from services.gateway.problems import problem
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=problem_responses(503))
 async def readyz(gw=Depends(gateway)):
     checks = {"database": await _database(gw)}
     checks.update(await gw.backends.health())

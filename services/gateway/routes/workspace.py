@@ -108,6 +108,7 @@ async def session_events(session_id: str, caller: CallerDep, gw=Depends(gateway)
                 name, event_id, data = update
                 yield sse.event(name, data, event_id)
 
+    await sse.opened(call, gw.backends.deadline)
     return sse.relay(gw, call, events(), "the event stream was interrupted; reconnect")
 
 
