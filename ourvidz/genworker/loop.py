@@ -245,26 +245,50 @@ class Worker:
             return None
         return msgs[0] if msgs else None
 
+    async def _fetch_unless_stopped(self, sub, wait_seconds: float):
+        """A fetch that a stop ends at once (an idle worker exits without
+        waiting out the long poll). A message the abandoned pull request
+        brings is redelivered after the ack wait; it is never lost."""
+        fetch = asyncio.ensure_future(self._fetch_one(sub, wait_seconds))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if fetch.done():
+            return fetch.result()
+        fetch.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await fetch
+        return None
+
     async def run(self) -> None:
         if not self._subs:
             await self.declare()
         fast, high = self._subs
         wait = self.config.fetch_timeout_seconds
+        failing = False
         while not self._stopping.is_set():
             try:
                 msg = await self._fetch_one(fast, min(0.1, wait))
                 if msg is None:
-                    msg = await self._fetch_one(high, wait)
+                    msg = await self._fetch_unless_stopped(high, wait)
             except Exception as exc:  # a broken connection: nats reconnects, we retry
-                log.warning("fetch failed: %s", exc)
-                await asyncio.sleep(wait)
+                if not failing:
+                    log.warning("fetch failed: %s; retrying until NATS answers", exc)
+                failing = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), wait)
                 continue
+            if failing:
+                log.info("fetching again")
+                failing = False
             if msg is None:
                 continue
             try:
                 await self.handle(msg)
             except Exception as exc:  # e.g. NATS away while settling: never end the loop
-                log.error("handling a task failed; it is redelivered", exc_info=exc)
+                log.warning("settling a task failed (%s); it is redelivered", _short(exc))
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=self._backoff(msg.metadata.num_delivered))
 
