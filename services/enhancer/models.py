@@ -27,7 +27,13 @@ from pathlib import Path
 import torch
 
 from ourvidz import tokenizers
-from ourvidz.devices import DTYPES, default_dtype, resolve_device, resolve_dtype
+from ourvidz.devices import (
+    DTYPES,
+    default_dtype,
+    own_aligned_memory,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +252,7 @@ def load(
         model.to(device)
     if model.dtype != DTYPES[dtype]:
         model.to(dtype=DTYPES[dtype])
+    own_aligned_memory(model)  # a folder's output = the same weights' in memory
     model.eval()
     log.info("enhancer model loaded", extra={"preset": preset, "device": device, "dtype": dtype})
     return LoadedModel(model=model, tokenizer=tok, preset=preset, device=device, dtype=dtype)

@@ -27,7 +27,14 @@ from types import SimpleNamespace
 import torch
 
 from ourvidz import tokenizers
-from ourvidz.devices import DTYPES, default_dtype, resolve_device, resolve_dtype
+from ourvidz.devices import (
+    DTYPES,
+    default_dtype,
+    modules_of,
+    own_aligned_memory,
+    resolve_device,
+    resolve_dtype,
+)
 from services.sdxl import configs
 from services.sdxl.presets import CONTROL_PLANE, FULL_RANDOM, TINY
 
@@ -249,6 +256,7 @@ def load(
         pipe.to(dtype=DTYPES[dtype])
     if pipe.vae.config.force_upcast and dtype == "float16":
         pipe.vae.to(torch.float32)
+    own_aligned_memory(*modules_of(pipe))  # a folder's output = the same weights' in memory
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
     for encoder in (pipe.text_encoder, pipe.text_encoder_2):

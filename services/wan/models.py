@@ -22,7 +22,14 @@ from pathlib import Path
 
 import torch
 
-from ourvidz.devices import DTYPES, default_dtype, resolve_device, resolve_dtype
+from ourvidz.devices import (
+    DTYPES,
+    default_dtype,
+    modules_of,
+    own_aligned_memory,
+    resolve_device,
+    resolve_dtype,
+)
 from services.wan import configs, tokenizer
 
 log = logging.getLogger(__name__)
@@ -146,6 +153,7 @@ def load(
         pipe.to(device)
     if pipe.transformer.dtype != DTYPES[dtype]:
         pipe.to(dtype=DTYPES[dtype])
+    own_aligned_memory(*modules_of(pipe))  # a folder's output = the same weights' in memory
     if vae_tiling:
         pipe.vae.enable_tiling()
     if vae_slicing:

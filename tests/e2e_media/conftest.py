@@ -15,6 +15,18 @@ from tests.e2e.conftest import Client
 ADMIN_EMAIL = "admin-e2e@example.com"
 DENIED = "forbidden thing"
 
+# The tests here are about what the enhancer does, so no timer that exists for
+# another property may decide one: neither Jobs' enhancement timeout (its
+# sweeper sends a job still `enhancing` on with its original prompt) nor the
+# enhancer's own deadline on a generation. With Jobs' at 3 s, a loaded machine
+# (a 200-token generation of the tiny model took 5-9 s beside two busy loops on
+# two cores, 0.3 s idle) made the enhancer lose that race, and an "enhanced"
+# job came back as a fallback. At an hour neither fires while a test here runs.
+# Their behaviour is tested where it is the subject: tests/jobs/test_enhance_timeout.py
+# and tests/e2e_fallback (which sets its own) for Jobs', tests/enhancer for the
+# enhancer's.
+OUT_OF_PLAY_SECONDS = "3600"
+
 
 def media_env(base_env: dict, **extra) -> dict:
     return {
@@ -22,7 +34,8 @@ def media_env(base_env: dict, **extra) -> dict:
         "WAN_MODEL": "tiny",
         "WAN_PROGRESS_INTERVAL_SECONDS": "0",
         "ENHANCER_MODEL": "tiny",
-        "JOBS_ENHANCE_TIMEOUT_SECONDS": "3",
+        "JOBS_ENHANCE_TIMEOUT_SECONDS": OUT_OF_PLAY_SECONDS,
+        "ENHANCER_TIMEOUT_SECONDS": OUT_OF_PLAY_SECONDS,
         "PROMPT_DENY_LIST": DENIED,
         "GATEWAY_ADMIN_EMAILS": ADMIN_EMAIL,
         **extra,
