@@ -64,6 +64,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
             current_job_id=stats.current_job_id,
             jobs_completed=stats.jobs_completed,
             jobs_failed=stats.jobs_failed,
+            waiting_on=stats.waiting_on,
         )
 
 

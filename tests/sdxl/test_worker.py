@@ -48,6 +48,7 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
         self.held_elsewhere = 0
         self.cancel_at_step: int | None = None
         self.on_progress = None
+        self.on_start = None
         self.changed = asyncio.Event()
 
     def reset(self) -> None:
@@ -72,6 +73,8 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
 
     async def StartJob(self, request, context):
         self._record("StartJob", request)
+        if self.on_start is not None:
+            self.on_start()
         if self.start_errors:
             await context.abort(self.start_errors.pop(0), "injected")
         if request.job_id in self.completed:
@@ -324,6 +327,8 @@ async def test_a_completion_committed_whose_answer_was_lost_keeps_its_files(
 async def test_a_start_while_jobs_is_away_waits_and_runs_once(sdxl, double, make_task):
     running, _ = sdxl
     double.start_errors = [grpc.StatusCode.UNAVAILABLE] * 3
+    waiting: list[str] = []  # what the worker's health says at each try
+    double.on_start = lambda: waiting.append(running.worker.stats.waiting_on)
     user, job = _ids()
     await _publish(running, make_task(job_id=job, user_id=user))
     (complete,) = await double.wait_for("CompleteJob")
@@ -331,6 +336,7 @@ async def test_a_start_while_jobs_is_away_waits_and_runs_once(sdxl, double, make
     starts = double.of("StartJob")
     assert len(starts) == 4 and {s.delivery for s in starts} == {1}  # one delivery throughout
     assert not double.of("FailJob")
+    assert waiting == ["", "the jobs service", "the jobs service", "the jobs service"]
     assert running.worker.stats.waiting_on == ""
     assert complete.assets[0].key == f"{user}/{job}_0.png"
 
