@@ -177,7 +177,9 @@ async def declare_events_consumer(
             filter_subject=subject,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ack_wait_seconds,
-            max_deliver=20,
+            # No limit: a consumer retries while its database is away (an
+            # outage must not drop a completion); events expire with the stream.
+            max_deliver=-1,
             deliver_policy=DeliverPolicy.ALL,
         ),
     )

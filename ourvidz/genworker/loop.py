@@ -461,8 +461,11 @@ class Worker:
                 return
             raise
         self.stats.jobs_completed += 1
-        await msg.ack_sync()
         log.info("job completed", extra={"assets": len(assets)})
+        try:
+            await msg.ack_sync()
+        except Exception as exc:  # NATS away: the redelivery finds the job completed
+            log.warning("the completed job's task could not be acked (%s)", _short(exc))
 
     async def _beat(self, task: queue_pb2.GenerationTask, token: str, cancel: threading.Event):
         """Tell Jobs every few seconds that this worker still has the job."""

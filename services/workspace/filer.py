@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from ourvidz import logs
+from ourvidz.errors import dependency_failure
 from ourvidz.queue import EVENTS_STREAM
 from ourvidz.v1 import events_pb2
 from services.workspace.convert import Signer, completion
@@ -120,9 +121,14 @@ class Filer:
                 return
             try:
                 items = await self._service.file(done)
-            except Exception:
-                log.exception("filing the job's outputs failed; will retry")
-                await msg.nak(delay=RETRY_DELAY_SECONDS)
+            except Exception as exc:
+                if (dependency := dependency_failure(exc)) is not None:
+                    log.warning("filing the job's outputs waits: %s", dependency.summary)
+                else:
+                    log.exception("filing the job's outputs failed; will retry")
+                # Later and later while it lasts, at most every 30 s.
+                delivered = msg.metadata.num_delivered or 1
+                await msg.nak(delay=min(RETRY_DELAY_SECONDS * delivered, 30.0))
                 return
             await msg.ack()
             if items:
