@@ -53,6 +53,10 @@ class Database:
             name=name,
             timeout=timeout,
             kwargs={"row_factory": dict_row, "autocommit": False},
+            # Each connection is checked as it is handed out (an empty query,
+            # one round trip): after PostgreSQL restarts, a pooled connection
+            # to the old server is replaced instead of failing a request.
+            check=AsyncConnectionPool.check_connection,
         )
 
     async def open(self) -> None:

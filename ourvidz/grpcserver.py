@@ -177,11 +177,17 @@ async def set_serving(served: Served, service_names: Iterable[str], serving: boo
 
 
 def channel(addr: str) -> grpc.aio.Channel:
-    """A client channel with the mesh's message size limits."""
+    """A client channel with the mesh's message size limits. It tries to
+    reconnect to a peer that went away at least every 5 s (gRPC's default
+    back-off grows to 2 minutes, so a service that came back would stay
+    "unavailable" to its callers for that long)."""
     return grpc.aio.insecure_channel(
         addr,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 5000),
         ],
     )

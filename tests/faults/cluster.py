@@ -349,13 +349,23 @@ class Cluster:
         return None
 
     async def submit_many(
-        self, http, users: list[User], count: int, tally: Tally
+        self, http, users: list[User], count: int, tally: Tally, within: float = 120.0
     ) -> list[Accepted]:
+        """`count` accepted jobs. A refusal (503 while a service reconnects
+        after the last fault) is retried after its Retry-After, as a client
+        would; every answer is in `tally`."""
         accepted = []
+        deadline = time.monotonic() + within
         for n in range(count):
-            job = await self.submit(http, users[n % len(users)], tally, num_images=1 + 2 * (n % 2))
-            if job is not None:
-                accepted.append(job)
+            while True:
+                job = await self.submit(
+                    http, users[n % len(users)], tally, num_images=1 + 2 * (n % 2)
+                )
+                if job is not None:
+                    accepted.append(job)
+                    break
+                assert time.monotonic() < deadline, f"submits refused for {within} s: {tally}"
+                await asyncio.sleep(1.0)
         return accepted
 
     async def probe(self, http: httpx.AsyncClient, job: Accepted, tally: Tally) -> Accepted | None:
@@ -373,8 +383,10 @@ class Cluster:
         with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
             return conn.execute(sql, params).fetchall()
 
-    async def states(self, job_ids: list[str]) -> dict[str, str]:
+    async def states(self, job_ids: list[str], within: float = 300.0) -> dict[str, str]:
+        deadline = time.monotonic() + within
         while True:
+            assert time.monotonic() < deadline, "the database did not answer"
             try:
                 rows = self.query(
                     "SELECT id::text, state FROM jobs.jobs WHERE id = ANY(%s::uuid[])", (job_ids,)

@@ -166,8 +166,10 @@ async def test_jobs_service_away_with_a_queue(cluster, http, users, seconds):
     jobs = await cluster.submit_many(http, users, 30, tally)
     await _some_running(cluster, jobs)
     await cluster.procs["jobs"].signal(signal.SIGKILL)
-    await _outage(cluster, http, tally, seconds, jobs)
-    await cluster.restart("jobs")
+    try:
+        await _outage(cluster, http, tally, seconds, jobs)
+    finally:
+        await cluster.restart("jobs")
     report = await cluster.check(jobs)
     _assert_api_answers(tally)
     REPORT[f"jobs service down {seconds} s"] = {**report, "api_statuses": tally.statuses}
@@ -179,8 +181,10 @@ async def test_postgres_away_with_a_queue(cluster, http, users, seconds):
     jobs = await cluster.submit_many(http, users, 30, tally)
     await _some_running(cluster, jobs)
     await asyncio.to_thread(cluster.stop_postgres)
-    await _outage(cluster, http, tally, seconds, jobs)
-    await asyncio.to_thread(cluster.start_postgres)
+    try:
+        await _outage(cluster, http, tally, seconds, jobs)
+    finally:
+        await asyncio.to_thread(cluster.start_postgres)
     report = await cluster.check(jobs)
     _assert_api_answers(tally)
     REPORT[f"PostgreSQL down {seconds} s"] = {**report, "api_statuses": tally.statuses}
@@ -191,8 +195,10 @@ async def test_nats_away_30_s(cluster, http, users):
     jobs = await cluster.submit_many(http, users, 30, tally)
     await _some_running(cluster, jobs)
     await asyncio.to_thread(cluster.stop_nats)
-    await _outage(cluster, http, tally, 30, jobs)
-    await asyncio.to_thread(cluster.start_nats)
+    try:
+        await _outage(cluster, http, tally, 30, jobs)
+    finally:
+        await asyncio.to_thread(cluster.start_nats)
     report = await cluster.check(jobs)
     _assert_api_answers(tally)
     REPORT["NATS down 30 s"] = {**report, "api_statuses": tally.statuses}
