@@ -52,7 +52,7 @@ up: install ## Start everything (embedded PostgreSQL, NATS, storage) with tiny m
 test: install ## The whole fast suite against real PostgreSQL, NATS JetStream and S3
 	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser and not faults" --ignore=tests/browser --ignore=tests/faults $(PYTEST_ARGS)
 
-test-faults: install ## The fault suite: real processes killed and stopped (about 15 min); see docs/RELIABILITY.md
+test-faults: install ## The fault suite: real processes killed and stopped (10-15 min); see docs/RELIABILITY.md
 	$(BIN)/python -m pytest -q -m faults tests/faults $(PYTEST_ARGS)
 
 CHROMIUM ?= /usr/bin/chromium
