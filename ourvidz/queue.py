@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -83,17 +84,20 @@ async def connect(url: str, name: str) -> tuple[NATS, JetStreamContext]:
     state = {"down": False}
 
     async def on_error(exc: Exception) -> None:
-        if not state["down"]:
-            log.warning("nats: %s: %s", type(exc).__name__, exc)
-
-    async def on_disconnected() -> None:
-        if not state["down"]:
-            state["down"] = True
-            log.warning("nats: disconnected; reconnecting")
+        # A refused reconnect comes here every half second: one line for the
+        # whole outage. (A disconnect alone says nothing: our own close or
+        # drain also calls it, and a reconnect that succeeds needs no line.)
+        if isinstance(exc, OSError | nats.errors.UnexpectedEOF | nats.errors.StaleConnectionError):
+            if not state["down"]:
+                state["down"] = True
+                log.warning("nats: connection lost (%s); reconnecting", type(exc).__name__)
+            return
+        log.warning("nats: %s: %s", type(exc).__name__, exc)
 
     async def on_reconnected() -> None:
+        if state["down"]:
+            log.info("nats: reconnected")
         state["down"] = False
-        log.info("nats: reconnected")
 
     nc = await nats.connect(
         url,
@@ -102,7 +106,6 @@ async def connect(url: str, name: str) -> tuple[NATS, JetStreamContext]:
         reconnect_time_wait=0.5,
         connect_timeout=5,
         error_cb=on_error,
-        disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
     )
     return nc, nc.jetstream()
