@@ -150,6 +150,10 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # gRPC binds with SO_REUSEPORT by default: a second service given
+            # the same port would start and silently take half of the calls.
+            # Without it, that start fails.
+            ("grpc.so_reuseport", 0),
         ],
     )
     register(server)

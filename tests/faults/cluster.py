@@ -224,8 +224,13 @@ class Cluster:
     # --- the services --------------------------------------------------------------
 
     def build_env(self, workers: int) -> None:
-        gateway_port = free_port()
-        ports = {name: free_port() for name in ("jobs", "workspace")}
+        used: set[int] = {self.nats_port}
+        gateway_port = free_port(used)
+        used.add(gateway_port)
+        ports = {}
+        for name in ("jobs", "workspace"):
+            ports[name] = free_port(used)
+            used.add(ports[name])
         self.gateway_url = f"http://127.0.0.1:{gateway_port}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("JOBS_", "SDXL_"))},
@@ -270,7 +275,8 @@ class Cluster:
             "workspace", "services.workspace", env, self.logs, grpc_serving(ports["workspace"])
         )
         for n in range(workers):
-            port = free_port()
+            port = free_port(used)
+            used.add(port)
             worker_env = {**env, "SDXL_PORT": str(port), "SDXL_WORKER_ID": f"sdxl-{n}"}
             self.procs[f"sdxl-{n}"] = Proc(
                 f"sdxl-{n}", "services.sdxl", worker_env, self.logs, grpc_serving(port)

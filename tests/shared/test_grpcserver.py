@@ -138,3 +138,19 @@ def _caused(exc: BaseException, cause: BaseException) -> BaseException:
 )
 def test_which_failures_are_a_dependencys(exc, dependency):
     assert dependency_failure(exc) == dependency
+
+
+async def test_a_second_server_on_a_taken_port_fails_to_start():
+    # gRPC's default SO_REUSEPORT would let both bind and split the calls.
+    from ourvidz.grpcserver import build_server
+
+    first = build_server(secret="s" * 40, register=lambda s: None, service_names=[], port=0)
+    await first.start()
+    try:
+        with pytest.raises(RuntimeError, match="Failed to bind"):
+            second = build_server(
+                secret="s" * 40, register=lambda s: None, service_names=[], port=first.port
+            )
+            await second.start()
+    finally:
+        await first.stop(0)
