@@ -541,7 +541,7 @@ class Worker:
     def _backoff(self, attempt: int) -> float:
         return queue.retry_delay(self.config.retry_backoff_seconds, max(attempt, 1))
 
-    async def _fail_request(self, task, request) -> job_pb2.Job:
+    async def _fail_request(self, request) -> job_pb2.Job:
         response = await self._persist(
             "the jobs service", lambda: self._call(self.jobs.FailJob, request)
         )
@@ -580,7 +580,7 @@ class Worker:
             dependency_failure=dependency_error(exc),
         )
         try:
-            job = await self._fail_request(task, request)
+            job = await self._fail_request(request)
         except (DependencyAway, grpc.aio.AioRpcError) as failed:
             # The outcome is not recorded: the task stays on the queue.
             await self._hand_back(msg, f"the failure could not be recorded: {_short(failed)}")
