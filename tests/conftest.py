@@ -69,6 +69,10 @@ def base_env(infra, tmp_path_factory) -> dict[str, str]:
         # tasks are gone on purpose; the reconciler must not publish them
         # again for the next test's workers. Its own tests set their bounds.
         "JOBS_QUEUED_CHECK_SECONDS": "3600",
+        # Every test client signs up and signs in from 127.0.0.1; the per-address
+        # abuse limits are tested with their own settings.
+        "GATEWAY_SIGNUPS_PER_ADDRESS": "100000",
+        "GATEWAY_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
     }
 
 

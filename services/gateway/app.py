@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from ourvidz import db as ourvidz_db
 from ourvidz.grpcserver import channel
 from ourvidz.storage import LocalStore, store_from_settings
-from services.gateway import problems
+from services.gateway import problems, throttle
 from services.gateway.backends import Backends
 from services.gateway.identity import Identity
 from services.gateway.limits import BodyLimitMiddleware
@@ -34,6 +34,7 @@ from services.gateway.routes import (
     workspace,
 )
 from services.gateway.settings import GatewaySettings
+from services.gateway.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Gateway:
     backends: Backends
     metrics: HttpMetrics
     local_store: LocalStore | None
+    # Abuse limits: sign-in lock-outs, sign-up and job rates, open streams.
+    throttle: Throttle
     # Set when shutdown begins: open event streams end so connections can drain.
     stopping: asyncio.Event
     # NATS, for the operators' queue and worker views (connects in the background).
@@ -103,6 +106,7 @@ def create_app(
             backends=bk,
             metrics=metrics,
             local_store=local_store,
+            throttle=Throttle(settings, db),
             stopping=asyncio.Event(),
             nats=nats_link,
         )
@@ -122,6 +126,7 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
+    throttle.install(app)
     for module in (
         auth,
         jobs,

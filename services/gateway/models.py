@@ -522,14 +522,27 @@ UNAVAILABLE_RESPONSE = {
 }
 
 
+TOO_MANY_REQUESTS_RESPONSE = {
+    "description": "An abuse limit was reached (`reason` says which); retry after the "
+    "`Retry-After` seconds",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "schema": {"type": "integer"},
+        }
+    },
+}
+
+
 def problem_responses(*statuses: int) -> dict[int, dict]:
     """OpenAPI entries of the problem+json answers a route gives (a 503 with
-    its `Retry-After` header)."""
+    its `Retry-After` header, and so does a 429)."""
     return {
         status: {
             "model": Problem,
             "content": {"application/problem+json": {}},
             **(UNAVAILABLE_RESPONSE if status == 503 else {}),
+            **(TOO_MANY_REQUESTS_RESPONSE if status == 429 else {}),
         }
         for status in statuses
     }

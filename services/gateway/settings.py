@@ -1,7 +1,9 @@
-"""Gateway settings: where it listens, who is an admin, and request size limits."""
+"""Gateway settings: where it listens, who is an admin, request size limits
+and abuse limits."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Annotated
 
@@ -35,6 +37,29 @@ class GatewaySettings(CommonSettings):
     # Seconds to finish in-flight requests on shutdown.
     gateway_shutdown_grace_seconds: float = 10.0
 
+    # Abuse limits, shared by every replica through the database.
+    # Proxies (IPs or CIDR blocks) whose X-Forwarded-For names the client;
+    # empty: the client is the peer of the connection.
+    gateway_trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Failed sign-ins before a lock-out, per account (e-mail) and per client
+    # address; a count restarts after a window without attempts.
+    gateway_login_max_failures_per_account: int = Field(default=5, ge=1)
+    gateway_login_max_failures_per_address: int = Field(default=20, ge=1)
+    gateway_login_failure_window_seconds: float = Field(default=900.0, gt=0)
+    # The first lock-out; it doubles with each further failure up to the cap.
+    gateway_login_lockout_seconds: float = Field(default=1.0, gt=0)
+    gateway_login_lockout_max_seconds: float = Field(default=900.0, gt=0)
+    # Sign-ups per client address in a window (refilled evenly over it).
+    gateway_signups_per_address: int = Field(default=10, ge=1)
+    gateway_signup_window_seconds: float = Field(default=3600.0, gt=0)
+    # Job submissions per user: a steady rate and the burst allowed on top.
+    gateway_jobs_per_minute: float = Field(default=30.0, gt=0)
+    gateway_jobs_burst: int = Field(default=10, ge=1)
+    # Open event streams (SSE) per user; a stream's lease is refreshed every
+    # third of this while it is open and lapses this long after a replica dies.
+    gateway_max_streams_per_user: int = Field(default=8, ge=1)
+    gateway_stream_lease_seconds: float = Field(default=60.0, gt=0)
+
     @field_validator("gateway_admin_emails", mode="before")
     @classmethod
     def _split_emails(cls, value: object) -> object:
@@ -43,4 +68,15 @@ class GatewaySettings(CommonSettings):
             value = json.loads(text) if text.startswith("[") else text.replace(";", ",").split(",")
         if isinstance(value, list | tuple):
             return [str(v).strip().lower() for v in value if str(v).strip()]
+        return value
+
+    @field_validator("gateway_trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.replace(";", ",").split(",")
+        if isinstance(value, list | tuple):
+            # Refuse what is not an address or a block, naming it.
+            return [str(ipaddress.ip_network(str(v).strip())) for v in value if str(v).strip()]
         return value

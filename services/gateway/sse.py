@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from ourvidz.errors import Unavailable
 from services.gateway.problems import rpc_problem_body
+from services.gateway.throttle import StreamLease
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +103,39 @@ async def opened(call, within: float) -> None:
         await call.read()  # raises the call's error, which the problem handlers map
 
 
-def relay(gw, call, events: AsyncIterator[bytes], interrupted: str) -> StreamingResponse:
+async def start(
+    gw, lease: StreamLease, call, events: AsyncIterator[bytes], interrupted: str
+) -> StreamingResponse:
+    """Wait for the service to take the stream on, then relay it; `lease`, the
+    caller's open-stream lease, is released if the stream never starts."""
+    try:
+        await opened(call, gw.backends.deadline)
+    except BaseException:
+        call.cancel()
+        await lease.release()
+        raise
+    return relay(gw, lease, call, events, interrupted)
+
+
+def relay(
+    gw, lease: StreamLease, call, events: AsyncIterator[bytes], interrupted: str
+) -> StreamingResponse:
     """The SSE response of `events`, which read the gRPC server stream `call`:
     keep-alive comments, an early end at shutdown, an `error` event (a problem
     body saying `interrupted`) when the stream breaks after it started, and the
-    call cancelled however the response ends (the client may simply leave)."""
+    call cancelled and `lease` released however the response ends (the client
+    may simply leave); the lease is refreshed while the stream is open."""
 
     async def guarded() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in events:
-                yield chunk
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.CANCELLED:
-                yield event("error", rpc_problem_body(err, interrupted))
-        finally:
-            call.cancel()
+        async with lease.held():
+            try:
+                async for chunk in events:
+                    yield chunk
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.CANCELLED:
+                    yield event("error", rpc_problem_body(err, interrupted))
+            finally:
+                call.cancel()
 
     return StreamingResponse(
         with_keepalive(guarded(), gw.settings.gateway_sse_keepalive_seconds, gw.stopping),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from services.gateway.deps import CallerDep, gateway
 from services.gateway.identity import Session
@@ -13,6 +13,7 @@ from services.gateway.models import (
     RefreshBody,
     SignupBody,
     TokenResponse,
+    problem_responses,
 )
 
 router = APIRouter(tags=["auth"], responses=PROBLEM_RESPONSES)
@@ -28,14 +29,23 @@ def _tokens(session: Session) -> dict:
     }
 
 
-@router.post("/v1/auth/signup", status_code=201, response_model=TokenResponse)
-async def signup(body: SignupBody, gw=Depends(gateway)) -> dict:
+@router.post(
+    "/v1/auth/signup",
+    status_code=201,
+    response_model=TokenResponse,
+    responses=problem_responses(429),
+)
+async def signup(body: SignupBody, request: Request, gw=Depends(gateway)) -> dict:
+    await gw.throttle.signup(gw.throttle.client_address(request))
     return _tokens(await gw.identity.signup(body.email, body.password))
 
 
-@router.post("/v1/auth/login", response_model=TokenResponse)
-async def login(body: LoginBody, gw=Depends(gateway)) -> dict:
-    return _tokens(await gw.identity.login(body.email, body.password))
+@router.post("/v1/auth/login", response_model=TokenResponse, responses=problem_responses(429))
+async def login(body: LoginBody, request: Request, gw=Depends(gateway)) -> dict:
+    address = gw.throttle.client_address(request)
+    async with gw.throttle.login_attempt(body.email, address):
+        session = await gw.identity.login(body.email, body.password)
+    return _tokens(session)
 
 
 @router.post("/v1/auth/refresh", response_model=TokenResponse)

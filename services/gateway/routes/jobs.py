@@ -19,6 +19,7 @@ from services.gateway.models import (
     JobState,
     JobTypesOut,
     Page,
+    problem_responses,
 )
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ async def job_types(caller: CallerDep, gw=Depends(gateway)) -> dict:
     return {"items": [mapping.job_type(t) for t in reply.job_types]}
 
 
-@router.post("/v1/jobs", status_code=202, response_model=JobOut)
+@router.post("/v1/jobs", status_code=202, response_model=JobOut, responses=problem_responses(429))
 async def create_job(
     body: CreateJobBody,
     caller: CallerDep,
@@ -50,6 +51,7 @@ async def create_job(
         raise InvalidArgument.field(
             "Idempotency-Key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters"
         )
+    await gw.throttle.submit_job(caller.user_id)
     session_id = ""
     if body.destination == "workspace":
         session_id = await _workspace_session(gw, caller, body.workspace_session_id)
@@ -127,7 +129,10 @@ async def cancel_job(job_id: str, caller: CallerDep, gw=Depends(gateway)) -> dic
 @router.get(
     "/v1/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {sse.MEDIA_TYPE: {}}, "description": "Server-Sent Events"}},
+    responses={
+        200: {"content": {sse.MEDIA_TYPE: {}}, "description": "Server-Sent Events"},
+        **problem_responses(429),
+    },
 )
 async def job_events(
     job_id: str,
@@ -146,6 +151,7 @@ async def job_events(
     after = after_sequence if after_sequence is not None else sse.parse_last_event_id(last_event_id)
     request = job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
 
+    lease = await gw.throttle.open_stream(caller.user_id)
     call = gw.backends.stream(gw.backends.jobs.WatchJob, request, caller.token)
 
     async def events():
@@ -161,5 +167,4 @@ async def job_events(
                 data["job"] = mapping.job(got.job)
             yield sse.event(name, data, reply.event.sequence)
 
-    await sse.opened(call, gw.backends.deadline)
-    return sse.relay(gw, call, events(), "the event stream was interrupted; reconnect")
+    return await sse.start(gw, lease, call, events(), "the event stream was interrupted; reconnect")

@@ -32,7 +32,8 @@ router = APIRouter(tags=["playground"], responses=problem_responses(401, 422, 50
             "content": {sse.MEDIA_TYPE: {}},
             "description": "Server-Sent Events: `token` ({delta}) ... then `done` "
             "({tokens_out, model, settings}), or `error` (a problem body)",
-        }
+        },
+        **problem_responses(429),
     },
 )
 async def chat(body: ChatBody, caller: CallerDep, gw=Depends(gateway)) -> StreamingResponse:
@@ -41,6 +42,7 @@ async def chat(body: ChatBody, caller: CallerDep, gw=Depends(gateway)) -> Stream
         settings=mapping.generation_settings(body),
     )
     enhancer = gw.backends.enhancer_stub()
+    lease = await gw.throttle.open_stream(caller.user_id)
     call = gw.backends.stream(
         enhancer.Chat, request, caller.token, deadline=gw.settings.gateway_chat_deadline_seconds
     )
@@ -57,6 +59,7 @@ async def chat(body: ChatBody, caller: CallerDep, gw=Depends(gateway)) -> Stream
                 break
     except BaseException:
         call.cancel()
+        await lease.release()
         raise  # grpc.aio.AioRpcError -> problem+json by the app's handlers
 
     async def events():
@@ -74,4 +77,4 @@ async def chat(body: ChatBody, caller: CallerDep, gw=Depends(gateway)) -> Stream
                 yield sse.event("done", mapping.chat_done(reply))
                 return
 
-    return sse.relay(gw, call, events(), "the chat was interrupted; try again")
+    return sse.relay(gw, lease, call, events(), "the chat was interrupted; try again")

@@ -20,6 +20,7 @@ from services.gateway.models import (
     SaveItemBody,
     SessionOut,
     WorkspaceItemOut,
+    problem_responses,
 )
 
 router = APIRouter(tags=["workspace"], responses=PROBLEM_RESPONSES)
@@ -86,7 +87,10 @@ async def list_items(
 @router.get(
     "/v1/workspace/sessions/{session_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {sse.MEDIA_TYPE: {}}, "description": "Server-Sent Events"}},
+    responses={
+        200: {"content": {sse.MEDIA_TYPE: {}}, "description": "Server-Sent Events"},
+        **problem_responses(429),
+    },
 )
 async def session_events(session_id: str, caller: CallerDep, gw=Depends(gateway)):
     """Live events of the session's jobs (`state`, `progress`, ...) and `item`
@@ -99,6 +103,7 @@ async def session_events(session_id: str, caller: CallerDep, gw=Depends(gateway)
     )
     request = ws_pb2.WatchSessionRequest(session_id=session_id)
 
+    lease = await gw.throttle.open_stream(caller.user_id)
     call = gw.backends.stream(gw.backends.workspace.WatchSession, request, caller.token)
 
     async def events():
@@ -108,8 +113,7 @@ async def session_events(session_id: str, caller: CallerDep, gw=Depends(gateway)
                 name, event_id, data = update
                 yield sse.event(name, data, event_id)
 
-    await sse.opened(call, gw.backends.deadline)
-    return sse.relay(gw, call, events(), "the event stream was interrupted; reconnect")
+    return await sse.start(gw, lease, call, events(), "the event stream was interrupted; reconnect")
 
 
 @router.post("/v1/workspace/sessions/{session_id}/clear", response_model=ClearSessionOut)
