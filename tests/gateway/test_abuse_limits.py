@@ -16,11 +16,13 @@ from datetime import timedelta
 import httpx
 import psycopg
 import pytest
+from starlette.requests import Request
 
 from ourvidz.auth import mint_token
 from ourvidz.v1 import events_pb2, job_pb2
 from services.gateway import throttle_store
 from services.gateway.main import start
+from services.gateway.throttle import Throttle
 from tests.conftest import SECRET
 from tests.gateway.gateway_helpers import assert_problem, auth, gateway_settings, serve_app
 
@@ -118,7 +120,7 @@ async def test_the_lock_expires_and_a_success_resets_the_count(base_env, fakes):
         base_env,
         fakes,
         gateway_login_max_failures_per_account=2,
-        gateway_login_lockout_seconds=5,
+        gateway_login_lockout_seconds=8,
     )
     email, address = _email(), _address()
     async with serve_app(settings) as client:
@@ -345,3 +347,35 @@ async def test_the_new_429s_are_in_the_openapi_document(client):
         response = paths[path][method]["responses"]["429"]
         assert "Retry-After" in response["headers"]
         assert "application/problem+json" in response["content"]
+
+
+def _request(peer: str, forwarded: str | None = None) -> Request:
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+    return Request({"type": "http", "headers": headers, "client": (peer, 50000)})
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "counted_as"),
+    [
+        # Without a trusted proxy in front, the header is the client's to forge.
+        ("203.0.113.9", "198.51.100.1", "203.0.113.9"),
+        # Through the proxies: the hop they added, whatever the client sent before it.
+        ("10.0.0.2", "198.51.100.1", "198.51.100.1"),
+        ("10.0.0.2", "6.6.6.6, 198.51.100.1, 10.0.0.7", "198.51.100.1"),
+        ("10.0.0.2", None, "10.0.0.2"),
+        # IPv6 counts per /64; IPv4 written as IPv6 counts as itself.
+        ("2001:db8:1:2:3:4:5:6", None, "2001:db8:1:2::/64"),
+        ("::ffff:198.51.100.4", None, "198.51.100.4"),
+    ],
+)
+def test_the_client_address_trusts_only_the_listed_proxies(
+    base_env, fakes, peer, forwarded, counted_as
+):
+    settings = gateway_settings(base_env, fakes[0].port, gateway_trusted_proxies="10.0.0.0/8")
+    throttle = Throttle(settings, database=None)
+    assert throttle.client_address(_request(peer, forwarded)) == counted_as
+
+
+def test_a_trusted_proxy_setting_that_is_no_address_is_refused(base_env, fakes):
+    with pytest.raises(ValueError, match="gateway_trusted_proxies"):
+        gateway_settings(base_env, fakes[0].port, gateway_trusted_proxies="10.0.0.0/8,proxy.local")
