@@ -4,6 +4,7 @@ owned by its lifespan, the routes, problem+json errors, body limits and metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.throttle import Throttle
 
 log = logging.getLogger(__name__)
+
+# How often each replica deletes the abuse-limit rows that limit no one.
+PURGE_SECONDS = 300.0
 
 
 @dataclass
@@ -110,9 +114,15 @@ def create_app(
             stopping=asyncio.Event(),
             nats=nats_link,
         )
+        purger = asyncio.create_task(
+            app.state.gateway.throttle.purge_every(PURGE_SECONDS, app.state.gateway.stopping)
+        )
         try:
             yield
         finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
             await nats_link.close()
             if own_backends:
                 await bk.close()

@@ -197,6 +197,28 @@ class Throttle:
             )
         return lease
 
+    # --- housekeeping --------------------------------------------------------------
+
+    async def purge(self) -> int:
+        """Delete the rows that no longer limit anyone; how many went."""
+        window = timedelta(seconds=self.settings.gateway_login_failure_window_seconds)
+        async with self.db.tx(role="system") as conn:
+            return await store.purge(conn, login_window=window)
+
+    async def purge_every(self, seconds: float, stop: asyncio.Event) -> None:
+        """Purge now and then until `stop` is set (run as a task by the app)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+            if stop.is_set():
+                return
+            try:
+                removed = await self.purge()
+            except Exception as exc:
+                log.warning("could not purge the abuse-limit rows: %s", exc)
+            else:
+                log.debug("purged %d abuse-limit rows", removed)
+
 
 class StreamLease:
     """One open event stream. `held()` surrounds the streaming: it refreshes

@@ -168,3 +168,19 @@ async def keep_stream(
 
 async def close_stream(conn: psycopg.AsyncConnection, lease_id: uuid.UUID) -> None:
     await conn.execute(_CLOSE_STREAM, (lease_id,))
+
+
+# Rows that say no more than a missing row would: a full bucket, a count that
+# would restart, a lapsed lease. Any replica may collect them.
+_PURGE_RATES = "DELETE FROM identity.rate_limits WHERE tat < now()"
+_PURGE_LOGIN_ATTEMPTS = (
+    "DELETE FROM identity.login_attempts WHERE greatest(counted_at, locked_until) + %s <= now()"
+)
+_PURGE_STREAMS = "DELETE FROM identity.stream_leases WHERE expires_at <= now()"
+
+
+async def purge(conn: psycopg.AsyncConnection, *, login_window: timedelta) -> int:
+    removed = (await conn.execute(_PURGE_RATES)).rowcount
+    removed += (await conn.execute(_PURGE_LOGIN_ATTEMPTS, (login_window,))).rowcount
+    removed += (await conn.execute(_PURGE_STREAMS)).rowcount
+    return removed

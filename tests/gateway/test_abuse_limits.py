@@ -379,3 +379,46 @@ def test_the_client_address_trusts_only_the_listed_proxies(
 def test_a_trusted_proxy_setting_that_is_no_address_is_refused(base_env, fakes):
     with pytest.raises(ValueError, match="gateway_trusted_proxies"):
         gateway_settings(base_env, fakes[0].port, gateway_trusted_proxies="10.0.0.0/8,proxy.local")
+
+
+async def test_rows_that_limit_no_one_are_purged(client, infra):
+    """A full bucket, a count past its window and a lapsed lease go; live ones stay."""
+    gw = client.app.state.gateway
+    tag = uuid.uuid4().hex
+    stale, live = f"jobs:stale-{tag}", f"jobs:live-{tag}"
+    async with gw.database.tx(role="system") as conn:
+        for key in (stale, live):
+            await throttle_store.take_rate(conn, key, interval=timedelta(minutes=1), burst=5)
+        await throttle_store.take_login_attempt(
+            conn,
+            f"account:{tag}",
+            limit=5,
+            window=timedelta(minutes=15),
+            first_lock=timedelta(seconds=1),
+            max_lock=timedelta(seconds=5),
+        )
+        lease = uuid.uuid4()
+        await throttle_store.keep_stream(conn, lease, str(uuid.uuid4()), ttl=timedelta(minutes=1))
+    with psycopg.connect(infra.database_url, autocommit=True) as owner:
+        owner.execute("SELECT set_config('app.role', 'system', false)")
+        owner.execute(
+            "UPDATE identity.rate_limits SET tat = now() - interval '1 s' WHERE key = %s", (stale,)
+        )
+        owner.execute(
+            "UPDATE identity.login_attempts SET counted_at = now() - interval '1 hour'"
+            " WHERE key = %s",
+            (f"account:{tag}",),
+        )
+        owner.execute(
+            "UPDATE identity.stream_leases SET expires_at = now() - interval '1 s' WHERE id = %s",
+            (lease,),
+        )
+        assert await gw.throttle.purge() >= 3
+        keys = {r[0] for r in owner.execute("SELECT key FROM identity.rate_limits").fetchall()}
+        assert live in keys and stale not in keys
+        assert not owner.execute(
+            "SELECT 1 FROM identity.login_attempts WHERE key = %s", (f"account:{tag}",)
+        ).fetchall()
+        assert not owner.execute(
+            "SELECT 1 FROM identity.stream_leases WHERE id = %s", (lease,)
+        ).fetchall()
