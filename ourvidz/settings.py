@@ -3,11 +3,13 @@
 Each service subclasses `CommonSettings` with its own fields (named with the
 service's prefix, e.g. `jobs_port` <- JOBS_PORT), builds the object once in its
 `main`, and passes it down. Defaults suit a developer's machine; outside
-`dev`/`test` the validator refuses the well-known development secrets.
+`dev`/`test` the validator refuses the well-known development secrets and
+missing keys.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -61,8 +63,14 @@ class CommonSettings(BaseSettings):
     # Base of the gateway that serves local signed URLs.
     public_base_url: str = "http://127.0.0.1:8080"
 
-    # Identity: HS256 tokens signed by the gateway, verified by every service.
-    auth_secret: SecretStr = SecretStr(DEV_SECRET)
+    # Identity: EdDSA tokens, verified with public keys only. AUTH_JWKS (an
+    # inline JWKS document) and/or AUTH_JWKS_FILE: the gateway's keys, which
+    # sign user and admin tokens; AUTH_WORKER_JWKS(_FILE): the workers' keys,
+    # which sign worker tokens. Several keys in a set: rotation.
+    auth_jwks: str = ""
+    auth_jwks_file: str = ""
+    auth_worker_jwks: str = ""
+    auth_worker_jwks_file: str = ""
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
 
@@ -79,6 +87,11 @@ class CommonSettings(BaseSettings):
     prompt_deny_list: str = ""
     prompt_deny_list_file: str = ""
 
+    def token_verifier(self):
+        from ourvidz.auth import TokenVerifier
+
+        return TokenVerifier.from_settings(self)
+
     def prompt_policy(self):
         from ourvidz.policy import PromptPolicy
 
@@ -87,12 +100,14 @@ class CommonSettings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_dev_secrets(self) -> CommonSettings:
         if self.env == "prod":
-            for name in ("auth_secret", "storage_signing_key"):
-                value = getattr(self, name).get_secret_value()
-                if value == DEV_SECRET or len(value) < 32:
-                    raise ValueError(
-                        f"{name.upper()} must be set to a secret of 32+ characters in prod"
-                    )
+            # Only the local backend signs URLs with it; S3 presigns with its own keys.
+            value = self.storage_signing_key.get_secret_value()
+            if self.storage_backend == "local" and (value == DEV_SECRET or len(value) < 32):
+                raise ValueError(
+                    "STORAGE_SIGNING_KEY must be set to a secret of 32+ characters in prod"
+                )
+            if not (self.auth_jwks.strip() or self.auth_jwks_file):
+                raise ValueError("AUTH_JWKS_FILE (or AUTH_JWKS) must be set in prod")
         return self
 
     def limits(self) -> CatalogLimits:
@@ -100,3 +115,41 @@ class CommonSettings(BaseSettings):
             # Small sizes keep CPU runs of the tiny models fast.
             return CatalogLimits(sdxl_min_size=64, wan_min_size=16)
         return CatalogLimits()
+
+
+class WorkerKeySettings(CommonSettings):
+    """A worker's own credential: the Ed25519 private key (PKCS8 PEM) its
+    worker tokens are signed with, from WORKER_KEY_FILE (or WORKER_KEY inline).
+    Its public key belongs in the AUTH_WORKER_JWKS of the services it calls."""
+
+    worker_key_file: str = ""
+    worker_key: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _require_worker_key(self) -> WorkerKeySettings:
+        if self.env == "prod" and not (self.worker_key_file or self.worker_key.get_secret_value()):
+            raise ValueError("WORKER_KEY_FILE (or WORKER_KEY) must be set in prod")
+        return self
+
+    def worker_signer(self):
+        """The signer of this worker's tokens; ValueError with what to set when
+        there is no usable key."""
+        from ourvidz.auth import WORKER_ROLES, TokenSigner
+
+        return TokenSigner.from_pem(
+            read_key("WORKER_KEY", self.worker_key, self.worker_key_file), WORKER_ROLES
+        )
+
+
+def read_key(name: str, inline: SecretStr, path: str) -> bytes:
+    """A PEM private key from the setting `name` (inline) or `name`_FILE."""
+    if inline.get_secret_value():
+        return inline.get_secret_value().encode()
+    if not path:
+        raise ValueError(
+            f"{name}_FILE is not set: make a key with `python -m ourvidz.keys generate DIR`"
+        )
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc

@@ -125,6 +125,7 @@ async def _bench_job(repeat: int) -> None:
     from ourvidz import db
     from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3
     from ourvidz.dev.stack import running_stack
+    from ourvidz.dev.up import dev_keys
     from ourvidz.migrate import migration_folders
 
     tmp = Path(tempfile.mkdtemp(prefix="ovb"))
@@ -135,10 +136,12 @@ async def _bench_job(repeat: int) -> None:
         start_s3(emb)
         db.prepare(emb.database_url, "bench", migration_folders())
         secret = "bench-secret-0123456789-0123456789-0123"
+        key_settings, worker_keys = dev_keys(tmp / "keys", ("worker",))
         env = {
             "OURVIDZ_ENV": "dev", "DATABASE_URL": emb.database_url, "DB_ROLE_PASSWORD": "bench",
             "NATS_URL": emb.nats_url, "STORAGE_BACKEND": "s3", "S3_ENDPOINT": emb.s3_endpoint,
-            "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", "AUTH_SECRET": secret,
+            "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", **key_settings,
+            "WORKER_KEY_FILE": worker_keys["worker"],
             "STORAGE_SIGNING_KEY": secret, "SDXL_MODEL": "tiny", "WAN_MODEL": "tiny",
             "ENHANCER_MODEL": "tiny", "LOG_LEVEL": "WARNING", "LOG_JSON": "false",
         }  # fmt: skip

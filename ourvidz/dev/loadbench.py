@@ -547,6 +547,7 @@ async def run_bench(opts: Options) -> Results:
     from ourvidz import db, queue
     from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3_process
     from ourvidz.dev.stack import ServiceProcesses
+    from ourvidz.dev.up import dev_keys
     from ourvidz.migrate import migration_folders
 
     if not 1 <= opts.inflight <= DEFAULT_LIMIT:
@@ -564,11 +565,13 @@ async def run_bench(opts: Options) -> Results:
         start_nats(tmp / "nats", emb)
         start_s3_process(tmp / "logs", emb)
         db.prepare(emb.database_url, "bench", migration_folders())
+        key_settings, worker_keys = dev_keys(tmp / "keys", ("worker",))
         env = {
             **os.environ,
             "OURVIDZ_ENV": "dev", "DATABASE_URL": emb.database_url, "DB_ROLE_PASSWORD": "bench",
             "NATS_URL": emb.nats_url, "STORAGE_BACKEND": "s3", "S3_ENDPOINT": emb.s3_endpoint,
-            "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", "AUTH_SECRET": SECRET,
+            "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", **key_settings,
+            "WORKER_KEY_FILE": worker_keys["worker"],
             "STORAGE_SIGNING_KEY": SECRET, "SDXL_MODEL": "control-plane",
             "LOG_LEVEL": "WARNING", "LOG_JSON": "false",
         }  # fmt: skip

@@ -45,7 +45,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
 from ourvidz import logs, queue
-from ourvidz.auth import TokenSource
+from ourvidz.auth import TokenSigner, TokenSource
 from ourvidz.errors import parse_rpc_error
 from ourvidz.genworker.errors import (
     Cancelled,
@@ -77,7 +77,8 @@ class LoopConfig:
 
     family: str
     worker_id: str
-    auth_secret: str = field(repr=False)
+    # Signs this worker's own worker tokens (WORKER_KEY_FILE).
+    signer: TokenSigner = field(repr=False)
     ack_wait_seconds: float = 15.0
     # Delays before a failed job's message is redelivered, by attempt.
     retry_backoff_seconds: tuple[float, ...] = (5.0, 15.0, 30.0)
@@ -100,7 +101,7 @@ class LoopConfig:
         return cls(
             family=family,
             worker_id=own("worker_id"),
-            auth_secret=settings.auth_secret.get_secret_value(),
+            signer=settings.worker_signer(),
             ack_wait_seconds=own("ack_wait_seconds"),
             retry_backoff_seconds=tuple(own("retry_backoff_seconds")),
             dependency_wait_seconds=own("dependency_wait_seconds"),
@@ -183,7 +184,7 @@ class Worker:
         self.js = js
         self.store = store
         self.jobs = jobs
-        self.tokens = TokenSource(config.auth_secret, config.worker_id, role="worker")
+        self.tokens = TokenSource(config.signer, config.worker_id, role="worker")
         self.stats = Stats()
         self._stopping = asyncio.Event()
         self._abort = threading.Event()  # set at shutdown when the grace ran out

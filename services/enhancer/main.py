@@ -111,7 +111,7 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
         raise
 
     served = grpcserver.build_server(
-        secret=settings.auth_secret.get_secret_value(),
+        verifier=settings.token_verifier(),
         register=lambda server: enhancer_service_pb2_grpc.add_EnhancerServiceServicer_to_server(
             EnhancerServicer(core), server
         ),

@@ -8,14 +8,14 @@ import socket
 from pydantic import Field
 
 from ourvidz import queue
-from ourvidz.settings import CommonSettings
+from ourvidz.settings import WorkerKeySettings
 
 
 def _default_worker_id() -> str:
     return f"enhancer-{socket.gethostname()}-{os.getpid()}"
 
 
-class EnhancerSettings(CommonSettings):
+class EnhancerSettings(WorkerKeySettings):
     # "tiny", "full-random" or a local folder with a Qwen2.5 instruct model.
     enhancer_model: str = "tiny"
     enhancer_device: str = "auto"  # auto: cuda when available, else cpu

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from ourvidz import db as ourvidz_db
+from ourvidz.auth import TokenVerifier
 from ourvidz.grpcserver import channel
 from ourvidz.storage import LocalStore, store_from_settings
 from services.gateway import problems
@@ -25,6 +26,7 @@ from services.gateway.routes import (
     auth,
     files,
     jobs,
+    jwks,
     library,
     ops,
     playground,
@@ -43,6 +45,8 @@ class Gateway:
     """What the routes use, built once per app."""
 
     settings: GatewaySettings
+    # Verifies access tokens with the public keys (AUTH_JWKS, AUTH_WORKER_JWKS).
+    verifier: TokenVerifier
     database: ourvidz_db.Database
     identity: Identity
     backends: Backends
@@ -65,6 +69,13 @@ def create_app(
     what is not is built from `settings` by the app's lifespan (so run it under
     uvicorn, or enter `app.router.lifespan_context(app)` in tests)."""
     metrics = HttpMetrics()
+    signer = settings.token_signer()
+    verifier = settings.token_verifier()
+    if not verifier.knows(signer.kid):
+        raise ValueError(
+            f"AUTH_JWKS does not hold the public key of AUTH_SIGNING_KEY (kid {signer.kid}): "
+            "add it (python -m ourvidz.keys public KEY.pem) before signing with the key"
+        )
     if local_store is None and settings.storage_backend == "local":
         store = store_from_settings(settings)
         assert isinstance(store, LocalStore)
@@ -98,8 +109,9 @@ def create_app(
         nats_link.start()
         app.state.gateway = Gateway(
             settings=settings,
+            verifier=verifier,
             database=db,
-            identity=Identity(settings, db),
+            identity=Identity(settings, db, signer),
             backends=bk,
             metrics=metrics,
             local_store=local_store,
@@ -133,6 +145,7 @@ def create_app(
         workspace,
         library,
         ops,
+        jwks,
     ):
         app.include_router(module.router)
     if local_store is not None:

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from ourvidz.auth import mint_token
+from ourvidz.auth import TokenSigner
 from ourvidz.db import Database
 from ourvidz.errors import AlreadyExists, Unauthenticated
 from services.gateway import domain, store
@@ -28,10 +28,12 @@ class Session:
 
 
 class Identity:
-    def __init__(self, settings: GatewaySettings, database: Database) -> None:
+    def __init__(
+        self, settings: GatewaySettings, database: Database, signer: TokenSigner | None = None
+    ) -> None:
         self.settings = settings
         self.db = database
-        self._secret = settings.auth_secret.get_secret_value()
+        self._signer = signer or settings.token_signer()
 
     async def signup(self, email: str, password: str) -> Session:
         email = domain.check_signup(email, password)
@@ -100,6 +102,6 @@ class Identity:
         expires_at = datetime.now(UTC) + timedelta(seconds=self.settings.refresh_token_ttl_seconds)
         await store.insert_refresh_token(conn, user["id"], token_hash, expires_at)
         ttl = self.settings.access_token_ttl_seconds
-        access = mint_token(self._secret, str(user["id"]), user["role"], ttl, email=user["email"])
+        access = self._signer.mint(str(user["id"]), user["role"], ttl, email=user["email"])
         public = {"id": str(user["id"]), "email": user["email"], "role": user["role"]}
         return Session(user=public, access_token=access, refresh_token=token, expires_in=ttl)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from ourvidz.settings import CommonSettings
+from ourvidz.settings import CommonSettings, read_key
 
 MIB = 1024 * 1024
 
@@ -16,6 +16,10 @@ MIB = 1024 * 1024
 class GatewaySettings(CommonSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    # The private key (Ed25519, PKCS8 PEM) that signs access tokens: only the
+    # gateway holds it. Its public key must be in AUTH_JWKS.
+    auth_signing_key_file: str = ""
+    auth_signing_key: SecretStr = SecretStr("")
     # Emails that get the admin role when they sign up (GATEWAY_ADMIN_EMAILS=a@x,b@y).
     gateway_admin_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # JSON bodies larger than this are refused with 413 before they are parsed.
@@ -44,3 +48,21 @@ class GatewaySettings(CommonSettings):
         if isinstance(value, list | tuple):
             return [str(v).strip().lower() for v in value if str(v).strip()]
         return value
+
+    @model_validator(mode="after")
+    def _require_signing_key(self) -> GatewaySettings:
+        if self.env == "prod" and not (
+            self.auth_signing_key_file or self.auth_signing_key.get_secret_value()
+        ):
+            raise ValueError("AUTH_SIGNING_KEY_FILE (or AUTH_SIGNING_KEY) must be set in prod")
+        return self
+
+    def token_signer(self):
+        """The signer of user and admin tokens; ValueError with what to set
+        when there is no usable key."""
+        from ourvidz.auth import GATEWAY_ROLES, TokenSigner
+
+        return TokenSigner.from_pem(
+            read_key("AUTH_SIGNING_KEY", self.auth_signing_key, self.auth_signing_key_file),
+            GATEWAY_ROLES,
+        )

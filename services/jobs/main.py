@@ -141,7 +141,7 @@ async def start(
 
     servicer = JobServicer(core, watcher, limits)
     served = build_server(
-        secret=settings.auth_secret.get_secret_value(),
+        verifier=settings.token_verifier(),
         register=lambda server: job_service_pb2_grpc.add_JobServiceServicer_to_server(
             servicer, server
         ),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from ourvidz import keys
+from ourvidz.auth import GATEWAY_ROLES, WORKER_ROLES, TokenSigner, TokenVerifier, load_jwks
 from ourvidz.dev import up
 
 from .procs import alive, read_pids, wait_until
@@ -72,22 +74,102 @@ def test_ports_are_free_distinct_and_published_as_addresses():
 def test_secrets_are_generated_once_private_and_stable(tmp_path: Path):
     path = tmp_path / "data" / "secrets.env"
     first = up.dev_secrets(path, {})
-    assert set(first) == {"AUTH_SECRET", "STORAGE_SIGNING_KEY"}
+    assert set(first) == {"STORAGE_SIGNING_KEY"}
     assert all(len(v) == 48 for v in first.values())
-    assert first["AUTH_SECRET"] != first["STORAGE_SIGNING_KEY"]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert up.dev_secrets(path, {}) == first
     assert (
-        up.dev_secrets(path, {"AUTH_SECRET": "from-the-environment"})["AUTH_SECRET"]
+        up.dev_secrets(path, {"STORAGE_SIGNING_KEY": "from-the-environment"})["STORAGE_SIGNING_KEY"]
         == "from-the-environment"
     )
 
 
 def test_secrets_from_the_environment_write_no_file(tmp_path: Path):
     path = tmp_path / "secrets.env"
-    got = up.dev_secrets(path, {"AUTH_SECRET": "a" * 40, "STORAGE_SIGNING_KEY": "b" * 40})
-    assert got == {"AUTH_SECRET": "a" * 40, "STORAGE_SIGNING_KEY": "b" * 40}
+    got = up.dev_secrets(path, {"STORAGE_SIGNING_KEY": "b" * 40})
+    assert got == {"STORAGE_SIGNING_KEY": "b" * 40}
     assert not path.exists()
+
+
+def test_dev_keys_are_made_once_private_and_verify_their_own_tokens(tmp_path: Path):
+    folder = tmp_path / "keys"
+    settings, worker_keys = up.dev_keys(folder)
+    assert set(worker_keys) == {"sdxl", "wan", "enhancer"}
+    pems = [Path(settings["AUTH_SIGNING_KEY_FILE"]), *map(Path, worker_keys.values())]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in pems)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    before = {p: p.read_bytes() for p in pems}
+    assert up.dev_keys(folder) == (settings, worker_keys)
+    assert {p: p.read_bytes() for p in pems} == before  # a second run keeps the keys
+
+    verifier = TokenVerifier(
+        load_jwks(path=settings["AUTH_JWKS_FILE"]),
+        load_jwks(path=settings["AUTH_WORKER_JWKS_FILE"]),
+    )
+    gateway = TokenSigner.from_pem(before[pems[0]], GATEWAY_ROLES)
+    assert verifier.verify(gateway.mint("u", "admin", 60)).role == "admin"
+    for name, pem in worker_keys.items():
+        worker = TokenSigner.from_pem(Path(pem).read_bytes(), WORKER_ROLES)
+        assert verifier.verify(worker.mint(name, "worker", 60)).subject == name
+    # The public sets hold no private member.
+    for jwks in (settings["AUTH_JWKS_FILE"], settings["AUTH_WORKER_JWKS_FILE"]):
+        assert all(
+            set(k) <= set(keys.PUBLIC_MEMBERS) for k in json.loads(Path(jwks).read_text())["keys"]
+        )
+
+
+SHARED = {
+    "OURVIDZ_ENV": "dev",
+    "NATS_URL": "nats://127.0.0.1:4333",
+    "JOBS_ADDR": "127.0.0.1:50051",
+    "DATABASE_URL": "postgresql://postgres@127.0.0.1/ourvidz",
+    "DB_ROLE_PASSWORD": "role-password",
+    "DB_JOBS_PASSWORD": "a per-role password",
+    "STORAGE_SIGNING_KEY": "s" * 48,
+    "S3_ACCESS_KEY": "access",
+    "S3_SECRET_KEY": "secret",
+    "AUTH_SIGNING_KEY_FILE": "/keys/gateway.pem",
+    "AUTH_SIGNING_KEY": "inline pem",
+    "AUTH_JWKS_FILE": "/keys/jwks.json",
+    "AUTH_WORKER_JWKS_FILE": "/keys/worker-jwks.json",
+    "WORKER_KEY_FILE": "/keys/someone-elses.pem",
+}
+WORKER_KEYS = {"sdxl": "/keys/sdxl.pem", "wan": "/keys/wan.pem", "enhancer": "/keys/enhancer.pem"}
+
+
+@pytest.mark.parametrize("name", ["sdxl", "wan"])
+def test_model_workers_get_their_own_key_and_no_database_or_signing_secret(name):
+    env = up.service_environment(name, SHARED, WORKER_KEYS)
+    for secret in (
+        "DATABASE_URL",
+        "DB_ROLE_PASSWORD",
+        "DB_JOBS_PASSWORD",
+        "AUTH_SIGNING_KEY_FILE",
+        "AUTH_SIGNING_KEY",
+        "STORAGE_SIGNING_KEY",
+    ):
+        assert secret not in env, secret
+    assert env["WORKER_KEY_FILE"] == WORKER_KEYS[name]
+    # What a worker does need: the queue, Jobs, storage and the public keys.
+    for needed in ("NATS_URL", "JOBS_ADDR", "S3_ACCESS_KEY", "S3_SECRET_KEY", "AUTH_JWKS_FILE"):
+        assert env[needed] == SHARED[needed]
+
+
+def test_only_the_gateway_gets_the_signing_key():
+    gateway = up.service_environment("gateway", SHARED, WORKER_KEYS)
+    assert gateway["AUTH_SIGNING_KEY_FILE"] == "/keys/gateway.pem"
+    assert "WORKER_KEY_FILE" not in gateway
+    for name in ("jobs", "workspace", "enhancer", "sdxl", "wan", "another"):
+        env = up.service_environment(name, SHARED, WORKER_KEYS)
+        assert "AUTH_SIGNING_KEY_FILE" not in env and "AUTH_SIGNING_KEY" not in env, name
+        assert env.get("WORKER_KEY_FILE") == WORKER_KEYS.get(name), name
+        assert env["AUTH_JWKS_FILE"] == "/keys/jwks.json", name
+
+
+def test_the_enhancer_keeps_its_database_but_gets_no_storage_secrets():
+    env = up.service_environment("enhancer", SHARED, WORKER_KEYS)
+    assert env["DATABASE_URL"] == SHARED["DATABASE_URL"]
+    assert not {"S3_ACCESS_KEY", "S3_SECRET_KEY", "STORAGE_SIGNING_KEY"} & set(env)
 
 
 def test_shared_environment_defaults(tmp_path: Path):
@@ -138,7 +220,7 @@ time.sleep(300)
 GATEWAY = """
 import http.server, json, os
 open(os.environ["PIDS_FILE"], "a").write(f"{os.getpid()}\\n")
-keys = ["OURVIDZ_ENV", "LOG_JSON", "JOBS_ADDR", "DATABASE_URL", "NATS_URL", "AUTH_SECRET", "STORAGE_BACKEND", "PUBLIC_BASE_URL"]
+keys = ["OURVIDZ_ENV", "LOG_JSON", "JOBS_ADDR", "DATABASE_URL", "NATS_URL", "AUTH_SIGNING_KEY_FILE", "AUTH_JWKS_FILE", "STORAGE_BACKEND", "PUBLIC_BASE_URL"]
 open(os.environ["ENV_FILE"], "w").write(json.dumps({k: os.environ.get(k) for k in keys}))
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -206,8 +288,8 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     assert seen["OURVIDZ_ENV"] == "dev" and seen["LOG_JSON"] == "false"
     assert seen["DATABASE_URL"] == infra.database_url and seen["NATS_URL"] == infra.nats_url
     assert seen["JOBS_ADDR"].startswith("127.0.0.1:") and seen["STORAGE_BACKEND"] == "local"
-    secrets_env = (tmp_path / ".data" / "secrets.env").read_text()
-    assert f"AUTH_SECRET={seen['AUTH_SECRET']}" in secrets_env
+    assert seen["AUTH_SIGNING_KEY_FILE"] == str(tmp_path / ".data" / "keys" / "gateway.pem")
+    assert seen["AUTH_JWKS_FILE"] == str(tmp_path / ".data" / "keys" / "jwks.json")
     assert seen["PUBLIC_BASE_URL"] == f"http://127.0.0.1:{gateway_port}"
 
 

@@ -30,6 +30,7 @@ from psycopg.rows import dict_row
 
 from ourvidz import catalog
 from ourvidz.dev.embedded import Embedded, free_port, nats_binary, wait_for_port
+from tests.conftest import write_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "fault-suite-secret-0123456789-0123456789"
@@ -244,7 +245,7 @@ class Cluster:
             "S3_ACCESS_KEY": "testing",
             "S3_SECRET_KEY": "testing",
             "STORAGE_SIGNING_KEY": SECRET,
-            "AUTH_SECRET": SECRET,
+            **write_keys(self.work / "keys"),
             "PUBLIC_BASE_URL": self.gateway_url,
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_PORT": str(gateway_port),

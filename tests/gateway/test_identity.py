@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 
 from ourvidz import db
-from ourvidz.auth import mint_token
-from tests.conftest import ROLE_PASSWORD, SECRET
+from tests.conftest import ROLE_PASSWORD, foreign_token
+from tests.conftest import token as mint
 from tests.gateway.gateway_helpers import assert_problem, auth
 
 
@@ -104,10 +104,10 @@ async def test_missing_expired_and_tampered_tokens_are_401(client):
     _, r = await _signup(client)
     user_id = r.json()["user"]["id"]
     token = r.json()["access_token"]
-    expired = mint_token(SECRET, user_id, "user", -1)
+    expired = mint(user_id, "user", -1)
     head, payload, sig = token.split(".")
     tampered = f"{head}.{payload}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BB'}"
-    foreign = mint_token("another-secret-0123456789-0123456789", user_id, "user", 300)
+    foreign = foreign_token(user_id)
     for headers in ({}, auth(expired), auth(tampered), auth(foreign), {"Authorization": "Basic x"}):
         resp = await client.get("/v1/me", headers=headers)
         assert_problem(resp, 401)

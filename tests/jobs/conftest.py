@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ourvidz import queue
-from ourvidz.auth import current_principal, mint_token
+from ourvidz.auth import current_principal
 from ourvidz.errors import NotFound
 from ourvidz.grpcserver import build_server, channel
 from ourvidz.v1 import (
@@ -23,7 +23,7 @@ from ourvidz.v1 import (
 )
 from services.jobs.main import start
 from services.jobs.settings import JobsSettings
-from tests.conftest import SECRET, make_settings
+from tests.conftest import VERIFIER, make_settings, token
 from tests.jobs.helpers import MAX_ACTIVE, owner_query
 
 
@@ -71,8 +71,7 @@ class Harness:
         """A fresh user id and its call metadata."""
         user_id = str(uuid.uuid4())
         self.users.append(user_id)
-        token = mint_token(SECRET, user_id, "user", 600)
-        return user_id, (("authorization", f"Bearer {token}"),)
+        return user_id, (("authorization", f"Bearer {token(user_id)}"),)
 
     async def create(self, md, request_id: str = "", **spec) -> job_pb2.Job:
         spec.setdefault("job_type", "sdxl_image_fast")
@@ -109,7 +108,7 @@ async def harness(base_env, tmp_path_factory):
     deny_file.write_text(f"# terms, one per line\n{DENIED_FILE_TERM}\n", encoding="utf-8")
     workspace = FakeWorkspace()
     ws = build_server(
-        secret=SECRET,
+        verifier=VERIFIER,
         register=lambda s: workspace_service_pb2_grpc.add_WorkspaceServiceServicer_to_server(
             workspace, s
         ),
@@ -135,7 +134,7 @@ async def harness(base_env, tmp_path_factory):
     running = await start(settings, port=0)
     nc, js = await queue.connect(settings.nats_url, name="jobs-tests")
     ch = channel(f"127.0.0.1:{running.port}")
-    worker_token = mint_token(SECRET, "test-worker", "worker", 600)
+    worker_token = token("test-worker", "worker")
     h = Harness(
         settings=settings,
         port=running.port,

@@ -9,9 +9,8 @@ import grpc
 import pytest
 
 from ourvidz import catalog, queue
-from ourvidz.auth import mint_token
 from ourvidz.v1 import job_pb2
-from tests.conftest import rpc_error
+from tests.conftest import foreign_token, rpc_error
 from tests.jobs.helpers import MAX_ACTIVE, owner_query
 
 BAD_INPUTS = [
@@ -231,7 +230,7 @@ async def test_workers_cannot_create_jobs(harness):
 async def test_calls_without_a_valid_token_are_refused(harness):
     err = await rpc_error(harness.create((("authorization", "Bearer nonsense"),)))
     assert err.code == grpc.StatusCode.UNAUTHENTICATED
-    forged = mint_token("another-secret-that-is-long-enough-000000", str(uuid.uuid4()), "user", 60)
+    forged = foreign_token(str(uuid.uuid4()))
     err = await rpc_error(harness.create((("authorization", f"Bearer {forged}"),)))
     assert err.code == grpc.StatusCode.UNAUTHENTICATED
 

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from ourvidz import keys
 from ourvidz.dev.stack import running_stack
 from services.sdxl import presets
 from services.sdxl.settings import SdxlSettings
-from tests.conftest import SECRET, make_settings
+from tests.conftest import GATEWAY_KEY, SECRET, WORKER_KEY, make_settings
 
 
 async def _events(http: httpx.AsyncClient, path: str, headers: dict) -> list[tuple[str, dict]]:
@@ -82,7 +83,12 @@ async def test_a_job_completes_through_the_real_loop_with_real_pngs(base_env):
 
 
 def test_prod_refuses_the_preset_and_dev_takes_it():
-    prod = {"OURVIDZ_ENV": "prod", "AUTH_SECRET": SECRET, "STORAGE_SIGNING_KEY": SECRET}
+    prod = {
+        "OURVIDZ_ENV": "prod",
+        "STORAGE_SIGNING_KEY": SECRET,
+        "AUTH_JWKS": json.dumps({"keys": [keys.public_jwk(GATEWAY_KEY)]}),
+        "WORKER_KEY": keys.private_pem(WORKER_KEY).decode(),
+    }
     for name in ("control-plane", " Control-Plane "):
         with pytest.raises(ValidationError, match="bench/test preset"):
             make_settings(SdxlSettings, prod, sdxl_model=name)

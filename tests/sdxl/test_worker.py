@@ -26,7 +26,7 @@ from ourvidz.v1 import (
 )
 from services.sdxl.main import start
 from services.sdxl.settings import SdxlSettings
-from tests.conftest import make_settings
+from tests.conftest import GATEWAY_SIGNER, VERIFIER, make_settings
 
 
 class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
@@ -123,7 +123,7 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
 async def jobs_double(base_env):
     double = RecordingJobs()
     served = grpcserver.build_server(
-        secret=base_env["AUTH_SECRET"],
+        verifier=VERIFIER,
         register=lambda s: job_service_pb2_grpc.add_JobServiceServicer_to_server(double, s),
         service_names=["ourvidz.v1.JobService"],
         port=0,
@@ -449,7 +449,7 @@ async def test_worker_info_and_health(sdxl, base_env):
             health_pb2.HealthCheckRequest(service="")
         )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        tokens = TokenSource(base_env["AUTH_SECRET"], "ops", role="admin")
+        tokens = TokenSource(GATEWAY_SIGNER, "ops", role="admin")
         info = await worker_service_pb2_grpc.WorkerServiceStub(ch).GetWorkerInfo(
             worker_service_pb2.GetWorkerInfoRequest(), metadata=tokens.metadata(), timeout=5
         )

@@ -20,7 +20,7 @@ TABLES = ("sessions", "items", "library_assets", "uploads")
 @pytest.fixture(scope="module")
 async def owned(workspace, js, stub, base_env):
     """A user with a session, items, a saved asset and an upload."""
-    owner = User(base_env["AUTH_SECRET"])
+    owner = User()
     _, items = await file_job(workspace, js, stub, owner, count=2)
     asset = (await stub.SaveItem(pb.SaveItemRequest(item_id=items[0].id), **owner.kw())).asset
     upload = (
@@ -63,7 +63,7 @@ async def test_another_user_gets_not_found_everywhere(stub, owned, new_user):
 
 
 async def test_workers_have_no_workspace(stub, base_env):
-    worker = User(base_env["AUTH_SECRET"], role="worker")
+    worker = User(role="worker")
     err = await rpc_error(stub.GetActiveSession(pb.GetActiveSessionRequest(), **worker.kw()))
     assert err.code == grpc.StatusCode.PERMISSION_DENIED
     err = await rpc_error(stub.GetActiveSession(pb.GetActiveSessionRequest(), timeout=10))
