@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -25,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ourvidz import keys
 from ourvidz.errors import PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
 
 ISSUER = "ourvidz"
 ALGORITHM = keys.ALGORITHM
@@ -143,7 +146,10 @@ class TokenVerifier:
                     if self._keys[kid][1] != roles:
                         raise ValueError(f"key {kid} is both a gateway key and a worker key")
                     continue
-                key = jwt.PyJWK(jwk, algorithm=ALGORITHM)
+                try:
+                    key = jwt.PyJWK(jwk, algorithm=ALGORITHM)
+                except jwt.PyJWTError as exc:
+                    raise ValueError(f"key {kid}: {exc}") from exc
                 if not isinstance(key.key, Ed25519PublicKey):
                     raise ValueError(f"key {kid} is not an Ed25519 public key")
                 self._keys[kid] = (key, roles)
@@ -152,8 +158,11 @@ class TokenVerifier:
 
     @classmethod
     def from_settings(cls, settings) -> TokenVerifier:
+        gateway = load_jwks(settings.auth_jwks, settings.auth_jwks_file, name="AUTH_JWKS")
+        if not gateway:
+            log.warning("AUTH_JWKS_FILE / AUTH_JWKS name no key: every user token is refused")
         return cls(
-            load_jwks(settings.auth_jwks, settings.auth_jwks_file, name="AUTH_JWKS"),
+            gateway,
             load_jwks(
                 settings.auth_worker_jwks, settings.auth_worker_jwks_file, name="AUTH_WORKER_JWKS"
             ),

@@ -193,3 +193,9 @@ def test_a_missing_key_file_says_what_to_set(tmp_path: Path):
     settings = make_settings(SdxlSettings, {"WORKER_KEY_FILE": str(tmp_path / "bad.pem")})
     with pytest.raises(ValueError, match="PEM"):
         settings.worker_signer()
+
+
+def test_a_malformed_public_key_is_refused_at_load():
+    jwk = {**keys.public_jwk(GATEWAY_KEY), "x": "too-short"}
+    with pytest.raises(ValueError, match=jwk["kid"]):
+        TokenVerifier([jwk])
