@@ -229,14 +229,24 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer((os.environ["GATEWAY_HOST"], int(os.environ["GATEWAY_PORT"])), H).serve_forever()
 """
 
+# A model worker's stand-in: records its whole environment.
+WORKER = """
+import json, os, time
+open(os.environ["PIDS_FILE"], "a").write(f"{os.getpid()}\\n")
+open(os.environ["WORKER_ENV_FILE"], "w").write(json.dumps(dict(os.environ)))
+time.sleep(300)
+"""
+
 
 def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     make_service(tmp_path, "jobs", JOBS)
     make_service(tmp_path, "gateway", GATEWAY)
+    make_service(tmp_path, "sdxl", WORKER)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         gateway_port = sock.getsockname()[1]
     pids_file, env_file = tmp_path / "pids", tmp_path / "env.json"
+    worker_env_file = tmp_path / "worker-env.json"
     env = {
         **{
             k: v
@@ -249,6 +259,7 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
         "GATEWAY_PORT": str(gateway_port),
         "PIDS_FILE": str(pids_file),
         "ENV_FILE": str(env_file),
+        "WORKER_ENV_FILE": str(worker_env_file),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "ourvidz.dev.up", "--root", str(tmp_path)],
@@ -269,8 +280,9 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
             timeout=90,
         ), "".join(lines)
         assert proc.poll() is None, "".join(lines)
+        assert wait_until(lambda: len(read_pids(pids_file)) == 3, timeout=30)
         children = read_pids(pids_file)
-        assert len(children) == 2 and all(alive(p) for p in children)
+        assert all(alive(p) for p in children)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
@@ -281,7 +293,7 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     assert proc.returncode == 0, output
     assert wait_until(lambda: not any(alive(p) for p in children), timeout=10)
 
-    assert "services, in start order: jobs, gateway" in output
+    assert "services, in start order: jobs, sdxl, gateway" in output
     assert "jobs      | jobs listening" in output
     assert f"ourvidz is serving on http://127.0.0.1:{gateway_port} (ready in" in output
     seen = json.loads(env_file.read_text())
@@ -291,6 +303,13 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     assert seen["AUTH_SIGNING_KEY_FILE"] == str(tmp_path / ".data" / "keys" / "gateway.pem")
     assert seen["AUTH_JWKS_FILE"] == str(tmp_path / ".data" / "keys" / "jwks.json")
     assert seen["PUBLIC_BASE_URL"] == f"http://127.0.0.1:{gateway_port}"
+    # The model worker: its own key, the public keys, and no database or signing secret.
+    worker = json.loads(worker_env_file.read_text())
+    assert worker["WORKER_KEY_FILE"] == str(tmp_path / ".data" / "keys" / "sdxl.pem")
+    assert worker["AUTH_JWKS_FILE"] == seen["AUTH_JWKS_FILE"]
+    assert worker["NATS_URL"] == infra.nats_url and worker["JOBS_ADDR"] == seen["JOBS_ADDR"]
+    leaked = {"DATABASE_URL", "DB_ROLE_PASSWORD", "AUTH_SIGNING_KEY_FILE", "STORAGE_SIGNING_KEY"}
+    assert not leaked & set(worker), leaked & set(worker)
 
 
 # --- stopping: the services first, the embedded servers last ----------------------------------
