@@ -1,5 +1,6 @@
 """/v1/uploads: reference images. The workspace service decodes and checks the
-image; the gateway only bounds its size."""
+image and stores a fresh encoding of its pixels (no trailing data, no metadata);
+the gateway only bounds its size."""
 
 from __future__ import annotations
 
