@@ -34,7 +34,7 @@ class SignupBody(BaseModel):
     )
     password: str = Field(
         description="Hard to guess: common passwords, repeats and the e-mail address's "
-        "parts are refused (a zxcvbn score of at least 3 of 4)",
+        "parts are refused (by default a zxcvbn score of at least 3 of 4)",
         json_schema_extra={
             "minLength": domain.MIN_PASSWORD_CHARS,
             "maxLength": domain.MAX_PASSWORD_CHARS,

@@ -75,6 +75,7 @@ async def test_taken_and_free_addresses_answer_byte_for_byte_the_same(client):
         (None, "aaaaaaaa", "Repeats"),
         ("alice", "alice2024", "e-mail address"),
         ("kwimbleton", "kwimbleton2024", "e-mail address"),
+        ("quillon.vandermeer", "quillon.vandermeer", "e-mail address"),
     ],
 )
 async def test_weak_passwords_are_refused_with_the_field_and_a_reason(client, local, password, why):
