@@ -149,10 +149,10 @@ async def _bench_job(repeat: int) -> None:
             running_stack(env, workers=("sdxl", "wan"), enhancer=True) as stack,
             httpx.AsyncClient(base_url=stack.url, timeout=120) as http,
         ):
-            signup = await http.post(
-                "/v1/auth/signup", json={"email": "bench@example.com", "password": "bench password"}
-            )
-            headers = {"Authorization": f"Bearer {signup.json()['access_token']}"}
+            account = {"email": "bench@example.com", "password": "bench password"}
+            await http.post("/v1/auth/signup", json=account)
+            login = await http.post("/v1/auth/login", json=account)
+            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
             small = {"width": 256, "height": 144}
             jobs = (
                 ("sdxl_image_fast 1024² ×1", {"job_type": "sdxl_image_fast", "num_images": 1}),
@@ -229,9 +229,9 @@ def _first_job(url: str) -> float:
     """Seconds from a 200 on /readyz to the first job completed."""
     start = time.perf_counter()
     with httpx.Client(base_url=url, timeout=120) as http:
-        token = http.post(
-            "/v1/auth/signup", json={"email": "first@example.com", "password": "bench password"}
-        ).json()["access_token"]
+        account = {"email": "first@example.com", "password": "bench password"}
+        http.post("/v1/auth/signup", json=account)
+        token = http.post("/v1/auth/login", json=account).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
         job = http.post(
             "/v1/jobs",

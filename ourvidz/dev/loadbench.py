@@ -524,9 +524,14 @@ async def _gather_limited(coros: Iterable, limit: int) -> list:
 
 async def signup(http: httpx.AsyncClient, tag: str, i: int) -> User:
     email = f"{tag}-{i}@bench.example.com"
-    response = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD})
-    if response.status_code != 201:
+    account = {"email": email, "password": PASSWORD}
+    response = await http.post("/v1/auth/signup", json=account)
+    if response.status_code != 202:
         raise BenchError(f"signup: {response.status_code} {response.text}")
+    # Sign-up hands out no tokens: log in.
+    response = await http.post("/v1/auth/login", json=account)
+    if response.status_code != 200:
+        raise BenchError(f"login: {response.status_code} {response.text}")
     user = User(email=email, token=response.json()["access_token"])
     session = await http.post(
         "/v1/workspace/sessions", headers=user.headers, json={"name": "bench"}

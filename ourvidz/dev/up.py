@@ -10,7 +10,9 @@ What it does, in order:
 3. starts embedded PostgreSQL (`.data/pg`) and NATS JetStream (`.data/nats`, a
    free port, never 4222) unless DATABASE_URL / NATS_URL point at servers;
    blobs go to `.data/blobs`, or to S3 when S3_ENDPOINT is set;
-4. prepares the database (roles, every service's migrations);
+4. prepares the database (roles, every service's migrations), makes admins of
+   the existing accounts in OURVIDZ_BOOTSTRAP_ADMINS and prints how to make
+   one with `ourvidz admin grant EMAIL`;
 5. gives every gRPC service a free port, and runs every `services/<name>` that
    has a `__main__.py`, in dependency order, under a `Supervisor` that restarts
    what dies, each with only the secrets it needs (`service_environment`): the
@@ -54,7 +56,7 @@ from ourvidz.dev.supervisor import (
     python_argv,
     run_until_signalled,
 )
-from ourvidz.migrate import migration_folders
+from ourvidz.migrate import bootstrap, migration_folders
 
 log = logging.getLogger("ourvidz.dev.up")
 
@@ -370,7 +372,8 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
     watchdog = Watchdog.start()
     emb = Embedded()
     try:
-        if not env.get("DATABASE_URL"):
+        embedded_database = not env.get("DATABASE_URL")
+        if embedded_database:
             log.info("starting embedded PostgreSQL in %s", data / "pg")
             watchdog.postgres(data / "pg")
             env["DATABASE_URL"] = start_postgres(data / "pg", emb)
@@ -384,9 +387,17 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
         env["DB_ROLE_PASSWORD"] = role_password
 
         from ourvidz import db
+        from ourvidz.dev.stack import settings_from
+        from ourvidz.operator import OperatorSettings
 
         log.info("preparing the database")
         db.prepare(env["DATABASE_URL"], role_password, migration_folders(root / "services"))
+        admin_hint = "DATABASE_URL=<the owner's URL>"
+        if embedded_database:
+            # No password in the embedded server's URL: safe to print.
+            admin_hint = f"DATABASE_URL='{env['DATABASE_URL']}'"
+        log.info("make an admin of an account: %s .venv/bin/ourvidz admin grant EMAIL", admin_hint)
+        bootstrap(env["DATABASE_URL"], settings_from(OperatorSettings, env).bootstrap_admins)
 
         ports = assign_ports(services, env)
         supervisor = Supervisor(

@@ -16,6 +16,7 @@ from ourvidz.grpcserver import channel
 from ourvidz.storage import LocalStore, store_from_settings
 from services.gateway import problems
 from services.gateway.backends import Backends
+from services.gateway.headers import SecurityHeadersMiddleware
 from services.gateway.identity import Identity
 from services.gateway.limits import BodyLimitMiddleware
 from services.gateway.metrics import HttpMetrics, MetricsMiddleware
@@ -151,7 +152,8 @@ def create_app(
     if local_store is not None:
         app.include_router(files.router)
     web.mount(app)
-    # Added last = outermost: metrics see every answer, limits run before parsing.
+    # Added last = outermost: metrics see every answer, limits run before parsing,
+    # and every answer (a 413 from the limits too) carries the security headers.
     app.add_middleware(
         BodyLimitMiddleware,
         json_limit=settings.gateway_max_json_bytes,
@@ -159,4 +161,5 @@ def create_app(
         upload_overhead=settings.gateway_multipart_overhead_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from ourvidz.auth import TokenSigner
 from ourvidz.db import Database
-from ourvidz.errors import AlreadyExists, Unauthenticated
+from ourvidz.errors import Unauthenticated
 from services.gateway import domain, store
 from services.gateway.settings import GatewaySettings
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Session:
-    """What signup, login and refresh hand back."""
+    """What login and refresh hand back."""
 
     user: dict
     access_token: str
@@ -35,19 +35,21 @@ class Identity:
         self.db = database
         self._signer = signer or settings.token_signer()
 
-    async def signup(self, email: str, password: str) -> Session:
-        email = domain.check_signup(email, password)
+    async def signup(self, email: str, password: str) -> None:
+        """Create the account unless the address is taken. Both cases answer
+        the same and cost the same (the password is hashed and the insert
+        tried either way), so sign-up does not tell which addresses have
+        accounts. Every account starts as a user; admins are made by an
+        operator (`ourvidz admin grant`)."""
+        min_score = self.settings.gateway_min_password_score
+        email = await asyncio.to_thread(domain.check_signup, email, password, min_score)
         password_hash = await asyncio.to_thread(domain.hash_password, password)
-        role = domain.role_for(email, self.settings.gateway_admin_emails)
         async with self.db.tx(role="system") as conn:
-            user = await store.insert_user(conn, email, password_hash, role)
-            if user is None:
-                raise AlreadyExists(
-                    "an account with this email already exists", reason="EMAIL_TAKEN"
-                )
-            session = await self._issue(conn, user)
-        log.info("user signed up", extra={"user_id": str(user["id"])})
-        return session
+            user = await store.insert_user(conn, email, password_hash, "user")
+        if user is None:
+            log.info("sign-up for an address that has an account")
+        else:
+            log.info("user signed up", extra={"user_id": str(user["id"])})
 
     async def login(self, email: str, password: str) -> Session:
         async with self.db.tx(role="system") as conn:

@@ -1,12 +1,9 @@
-"""Gateway settings: where it listens, who is an admin, and request size limits."""
+"""Gateway settings: where it listens, how strong a password must be, and
+request size limits."""
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
-
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic import Field, SecretStr, model_validator
 
 from ourvidz.settings import CommonSettings, read_key
 
@@ -20,8 +17,8 @@ class GatewaySettings(CommonSettings):
     # gateway holds it. Its public key must be in AUTH_JWKS.
     auth_signing_key_file: str = ""
     auth_signing_key: SecretStr = SecretStr("")
-    # Emails that get the admin role when they sign up (GATEWAY_ADMIN_EMAILS=a@x,b@y).
-    gateway_admin_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The zxcvbn score (0-4) a new password must reach; 3 is about 10^8 guesses.
+    gateway_min_password_score: int = Field(3, ge=0, le=4)
     # JSON bodies larger than this are refused with 413 before they are parsed.
     gateway_max_json_bytes: int = 64 * 1024
     # Reference image uploads: the image itself, plus room for the multipart framing.
@@ -38,16 +35,6 @@ class GatewaySettings(CommonSettings):
     gateway_chat_deadline_seconds: float = 300.0
     # Seconds to finish in-flight requests on shutdown.
     gateway_shutdown_grace_seconds: float = 10.0
-
-    @field_validator("gateway_admin_emails", mode="before")
-    @classmethod
-    def _split_emails(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            value = json.loads(text) if text.startswith("[") else text.replace(";", ",").split(",")
-        if isinstance(value, list | tuple):
-            return [str(v).strip().lower() for v in value if str(v).strip()]
-        return value
 
     @model_validator(mode="after")
     def _require_signing_key(self) -> GatewaySettings:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -260,6 +261,7 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
         "PIDS_FILE": str(pids_file),
         "ENV_FILE": str(env_file),
         "WORKER_ENV_FILE": str(worker_env_file),
+        "OURVIDZ_BOOTSTRAP_ADMINS": "nobody-up@example.com",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "ourvidz.dev.up", "--root", str(tmp_path)],
@@ -294,6 +296,10 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     assert wait_until(lambda: not any(alive(p) for p in children), timeout=10)
 
     assert "services, in start order: jobs, sdxl, gateway" in output
+    # The operator's bootstrap ran, and the way to make an admin is printed
+    # without the URL of a database that is not the embedded one.
+    assert "no account has nobody-up@example.com" in output
+    assert "DATABASE_URL=<the owner's URL> .venv/bin/ourvidz admin grant EMAIL" in output
     assert "jobs      | jobs listening" in output
     assert f"ourvidz is serving on http://127.0.0.1:{gateway_port} (ready in" in output
     seen = json.loads(env_file.read_text())
@@ -445,6 +451,12 @@ def test_a_group_sigterm_stops_the_services_before_the_servers(tmp_path: Path, u
     output = run.output
     assert output.index("stopped jobs") < output.index("stopping embedded servers")
     assert "Traceback" not in output and "watchdog" not in output, output
+    # The embedded database's owner URL is printed for the operator's command.
+    hint = re.search(
+        r"make an admin of an account: DATABASE_URL='([^']*)' (\S+) admin grant", output
+    )
+    assert hint, output
+    assert f"host={up_data / 'pg'}" in hint[1] and hint[2] == ".venv/bin/ourvidz", output
 
 
 def test_servers_and_services_are_stopped_when_up_is_killed(tmp_path: Path, up_data: Path):

@@ -317,11 +317,11 @@ class Cluster:
 
     async def signup(self, http: httpx.AsyncClient) -> User:
         email = f"fault-{uuid.uuid4().hex[:10]}@example.com"
-        response = await http.post(
-            f"{self.gateway_url}/v1/auth/signup",
-            json={"email": email, "password": "a long fault password"},
-        )
-        assert response.status_code == 201, response.text
+        account = {"email": email, "password": "a long fault password"}
+        response = await http.post(f"{self.gateway_url}/v1/auth/signup", json=account)
+        assert response.status_code == 202, response.text
+        response = await http.post(f"{self.gateway_url}/v1/auth/login", json=account)
+        assert response.status_code == 200, response.text
         body = response.json()
         return User(body["access_token"], body["user"]["id"])
 

@@ -8,9 +8,7 @@ import asyncio
 import httpx
 
 from services.gateway.main import start
-from services.gateway.settings import GatewaySettings
 from services.gateway.sse import KEEPALIVE, with_keepalive
-from tests.conftest import make_settings
 from tests.gateway.gateway_helpers import assert_problem, auth, gateway_settings, serve_app
 
 
@@ -130,10 +128,3 @@ async def test_openapi_documents_the_prompt_routes(client):
     assert "503" in paths["/v1/prompts/enhance"]["post"]["responses"]
     job = spec["components"]["schemas"]["JobOut"]["properties"]
     assert "enhancement_fallback_reason" in job
-
-
-def test_admin_emails_from_a_list_or_json(base_env):
-    comma = make_settings(GatewaySettings, base_env, gateway_admin_emails=" A@x.io, b@y.io ,")
-    as_json = make_settings(GatewaySettings, base_env, gateway_admin_emails='["C@z.io"]')
-    assert comma.gateway_admin_emails == ["a@x.io", "b@y.io"]
-    assert as_json.gateway_admin_emails == ["c@z.io"]

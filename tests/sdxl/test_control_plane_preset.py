@@ -39,11 +39,10 @@ async def test_a_job_completes_through_the_real_loop_with_real_pngs(base_env):
         httpx.AsyncClient(base_url=stack.url, timeout=60) as http,
     ):
         assert stack.sdxl.bundle.preset == presets.CONTROL_PLANE
-        signup = await http.post(
-            "/v1/auth/signup",
-            json={"email": "control-plane@example.com", "password": "a long password"},
-        )
-        headers = {"Authorization": f"Bearer {signup.json()['access_token']}"}
+        account = {"email": "control-plane@example.com", "password": "a long password"}
+        assert (await http.post("/v1/auth/signup", json=account)).status_code == 202
+        login = await http.post("/v1/auth/login", json=account)
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
         body = {"job_type": "sdxl_image_fast", "prompt": "a lighthouse", "num_images": 3}
         body |= {"seed": 7, "width": 64, "height": 128}
         job = (await http.post("/v1/jobs", headers=headers, json=body)).json()
