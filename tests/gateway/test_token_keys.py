@@ -24,12 +24,14 @@ def _claims(subject: str, role: str) -> dict:
 
 
 async def _signup(client) -> dict:
+    """A new account's login answer (sign-up, then login)."""
     email = f"k{uuid.uuid4().hex[:10]}@example.com"
-    r = await client.post(
-        "/v1/auth/signup", json={"email": email, "password": "correct horse battery"}
-    )
-    assert r.status_code == 201, r.text
-    return r.json()
+    body = {"email": email, "password": "correct horse battery staple"}
+    r = await client.post("/v1/auth/signup", json=body)
+    assert r.status_code == 202, r.text
+    login = await client.post("/v1/auth/login", json=body)
+    assert login.status_code == 200, login.text
+    return login.json()
 
 
 async def test_jwks_serves_the_public_signing_key_only(client):
