@@ -1,18 +1,22 @@
 """What the HTTP API refuses: bad input (named fields, nothing stored or
-queued), bad tokens, and other users' resources (404, never 403)."""
+queued), bad tokens, and other users' resources (404, never 403); and what the
+jobs service refuses to a caller that reaches it directly."""
 
 from __future__ import annotations
 
 import io
 import uuid
 
+import grpc
 import httpx
 import pytest
 from PIL import Image
 
 from ourvidz.catalog import REFERENCE_BUCKET
+from ourvidz.grpcserver import channel
 from ourvidz.storage import S3Store
-from tests.conftest import foreign_token
+from ourvidz.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from tests.conftest import foreign_token, rpc_error
 from tests.conftest import token as mint
 from tests.e2e.conftest import signup
 from tests.e2e.test_generate import job_body, run_job
@@ -170,3 +174,37 @@ async def test_svg_html_and_bomb_uploads_are_refused_naming_file(http, name, dat
     assert response.status_code in (400, 422), response.text
     assert response.headers["x-content-type-options"] == "nosniff"
     assert [e["field"] for e in response.json()["errors"]] == ["file"]
+
+
+async def test_jobs_takes_only_the_callers_own_session_over_grpc(http, stack):
+    """The gateway checks the session of a job; Jobs checks it again, through
+    the workspace service with the caller's own token, for a caller that
+    reaches it directly."""
+    owner = await signup(http)
+    stranger = await signup(http)
+    session = (await owner.post("/v1/workspace/sessions", json={})).json()
+    assert session["id"]
+
+    async with channel(f"127.0.0.1:{stack.jobs.port}") as ch:
+        jobs = job_service_pb2_grpc.JobServiceStub(ch)
+
+        def create(client, session_id: str):
+            spec = job_pb2.JobSpec(
+                job_type="sdxl_image_fast",
+                prompt="a lighthouse",
+                width=64,
+                height=64,
+                workspace_session_id=session_id,
+            )
+            return jobs.CreateJob(
+                job_service_pb2.CreateJobRequest(job=spec),
+                metadata=(("authorization", f"Bearer {client.token}"),),
+            )
+
+        for session_id in (session["id"], str(uuid.uuid4())):  # the owner's; nobody's
+            err = await rpc_error(create(stranger, session_id))
+            assert err.code == grpc.StatusCode.NOT_FOUND, err
+            assert "workspace_session_id" in err.message
+        mine = await create(owner, session["id"])
+    assert mine.job.workspace_session_id == session["id"]
+    assert (await stranger.get("/v1/jobs")).json()["items"] == []

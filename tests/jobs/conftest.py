@@ -1,6 +1,6 @@
 """A jobs service in process (port 0) against the session's real servers, a
-small stand-in WorkspaceService that owns a few uploads, and helpers to call
-the service as a user or as a worker."""
+small stand-in WorkspaceService that owns a few uploads and sessions, and
+helpers to call the service as a user or as a worker."""
 
 from __future__ import annotations
 
@@ -28,11 +28,13 @@ from tests.jobs.helpers import MAX_ACTIVE, owner_query
 
 
 class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
-    """Only GetUpload: an upload is visible to its owner alone, as in the real
+    """Only GetUpload and GetSession: an upload or a session is visible to its
+    owner alone, and an id that is not one is not found, as in the real
     service (which the jobs service must call with the user's own token)."""
 
     def __init__(self) -> None:
         self.uploads: dict[str, tuple[str, workspace_service_pb2.Upload]] = {}
+        self.sessions: dict[str, str] = {}  # session id -> owner
         self.calls: list[str] = []
 
     def add(self, owner: str) -> str:
@@ -44,6 +46,24 @@ class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             ),
         )
         return upload_id
+
+    def add_session(self, owner: str) -> str:
+        session_id = str(uuid.uuid4())
+        self.sessions[session_id] = owner
+        return session_id
+
+    async def GetSession(self, request, context):
+        caller = current_principal()
+        self.calls.append(caller.subject)
+        try:
+            session_id = str(uuid.UUID(request.session_id))
+        except ValueError:
+            raise NotFound("session not found") from None
+        if self.sessions.get(session_id) != caller.user_id:
+            raise NotFound("session not found")
+        return workspace_service_pb2.GetSessionResponse(
+            session=workspace_service_pb2.Session(id=session_id, active=True)
+        )
 
     async def GetUpload(self, request, context):
         caller = current_principal()

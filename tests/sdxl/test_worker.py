@@ -41,6 +41,9 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
         self.start_errors: list[grpc.StatusCode] = []
         # Codes CompleteJob answers with before it commits.
         self.complete_errors: list[grpc.StatusCode] = []
+        # Completions refused because another start holds the job, which that
+        # start completes.
+        self.superseded_completions = 0
         # Completions to commit and then answer with UNAVAILABLE (the reply lost).
         self.lose_completion_answers = 0
         self.completed: set[str] = set()
@@ -105,6 +108,10 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 raise FailedPrecondition("the job was cancelled", reason="JOB_CANCELLED")
             await context.abort(code, "injected")
+        if self.superseded_completions:
+            self.superseded_completions -= 1
+            self.completed.add(request.job_id)  # by the start that holds it
+            raise FailedPrecondition("another start holds the job", reason="NOT_JOB_HOLDER")
         self.completed.add(request.job_id)  # committed
         if self.lose_completion_answers:
             self.lose_completion_answers -= 1
@@ -209,6 +216,12 @@ async def test_task_runs_uploads_completes_and_acks(sdxl, double, make_task):
     ]
     names = [n for n, _ in double.calls]
     assert names.index("CompleteJob") > max(i for i, n in enumerate(names) if n == "ReportProgress")
+
+    # Every call about the job carries the token its start was given.
+    token = f"{started.task_sequence}:{started.delivery}"
+    assert complete.start_token == token
+    assert {r.start_token for r in reports} == {token}
+    assert {h.start_token for h in double.of("Heartbeat")} <= {token}
 
     assert [a.index for a in complete.assets] == [0, 1, 2]
     assert [a.seed for a in complete.assets] == [41, 42, 43]
@@ -362,6 +375,21 @@ async def test_cancelled_meanwhile_at_completion_removes_outputs(sdxl, double, m
     assert not double.of("FailJob")
     assert len(double.of("StartJob")) == 1
     assert not await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
+
+
+async def test_a_start_superseded_at_completion_keeps_the_outputs(sdxl, double, make_task):
+    """Another delivery started the job meanwhile and completed it: the
+    outputs are that start's too (same keys), so they stay; the task is
+    handed back, and its next delivery is acked without running."""
+    running, store = sdxl
+    double.superseded_completions = 1
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user))
+    await double.wait_for("StartJob", 2)
+    await _drained(running)
+    assert [s.delivery for s in double.of("StartJob")] == [1, 2]
+    assert len(double.of("CompleteJob")) == 1 and not double.of("FailJob")
+    assert await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
 
 
 async def test_undecodable_reference_fails_for_good(sdxl, double, make_task):
