@@ -4,14 +4,17 @@ What it does, in order:
 
 1. refuses to start when the gateway's port (127.0.0.1:8080) is already taken;
 2. loads (or creates, on the first run) stable development secrets in
-   `.data/secrets.env`, unless AUTH_SECRET / STORAGE_SIGNING_KEY are set;
+   `.data/secrets.env`, unless AUTH_SECRET / STORAGE_SIGNING_KEY /
+   DB_PASSWORD_<SERVICE> are set;
 3. starts embedded PostgreSQL (`.data/pg`) and NATS JetStream (`.data/nats`, a
    free port, never 4222) unless DATABASE_URL / NATS_URL point at servers;
    blobs go to `.data/blobs`, or to S3 when S3_ENDPOINT is set;
-4. prepares the database (roles, every service's migrations);
+4. prepares the database as its owner (roles, each with its own password
+   from `.data/secrets.env`, and every service's migrations);
 5. gives every gRPC service a free port, and runs every `services/<name>` that
    has a `__main__.py`, in dependency order, under a `Supervisor` that restarts
-   what dies;
+   what dies; each gets its own database URL (<NAME>_DATABASE_URL), never
+   the owner's;
 6. says so when the gateway answers `/readyz`.
 
 On Ctrl-C or SIGTERM — to this process or to its whole process group — it
@@ -41,6 +44,7 @@ import warnings
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 
+from ourvidz.db import SERVICE_ROLE, own_database_env
 from ourvidz.dev.embedded import free_port
 from ourvidz.dev.supervisor import (
     LinePrefixer,
@@ -55,7 +59,10 @@ from ourvidz.migrate import migration_folders
 log = logging.getLogger("ourvidz.dev.up")
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED_SECRETS = ("AUTH_SECRET", "STORAGE_SIGNING_KEY")
+# The database roles' passwords: one per service role, given by `make up` to
+# the migration step (with the owner URL) and, as its own URL, to that service.
+DB_PASSWORDS = tuple(f"DB_PASSWORD_{name.upper()}" for name in SERVICE_ROLE)
+GENERATED_SECRETS = ("AUTH_SECRET", "STORAGE_SIGNING_KEY", *DB_PASSWORDS)
 SECRET_LENGTH = 48
 
 # Dependency order: the state owners first, then what consumes their events,
@@ -215,7 +222,9 @@ def service_specs(
             ServiceSpec(
                 name=name,
                 argv=python_argv(f"services.{name}"),
-                env=dict(env),
+                # Its own database login only: never the owner's URL, nor
+                # another service's role.
+                env=own_database_env(name, env),
                 cwd=str(root),
                 ready=ready,
             )
@@ -301,13 +310,11 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
             env["NATS_URL"] = start_nats(data / "nats", emb, port=nats_port)
         for pid in emb.server_pids:
             watchdog.server(pid)
-        role_password = env.get("DB_ROLE_PASSWORD") or "ourvidz-dev"
-        env["DB_ROLE_PASSWORD"] = role_password
-
         from ourvidz import db
 
         log.info("preparing the database")
-        db.prepare(env["DATABASE_URL"], role_password, migration_folders(root / "services"))
+        passwords = {name: env[f"DB_PASSWORD_{name.upper()}"] for name in SERVICE_ROLE}
+        db.prepare(env["DATABASE_URL"], passwords, migration_folders(root / "services"))
 
         ports = assign_ports(services, env)
         supervisor = Supervisor(

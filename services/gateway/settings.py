@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from ourvidz.settings import CommonSettings
@@ -14,6 +14,11 @@ MIB = 1024 * 1024
 
 
 class GatewaySettings(CommonSettings):
+    # This service's own database login (GATEWAY_DATABASE_URL); in dev/test
+    # it may be derived from DATABASE_URL and DB_PASSWORD_GATEWAY instead.
+    db_service: ClassVar[str | None] = "gateway"
+    gateway_database_url: SecretStr = SecretStr("")
+    db_password_gateway: SecretStr = SecretStr("")
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     # Emails that get the admin role when they sign up (GATEWAY_ADMIN_EMAILS=a@x,b@y).

@@ -6,7 +6,7 @@ import uuid
 
 from ourvidz import db
 from ourvidz.auth import mint_token
-from tests.conftest import ROLE_PASSWORD, SECRET
+from tests.conftest import SECRET
 from tests.gateway.gateway_helpers import assert_problem, auth
 
 
@@ -114,10 +114,10 @@ async def test_missing_expired_and_tampered_tokens_are_401(client):
         assert resp.headers["www-authenticate"].startswith("Bearer")
 
 
-async def test_row_level_security_hides_other_users(client, infra):
+async def test_row_level_security_hides_other_users(client, base_env):
     _, a = await _signup(client)
     _, b = await _signup(client)
-    database = db.Database(db.role_url(infra.database_url, "ourvidz_gateway", ROLE_PASSWORD))
+    database = db.Database(base_env["GATEWAY_DATABASE_URL"])
     await database.open()
     try:
         async with database.tx(user_id=a.json()["user"]["id"], role="user") as conn:
