@@ -82,9 +82,11 @@ def test_the_gateway_asserting_system_still_sees_only_its_callers_identity(base_
         tokens = {str(r[0]) for r in conn.execute("SELECT user_id FROM identity.refresh_tokens")}
         assert users == {mine} and tokens == {mine}
         changed = conn.execute(
-            "UPDATE identity.users SET role = 'admin' WHERE id = %s", (theirs,)
+            "UPDATE identity.users SET password_hash = 'y' WHERE id = %s", (theirs,)
         ).rowcount
         assert changed == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # not even its own role
+            conn.execute("UPDATE identity.users SET role = 'admin' WHERE id = %s", (mine,))
         as_caller(conn, "", "system")  # no caller at all: nothing
         assert conn.execute("SELECT count(*) FROM identity.users").fetchone() == (0,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

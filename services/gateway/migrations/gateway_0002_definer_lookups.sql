@@ -26,7 +26,11 @@ CREATE POLICY users_owner ON identity.users TO CURRENT_USER
 CREATE POLICY refresh_tokens_owner ON identity.refresh_tokens TO CURRENT_USER
     USING (true) WITH CHECK (true);
 
-REVOKE DELETE ON identity.users, identity.refresh_tokens FROM ourvidz_gateway;
+-- Only the columns the gateway changes: a user's password hash (rehash on
+-- login) and a refresh token's revocation; never a role, never a delete.
+REVOKE UPDATE, DELETE ON identity.users, identity.refresh_tokens FROM ourvidz_gateway;
+GRANT UPDATE (password_hash) ON identity.users TO ourvidz_gateway;
+GRANT UPDATE (revoked_at) ON identity.refresh_tokens TO ourvidz_gateway;
 
 -- Login: the account with this e-mail (any case), with its password hash.
 CREATE FUNCTION identity.login_candidate(p_email text)
