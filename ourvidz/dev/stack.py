@@ -61,9 +61,9 @@ _MODEL_SERVICES = {
 async def _start_model_service(name: str, env: Mapping[str, str]):
     import importlib
 
-    package, settings_cls = _MODEL_SERVICES[name]
     from ourvidz.db import own_database_env
 
+    package, settings_cls = _MODEL_SERVICES[name]
     main = importlib.import_module(f"{package}.main")
     settings = importlib.import_module(f"{package}.settings")
     own_env = own_database_env(name, env)
@@ -200,7 +200,7 @@ class ServiceProcesses:
         module = module or name
         port = free_port(set(self.ports.values()))
         # Each process gets its own database login only (never the owner's).
-        child_env = {**own_database_env(module, {**self.env, **(env or {})})}
+        child_env = own_database_env(module, {**self.env, **(env or {})})
         child_env["PYTHONUNBUFFERED"] = "1"
         child_env[f"{module.upper()}_PORT"] = str(port)
         self.log_dir.mkdir(parents=True, exist_ok=True)
