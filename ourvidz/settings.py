@@ -10,12 +10,21 @@ missing keys.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "ourvidz-dev-secret-change-me-0123456789"
+
+
+# The shortest database role password accepted outside dev/test.
+MIN_DB_PASSWORD = 16
+
+
+def dev_password(service: str) -> str:
+    """The development password of a service's database role (dev/test only)."""
+    return f"ourvidz-dev-{service}"
 
 
 class CatalogLimits(BaseSettings):
@@ -40,9 +49,10 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    # PostgreSQL: the owner URL runs migrations; services connect as their own role.
+    # PostgreSQL: the owner URL runs migrations (`python -m ourvidz.migrate`)
+    # and nothing else. A service connects with its own role's URL
+    # (<SERVICE>_DATABASE_URL, see `service_database_url`).
     database_url: str = "postgresql://postgres@127.0.0.1:5432/ourvidz"
-    db_role_password: SecretStr = SecretStr("ourvidz-dev")
     db_pool_size: int = 10
     # How long a request waits for a database connection before it answers
     # "database unavailable" (keep it under grpc_deadline_seconds).
@@ -92,6 +102,28 @@ class CommonSettings(BaseSettings):
 
         return TokenVerifier.from_settings(self)
 
+    # The service whose database role these settings connect as ("jobs", ...);
+    # None for a process without a database connection.
+    db_service: ClassVar[str | None] = None
+
+    def service_database_url(self) -> str:
+        """This service's own database URL: <SERVICE>_DATABASE_URL, or in
+        dev/test, when that is unset, the owner URL with the service's role
+        and DB_PASSWORD_<SERVICE> (by default the development password that
+        `python -m ourvidz.migrate` gives the role in dev/test)."""
+        service = self.db_service
+        if service is None:
+            raise ValueError(f"{type(self).__name__} has no database connection")
+        own = getattr(self, f"{service}_database_url").get_secret_value()
+        if own:
+            return own
+        if self.env not in ("dev", "test"):
+            raise ValueError(f"{service.upper()}_DATABASE_URL must be set outside dev/test")
+        from ourvidz.db import SERVICE_ROLE, role_url
+
+        password = getattr(self, f"db_password_{service}").get_secret_value()
+        return role_url(self.database_url, SERVICE_ROLE[service], password or dev_password(service))
+
     def prompt_policy(self):
         from ourvidz.policy import PromptPolicy
 
@@ -108,6 +140,12 @@ class CommonSettings(BaseSettings):
                 )
             if not (self.auth_jwks.strip() or self.auth_jwks_file):
                 raise ValueError("AUTH_JWKS_FILE (or AUTH_JWKS) must be set in prod")
+            service = self.db_service
+            if service and not getattr(self, f"{service}_database_url").get_secret_value():
+                raise ValueError(
+                    f"{service.upper()}_DATABASE_URL (the service's own database role) "
+                    "must be set in prod"
+                )
         return self
 
     def limits(self) -> CatalogLimits:

@@ -22,7 +22,8 @@ from ourvidz.errors import RemoteError, parse_rpc_error
 from ourvidz.migrate import migration_folders
 
 ROOT = Path(__file__).resolve().parent.parent
-ROLE_PASSWORD = "ourvidz-test"
+# Each service role's own password (service name -> password).
+ROLE_PASSWORDS = db.dev_passwords("ourvidz-test")
 # Signs the local store's URLs in tests.
 SECRET = "test-secret-0123456789-0123456789-abcdef"
 # The test session's token keys: the gateway's (user and admin tokens) and a
@@ -82,7 +83,7 @@ def infra():
             start_postgres(tmp / "pg", emb)
         emb.nats_url = os.environ.get("NATS_URL") or start_nats(tmp / "nats", emb)
         emb.s3_endpoint = os.environ.get("S3_ENDPOINT") or start_s3(emb)
-        db.prepare(emb.database_url, ROLE_PASSWORD, migration_folders())
+        db.prepare(emb.database_url, ROLE_PASSWORDS, migration_folders())
         yield emb
     finally:
         emb.stop()
@@ -91,11 +92,14 @@ def infra():
 
 @pytest.fixture(scope="session")
 def base_env(infra, tmp_path_factory) -> dict[str, str]:
-    """Environment for any service's settings, pointing at the test servers."""
+    """Environment for any service's settings, pointing at the test servers.
+    Each service connects with its own URL (<SERVICE>_DATABASE_URL); the owner
+    URL (DATABASE_URL) is here only for tests that inspect the database as
+    its owner."""
     return {
         "OURVIDZ_ENV": "test",
         "DATABASE_URL": infra.database_url,
-        "DB_ROLE_PASSWORD": ROLE_PASSWORD,
+        **db.service_url_env(infra.database_url, ROLE_PASSWORDS),
         "NATS_URL": infra.nats_url,
         "STORAGE_BACKEND": "s3",
         "S3_ENDPOINT": infra.s3_endpoint,

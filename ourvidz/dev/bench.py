@@ -134,11 +134,12 @@ async def _bench_job(repeat: int) -> None:
         start_postgres(tmp / "pg", emb)
         start_nats(tmp / "nats", emb)
         start_s3(emb)
-        db.prepare(emb.database_url, "bench", migration_folders())
+        passwords = db.dev_passwords("bench")
+        db.prepare(emb.database_url, passwords, migration_folders())
         secret = "bench-secret-0123456789-0123456789-0123"
         key_settings, worker_keys = dev_keys(tmp / "keys", ("worker",))
         env = {
-            "OURVIDZ_ENV": "dev", "DATABASE_URL": emb.database_url, "DB_ROLE_PASSWORD": "bench",
+            "OURVIDZ_ENV": "dev", **db.service_url_env(emb.database_url, passwords),
             "NATS_URL": emb.nats_url, "STORAGE_BACKEND": "s3", "S3_ENDPOINT": emb.s3_endpoint,
             "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", **key_settings,
             "WORKER_KEY_FILE": worker_keys["worker"],

@@ -569,11 +569,12 @@ async def run_bench(opts: Options) -> Results:
         start_postgres(tmp / "pg", emb)
         start_nats(tmp / "nats", emb)
         start_s3_process(tmp / "logs", emb)
-        db.prepare(emb.database_url, "bench", migration_folders())
+        passwords = db.dev_passwords("bench")
+        db.prepare(emb.database_url, passwords, migration_folders())
         key_settings, worker_keys = dev_keys(tmp / "keys", ("worker",))
         env = {
             **os.environ,
-            "OURVIDZ_ENV": "dev", "DATABASE_URL": emb.database_url, "DB_ROLE_PASSWORD": "bench",
+            "OURVIDZ_ENV": "dev", **db.service_url_env(emb.database_url, passwords),
             "NATS_URL": emb.nats_url, "STORAGE_BACKEND": "s3", "S3_ENDPOINT": emb.s3_endpoint,
             "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", **key_settings,
             "WORKER_KEY_FILE": worker_keys["worker"],

@@ -4,20 +4,24 @@ What it does, in order:
 
 1. refuses to start when the gateway's port (127.0.0.1:8080) is already taken;
 2. loads (or creates, on the first run) stable development secrets:
-   STORAGE_SIGNING_KEY in `.data/secrets.env` unless it is set, and the token
-   keys in `.data/keys/` (mode 0600): the gateway's signing key with its public
-   `jwks.json`, one key per worker (sdxl, wan, enhancer) with `worker-jwks.json`;
+   STORAGE_SIGNING_KEY and one password per service database role
+   (DB_PASSWORD_<SERVICE>) in `.data/secrets.env` unless they are set, and the
+   token keys in `.data/keys/` (mode 0600): the gateway's signing key with its
+   public `jwks.json`, one key per worker (sdxl, wan, enhancer) with
+   `worker-jwks.json`;
 3. starts embedded PostgreSQL (`.data/pg`) and NATS JetStream (`.data/nats`, a
    free port, never 4222) unless DATABASE_URL / NATS_URL point at servers;
    blobs go to `.data/blobs`, or to S3 when S3_ENDPOINT is set;
-4. prepares the database (roles, every service's migrations), makes admins of
-   the existing accounts in OURVIDZ_BOOTSTRAP_ADMINS and prints how to make
-   one with `ourvidz admin grant EMAIL`;
+4. prepares the database as its owner (roles, each with its own password, and
+   every service's migrations), makes admins of the existing accounts in
+   OURVIDZ_BOOTSTRAP_ADMINS and prints how to make one with
+   `ourvidz admin grant EMAIL`;
 5. gives every gRPC service a free port, and runs every `services/<name>` that
    has a `__main__.py`, in dependency order, under a `Supervisor` that restarts
-   what dies, each with only the secrets it needs (`service_environment`): the
-   signing key reaches the gateway alone, each worker its own key, and the
-   model workers no database credentials;
+   what dies, each with only the secrets it needs (`service_environment`): its
+   own database URL (<NAME>_DATABASE_URL), never the owner's; the signing key
+   reaches the gateway alone, each worker its own key, and the model workers no
+   database credentials;
 6. says so when the gateway answers `/readyz`.
 
 On Ctrl-C or SIGTERM — to this process or to its whole process group — it
@@ -47,6 +51,7 @@ import warnings
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 
+from ourvidz.db import SERVICE_ROLE, own_database_env
 from ourvidz.dev.embedded import free_port
 from ourvidz.dev.supervisor import (
     LinePrefixer,
@@ -61,7 +66,10 @@ from ourvidz.migrate import bootstrap, migration_folders
 log = logging.getLogger("ourvidz.dev.up")
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED_SECRETS = ("STORAGE_SIGNING_KEY",)
+# The database roles' passwords: one per service role, given by `make up` to
+# the migration step (with the owner URL) and, as its own URL, to that service.
+DB_PASSWORDS = tuple(f"DB_PASSWORD_{name.upper()}" for name in SERVICE_ROLE)
+GENERATED_SECRETS = ("STORAGE_SIGNING_KEY", *DB_PASSWORDS)
 SECRET_LENGTH = 48
 
 # Who holds which secret. The gateway alone signs user and admin tokens.
@@ -250,7 +258,9 @@ def service_environment(
             return False
         return not (name in NO_STORAGE and key in STORAGE_VARS)
 
-    out = {k: v for k, v in env.items() if wanted(k)}
+    # Its own database login only: never the owner's URL, nor another
+    # service's role (db.own_database_env); then the other secrets it needs.
+    out = {k: v for k, v in own_database_env(name, env).items() if wanted(k)}
     if name in worker_keys:
         out["WORKER_KEY_FILE"] = worker_keys[name]
     return out
@@ -383,15 +393,13 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
             env["NATS_URL"] = start_nats(data / "nats", emb, port=nats_port)
         for pid in emb.server_pids:
             watchdog.server(pid)
-        role_password = env.get("DB_ROLE_PASSWORD") or "ourvidz-dev"
-        env["DB_ROLE_PASSWORD"] = role_password
-
         from ourvidz import db
         from ourvidz.dev.stack import settings_from
         from ourvidz.operator import OperatorSettings
 
         log.info("preparing the database")
-        db.prepare(env["DATABASE_URL"], role_password, migration_folders(root / "services"))
+        passwords = {name: env[f"DB_PASSWORD_{name.upper()}"] for name in SERVICE_ROLE}
+        db.prepare(env["DATABASE_URL"], passwords, migration_folders(root / "services"))
         admin_hint = "DATABASE_URL=<the owner's URL>"
         if embedded_database:
             # No password in the embedded server's URL: safe to print.

@@ -86,15 +86,18 @@ def create_app(
     async def lifespan(app: FastAPI):
         own_db = database is None
         own_backends = backends is None
+        db_url = settings.service_database_url() if own_db else ""
+        if own_db:
+            # Refuse to start on a login that row level security would not
+            # bind (when PostgreSQL answers now; else each new connection is
+            # checked as the pool makes it).
+            await ourvidz_db.check_login_url(db_url)
         db = database or ourvidz_db.Database(
-            ourvidz_db.role_url(
-                settings.database_url,
-                "ourvidz_gateway",
-                settings.db_role_password.get_secret_value(),
-            ),
+            db_url,
             max_size=settings.db_pool_size,
             name="gateway",
             timeout=settings.db_pool_timeout_seconds,
+            check_connections=True,
         )
         bk = backends or Backends(
             channel(settings.jobs_addr),

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ourvidz.auth import TokenSigner
-from ourvidz.db import Database
+from ourvidz.db import Database, act_as
 from ourvidz.errors import Unauthenticated
 from services.gateway import domain, store
 from services.gateway.settings import GatewaySettings
@@ -44,15 +45,18 @@ class Identity:
         min_score = self.settings.gateway_min_password_score
         email = await asyncio.to_thread(domain.check_signup, email, password, min_score)
         password_hash = await asyncio.to_thread(domain.hash_password, password)
-        async with self.db.tx(role="system") as conn:
-            user = await store.insert_user(conn, email, password_hash, "user")
+        # The new row is written as its own user: the gateway's database role
+        # acts only as a user, never as "system".
+        user_id = str(uuid.uuid4())
+        async with self.db.tx(user_id=user_id) as conn:
+            user = await store.insert_user(conn, user_id, email, password_hash, "user")
         if user is None:
             log.info("sign-up for an address that has an account")
         else:
             log.info("user signed up", extra={"user_id": str(user["id"])})
 
     async def login(self, email: str, password: str) -> Session:
-        async with self.db.tx(role="system") as conn:
+        async with self.db.tx() as conn:
             user = await store.user_by_email(conn, domain.normalize_email(email))
         password_hash = user["password_hash"] if user else None
         ok = await asyncio.to_thread(domain.verify_password, password_hash, password)
@@ -69,10 +73,12 @@ class Identity:
         presented again after rotation is refused and, since it may have been
         stolen, every live refresh token of that user is revoked."""
         token_hash = domain.hash_refresh_token(refresh_token)
-        async with self.db.tx(role="system") as conn:
+        async with self.db.tx() as conn:
             row = await store.refresh_token_for_update(conn, token_hash)
             if row is None:
                 raise Unauthenticated("invalid refresh token", reason="INVALID_REFRESH_TOKEN")
+            # The rest of the transaction acts as the token's user.
+            await act_as(conn, str(row["user_id"]))
             if row["revoked_at"] is not None:
                 revoked = await store.revoke_all_refresh_tokens(conn, row["user_id"])
                 log.warning(

@@ -3,6 +3,8 @@ request size limits."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, SecretStr, model_validator
 
 from ourvidz.settings import CommonSettings, read_key
@@ -11,6 +13,11 @@ MIB = 1024 * 1024
 
 
 class GatewaySettings(CommonSettings):
+    # This service's own database login (GATEWAY_DATABASE_URL); in dev/test
+    # it may be derived from DATABASE_URL and DB_PASSWORD_GATEWAY instead.
+    db_service: ClassVar[str | None] = "gateway"
+    gateway_database_url: SecretStr = SecretStr("")
+    db_password_gateway: SecretStr = SecretStr("")
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     # The private key (Ed25519, PKCS8 PEM) that signs access tokens: only the

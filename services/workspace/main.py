@@ -53,9 +53,7 @@ class Running:
 async def start(settings: WorkspaceSettings, *, port: int | None = None) -> Running:
     """Start the service; `port` overrides settings.workspace_port (0: any free port)."""
     database = db.Database(
-        db.role_url(
-            settings.database_url, "ourvidz_workspace", settings.db_role_password.get_secret_value()
-        ),
+        settings.service_database_url(),
         max_size=settings.db_pool_size,
         name="workspace",
         timeout=settings.db_pool_timeout_seconds,

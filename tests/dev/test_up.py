@@ -15,11 +15,15 @@ import sys
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ourvidz import keys
 from ourvidz.auth import GATEWAY_ROLES, WORKER_ROLES, TokenSigner, TokenVerifier, load_jwks
 from ourvidz.dev import up
+from ourvidz.dev.stack import settings_from
+from services.gateway.settings import GatewaySettings
+from tests.conftest import ROLE_PASSWORDS
 
 from .procs import alive, read_pids, wait_until
 
@@ -72,11 +76,29 @@ def test_ports_are_free_distinct_and_published_as_addresses():
     assert "GATEWAY_PORT" not in env
 
 
+def test_each_service_gets_only_its_own_database_login(tmp_path: Path):
+    env = {"DATABASE_URL": "host=/pg user=postgres dbname=ourvidz", "NATS_URL": "nats://x"}
+    env |= {key: key.lower() for key in up.DB_PASSWORDS}
+    specs = {
+        s.name: s.env for s in up.service_specs(["jobs", "sdxl", "gateway"], env, tmp_path, {})
+    }
+    jobs = specs["jobs"]
+    assert "DATABASE_URL" not in jobs and not [k for k in jobs if k.startswith("DB_PASSWORD")]
+    assert [k for k in jobs if k.endswith("_DATABASE_URL")] == ["JOBS_DATABASE_URL"]
+    assert "user=ourvidz_jobs" in jobs["JOBS_DATABASE_URL"]
+    assert "password=db_password_jobs" in jobs["JOBS_DATABASE_URL"]
+    assert [k for k in specs["gateway"] if "DATABASE" in k] == ["GATEWAY_DATABASE_URL"]
+    assert not [k for k in specs["sdxl"] if "DATABASE" in k or "DB_" in k]  # a worker: none
+    assert specs["sdxl"]["NATS_URL"] == "nats://x"
+
+
 def test_secrets_are_generated_once_private_and_stable(tmp_path: Path):
     path = tmp_path / "data" / "secrets.env"
     first = up.dev_secrets(path, {})
-    assert set(first) == {"STORAGE_SIGNING_KEY"}
+    assert set(first) == {"STORAGE_SIGNING_KEY", *up.DB_PASSWORDS}
+    assert len(up.DB_PASSWORDS) == 4
     assert all(len(v) == 48 for v in first.values())
+    assert len(set(first.values())) == len(first)  # every role its own password
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert up.dev_secrets(path, {}) == first
     assert (
@@ -87,8 +109,10 @@ def test_secrets_are_generated_once_private_and_stable(tmp_path: Path):
 
 def test_secrets_from_the_environment_write_no_file(tmp_path: Path):
     path = tmp_path / "secrets.env"
-    got = up.dev_secrets(path, {"STORAGE_SIGNING_KEY": "b" * 40})
-    assert got == {"STORAGE_SIGNING_KEY": "b" * 40}
+    given = {"STORAGE_SIGNING_KEY": "b" * 40}
+    given |= {key: key.lower() * 2 for key in up.DB_PASSWORDS}
+    got = up.dev_secrets(path, given)
+    assert got == given
     assert not path.exists()
 
 
@@ -124,8 +148,8 @@ SHARED = {
     "NATS_URL": "nats://127.0.0.1:4333",
     "JOBS_ADDR": "127.0.0.1:50051",
     "DATABASE_URL": "postgresql://postgres@127.0.0.1/ourvidz",
-    "DB_ROLE_PASSWORD": "role-password",
-    "DB_JOBS_PASSWORD": "a per-role password",
+    "DB_PASSWORD_JOBS": "jobs-password",
+    "DB_PASSWORD_ENHANCER": "enhancer-password",
     "STORAGE_SIGNING_KEY": "s" * 48,
     "S3_ACCESS_KEY": "access",
     "S3_SECRET_KEY": "secret",
@@ -143,8 +167,9 @@ def test_model_workers_get_their_own_key_and_no_database_or_signing_secret(name)
     env = up.service_environment(name, SHARED, WORKER_KEYS)
     for secret in (
         "DATABASE_URL",
-        "DB_ROLE_PASSWORD",
-        "DB_JOBS_PASSWORD",
+        "DB_PASSWORD_JOBS",
+        "DB_PASSWORD_ENHANCER",
+        "ENHANCER_DATABASE_URL",
         "AUTH_SIGNING_KEY_FILE",
         "AUTH_SIGNING_KEY",
         "STORAGE_SIGNING_KEY",
@@ -169,7 +194,11 @@ def test_only_the_gateway_gets_the_signing_key():
 
 def test_the_enhancer_keeps_its_database_but_gets_no_storage_secrets():
     env = up.service_environment("enhancer", SHARED, WORKER_KEYS)
-    assert env["DATABASE_URL"] == SHARED["DATABASE_URL"]
+    # Its own login, made from the owner URL and its own password; no other.
+    own = env["ENHANCER_DATABASE_URL"]
+    assert "user=ourvidz_enhancer" in own and "password=enhancer-password" in own
+    assert "DATABASE_URL" not in env and "DB_PASSWORD_ENHANCER" not in env
+    assert "JOBS_DATABASE_URL" not in env
     assert not {"S3_ACCESS_KEY", "S3_SECRET_KEY", "STORAGE_SIGNING_KEY"} & set(env)
 
 
@@ -221,8 +250,7 @@ time.sleep(300)
 GATEWAY = """
 import http.server, json, os
 open(os.environ["PIDS_FILE"], "a").write(f"{os.getpid()}\\n")
-keys = ["OURVIDZ_ENV", "LOG_JSON", "JOBS_ADDR", "DATABASE_URL", "NATS_URL", "AUTH_SIGNING_KEY_FILE", "AUTH_JWKS_FILE", "STORAGE_BACKEND", "PUBLIC_BASE_URL"]
-open(os.environ["ENV_FILE"], "w").write(json.dumps({k: os.environ.get(k) for k in keys}))
+open(os.environ["ENV_FILE"], "w").write(json.dumps(dict(os.environ)))
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200 if self.path == "/readyz" else 404); self.end_headers()
@@ -256,7 +284,9 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
         },
         "DATABASE_URL": infra.database_url,
         "NATS_URL": infra.nats_url,
-        "DB_ROLE_PASSWORD": "ourvidz-test",
+        # The test session's role passwords: roles are shared by the whole
+        # PostgreSQL server, so `up` must set the ones the other tests use.
+        **{f"DB_PASSWORD_{name.upper()}": value for name, value in ROLE_PASSWORDS.items()},
         "GATEWAY_PORT": str(gateway_port),
         "PIDS_FILE": str(pids_file),
         "ENV_FILE": str(env_file),
@@ -304,7 +334,7 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     assert f"ourvidz is serving on http://127.0.0.1:{gateway_port} (ready in" in output
     seen = json.loads(env_file.read_text())
     assert seen["OURVIDZ_ENV"] == "dev" and seen["LOG_JSON"] == "false"
-    assert seen["DATABASE_URL"] == infra.database_url and seen["NATS_URL"] == infra.nats_url
+    assert seen["NATS_URL"] == infra.nats_url
     assert seen["JOBS_ADDR"].startswith("127.0.0.1:") and seen["STORAGE_BACKEND"] == "local"
     assert seen["AUTH_SIGNING_KEY_FILE"] == str(tmp_path / ".data" / "keys" / "gateway.pem")
     assert seen["AUTH_JWKS_FILE"] == str(tmp_path / ".data" / "keys" / "jwks.json")
@@ -314,8 +344,18 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     assert worker["WORKER_KEY_FILE"] == str(tmp_path / ".data" / "keys" / "sdxl.pem")
     assert worker["AUTH_JWKS_FILE"] == seen["AUTH_JWKS_FILE"]
     assert worker["NATS_URL"] == infra.nats_url and worker["JOBS_ADDR"] == seen["JOBS_ADDR"]
-    leaked = {"DATABASE_URL", "DB_ROLE_PASSWORD", "AUTH_SIGNING_KEY_FILE", "STORAGE_SIGNING_KEY"}
+    leaked = {"AUTH_SIGNING_KEY_FILE", "STORAGE_SIGNING_KEY"}
     assert not leaked & set(worker), leaked & set(worker)
+    assert not [k for k in worker if k.startswith(("DATABASE_", "DB_")) or "_DATABASE_URL" in k]
+    # The gateway got its own database login and no other: not the owner's
+    # URL, not another role's URL or password.
+    assert "DATABASE_URL" not in seen and "JOBS_DATABASE_URL" not in seen
+    assert not [k for k in seen if k.startswith("DB_PASSWORD_")]
+    assert infra.database_url not in seen.values()
+    settings = settings_from(GatewaySettings, seen)
+    assert settings.database_url != infra.database_url
+    with psycopg.connect(settings.service_database_url()) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("ourvidz_gateway",)
 
 
 # --- stopping: the services first, the embedded servers last ----------------------------------
@@ -337,7 +377,7 @@ def on_term(*_):
     except OSError as exc:
         seen = f"nats down: {exc}"
     try:
-        psycopg.connect(os.environ["DATABASE_URL"], connect_timeout=5).close()
+        psycopg.connect(os.environ["JOBS_DATABASE_URL"], connect_timeout=5).close()
         seen += ", postgres up"
     except psycopg.Error as exc:
         seen += f", postgres down: {exc}"

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from ourvidz import db
-from tests.conftest import ROLE_PASSWORD, foreign_token
+from tests.conftest import foreign_token
 from tests.conftest import token as mint
 from tests.gateway.gateway_helpers import assert_problem, auth, gateway_settings, serve_app
 
@@ -122,6 +122,7 @@ async def test_an_address_of_the_former_admin_list_signs_up_as_a_user(base_env, 
     settings = gateway_settings(
         base_env, fakes[0].port, enhancer[0].port, gateway_admin_emails=email
     )
+    assert not hasattr(settings, "gateway_admin_emails")
     async with serve_app(settings) as client:
         _, login = await _account(client, email)
         assert login.json()["user"]["role"] == "user"
@@ -184,10 +185,10 @@ async def test_missing_expired_and_tampered_tokens_are_401(client):
         assert resp.headers["www-authenticate"].startswith("Bearer")
 
 
-async def test_row_level_security_hides_other_users(client, infra):
+async def test_row_level_security_hides_other_users(client, base_env):
     _, a = await _account(client)
     _, b = await _account(client)
-    database = db.Database(db.role_url(infra.database_url, "ourvidz_gateway", ROLE_PASSWORD))
+    database = db.Database(base_env["GATEWAY_DATABASE_URL"])
     await database.open()
     try:
         async with database.tx(user_id=a.json()["user"]["id"], role="user") as conn:

@@ -13,7 +13,7 @@ import pytest
 
 from ourvidz import cli
 from ourvidz.operator import OperatorSettings
-from tests.conftest import ROOT, make_settings
+from tests.conftest import ROLE_PASSWORDS, ROOT, make_settings
 from tests.gateway.gateway_helpers import assert_problem, auth
 
 PASSWORD = "correct horse battery"
@@ -108,7 +108,15 @@ def test_bootstrap_admins_setting_is_a_list_of_addresses(base_env):
 async def test_migrate_bootstraps_the_listed_accounts_and_names_the_missing(client, base_env):
     email, missing = _email(), _email()
     session = await _account(client, email)
-    env = {**os.environ, **base_env, "OURVIDZ_BOOTSTRAP_ADMINS": f"{email.upper()}, {missing}"}
+    # The migration sets each role's password: give it the test session's, as
+    # an operator gives it the deployment's.
+    passwords = {f"DB_PASSWORD_{name.upper()}": pw for name, pw in ROLE_PASSWORDS.items()}
+    env = {
+        **os.environ,
+        **base_env,
+        **passwords,
+        "OURVIDZ_BOOTSTRAP_ADMINS": f"{email.upper()}, {missing}",
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -37,7 +37,9 @@ async def test_readyz_names_the_part_that_is_down(base_env, fakes):
 async def test_readyz_with_the_database_down_while_healthz_answers(base_env, fakes):
     served, _, _ = fakes
     settings = gateway_settings(
-        base_env, served.port, database_url="postgresql://postgres@127.0.0.1:1/ourvidz"
+        base_env,
+        served.port,
+        gateway_database_url="postgresql://ourvidz_gateway@127.0.0.1:1/ourvidz",
     )
     async with serve_app(settings) as client:
         health = await client.get("/healthz")

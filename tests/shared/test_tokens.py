@@ -173,7 +173,12 @@ def test_the_key_tool_writes_a_private_pem_and_extends_the_jwks(tmp_path: Path):
 
 def test_prod_refuses_missing_keys(tmp_path: Path):
     jwks = json.dumps({"keys": [keys.public_jwk(GATEWAY_KEY)]})
-    prod = {"OURVIDZ_ENV": "prod", "STORAGE_BACKEND": "s3", "AUTH_JWKS": jwks}
+    prod = {
+        "OURVIDZ_ENV": "prod",
+        "STORAGE_BACKEND": "s3",
+        "AUTH_JWKS": jwks,
+        "GATEWAY_DATABASE_URL": "postgresql://ourvidz_gateway:pw@db/ourvidz",
+    }
     with pytest.raises(ValidationError, match="AUTH_SIGNING_KEY_FILE"):
         make_settings(GatewaySettings, prod)
     with pytest.raises(ValidationError, match="WORKER_KEY_FILE"):
