@@ -255,3 +255,23 @@ async def world(stack) -> World:
             file_url=file_url,
             other_file_url=other_file_url,
         )
+
+
+async def a_keeps_everything(stack, world: World) -> None:
+    """Every call anyone else made left A's resources as they were."""
+    async with httpx.AsyncClient(base_url=stack.url, timeout=60, headers=world.a.headers) as http:
+        job = await http.get(f"/v1/jobs/{world.job_id}")
+        assert job.status_code == 200 and job.json()["state"] == "completed", job.text
+        items = await http.get(f"/v1/workspace/sessions/{world.session_id}/items")
+        assert items.status_code == 200, items.text
+        kept = {i["id"] for i in items.json()["items"]}
+        assert set(world.item_ids) <= kept, f"A lost items: {set(world.item_ids) - kept}"
+        for asset_id in world.asset_ids:
+            asset = await http.get(f"/v1/library/assets/{asset_id}")
+            assert asset.status_code == 200, asset.text
+            assert asset.json()["title"] != "mine now"
+        upload_session = await http.get(f"/v1/workspace/sessions/{world.other_session_id}")
+        assert upload_session.status_code == 200, upload_session.text
+        download = await http.get(world.file_url)
+        assert download.status_code == 200
+        assert download.content.startswith(b"\x89PNG")

@@ -21,7 +21,14 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.security.conftest import PASSWORD, World, bearer, png_bytes, service_token
+from tests.security.conftest import (
+    PASSWORD,
+    World,
+    a_keeps_everything,
+    bearer,
+    png_bytes,
+    service_token,
+)
 
 PUBLIC = "public"  # no token: anyone may call it
 USER = "user"  # a user's (or admin's) token
@@ -337,16 +344,4 @@ async def test_signup_does_not_tell_a_taken_address(stack, world):
 
 
 async def test_a_keeps_everything_after_the_walk(stack, world):
-    """Every call B made left A's resources as they were."""
-    async with httpx.AsyncClient(base_url=stack.url, timeout=60, headers=world.a.headers) as http:
-        job = await http.get(f"/v1/jobs/{world.job_id}")
-        assert job.status_code == 200 and job.json()["state"] == "completed", job.text
-        items = await http.get(f"/v1/workspace/sessions/{world.session_id}/items")
-        assert {i["id"] for i in items.json()["items"]} == set(world.item_ids), items.text
-        for asset_id in world.asset_ids:
-            asset = await http.get(f"/v1/library/assets/{asset_id}")
-            assert asset.status_code == 200, asset.text
-            assert asset.json()["title"] != "mine now"
-        download = await http.get(world.file_url)
-        assert download.status_code == 200
-        assert download.content.startswith(b"\x89PNG")
+    await a_keeps_everything(stack, world)
