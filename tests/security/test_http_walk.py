@@ -343,5 +343,30 @@ async def test_signup_does_not_tell_a_taken_address(stack, world):
     assert world.a.id not in taken.text
 
 
+BAD_TEXT = "a\u0000b"
+OWN_BAD_TEXT = [
+    ("PATCH", "/v1/library/assets/{asset}", {"title": BAD_TEXT}, "title"),
+    ("POST", "/v1/workspace/items/{item}/save", {"title": BAD_TEXT}, "title"),
+    ("POST", "/v1/workspace/sessions", {"name": BAD_TEXT}, "name"),
+    ("POST", "/v1/jobs", {"prompt": BAD_TEXT}, "prompt"),
+    ("POST", "/v1/jobs", {"negative_prompt": BAD_TEXT}, "negative_prompt"),
+]
+
+
+@pytest.mark.parametrize(
+    "method,path,body,field", OWN_BAD_TEXT, ids=[f"{m} {p}" for m, p, _, _ in OWN_BAD_TEXT]
+)
+async def test_control_characters_in_own_text_are_422(stack, world, method, path, body, field):
+    """A NUL (which PostgreSQL cannot store) in A's own request is refused
+    with the field named, not failed as a 500."""
+    url = path.format(asset=world.asset_ids[0], item=world.item_ids[2])
+    if path == "/v1/jobs":
+        body = _job(world, **body)
+    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
+        answer = await http.request(method, url, headers=world.a.headers, json=body)
+    assert answer.status_code == 422, answer.text
+    assert field in [e["field"] for e in answer.json().get("errors", [])], answer.text
+
+
 async def test_a_keeps_everything_after_the_walk(stack, world):
     await a_keeps_everything(stack, world)
