@@ -88,6 +88,7 @@ class World:
     file_key: str
     file_url: str
     other_file_url: str
+    idempotency_key: str
 
     def markers(self) -> dict[str, str]:
         """Strings that only A's data contains, by what they are."""
@@ -145,14 +146,16 @@ async def sse_events(response: httpx.Response):
             fields[name] = value.lstrip(" ")
 
 
-async def _files_into_session(http, user: User, session_id: str, body: dict, count: int):
-    """Submit a job into `session_id` and follow the session's events until
-    `count` items are filed; returns (job, item ids)."""
+async def _files_into_session(http, user: User, session_id: str, body: dict, count: int, key: str):
+    """Submit a job (idempotency key `key`) into `session_id` and follow the
+    session's events until `count` items are filed; returns (job, item ids)."""
     items: list[str] = []
     path = f"/v1/workspace/sessions/{session_id}/events"
     async with http.stream("GET", path, headers=user.headers, timeout=SETUP_SECONDS) as stream:
         assert stream.status_code == 200, await stream.aread()
-        submitted = await http.post("/v1/jobs", headers=user.headers, json=body)
+        submitted = await http.post(
+            "/v1/jobs", headers={**user.headers, "Idempotency-Key": key}, json=body
+        )
         assert submitted.status_code == 202, submitted.text
         job = submitted.json()
         async for name, data in sse_events(stream):
@@ -195,7 +198,8 @@ async def world(stack) -> World:
             "height": 128,
             "workspace_session_id": session_id,
         }
-        job, item_ids = await _files_into_session(http, a, session_id, body, 3)
+        key = f"walk-{uuid.uuid4().hex}"
+        job, item_ids = await _files_into_session(http, a, session_id, body, 3, key)
         got = await http.get(f"/v1/jobs/{job['id']}", headers=a.headers)
         assert got.json()["state"] == "completed", got.text
         assets = sorted(got.json()["assets"], key=lambda asset: asset["index"])
@@ -254,6 +258,7 @@ async def world(stack) -> World:
             file_key=key,
             file_url=file_url,
             other_file_url=other_file_url,
+            idempotency_key=key,
         )
 
 

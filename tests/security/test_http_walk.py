@@ -179,6 +179,11 @@ RULES: dict[str, Rule] = {
 }
 
 
+def header_ids(w: World) -> dict[str, str]:
+    """A's value for each header parameter that names something of A's."""
+    return {"Idempotency-Key": w.idempotency_key}
+
+
 def path_ids(w: World) -> dict[str, str]:
     """A's id for each path parameter name the API uses."""
     return {
@@ -231,9 +236,11 @@ class Answer:
     headers: httpx.Headers
 
 
-async def call(http: httpx.AsyncClient, method: str, url: str, headers: dict, **kw) -> Answer:
-    """The answer to one request; of an event stream, only what comes before
-    the first event's end (the stream is closed then)."""
+async def call(http: httpx.AsyncClient, method: str, url: str, auth: dict, **kw) -> Answer:
+    """The answer to one request (`auth`: the caller's headers); of an event
+    stream, only what comes before the first event's end (it is closed then)."""
+    kw = dict(kw)
+    headers = {**auth, **kw.pop("headers", {})}
     async with http.stream(method, url, headers=headers, **kw) as response:
         content_type = response.headers.get("content-type", "")
         if content_type.startswith("text/event-stream") and response.status_code < 300:
@@ -272,7 +279,14 @@ def requests_for(w: World, method: str, path: str, op: dict, rule: Rule, page_to
     params = dict(rule.query(w))
     if page_token:
         params["page_token"] = page_token
-    base = {"params": params} if params else {}
+    base: dict = {"params": params} if params else {}
+    headers = {
+        p["name"]: header_ids(w)[p["name"]]
+        for p in op.get("parameters", ())
+        if p["in"] == "header" and p["name"] in header_ids(w)
+    }
+    if headers:
+        base["headers"] = headers
     if rule.upload:
         return [(url, {**base, "files": {"file": ("b.png", png_bytes(), "image/png")}})]
     if rule.bodies is None:
@@ -284,11 +298,13 @@ def requests_for(w: World, method: str, path: str, op: dict, rule: Rule, page_to
 
 
 def sent(url: str, kw: dict) -> str:
-    return url + repr(kw.get("params", "")) + repr(kw.get("json", ""))
+    return url + repr(kw.get("params", "")) + repr(kw.get("json", "")) + repr(kw.get("headers"))
 
 
 def check(w: World, who: str, method: str, url: str, kw: dict, answer: Answer, allowed) -> None:
-    where = f"{who}: {method} {url} {kw.get('params', '')} {kw.get('json', '')}"
+    where = (
+        f"{who}: {method} {url} {kw.get('params', '')} {kw.get('headers', '')} {kw.get('json', '')}"
+    )
     assert answer.status < 500, f"{where} -> {answer.status} {answer.text[:300]}"
     assert answer.status in allowed, (
         f"{where} -> {answer.status}, expected {sorted(allowed)}: {answer.text[:300]}"
@@ -341,6 +357,19 @@ async def test_signup_does_not_tell_a_taken_address(stack, world):
     assert taken.status_code == free.status_code, (taken.status_code, free.status_code)
     assert taken.status_code < 300, taken.text
     assert world.a.id not in taken.text
+
+
+async def test_idempotency_key_is_per_user(stack, world):
+    """B submitting with the Idempotency-Key A used gets a job of B's own."""
+    headers = {**world.b.headers, "Idempotency-Key": world.idempotency_key}
+    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
+        submitted = await http.post("/v1/jobs", headers=headers, json=_job(world))
+        assert submitted.status_code == 202, submitted.text
+        job = submitted.json()
+        await http.post(f"/v1/jobs/{job['id']}/cancel", headers=world.b.headers)
+    assert job["id"] != world.job_id
+    assert "Idempotent-Replayed" not in submitted.headers
+    assert not world.leaks(submitted.text), submitted.text
 
 
 BAD_TEXT = "a\u0000b"
