@@ -422,41 +422,23 @@ async def invoke(
 
 async def page_tokens(stack, world: World) -> dict[str, str]:
     """A's tokens for the second page of A's listings."""
-    token = world.a.token
+    listings = {
+        "jobs": (J, "ListJobs", jobs.ListJobsRequest(page_size=1)),
+        "sessions": (W, "ListSessions", ws.ListSessionsRequest(page_size=1)),
+        "assets": (W, "ListAssets", ws.ListAssetsRequest(page_size=1)),
+        "items": (
+            W,
+            "ListSessionItems",
+            ws.ListSessionItemsRequest(session_id=world.session_id, page_size=1),
+        ),
+    }
     out = {}
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.jobs.port}") as chan:
-        stub = chan.unary_unary(
-            f"/{J}/ListJobs",
-            request_serializer=jobs.ListJobsRequest.SerializeToString,
-            response_deserializer=jobs.ListJobsResponse.FromString,
-        )
-        reply = await stub(
-            jobs.ListJobsRequest(page_size=1), metadata=(("authorization", f"Bearer {token}"),)
-        )
-        out["jobs"] = reply.next_page_token
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.workspace.port}") as chan:
-        for key, name, request, reply_cls in (
-            (
-                "sessions",
-                "ListSessions",
-                ws.ListSessionsRequest(page_size=1),
-                ws.ListSessionsResponse,
-            ),
-            ("assets", "ListAssets", ws.ListAssetsRequest(page_size=1), ws.ListAssetsResponse),
-            (
-                "items",
-                "ListSessionItems",
-                ws.ListSessionItemsRequest(session_id=world.session_id, page_size=1),
-                ws.ListSessionItemsResponse,
-            ),
-        ):
-            stub = chan.unary_unary(
-                f"/{W}/{name}",
-                request_serializer=type(request).SerializeToString,
-                response_deserializer=reply_cls.FromString,
-            )
-            reply = await stub(request, metadata=(("authorization", f"Bearer {token}"),))
-            out[key] = reply.next_page_token
+    for key, (service, name, request) in listings.items():
+        method = descriptor_methods()[f"{service}/{name}"]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server_port(stack, service)}") as chan:
+            outcome = await invoke(chan, method, request, world.a.token)
+        assert outcome.code == Code.OK, outcome.text
+        out[key] = outcome.first.next_page_token
     assert all(out.values()), f"A's listings need two pages for the walk: {out}"
     return out
 
