@@ -44,10 +44,20 @@ async def stack(base_env):
         yield s
 
 
-def service_token(stack, role: str, subject: str | None = None) -> str:
+def service_token(stack, role: str, subject: str | None = None, ttl_seconds: int = 600) -> str:
     """An access token for `role` ("user", "admin" or "worker"), signed the way
-    the mesh's services verify it."""
-    return mint_token(stack.env["AUTH_SECRET"], subject or str(uuid.uuid4()), role, 600)
+    the mesh's services verify it (a negative `ttl_seconds`: expired)."""
+    return mint_token(stack.env["AUTH_SECRET"], subject or str(uuid.uuid4()), role, ttl_seconds)
+
+
+def refused_tokens(stack, world: World) -> list[tuple[str, str]]:
+    """(what it is, token) of tokens every call that takes one refuses: none
+    is an access token that is valid now."""
+    return [
+        ("a token of nobody's key", "e30.e30.c2lnbmF0dXJl"),
+        ("A's refresh token", world.a.refresh_token),
+        ("A's expired token", service_token(stack, "user", world.a.id, ttl_seconds=-5)),
+    ]
 
 
 def bearer(token: str) -> dict[str, str]:

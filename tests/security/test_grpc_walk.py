@@ -1,7 +1,8 @@
 """A walk of every method of every gRPC service the mesh serves, straight to
 the running servers (no gateway in between), from the generated descriptors.
 
-For each method: no token and a token of nobody's key are UNAUTHENTICATED;
+For each method: no token, a token of nobody's key, a refresh token and an
+expired token are UNAUTHENTICATED;
 each role the method does not take is PERMISSION_DENIED; user B (and an
 admin, who is a user with more rights, not another user's owner) with user
 A's ids is NOT_FOUND or PERMISSION_DENIED, and a listing B may call shows
@@ -37,6 +38,7 @@ from tests.security.conftest import (
     World,
     a_keeps_everything,
     png_bytes,
+    refused_tokens,
     service_token,
     signup,
 )
@@ -492,7 +494,7 @@ async def test_walk_method(stack, world, tokens_of_a, name):
     probe = rule.probe(world, tokens_of_a) if rule.probe else None
     role_probe = probe or (foreign[0] if foreign else request_cls())
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server_port(stack, service)}") as chan:
-        for who, token in (("no token", None), ("a token of nobody's key", "e30.e30.c2ln")):
+        for who, token in [("no token", None), *refused_tokens(stack, world)]:
             outcome = await invoke(chan, method, role_probe, token)
             check(world, who, full_name, role_probe, outcome, {Code.UNAUTHENTICATED})
         for role, token in tokens.items():

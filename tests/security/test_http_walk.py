@@ -4,7 +4,8 @@ Each operation is called with user A's ids filled into its path, query and
 body: without a token, with a worker's token, and as user B. B never gets A's
 data (2xx only on B's own listings and creations, and then without A's ids),
 nothing answers 5xx, every operation that takes a token answers 401 without
-one (and to a worker's token), admin operations answer 403 to a user.
+one (and to a worker's, a refresh, an expired or a forged token), admin
+operations answer 403 to a user.
 
 RULES classifies every operation by its id. A new route is probed without
 anyone remembering to: the document's operations and the table must match,
@@ -27,6 +28,7 @@ from tests.security.conftest import (
     a_keeps_everything,
     bearer,
     png_bytes,
+    refused_tokens,
     service_token,
 )
 
@@ -324,11 +326,13 @@ async def test_walk_operation(stack, world, document, op_id):
         probes = requests_for(world, method, path, op, rule, page_token)
         for url, kw in probes:
             if rule.auth in (USER, ADMIN):
-                for who, headers in (
-                    ("no token", {}),
-                    ("a worker's token", bearer(service_token(stack, "worker"))),
-                    ("a token of nobody's key", bearer("e30.e30.c2lnbmF0dXJl")),
-                ):
+                refused = [
+                    ("no token", None),
+                    ("a worker's token", service_token(stack, "worker")),
+                    *refused_tokens(stack, world),
+                ]
+                for who, token in refused:
+                    headers = bearer(token) if token else {}
                     answer = await call(http, method, url, headers, **kw)
                     check(world, who, method, url, kw, answer, {401})
             elif rule.auth == SIGNED:
