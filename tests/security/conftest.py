@@ -19,6 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from ourvidz import operator
 from ourvidz.auth import mint_token
 from ourvidz.dev.stack import running_stack
 
@@ -125,16 +126,19 @@ class World:
         ]
 
 
+async def login(http: httpx.AsyncClient, email: str) -> User:
+    response = await http.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return User(body["user"]["id"], email, body["access_token"], body["refresh_token"])
+
+
 async def signup(http: httpx.AsyncClient) -> User:
+    """A new account, signed in (sign-up answers 202 without tokens)."""
     email = f"walk-{uuid.uuid4().hex[:12]}@example.com"
     response = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD})
-    assert response.status_code in (200, 201, 202), response.text
-    body = response.json()
-    if "access_token" not in body:  # sign-up confirmed by e-mail: log in
-        response = await http.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
-        assert response.status_code == 200, response.text
-        body = response.json()
-    return User(body["user"]["id"], email, body["access_token"], body["refresh_token"])
+    assert response.status_code == 202, response.text
+    return await login(http, email)
 
 
 def png_bytes(size: int = 64) -> bytes:
@@ -186,9 +190,10 @@ async def world(stack) -> World:
     ):
         a = await signup(http)
         b = await signup(http)
-        # An account whose token carries the admin role (how an account becomes
-        # an admin is the identity tests' subject, not this walk's).
-        admin_token = service_token(stack, "admin", (await signup(http)).id)
+        # An admin as operators make one (`ourvidz admin grant`), signed in.
+        admin = await signup(http)
+        await asyncio.to_thread(operator.grant_admin, stack.env["DATABASE_URL"], admin.email)
+        admin_token = (await login(http, admin.email)).token
         prompt = f"a lighthouse of {uuid.uuid4().hex} on a cliff"
 
         upload = await http.post(
