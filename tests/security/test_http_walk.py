@@ -1,11 +1,11 @@
 """A cross-tenant walk of every operation in the gateway's OpenAPI document.
 
-Each operation is called with user A's ids filled into its path, query and
-body: without a token, with a worker's token, and as user B. B never gets A's
-data (2xx only on B's own listings and creations, and then without A's ids),
-nothing answers 5xx, every operation that takes a token answers 401 without
-one (and to a worker's, a refresh, an expired or a forged token), admin
-operations answer 403 to a user.
+Each operation is called with user A's ids filled into its path, query,
+headers and body: without a token, with refused tokens, as user B and as an
+admin. B never gets A's data (2xx only on B's own listings and creations, and
+then without A's ids); nothing answers 5xx, or without nosniff; every
+operation that takes a token answers 401 without one (and to a worker's, a
+refresh, an expired or a forged token); admin operations answer 403 to a user.
 
 RULES classifies every operation by its id. A new route is probed without
 anyone remembering to: the document's operations and the table must match,
@@ -234,6 +234,7 @@ class Answer:
     status: int
     text: str
     content_type: str
+    headers: httpx.Headers
 
 
 async def call(http: httpx.AsyncClient, method: str, url: str, auth: dict, **kw) -> Answer:
@@ -251,7 +252,7 @@ async def call(http: httpx.AsyncClient, method: str, url: str, auth: dict, **kw)
                     break
         else:
             text = (await response.aread()).decode(errors="replace")
-    return Answer(response.status_code, text, content_type)
+    return Answer(response.status_code, text, content_type, response.headers)
 
 
 async def page_token_of_a(http, w: World, path: str, op: dict) -> str | None:
@@ -312,6 +313,8 @@ def check(w: World, who: str, method: str, url: str, kw: dict, answer: Answer, a
     leaks = w.leaks(answer.text, sent(url, kw))
     assert not leaks, f"{where} -> {answer.status} shows {leaks}"
     assert "Traceback" not in answer.text, where
+    # No answer may be sniffed into another type (an error page into HTML...).
+    assert answer.headers.get("x-content-type-options") == "nosniff", where
 
 
 @pytest.mark.parametrize("op_id", list(RULES))
