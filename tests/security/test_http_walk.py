@@ -15,6 +15,7 @@ until it is classified here."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -46,7 +47,7 @@ FOREIGN = frozenset({404})
 @dataclass(frozen=True)
 class Rule:
     auth: str
-    # What B may get with A's ids filled in.
+    # What B (and on user routes an admin) may get with A's ids filled in.
     as_b: frozenset[int]
     # Bodies B sends (each one a probe); None: the operation takes no body.
     bodies: Callable[[World], list[dict]] | None = None
@@ -68,7 +69,8 @@ def _job(w: World, **extra) -> dict:
 
 
 def _template(w: World) -> list[dict]:
-    return [{"name": "walk-b", "target_model": "sdxl", "system_prompt": "More detail."}]
+    name = f"walk-{uuid.uuid4().hex[:8]}"
+    return [{"name": name, "target_model": "sdxl", "system_prompt": "More detail."}]
 
 
 def _signed_elsewhere(w: World) -> dict:
