@@ -11,17 +11,21 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
+import jwt
 import pytest
 from PIL import Image
 
 from ourvidz import operator
-from ourvidz.auth import mint_token
+from ourvidz.auth import ISSUER
 from ourvidz.dev.stack import running_stack
+from ourvidz.keys import public_jwk
+from tests.conftest import GATEWAY_KEY, WORKER_KEY, foreign_token, token
 
 # A password no strength rule refuses: the walk is about ownership, not passwords.
 PASSWORD = "Walk-the-boundary 7 times, " + uuid.uuid4().hex[:12]
@@ -46,18 +50,51 @@ async def stack(base_env):
 
 
 def service_token(stack, role: str, subject: str | None = None, ttl_seconds: int = 600) -> str:
-    """An access token for `role` ("user", "admin" or "worker"), signed the way
-    the mesh's services verify it (a negative `ttl_seconds`: expired)."""
-    return mint_token(stack.env["AUTH_SECRET"], subject or str(uuid.uuid4()), role, ttl_seconds)
+    """An access token for `role` ("user", "admin" or "worker") as the mesh
+    issues it: the gateway's key signs users' and admins', a worker's key
+    workers' (a negative `ttl_seconds`: expired)."""
+    return token(subject or str(uuid.uuid4()), role, ttl_seconds)
+
+
+def _claims(subject: str, role: str) -> dict:
+    now = int(time.time())
+    return {
+        "iss": ISSUER,
+        "sub": subject,
+        "role": role,
+        "typ": "access",
+        "iat": now,
+        "exp": now + 600,
+    }
 
 
 def refused_tokens(stack, world: World) -> list[tuple[str, str]]:
     """(what it is, token) of tokens every call that takes one refuses: none
-    is an access token that is valid now."""
+    is an access token, valid now, that a trusted key may sign for its role."""
+    gateway_kid = public_jwk(GATEWAY_KEY)["kid"]
     return [
         ("a token of nobody's key", "e30.e30.c2lnbmF0dXJl"),
+        ("A's token signed by a key no service trusts", foreign_token(world.a.id)),
         ("A's refresh token", world.a.refresh_token),
         ("A's expired token", service_token(stack, "user", world.a.id, ttl_seconds=-5)),
+        (
+            "a worker token signed with the gateway's key",
+            jwt.encode(_claims("worker-1", "worker"), GATEWAY_KEY, "EdDSA", {"kid": gateway_kid}),
+        ),
+        (
+            "an admin token signed with a worker's key",
+            jwt.encode(_claims(world.a.id, "admin"), WORKER_KEY, "EdDSA"),
+        ),
+        ("an unsigned admin token", jwt.encode(_claims(world.a.id, "admin"), None, "none")),
+        (
+            "an admin token signed HS256 with the gateway's public key",
+            jwt.encode(
+                _claims(world.a.id, "admin"),
+                public_jwk(GATEWAY_KEY)["x"],
+                "HS256",
+                {"kid": gateway_kid},
+            ),
+        ),
     ]
 
 

@@ -178,6 +178,7 @@ RULES: dict[str, Rule] = {
     # --- downloads: a signature for another file opens nothing
     "get_file_v1_files__bucket___key__get": Rule(SIGNED, frozenset({403}), query=_signed_elsewhere),
     # --- operations
+    "jwks__well_known_jwks_json_get": Rule(PUBLIC, frozenset({200})),
     "healthz_healthz_get": Rule(PUBLIC, frozenset({200})),
     "readyz_readyz_get": Rule(PUBLIC, frozenset({200})),
     "metrics_metrics_get": Rule(PUBLIC, frozenset({200})),
