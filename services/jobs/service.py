@@ -131,7 +131,7 @@ class JobsCore:
         self, user_id: str, sub: domain.Submission, request_id: str, metadata
     ) -> tuple[job_pb2.Job, bool]:
         valid = domain.validate(sub, self.limits, self.policy)
-        request_id = request_id.strip() or None
+        request_id = domain.check_request_id(request_id)
         if request_id:
             async with self.db.tx(user_id=user_id) as conn:
                 found = await store.find_by_request_id(conn, user_id, request_id)

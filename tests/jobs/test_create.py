@@ -20,6 +20,8 @@ BAD_INPUTS = [
     ({"reference_strength": 0.05}, "reference_strength"),
     ({"prompt": "   "}, "prompt"),
     ({"prompt": "x" * 2001}, "prompt"),
+    ({"prompt": "a cat\x00 at night"}, "prompt"),  # PostgreSQL cannot store a NUL
+    ({"negative_prompt": "blurry\x1b[0m"}, "negative_prompt"),
     ({"negative_prompt": "x" * 2001}, "negative_prompt"),
     ({"seed": 2**32}, "seed"),
     ({"seed": -1}, "seed"),
@@ -200,6 +202,15 @@ async def test_request_id_makes_create_idempotent(harness, base_env):
     theirs = await harness.stub.CreateJob(_request("a castle", "req-1"), metadata=other_md)
     assert not theirs.existing
     assert theirs.job.id != first.job.id
+
+
+@pytest.mark.parametrize("request_id", ["req\x00-1", "r" * 201])
+async def test_bad_request_id_is_refused(harness, base_env, request_id):
+    user_id, md = harness.user()
+    err = await rpc_error(harness.stub.CreateJob(_request("a castle", request_id), metadata=md))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in err.violations] == ["request_id"]
+    assert stored_rows(base_env["DATABASE_URL"], user_id) == 0
 
 
 async def test_active_job_limit(harness):
