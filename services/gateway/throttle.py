@@ -100,7 +100,7 @@ class Throttle:
             "account:" + domain.normalize_email(email), s.gateway_login_max_failures_per_account
         )
         client = _Key("address:" + address, s.gateway_login_max_failures_per_address)
-        async with self.db.tx(role="system") as conn:
+        async with self.db.tx() as conn:
             decision = await self._take(conn, client)
             if decision.allowed:
                 decision = await self._take(conn, account)
@@ -116,13 +116,13 @@ class Throttle:
             raise
         except Exception:
             try:
-                async with self.db.tx(role="system") as conn:
+                async with self.db.tx() as conn:
                     for key in (account, client):
                         await store.give_back_login_attempt(conn, key.name, limit=key.limit)
             except Exception as exc:
                 log.warning("could not take back a sign-in attempt: %s", exc)
             raise
-        async with self.db.tx(role="system") as conn:
+        async with self.db.tx() as conn:
             await store.clear_login_attempts(conn, account.name)
             await store.give_back_login_attempt(conn, client.name, limit=client.limit)
 
@@ -166,7 +166,7 @@ class Throttle:
         self, key: str, *, per: float, seconds: float, burst: int, message: str, reason: str
     ) -> None:
         """Refill `per` requests every `seconds`, holding at most `burst`."""
-        async with self.db.tx(role="system") as conn:
+        async with self.db.tx() as conn:
             decision = await store.take_rate(
                 conn, key, interval=timedelta(seconds=seconds / per), burst=burst
             )
@@ -180,7 +180,7 @@ class Throttle:
         hold as many as allowed (on any replica)."""
         s = self.settings
         lease = StreamLease(self, uuid.uuid4(), user_id)
-        async with self.db.tx(role="system") as conn:
+        async with self.db.tx() as conn:
             decision = await store.open_stream(
                 conn,
                 lease.id,
@@ -202,7 +202,7 @@ class Throttle:
     async def purge(self) -> int:
         """Delete the rows that no longer limit anyone; how many went."""
         window = timedelta(seconds=self.settings.gateway_login_failure_window_seconds)
-        async with self.db.tx(role="system") as conn:
+        async with self.db.tx() as conn:
             return await store.purge(conn, login_window=window)
 
     async def purge_every(self, seconds: float, stop: asyncio.Event) -> None:
@@ -250,14 +250,14 @@ class StreamLease:
         while True:
             await asyncio.sleep(ttl / 3)
             try:
-                async with self._throttle.db.tx(role="system") as conn:
+                async with self._throttle.db.tx() as conn:
                     await store.keep_stream(conn, self.id, self.user_id, ttl=timedelta(seconds=ttl))
             except Exception as exc:
                 log.warning("could not refresh an event stream's lease: %s", exc)
 
     async def _close(self) -> None:
         try:
-            async with self._throttle.db.tx(role="system") as conn:
+            async with self._throttle.db.tx() as conn:
                 await store.close_stream(conn, self.id)
         except Exception as exc:
             # It expires by itself within gateway_stream_lease_seconds.

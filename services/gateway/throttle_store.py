@@ -1,7 +1,8 @@
 """SQL of the abuse limits (identity.login_attempts, rate_limits,
 stream_leases). Each check is one atomic statement, so replicas that check the
 same key at once are serialised by PostgreSQL's row lock. The caller owns the
-transaction, run as the gateway itself (role "system")."""
+transaction; row level security admits the gateway's login role to these
+tables whoever the transaction acts for."""
 
 from __future__ import annotations
 

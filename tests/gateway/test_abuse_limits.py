@@ -18,12 +18,11 @@ import psycopg
 import pytest
 from starlette.requests import Request
 
-from ourvidz.auth import mint_token
 from ourvidz.v1 import events_pb2, job_pb2
 from services.gateway import throttle_store
 from services.gateway.main import start
 from services.gateway.throttle import Throttle
-from tests.conftest import SECRET
+from tests.conftest import token as mint
 from tests.gateway.gateway_helpers import assert_problem, auth, gateway_settings, serve_app
 
 PASSWORD = "correct horse battery"
@@ -162,7 +161,7 @@ async def test_an_address_is_locked_across_accounts(base_env, fakes):
         assert (await _login(client, email, "wrong", other)).status_code == 401
 
 
-async def test_failures_back_off_exponentially_up_to_the_cap(client, infra):
+async def test_failures_back_off_exponentially_up_to_the_cap(client, infra, base_env):
     """The lock-out after each further failure: 1 s, 2 s, 4 s, then the 5 s
     cap (each lock is ended by hand in the database, so nothing waits)."""
     database = client.app.state.gateway.database
@@ -175,9 +174,8 @@ async def test_failures_back_off_exponentially_up_to_the_cap(client, infra):
     }
     durations = []
     with psycopg.connect(infra.database_url, autocommit=True) as owner:
-        owner.execute("SELECT set_config('app.role', 'system', false)")
         for _ in range(6):
-            async with database.tx(role="system") as conn:
+            async with database.tx() as conn:
                 decision = await throttle_store.take_login_attempt(conn, key, **limits)
             assert decision.allowed
             failures, lock = owner.execute(
@@ -193,10 +191,12 @@ async def test_failures_back_off_exponentially_up_to_the_cap(client, infra):
     seconds = [None if d is None else d.total_seconds() for d in durations]
     assert seconds == [None, 1, 2, 4, 5, 5]
 
-    # Users (and every role but the gateway acting for itself) see no limit rows.
-    async with database.tx(user_id=str(uuid.uuid4()), role="user") as conn:
-        cur = await conn.execute("SELECT count(*) AS n FROM identity.login_attempts")
-        assert (await cur.fetchone())["n"] == 0
+    # No other service's login role may read them.
+    with (
+        psycopg.connect(base_env["JOBS_DATABASE_URL"]) as jobs,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        jobs.execute("SELECT count(*) FROM identity.login_attempts")
 
 
 async def test_signups_are_limited_per_address(base_env, fakes):
@@ -231,7 +231,7 @@ async def test_job_submissions_are_limited_per_user(base_env, fakes, user_token)
 
 def _another_user() -> tuple[str, str]:
     user_id = str(uuid.uuid4())
-    return user_id, mint_token(SECRET, user_id, "user", 300, email="other@example.com")
+    return user_id, mint(user_id, "user", 300, email="other@example.com")
 
 
 def _held_job(jobs, user_id: str) -> job_pb2.Job:
@@ -314,7 +314,7 @@ async def test_limits_answer_503_while_the_database_is_down(base_env, fakes, use
     settings = _settings(
         base_env,
         fakes,
-        database_url="postgresql://postgres@127.0.0.1:1/ourvidz",
+        gateway_database_url="postgresql://ourvidz_gateway@127.0.0.1:1/ourvidz",
         db_pool_timeout_seconds=1,
     )
     async with serve_app(settings) as client:
@@ -386,7 +386,7 @@ async def test_rows_that_limit_no_one_are_purged(client, infra):
     gw = client.app.state.gateway
     tag = uuid.uuid4().hex
     stale, live = f"jobs:stale-{tag}", f"jobs:live-{tag}"
-    async with gw.database.tx(role="system") as conn:
+    async with gw.database.tx() as conn:
         for key in (stale, live):
             await throttle_store.take_rate(conn, key, interval=timedelta(minutes=1), burst=5)
         await throttle_store.take_login_attempt(
@@ -400,7 +400,6 @@ async def test_rows_that_limit_no_one_are_purged(client, infra):
         lease = uuid.uuid4()
         await throttle_store.keep_stream(conn, lease, str(uuid.uuid4()), ttl=timedelta(minutes=1))
     with psycopg.connect(infra.database_url, autocommit=True) as owner:
-        owner.execute("SELECT set_config('app.role', 'system', false)")
         owner.execute(
             "UPDATE identity.rate_limits SET tat = now() - interval '1 s' WHERE key = %s", (stale,)
         )

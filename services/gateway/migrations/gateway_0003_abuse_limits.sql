@@ -1,8 +1,9 @@
 -- Abuse limits at the edge, shared by every gateway replica: failed sign-in
 -- counts and lock-outs, request rates (sign-ups, job submissions) and leases of
--- open event streams. Only the gateway acting for itself ("system") reads or
--- writes these rows.
--- depends: gateway_0001_identity
+-- open event streams. They belong to the gateway's login role alone: no other
+-- service's role is granted them, and row level security admits that role
+-- (and the owner) only.
+-- depends: gateway_0002_definer_lookups
 
 -- Sign-in attempts per key ("account:<email>", "address:<ip>"). An attempt is
 -- counted when it starts and taken back when it succeeds, so attempts sent in
@@ -40,12 +41,19 @@ ALTER TABLE identity.login_attempts FORCE ROW LEVEL SECURITY;
 ALTER TABLE identity.rate_limits FORCE ROW LEVEL SECURITY;
 ALTER TABLE identity.stream_leases FORCE ROW LEVEL SECURITY;
 
-CREATE POLICY login_attempts_system ON identity.login_attempts
-    USING (public.app_role() = 'system') WITH CHECK (public.app_role() = 'system');
-CREATE POLICY rate_limits_system ON identity.rate_limits
-    USING (public.app_role() = 'system') WITH CHECK (public.app_role() = 'system');
-CREATE POLICY stream_leases_system ON identity.stream_leases
-    USING (public.app_role() = 'system') WITH CHECK (public.app_role() = 'system');
+CREATE POLICY login_attempts_gateway ON identity.login_attempts TO ourvidz_gateway
+    USING (true) WITH CHECK (true);
+CREATE POLICY rate_limits_gateway ON identity.rate_limits TO ourvidz_gateway
+    USING (true) WITH CHECK (true);
+CREATE POLICY stream_leases_gateway ON identity.stream_leases TO ourvidz_gateway
+    USING (true) WITH CHECK (true);
+-- The owner (migrations, operators) sees them too, as on the other identity tables.
+CREATE POLICY login_attempts_owner ON identity.login_attempts TO CURRENT_USER
+    USING (true) WITH CHECK (true);
+CREATE POLICY rate_limits_owner ON identity.rate_limits TO CURRENT_USER
+    USING (true) WITH CHECK (true);
+CREATE POLICY stream_leases_owner ON identity.stream_leases TO CURRENT_USER
+    USING (true) WITH CHECK (true);
 
 GRANT SELECT, INSERT, UPDATE, DELETE
     ON identity.login_attempts, identity.rate_limits, identity.stream_leases
