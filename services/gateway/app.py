@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from ourvidz import db as ourvidz_db
 from ourvidz.grpcserver import channel
 from ourvidz.storage import LocalStore, store_from_settings
-from services.gateway import problems
+from services.gateway import openapi, problems
 from services.gateway.backends import Backends
 from services.gateway.identity import Identity
 from services.gateway.limits import BodyLimitMiddleware
@@ -138,6 +138,7 @@ def create_app(
     if local_store is not None:
         app.include_router(files.router)
     web.mount(app)
+    openapi.install(app, settings.limits())
     # Added last = outermost: metrics see every answer, limits run before parsing.
     app.add_middleware(
         BodyLimitMiddleware,

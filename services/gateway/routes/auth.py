@@ -7,15 +7,15 @@ from fastapi import APIRouter, Depends
 from services.gateway.deps import CallerDep, gateway
 from services.gateway.identity import Session
 from services.gateway.models import (
-    PROBLEM_RESPONSES,
     LoginBody,
     Me,
     RefreshBody,
     SignupBody,
     TokenResponse,
+    problem_responses,
 )
 
-router = APIRouter(tags=["auth"], responses=PROBLEM_RESPONSES)
+router = APIRouter(tags=["auth"])
 
 
 def _tokens(session: Session) -> dict:
@@ -28,17 +28,22 @@ def _tokens(session: Session) -> dict:
     }
 
 
-@router.post("/v1/auth/signup", status_code=201, response_model=TokenResponse)
+@router.post(
+    "/v1/auth/signup",
+    status_code=201,
+    response_model=TokenResponse,
+    responses=problem_responses(409),
+)
 async def signup(body: SignupBody, gw=Depends(gateway)) -> dict:
     return _tokens(await gw.identity.signup(body.email, body.password))
 
 
-@router.post("/v1/auth/login", response_model=TokenResponse)
+@router.post("/v1/auth/login", response_model=TokenResponse, responses=problem_responses(401))
 async def login(body: LoginBody, gw=Depends(gateway)) -> dict:
     return _tokens(await gw.identity.login(body.email, body.password))
 
 
-@router.post("/v1/auth/refresh", response_model=TokenResponse)
+@router.post("/v1/auth/refresh", response_model=TokenResponse, responses=problem_responses(401))
 async def refresh(body: RefreshBody, gw=Depends(gateway)) -> dict:
     return _tokens(await gw.identity.refresh(body.refresh_token))
 

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse
 
 from ourvidz.errors import NotFound, PermissionDenied
 from services.gateway.deps import gateway
+from services.gateway.models import problem_responses
 
 router = APIRouter(tags=["files"])
 
@@ -24,7 +25,20 @@ def content_type(key: str) -> str:
     return _TYPES.get(suffix) or mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
-@router.get("/v1/files/{bucket}/{key:path}", response_class=FileResponse)
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+@router.get(
+    "/v1/files/{bucket}/{key:path}",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The file",
+            "content": {t: _BINARY for t in (*_TYPES.values(), "application/octet-stream")},
+        },
+        **problem_responses(403),  # the signature is missing, wrong or expired
+    },
+)
 async def get_file(
     bucket: str,
     key: str,
