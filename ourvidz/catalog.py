@@ -153,6 +153,38 @@ REFERENCE_BUCKET = "reference-images"
 THUMBNAIL_BUCKET = "thumbnails"
 ALL_BUCKETS = (*sorted({jt.bucket for jt in CATALOG.values()}), REFERENCE_BUCKET, THUMBNAIL_BUCKET)
 
+# --- where a job's outputs are stored -------------------------------------------
+# Every output has one deterministic key, so a redelivered task writes the same
+# objects again, and Jobs accepts no other object as a job's asset.
+
+
+def image_key(user_id: str, job_id: str, index: int) -> str:
+    """The `index`-th image of an image job, in its job type's bucket."""
+    return f"{user_id}/{job_id}_{index}.png"
+
+
+def video_key(user_id: str, job_id: str) -> str:
+    """The video of a video job, in its job type's bucket."""
+    return f"{user_id}/{job_id}.mp4"
+
+
+def thumbnail_key(user_id: str, job_id: str) -> str:
+    """The thumbnail of a video job, in `THUMBNAIL_BUCKET`."""
+    return f"{user_id}/{job_id}.png"
+
+
+def output_count(job_type: JobType, num_images: int) -> int:
+    """How many assets a completed job has: its images, or its one video."""
+    return num_images if job_type.output == "image" else 1
+
+
+def output_key(job_type: JobType, user_id: str, job_id: str, index: int) -> str:
+    """The key of a job's `index`-th output in `job_type.bucket`."""
+    if job_type.output == "video":
+        return video_key(user_id, job_id)
+    return image_key(user_id, job_id, index)
+
+
 # How each reference type drives SDXL img2img. `strength` is the user's
 # reference_strength mapped into the band that suits the type: a style
 # reference keeps little of the layout (high denoise), a composition reference

@@ -4,6 +4,7 @@
     ourvidz generate "a lighthouse at dusk" --num-images 3 --seed 42 --out out/
     ourvidz jobs
     ourvidz job-types
+    ourvidz admin grant you@example.com   # an operator's command (ourvidz.operator)
 
 Talks HTTP to --url (default $OURVIDZ_URL or http://127.0.0.1:8080); keeps its
 tokens in ~/.config/ourvidz/credentials.json (mode 0600) and refreshes them by
@@ -73,10 +74,23 @@ def _password(args: argparse.Namespace, confirm: bool) -> str:
 
 
 def cmd_signup(api: Api, args: argparse.Namespace) -> int:
+    """Sign up, then log in: the sign-up answer carries no tokens, and is the
+    same whether or not the address already had an account."""
     body = {"email": args.email, "password": _password(args, confirm=True)}
-    answer = api.request("POST", "/v1/auth/signup", auth=False, json=body).json()
+    api.request("POST", "/v1/auth/signup", auth=False, json=body)
+    try:
+        answer = api.request("POST", "/v1/auth/login", auth=False, json=body).json()
+    except ApiError as exc:
+        if exc.status != 401:
+            raise
+        raise Failed(
+            f"signed up, but cannot log in as {args.email}: the address may already "
+            "have an account with another password (`ourvidz login EMAIL`)"
+        ) from exc
     api.remember(answer)
-    err(f"signed up as {answer.get('user', {}).get('email', args.email)} on {api.url}")
+    err(
+        f"signed up and logged in as {answer.get('user', {}).get('email', args.email)} on {api.url}"
+    )
     return 0
 
 
@@ -302,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ourvidz",
         description="Client of an ourvidz gateway.",
+        epilog="Operators: `ourvidz admin grant|revoke EMAIL` and `ourvidz admin list` make\n"
+        "an existing account an admin (or a user again), with the database owner's\n"
+        "DATABASE_URL; see `ourvidz admin --help`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -371,6 +388,12 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["admin"]:
+        # Operator commands talk to the database, not to a gateway.
+        from ourvidz import operator
+
+        return operator.main(argv[1:])
     args = build_parser().parse_args(argv)
     store = CredentialStore(args.credentials or default_credentials_path())
     api = Api(args.url, store)

@@ -3,14 +3,19 @@ and migrations.
 
 Row level security keys on two per-transaction settings, `app.user_id` and
 `app.role`, set by `Database.tx()`. Services connect as their own login role
-(`ourvidz_<service>`), which is neither the tables' owner nor BYPASSRLS, so a
-query that forgets a `WHERE user_id = ...` still sees only the caller's rows.
+(`ourvidz_<service>`, with a password of its own), which is neither the
+tables' owner nor BYPASSRLS, so a query that forgets a `WHERE user_id = ...`
+still sees only the caller's rows. The login role also bounds `app.role`:
+`public.app_role()` refuses an app role the login role was not granted
+(`public.app_role_grants`), so no service can make itself "system" unless
+its role may be. `Database.open()` refuses a login that could bypass all of
+this (a superuser, BYPASSRLS, or the tables' owner).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,8 +27,19 @@ from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
 
-SERVICE_ROLES = ("ourvidz_gateway", "ourvidz_jobs", "ourvidz_workspace", "ourvidz_enhancer")
+# The services that hold a database connection, and their login roles.
+SERVICE_ROLE = {
+    "gateway": "ourvidz_gateway",
+    "jobs": "ourvidz_jobs",
+    "workspace": "ourvidz_workspace",
+    "enhancer": "ourvidz_enhancer",
+}
+SERVICE_ROLES = tuple(SERVICE_ROLE.values())
 COMMON_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class PrivilegedLogin(RuntimeError):
+    """A service's database login could bypass row level security."""
 
 
 def role_url(owner_url: str, role: str, password: str) -> str:
@@ -38,7 +54,13 @@ class Database:
     """An async connection pool whose transactions carry the caller's identity."""
 
     def __init__(
-        self, url: str, *, max_size: int = 10, name: str = "ourvidz", timeout: float = 5.0
+        self,
+        url: str,
+        *,
+        max_size: int = 10,
+        name: str = "ourvidz",
+        timeout: float = 5.0,
+        check_connections: bool = False,
     ) -> None:
         # `timeout`: how long a transaction waits for a connection. While
         # PostgreSQL is down no connection comes, and the PoolTimeout that ends
@@ -57,10 +79,23 @@ class Database:
             # one round trip): after PostgreSQL restarts, a pooled connection
             # to the old server is replaced instead of failing a request.
             check=AsyncConnectionPool.check_connection,
+            # A pool opened without waiting (the gateway, which serves while
+            # PostgreSQL is away) checks each new connection's login instead:
+            # a privileged one is discarded, never handed out.
+            configure=check_login_role if check_connections else None,
         )
 
-    async def open(self) -> None:
+    async def open(self, *, check_login: bool = True) -> None:
+        """Open the pool; then, unless told not to, refuse a login that could
+        bypass row level security (see `check_login_role`)."""
         await self.pool.open(wait=True, timeout=30)
+        if check_login:
+            try:
+                async with self.pool.connection() as conn:
+                    await check_login_role(conn)
+            except BaseException:
+                await self.pool.close()
+                raise
 
     async def close(self) -> None:
         await self.pool.close()
@@ -70,18 +105,73 @@ class Database:
         self, *, user_id: str | None = None, role: str = "user"
     ) -> AsyncIterator[psycopg.AsyncConnection]:
         """A transaction scoped to a caller. `role` is "user", "worker",
-        "admin" or "system" (the service acting for itself)."""
+        "admin" or "system" (the service acting for itself); the database
+        refuses a role not granted to the service's login role."""
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT set_config('app.user_id', %s, true), set_config('app.role', %s, true)",
-                (user_id or "", role),
-            )
+            await act_as(conn, user_id or "", role)
             yield conn
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
         async with self.pool.connection() as conn:
             yield conn
+
+
+async def act_as(conn: psycopg.AsyncConnection, user_id: str, role: str = "user") -> None:
+    """From here to the end of `conn`'s transaction, act for `user_id` (as
+    `Database.tx` does, for a caller known only once the transaction ran a
+    lookup)."""
+    await conn.execute(
+        "SELECT set_config('app.user_id', %s, true), set_config('app.role', %s, true)",
+        (user_id, role),
+    )
+
+
+_LOGIN_PRIVILEGES = """
+SELECT r.rolname AS role,
+       EXISTS (SELECT 1 FROM pg_roles s
+               WHERE s.rolsuper AND pg_has_role(r.oid, s.oid, 'MEMBER')) AS superuser,
+       EXISTS (SELECT 1 FROM pg_roles s
+               WHERE s.rolbypassrls AND pg_has_role(r.oid, s.oid, 'MEMBER')) AS bypassrls,
+       EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind IN ('r', 'p')
+                 AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                 AND left(n.nspname, 3) <> 'pg_'
+                 AND pg_has_role(r.oid, c.relowner, 'MEMBER')) AS owner
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+
+async def check_login_role(conn: psycopg.AsyncConnection) -> None:
+    """Raise PrivilegedLogin when the connection's role is (or may become) a
+    superuser, a BYPASSRLS role or the owner of a table: row level security
+    would not hold it, so a service must not run with it."""
+    cur = await conn.execute(_LOGIN_PRIVILEGES)
+    row = await cur.fetchone()
+    await conn.rollback()
+    found = [name for name in ("superuser", "bypassrls", "owner") if row and row[name]]
+    if found:
+        what = {"superuser": "a superuser", "bypassrls": "BYPASSRLS", "owner": "a table owner"}
+        raise PrivilegedLogin(
+            f"the database login {row['role']!r} is {' and '.join(what[f] for f in found)}: "
+            "row level security would not bind it. Give the service its own role's URL "
+            "(<SERVICE>_DATABASE_URL), never the owner's DATABASE_URL."
+        )
+
+
+async def check_login_url(url: str, *, connect_timeout: int = 5) -> bool:
+    """`check_login_role` on a connection of its own: raises PrivilegedLogin;
+    False (nothing checked) when the server cannot be reached."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            url, connect_timeout=connect_timeout, row_factory=dict_row
+        )
+    except psycopg.OperationalError as exc:
+        log.warning("database unreachable; its login is checked on first connection: %s", exc)
+        return False
+    async with conn:
+        await check_login_role(conn)
+    return True
 
 
 # --- provisioning and migrations ---------------------------------------------------
@@ -99,11 +189,12 @@ def ensure_database(owner_url: str) -> None:
             log.info("created database %s", dbname)
 
 
-def ensure_roles(owner_url: str, password: str, roles: Iterable[str] = SERVICE_ROLES) -> None:
-    """Create (or update) the service login roles. They own nothing and cannot
-    bypass row level security."""
+def ensure_roles(owner_url: str, passwords: Mapping[str, str]) -> None:
+    """Create (or update) the service login roles, each with its own password
+    (`passwords`: role -> password). They own nothing and cannot bypass row
+    level security."""
     with psycopg.connect(owner_url, autocommit=True) as conn:
-        for role in roles:
+        for role, password in passwords.items():
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
             conn.execute(
@@ -150,8 +241,50 @@ def _dsn_to_url(params: dict) -> str:
     return f"postgresql+psycopg://{auth}@{host}:{port}/{dbname}"
 
 
-def prepare(owner_url: str, role_password: str, folders: Iterable[Path]) -> None:
-    """Everything a fresh database needs before services connect."""
+def prepare(owner_url: str, passwords: Mapping[str, str], folders: Iterable[Path]) -> None:
+    """Everything a fresh database needs before services connect.
+    `passwords`: service name (or role) -> that role's password, for every service."""
+    by_role = {SERVICE_ROLE.get(name, name): value for name, value in passwords.items()}
+    missing = set(SERVICE_ROLES) - set(by_role)
+    if missing:
+        raise ValueError(f"no password for the database roles {sorted(missing)}")
     ensure_database(owner_url)
-    ensure_roles(owner_url, role_password)
+    ensure_roles(owner_url, by_role)
     apply_migrations(owner_url, folders)
+
+
+def dev_passwords(prefix: str) -> dict[str, str]:
+    """Distinct passwords for the service roles, for a throwaway database
+    (tests, benchmarks): service name -> password."""
+    return {name: f"{prefix}-{name}" for name in SERVICE_ROLE}
+
+
+def own_database_env(service: str, env: Mapping[str, str]) -> dict[str, str]:
+    """`env` as one service's process should see it: its own
+    <SERVICE>_DATABASE_URL and no other database credential (no owner
+    DATABASE_URL, no other role's URL or password). When `env` has no URL
+    for the service but has the owner URL and DB_PASSWORD_<SERVICE>, the URL
+    is made from them. A service without a database role (a generation
+    worker) gets none."""
+    credentials = {"DATABASE_URL"}
+    credentials |= {f"{name.upper()}_DATABASE_URL" for name in SERVICE_ROLE}
+    credentials |= {f"DB_PASSWORD_{name.upper()}" for name in SERVICE_ROLE}
+    out = {k: v for k, v in env.items() if k not in credentials}
+    if service in SERVICE_ROLE:
+        key = f"{service.upper()}_DATABASE_URL"
+        own = env.get(key)
+        password = env.get(f"DB_PASSWORD_{service.upper()}")
+        if not own and password and env.get("DATABASE_URL"):
+            own = role_url(env["DATABASE_URL"], SERVICE_ROLE[service], password)
+        if own:
+            out[key] = own
+    return out
+
+
+def service_url_env(owner_url: str, passwords: Mapping[str, str]) -> dict[str, str]:
+    """<SERVICE>_DATABASE_URL for every service: the owner URL with each
+    service's own role and password."""
+    return {
+        f"{name.upper()}_DATABASE_URL": role_url(owner_url, role, passwords[name])
+        for name, role in SERVICE_ROLE.items()
+    }

@@ -19,7 +19,7 @@ from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ourvidz.auth import bearer, reset_principal, set_principal, verify_token
+from ourvidz.auth import TokenVerifier, bearer, reset_principal, set_principal
 from ourvidz.errors import Unauthenticated, abort_with
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     domain errors to status codes, a dependency's failure to UNAVAILABLE; any
     other exception becomes INTERNAL with a generic message."""
 
-    def __init__(self, secret: str) -> None:
-        self._secret = secret
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self._verifier = verifier
 
     def _authenticate(self, context: grpc.aio.ServicerContext):
         token = bearer(context.invocation_metadata())
         if not token:
             raise Unauthenticated("missing bearer token")
-        return verify_token(self._secret, token)
+        return self._verifier.verify(token)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -138,7 +138,7 @@ class Served:
 
 def build_server(
     *,
-    secret: str,
+    verifier: TokenVerifier,
     register: Callable[[grpc.aio.Server], None],
     service_names: Iterable[str],
     host: str = "127.0.0.1",
@@ -146,7 +146,7 @@ def build_server(
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
 ) -> Served:
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(secret), *interceptors],
+        interceptors=[ServiceInterceptor(verifier), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -3,17 +3,28 @@
 Each service subclasses `CommonSettings` with its own fields (named with the
 service's prefix, e.g. `jobs_port` <- JOBS_PORT), builds the object once in its
 `main`, and passes it down. Defaults suit a developer's machine; outside
-`dev`/`test` the validator refuses the well-known development secrets.
+`dev`/`test` the validator refuses the well-known development secrets and
+missing keys.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "ourvidz-dev-secret-change-me-0123456789"
+
+
+# The shortest database role password accepted outside dev/test.
+MIN_DB_PASSWORD = 16
+
+
+def dev_password(service: str) -> str:
+    """The development password of a service's database role (dev/test only)."""
+    return f"ourvidz-dev-{service}"
 
 
 class CatalogLimits(BaseSettings):
@@ -38,9 +49,10 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    # PostgreSQL: the owner URL runs migrations; services connect as their own role.
+    # PostgreSQL: the owner URL runs migrations (`python -m ourvidz.migrate`)
+    # and nothing else. A service connects with its own role's URL
+    # (<SERVICE>_DATABASE_URL, see `service_database_url`).
     database_url: str = "postgresql://postgres@127.0.0.1:5432/ourvidz"
-    db_role_password: SecretStr = SecretStr("ourvidz-dev")
     db_pool_size: int = 10
     # How long a request waits for a database connection before it answers
     # "database unavailable" (keep it under grpc_deadline_seconds).
@@ -61,8 +73,14 @@ class CommonSettings(BaseSettings):
     # Base of the gateway that serves local signed URLs.
     public_base_url: str = "http://127.0.0.1:8080"
 
-    # Identity: HS256 tokens signed by the gateway, verified by every service.
-    auth_secret: SecretStr = SecretStr(DEV_SECRET)
+    # Identity: EdDSA tokens, verified with public keys only. AUTH_JWKS (an
+    # inline JWKS document) and/or AUTH_JWKS_FILE: the gateway's keys, which
+    # sign user and admin tokens; AUTH_WORKER_JWKS(_FILE): the workers' keys,
+    # which sign worker tokens. Several keys in a set: rotation.
+    auth_jwks: str = ""
+    auth_jwks_file: str = ""
+    auth_worker_jwks: str = ""
+    auth_worker_jwks_file: str = ""
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
 
@@ -79,6 +97,33 @@ class CommonSettings(BaseSettings):
     prompt_deny_list: str = ""
     prompt_deny_list_file: str = ""
 
+    def token_verifier(self):
+        from ourvidz.auth import TokenVerifier
+
+        return TokenVerifier.from_settings(self)
+
+    # The service whose database role these settings connect as ("jobs", ...);
+    # None for a process without a database connection.
+    db_service: ClassVar[str | None] = None
+
+    def service_database_url(self) -> str:
+        """This service's own database URL: <SERVICE>_DATABASE_URL, or in
+        dev/test, when that is unset, the owner URL with the service's role
+        and DB_PASSWORD_<SERVICE> (by default the development password that
+        `python -m ourvidz.migrate` gives the role in dev/test)."""
+        service = self.db_service
+        if service is None:
+            raise ValueError(f"{type(self).__name__} has no database connection")
+        own = getattr(self, f"{service}_database_url").get_secret_value()
+        if own:
+            return own
+        if self.env not in ("dev", "test"):
+            raise ValueError(f"{service.upper()}_DATABASE_URL must be set outside dev/test")
+        from ourvidz.db import SERVICE_ROLE, role_url
+
+        password = getattr(self, f"db_password_{service}").get_secret_value()
+        return role_url(self.database_url, SERVICE_ROLE[service], password or dev_password(service))
+
     def prompt_policy(self):
         from ourvidz.policy import PromptPolicy
 
@@ -87,12 +132,20 @@ class CommonSettings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_dev_secrets(self) -> CommonSettings:
         if self.env == "prod":
-            for name in ("auth_secret", "storage_signing_key"):
-                value = getattr(self, name).get_secret_value()
-                if value == DEV_SECRET or len(value) < 32:
-                    raise ValueError(
-                        f"{name.upper()} must be set to a secret of 32+ characters in prod"
-                    )
+            # Only the local backend signs URLs with it; S3 presigns with its own keys.
+            value = self.storage_signing_key.get_secret_value()
+            if self.storage_backend == "local" and (value == DEV_SECRET or len(value) < 32):
+                raise ValueError(
+                    "STORAGE_SIGNING_KEY must be set to a secret of 32+ characters in prod"
+                )
+            if not (self.auth_jwks.strip() or self.auth_jwks_file):
+                raise ValueError("AUTH_JWKS_FILE (or AUTH_JWKS) must be set in prod")
+            service = self.db_service
+            if service and not getattr(self, f"{service}_database_url").get_secret_value():
+                raise ValueError(
+                    f"{service.upper()}_DATABASE_URL (the service's own database role) "
+                    "must be set in prod"
+                )
         return self
 
     def limits(self) -> CatalogLimits:
@@ -100,3 +153,41 @@ class CommonSettings(BaseSettings):
             # Small sizes keep CPU runs of the tiny models fast.
             return CatalogLimits(sdxl_min_size=64, wan_min_size=16)
         return CatalogLimits()
+
+
+class WorkerKeySettings(CommonSettings):
+    """A worker's own credential: the Ed25519 private key (PKCS8 PEM) its
+    worker tokens are signed with, from WORKER_KEY_FILE (or WORKER_KEY inline).
+    Its public key belongs in the AUTH_WORKER_JWKS of the services it calls."""
+
+    worker_key_file: str = ""
+    worker_key: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _require_worker_key(self) -> WorkerKeySettings:
+        if self.env == "prod" and not (self.worker_key_file or self.worker_key.get_secret_value()):
+            raise ValueError("WORKER_KEY_FILE (or WORKER_KEY) must be set in prod")
+        return self
+
+    def worker_signer(self):
+        """The signer of this worker's tokens; ValueError with what to set when
+        there is no usable key."""
+        from ourvidz.auth import WORKER_ROLES, TokenSigner
+
+        return TokenSigner.from_pem(
+            read_key("WORKER_KEY", self.worker_key, self.worker_key_file), WORKER_ROLES
+        )
+
+
+def read_key(name: str, inline: SecretStr, path: str) -> bytes:
+    """A PEM private key from the setting `name` (inline) or `name`_FILE."""
+    if inline.get_secret_value():
+        return inline.get_secret_value().encode()
+    if not path:
+        raise ValueError(
+            f"{name}_FILE is not set: make a key with `python -m ourvidz.keys generate DIR`"
+        )
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc

@@ -3,6 +3,10 @@ production) and a local folder (the embedded default on one machine).
 
 Clients never get credentials, only time-limited signed URLs: S3 presigned GETs,
 or for the local store HMAC-signed gateway URLs (`/v1/files/<bucket>/<key>`).
+
+Either way an object is served with the headers `download_headers` gives it: the
+content type of what we wrote there, and a Content-Disposition that shows our
+images and videos inline and makes anything else a download, never a page.
 """
 
 from __future__ import annotations
@@ -24,12 +28,46 @@ from ourvidz.errors import NotFound
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,511}$")
 
+# What the platform writes (worker outputs, thumbnails, re-encoded uploads), by
+# the key's suffix, which the writer chose from what it encoded. These are shown
+# inline; any other object is an opaque download.
+INLINE_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "webp": "image/webp",
+    "mp4": "video/mp4",
+}
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+
 
 def check_location(bucket: str, key: str) -> None:
     if not _BUCKET.match(bucket):
         raise ValueError(f"invalid bucket name {bucket!r}")
     if not _KEY.match(key) or ".." in key.split("/") or "//" in key:
         raise ValueError(f"invalid object key {key!r}")
+
+
+def content_disposition(disposition: str, filename: str) -> str:
+    """A Content-Disposition value with a plain ASCII `filename` every client
+    reads and the exact name as RFC 5987 `filename*` (RFC 6266)."""
+    plain = _UNSAFE_FILENAME.sub("_", filename).strip("._") or "download"
+    return f"{disposition}; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def download_headers(key: str) -> dict[str, str]:
+    """Content-Type and Content-Disposition to serve the object at `key` with."""
+    name = key.rsplit("/", 1)[-1]
+    suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    content_type = INLINE_TYPES.get(suffix)
+    if content_type is None:
+        return {
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": content_disposition("attachment", name),
+        }
+    return {
+        "Content-Type": content_type,
+        "Content-Disposition": content_disposition("inline", name),
+    }
 
 
 class BlobStore(ABC):
@@ -263,7 +301,18 @@ class S3Store(BlobStore):
     ) -> tuple[str, datetime]:
         check_location(bucket, key)
         ttl = ttl_seconds or self.ttl_seconds
-        url = self.client.presigned_get_object(bucket, key, expires=timedelta(seconds=ttl))
+        # S3's response overrides, signed into the URL: the object is served
+        # with our type and disposition whatever it was stored with.
+        headers = download_headers(key)
+        url = self.client.presigned_get_object(
+            bucket,
+            key,
+            expires=timedelta(seconds=ttl),
+            response_headers={
+                "response-content-type": headers["Content-Type"],
+                "response-content-disposition": headers["Content-Disposition"],
+            },
+        )
         return url, datetime.now(UTC) + timedelta(seconds=ttl)
 
 

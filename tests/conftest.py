@@ -14,15 +14,56 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ourvidz import db
+from ourvidz import db, keys
+from ourvidz.auth import GATEWAY_ROLES, WORKER_ROLES, TokenSigner, TokenVerifier
 from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3
 from ourvidz.dev.stack import settings_from
 from ourvidz.errors import RemoteError, parse_rpc_error
 from ourvidz.migrate import migration_folders
 
 ROOT = Path(__file__).resolve().parent.parent
-ROLE_PASSWORD = "ourvidz-test"
+# Each service role's own password (service name -> password).
+ROLE_PASSWORDS = db.dev_passwords("ourvidz-test")
+# Signs the local store's URLs in tests.
 SECRET = "test-secret-0123456789-0123456789-abcdef"
+# The test session's token keys: the gateway's (user and admin tokens) and a
+# worker's (worker tokens). Their files and JWKS documents are in `base_env`.
+GATEWAY_KEY = keys.generate_private_key()
+WORKER_KEY = keys.generate_private_key()
+GATEWAY_SIGNER = TokenSigner(GATEWAY_KEY, GATEWAY_ROLES)
+WORKER_SIGNER = TokenSigner(WORKER_KEY, WORKER_ROLES)
+# What every service of the test session verifies with.
+VERIFIER = TokenVerifier([keys.public_jwk(GATEWAY_KEY)], [keys.public_jwk(WORKER_KEY)])
+
+
+def token(subject: str, role: str = "user", ttl: int = 600, email: str = "") -> str:
+    """An access token as the mesh issues it: signed with the test gateway key,
+    or with the test worker key for role "worker"."""
+    signer = WORKER_SIGNER if role == "worker" else GATEWAY_SIGNER
+    return signer.mint(subject, role, ttl, email=email)
+
+
+def foreign_token(subject: str, role: str = "user", ttl: int = 600) -> str:
+    """A well-formed token signed with a key that no service trusts."""
+    roles = WORKER_ROLES if role == "worker" else GATEWAY_ROLES
+    return TokenSigner(keys.generate_private_key(), roles).mint(subject, role, ttl)
+
+
+def write_keys(folder: Path) -> dict[str, str]:
+    """The test keys as files, and the settings that name them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, key, jwks in (
+        ("gateway", GATEWAY_KEY, "jwks.json"),
+        ("worker", WORKER_KEY, "worker-jwks.json"),
+    ):
+        keys.write_private_key(folder / f"{name}.pem", key)
+        keys.add_to_jwks(folder / jwks, keys.public_jwk(key))
+    return {
+        "AUTH_SIGNING_KEY_FILE": str(folder / "gateway.pem"),
+        "AUTH_JWKS_FILE": str(folder / "jwks.json"),
+        "AUTH_WORKER_JWKS_FILE": str(folder / "worker-jwks.json"),
+        "WORKER_KEY_FILE": str(folder / "worker.pem"),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +83,7 @@ def infra():
             start_postgres(tmp / "pg", emb)
         emb.nats_url = os.environ.get("NATS_URL") or start_nats(tmp / "nats", emb)
         emb.s3_endpoint = os.environ.get("S3_ENDPOINT") or start_s3(emb)
-        db.prepare(emb.database_url, ROLE_PASSWORD, migration_folders())
+        db.prepare(emb.database_url, ROLE_PASSWORDS, migration_folders())
         yield emb
     finally:
         emb.stop()
@@ -51,11 +92,14 @@ def infra():
 
 @pytest.fixture(scope="session")
 def base_env(infra, tmp_path_factory) -> dict[str, str]:
-    """Environment for any service's settings, pointing at the test servers."""
+    """Environment for any service's settings, pointing at the test servers.
+    Each service connects with its own URL (<SERVICE>_DATABASE_URL); the owner
+    URL (DATABASE_URL) is here only for tests that inspect the database as
+    its owner."""
     return {
         "OURVIDZ_ENV": "test",
         "DATABASE_URL": infra.database_url,
-        "DB_ROLE_PASSWORD": ROLE_PASSWORD,
+        **db.service_url_env(infra.database_url, ROLE_PASSWORDS),
         "NATS_URL": infra.nats_url,
         "STORAGE_BACKEND": "s3",
         "S3_ENDPOINT": infra.s3_endpoint,
@@ -63,7 +107,7 @@ def base_env(infra, tmp_path_factory) -> dict[str, str]:
         "S3_SECRET_KEY": "testing",
         "STORAGE_ROOT": str(tmp_path_factory.mktemp("blobs")),
         "STORAGE_SIGNING_KEY": SECRET,
-        "AUTH_SECRET": SECRET,
+        **write_keys(tmp_path_factory.mktemp("keys")),
         "LOG_JSON": "false",
         # The shared test database keeps the jobs of finished tests, whose
         # tasks are gone on purpose; the reconciler must not publish them

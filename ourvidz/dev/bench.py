@@ -125,6 +125,7 @@ async def _bench_job(repeat: int) -> None:
     from ourvidz import db
     from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3
     from ourvidz.dev.stack import running_stack
+    from ourvidz.dev.up import dev_keys
     from ourvidz.migrate import migration_folders
 
     tmp = Path(tempfile.mkdtemp(prefix="ovb"))
@@ -133,12 +134,15 @@ async def _bench_job(repeat: int) -> None:
         start_postgres(tmp / "pg", emb)
         start_nats(tmp / "nats", emb)
         start_s3(emb)
-        db.prepare(emb.database_url, "bench", migration_folders())
+        passwords = db.dev_passwords("bench")
+        db.prepare(emb.database_url, passwords, migration_folders())
         secret = "bench-secret-0123456789-0123456789-0123"
+        key_settings, worker_keys = dev_keys(tmp / "keys", ("worker",))
         env = {
-            "OURVIDZ_ENV": "dev", "DATABASE_URL": emb.database_url, "DB_ROLE_PASSWORD": "bench",
+            "OURVIDZ_ENV": "dev", **db.service_url_env(emb.database_url, passwords),
             "NATS_URL": emb.nats_url, "STORAGE_BACKEND": "s3", "S3_ENDPOINT": emb.s3_endpoint,
-            "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", "AUTH_SECRET": secret,
+            "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", **key_settings,
+            "WORKER_KEY_FILE": worker_keys["worker"],
             "STORAGE_SIGNING_KEY": secret, "SDXL_MODEL": "tiny", "WAN_MODEL": "tiny",
             "ENHANCER_MODEL": "tiny", "LOG_LEVEL": "WARNING", "LOG_JSON": "false",
         }  # fmt: skip
@@ -146,10 +150,10 @@ async def _bench_job(repeat: int) -> None:
             running_stack(env, workers=("sdxl", "wan"), enhancer=True) as stack,
             httpx.AsyncClient(base_url=stack.url, timeout=120) as http,
         ):
-            signup = await http.post(
-                "/v1/auth/signup", json={"email": "bench@example.com", "password": "bench password"}
-            )
-            headers = {"Authorization": f"Bearer {signup.json()['access_token']}"}
+            account = {"email": "bench@example.com", "password": "bench password"}
+            await http.post("/v1/auth/signup", json=account)
+            login = await http.post("/v1/auth/login", json=account)
+            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
             small = {"width": 256, "height": 144}
             jobs = (
                 ("sdxl_image_fast 1024² ×1", {"job_type": "sdxl_image_fast", "num_images": 1}),
@@ -226,9 +230,9 @@ def _first_job(url: str) -> float:
     """Seconds from a 200 on /readyz to the first job completed."""
     start = time.perf_counter()
     with httpx.Client(base_url=url, timeout=120) as http:
-        token = http.post(
-            "/v1/auth/signup", json={"email": "first@example.com", "password": "bench password"}
-        ).json()["access_token"]
+        account = {"email": "first@example.com", "password": "bench password"}
+        http.post("/v1/auth/signup", json=account)
+        token = http.post("/v1/auth/login", json=account).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
         job = http.post(
             "/v1/jobs",

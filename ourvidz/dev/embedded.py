@@ -154,9 +154,31 @@ def start_postgres(data_dir: Path, emb: Embedded, dbname: str = "ourvidz") -> st
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     params = conninfo_to_dict(uri)
+    require_passwords(data_dir, uri, params.get("user") or "postgres")
     params["dbname"] = dbname
     emb.database_url = make_conninfo("", **params)
     return emb.database_url
+
+
+def require_passwords(data_dir: Path, uri: str, owner: str) -> None:
+    """pgserver lets every role in without a password. Keep that for the owner
+    over the socket in its private folder, and make every other role (the
+    services' own) log in with its password, as a real server does; then
+    have the running server reload the rules."""
+    import psycopg
+
+    rules = (
+        "# Written by ourvidz.dev.embedded at each start.\n"
+        f"local all {owner} trust\n"
+        "local all all scram-sha-256\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+        "host all all ::1/128 scram-sha-256\n"
+    )
+    hba = data_dir / "pg_hba.conf"
+    if hba.read_text() != rules:
+        hba.write_text(rules)
+        with psycopg.connect(uri, autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
 
 
 def nats_binary() -> str:

@@ -524,9 +524,14 @@ async def _gather_limited(coros: Iterable, limit: int) -> list:
 
 async def signup(http: httpx.AsyncClient, tag: str, i: int) -> User:
     email = f"{tag}-{i}@bench.example.com"
-    response = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD})
-    if response.status_code != 201:
+    account = {"email": email, "password": PASSWORD}
+    response = await http.post("/v1/auth/signup", json=account)
+    if response.status_code != 202:
         raise BenchError(f"signup: {response.status_code} {response.text}")
+    # Sign-up hands out no tokens: log in.
+    response = await http.post("/v1/auth/login", json=account)
+    if response.status_code != 200:
+        raise BenchError(f"login: {response.status_code} {response.text}")
     user = User(email=email, token=response.json()["access_token"])
     session = await http.post(
         "/v1/workspace/sessions", headers=user.headers, json={"name": "bench"}
@@ -547,6 +552,7 @@ async def run_bench(opts: Options) -> Results:
     from ourvidz import db, queue
     from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3_process
     from ourvidz.dev.stack import ServiceProcesses
+    from ourvidz.dev.up import dev_keys
     from ourvidz.migrate import migration_folders
 
     if not 1 <= opts.inflight <= DEFAULT_LIMIT:
@@ -563,12 +569,15 @@ async def run_bench(opts: Options) -> Results:
         start_postgres(tmp / "pg", emb)
         start_nats(tmp / "nats", emb)
         start_s3_process(tmp / "logs", emb)
-        db.prepare(emb.database_url, "bench", migration_folders())
+        passwords = db.dev_passwords("bench")
+        db.prepare(emb.database_url, passwords, migration_folders())
+        key_settings, worker_keys = dev_keys(tmp / "keys", ("worker",))
         env = {
             **os.environ,
-            "OURVIDZ_ENV": "dev", "DATABASE_URL": emb.database_url, "DB_ROLE_PASSWORD": "bench",
+            "OURVIDZ_ENV": "dev", **db.service_url_env(emb.database_url, passwords),
             "NATS_URL": emb.nats_url, "STORAGE_BACKEND": "s3", "S3_ENDPOINT": emb.s3_endpoint,
-            "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", "AUTH_SECRET": SECRET,
+            "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", **key_settings,
+            "WORKER_KEY_FILE": worker_keys["worker"],
             "STORAGE_SIGNING_KEY": SECRET, "SDXL_MODEL": "control-plane",
             "LOG_LEVEL": "WARNING", "LOG_JSON": "false",
         }  # fmt: skip

@@ -61,10 +61,13 @@ _MODEL_SERVICES = {
 async def _start_model_service(name: str, env: Mapping[str, str]):
     import importlib
 
+    from ourvidz.db import own_database_env
+
     package, settings_cls = _MODEL_SERVICES[name]
     main = importlib.import_module(f"{package}.main")
     settings = importlib.import_module(f"{package}.settings")
-    return await main.start(settings_from(getattr(settings, settings_cls), env), port=0)
+    own_env = own_database_env(name, env)
+    return await main.start(settings_from(getattr(settings, settings_cls), own_env), port=0)
 
 
 @contextlib.asynccontextmanager
@@ -77,6 +80,7 @@ async def running_stack(
     """Jobs, workspace and the gateway, plus the named generation workers
     ("sdxl", "wan") and optionally the enhancer, each on a free port."""
     from ourvidz import logs
+    from ourvidz.db import own_database_env
     from services.gateway.main import start as start_gateway
     from services.gateway.settings import GatewaySettings
     from services.jobs.main import start as start_jobs
@@ -98,17 +102,21 @@ async def running_stack(
     started: list = []
     parts: dict[str, object] = {}
     try:
-        workspace = await start_workspace(settings_from(WorkspaceSettings, env), port=0)
+        workspace = await start_workspace(
+            settings_from(WorkspaceSettings, own_database_env("workspace", env)), port=0
+        )
         started.append(workspace)
         env["WORKSPACE_ADDR"] = f"127.0.0.1:{workspace.port}"
-        jobs = await start_jobs(settings_from(JobsSettings, env), port=0)
+        jobs = await start_jobs(settings_from(JobsSettings, own_database_env("jobs", env)), port=0)
         started.append(jobs)
         env["JOBS_ADDR"] = f"127.0.0.1:{jobs.port}"
         if enhancer:
             parts["enhancer"] = await _start_model_service("enhancer", env)
             started.append(parts["enhancer"])
             env["ENHANCER_ADDR"] = f"127.0.0.1:{parts['enhancer'].port}"
-        gateway = await start_gateway(settings_from(GatewaySettings, env), port=gateway_port)
+        gateway = await start_gateway(
+            settings_from(GatewaySettings, own_database_env("gateway", env)), port=gateway_port
+        )
         started.append(gateway)
         url = f"http://127.0.0.1:{gateway.port}"
         for name in workers:
@@ -186,11 +194,14 @@ class ServiceProcesses:
         """Start `services.<module>` (default: `name`) as `name` and wait until
         it serves: the gateway's /readyz answers 200, a gRPC service's health
         says SERVING (a worker: its model is loaded)."""
+        from ourvidz.db import own_database_env
         from ourvidz.dev.embedded import free_port
 
         module = module or name
         port = free_port(set(self.ports.values()))
-        child_env = {**self.env, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        # Each process gets its own database login only (never the owner's).
+        child_env = own_database_env(module, {**self.env, **(env or {})})
+        child_env["PYTHONUNBUFFERED"] = "1"
         child_env[f"{module.upper()}_PORT"] = str(port)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as log_file:

@@ -3,15 +3,25 @@
 What it does, in order:
 
 1. refuses to start when the gateway's port (127.0.0.1:8080) is already taken;
-2. loads (or creates, on the first run) stable development secrets in
-   `.data/secrets.env`, unless AUTH_SECRET / STORAGE_SIGNING_KEY are set;
+2. loads (or creates, on the first run) stable development secrets:
+   STORAGE_SIGNING_KEY and one password per service database role
+   (DB_PASSWORD_<SERVICE>) in `.data/secrets.env` unless they are set, and the
+   token keys in `.data/keys/` (mode 0600): the gateway's signing key with its
+   public `jwks.json`, one key per worker (sdxl, wan, enhancer) with
+   `worker-jwks.json`;
 3. starts embedded PostgreSQL (`.data/pg`) and NATS JetStream (`.data/nats`, a
    free port, never 4222) unless DATABASE_URL / NATS_URL point at servers;
    blobs go to `.data/blobs`, or to S3 when S3_ENDPOINT is set;
-4. prepares the database (roles, every service's migrations);
+4. prepares the database as its owner (roles, each with its own password, and
+   every service's migrations), makes admins of the existing accounts in
+   OURVIDZ_BOOTSTRAP_ADMINS and prints how to make one with
+   `ourvidz admin grant EMAIL`;
 5. gives every gRPC service a free port, and runs every `services/<name>` that
    has a `__main__.py`, in dependency order, under a `Supervisor` that restarts
-   what dies;
+   what dies, each with only the secrets it needs (`service_environment`): its
+   own database URL (<NAME>_DATABASE_URL), never the owner's; the signing key
+   reaches the gateway alone, each worker its own key, and the model workers no
+   database credentials;
 6. says so when the gateway answers `/readyz`.
 
 On Ctrl-C or SIGTERM — to this process or to its whole process group — it
@@ -41,6 +51,7 @@ import warnings
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 
+from ourvidz.db import SERVICE_ROLE, own_database_env
 from ourvidz.dev.embedded import free_port
 from ourvidz.dev.supervisor import (
     LinePrefixer,
@@ -50,13 +61,30 @@ from ourvidz.dev.supervisor import (
     python_argv,
     run_until_signalled,
 )
-from ourvidz.migrate import migration_folders
+from ourvidz.migrate import bootstrap, migration_folders
 
 log = logging.getLogger("ourvidz.dev.up")
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED_SECRETS = ("AUTH_SECRET", "STORAGE_SIGNING_KEY")
+# The database roles' passwords: one per service role, given by `make up` to
+# the migration step (with the owner URL) and, as its own URL, to that service.
+DB_PASSWORDS = tuple(f"DB_PASSWORD_{name.upper()}" for name in SERVICE_ROLE)
+GENERATED_SECRETS = ("STORAGE_SIGNING_KEY", *DB_PASSWORDS)
 SECRET_LENGTH = 48
+
+# Who holds which secret. The gateway alone signs user and admin tokens.
+SIGNING_KEY_VARS = ("AUTH_SIGNING_KEY", "AUTH_SIGNING_KEY_FILE")
+# Each of these signs its own worker tokens with a key of its own.
+WORKER_KEYED = ("sdxl", "wan", "enhancer")
+WORKER_KEY_VARS = ("WORKER_KEY", "WORKER_KEY_FILE")
+# The model workers reach PostgreSQL through Jobs only: no database URL or
+# password, and they sign no URLs.
+NO_DATABASE = ("sdxl", "wan")
+DATABASE_PREFIXES = ("DATABASE_", "DB_")
+URL_SIGNING_VARS = ("STORAGE_SIGNING_KEY",)
+# The enhancer stores no blobs: no storage credentials.
+NO_STORAGE = ("enhancer",)
+STORAGE_VARS = ("S3_ACCESS_KEY", "S3_SECRET_KEY", "STORAGE_SIGNING_KEY")
 
 # Dependency order: the state owners first, then what consumes their events,
 # then the workers, the HTTP edge last. Services not named here start after
@@ -182,6 +210,62 @@ def dev_secrets(path: Path, env: Mapping[str, str]) -> dict[str, str]:
     return {k: env.get(k) or stored[k] for k in GENERATED_SECRETS}
 
 
+def dev_keys(
+    folder: Path, workers: tuple[str, ...] = WORKER_KEYED
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The development token keys in `folder`, made on the first run: the
+    gateway's signing key (gateway.pem, public key in jwks.json) and one key
+    per worker (<name>.pem, public keys in worker-jwks.json). Returns the
+    settings that name them (AUTH_SIGNING_KEY_FILE, AUTH_JWKS_FILE,
+    AUTH_WORKER_JWKS_FILE) and each worker's key file by service name."""
+    from ourvidz import keys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    made = []
+    for name, jwks in (("gateway", "jwks.json"), *((w, "worker-jwks.json") for w in workers)):
+        pem = folder / f"{name}.pem"
+        if pem.exists():
+            # Its public key may be missing from the set (an interrupted first run).
+            keys.add_to_jwks(
+                folder / jwks, keys.public_jwk(keys.load_private_key(pem.read_bytes()))
+            )
+        else:
+            keys.generate(folder, name, jwks)
+            made.append(name)
+    if made:
+        log.info("made token keys in %s: %s", folder, ", ".join(made))
+    settings = {
+        "AUTH_SIGNING_KEY_FILE": str(folder / "gateway.pem"),
+        "AUTH_JWKS_FILE": str(folder / "jwks.json"),
+        "AUTH_WORKER_JWKS_FILE": str(folder / "worker-jwks.json"),
+    }
+    return settings, {w: str(folder / f"{w}.pem") for w in workers}
+
+
+def service_environment(
+    name: str, env: Mapping[str, str], worker_keys: Mapping[str, str]
+) -> dict[str, str]:
+    """The environment of service `name`: the shared one, less the secrets it
+    has no use for, plus its own worker key (`worker_keys`: name -> key file)."""
+
+    def wanted(key: str) -> bool:
+        if key in SIGNING_KEY_VARS:
+            return name == "gateway"
+        if key in WORKER_KEY_VARS:
+            return False
+        if name in NO_DATABASE and (key.startswith(DATABASE_PREFIXES) or key in URL_SIGNING_VARS):
+            return False
+        return not (name in NO_STORAGE and key in STORAGE_VARS)
+
+    # Its own database login only: never the owner's URL, nor another
+    # service's role (db.own_database_env); then the other secrets it needs.
+    out = {k: v for k, v in own_database_env(name, env).items() if wanted(k)}
+    if name in worker_keys:
+        out["WORKER_KEY_FILE"] = worker_keys[name]
+    return out
+
+
 # --- the environment every service shares ---------------------------------------------------
 
 
@@ -206,7 +290,11 @@ def base_environment(
 
 
 def service_specs(
-    services: list[str], env: Mapping[str, str], root: Path, ports: Mapping[str, int]
+    services: list[str],
+    env: Mapping[str, str],
+    root: Path,
+    ports: Mapping[str, int],
+    worker_keys: Mapping[str, str] | None = None,
 ) -> list[ServiceSpec]:
     specs = []
     for name in services:
@@ -215,7 +303,7 @@ def service_specs(
             ServiceSpec(
                 name=name,
                 argv=python_argv(f"services.{name}"),
-                env=dict(env),
+                env=service_environment(name, env, worker_keys or {}),
                 cwd=str(root),
                 ready=ready,
             )
@@ -284,6 +372,9 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
 
     env = base_environment(environ, data, (host, port))
     env.update(dev_secrets(data / "secrets.env", environ))
+    key_settings, worker_keys = dev_keys(data / "keys")
+    for key, value in key_settings.items():
+        env.setdefault(key, value)
 
     from ourvidz.dev.embedded import Embedded, start_nats, start_postgres
     from ourvidz.dev.watchdog import Watchdog
@@ -291,7 +382,8 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
     watchdog = Watchdog.start()
     emb = Embedded()
     try:
-        if not env.get("DATABASE_URL"):
+        embedded_database = not env.get("DATABASE_URL")
+        if embedded_database:
             log.info("starting embedded PostgreSQL in %s", data / "pg")
             watchdog.postgres(data / "pg")
             env["DATABASE_URL"] = start_postgres(data / "pg", emb)
@@ -301,17 +393,23 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
             env["NATS_URL"] = start_nats(data / "nats", emb, port=nats_port)
         for pid in emb.server_pids:
             watchdog.server(pid)
-        role_password = env.get("DB_ROLE_PASSWORD") or "ourvidz-dev"
-        env["DB_ROLE_PASSWORD"] = role_password
-
         from ourvidz import db
+        from ourvidz.dev.stack import settings_from
+        from ourvidz.operator import OperatorSettings
 
         log.info("preparing the database")
-        db.prepare(env["DATABASE_URL"], role_password, migration_folders(root / "services"))
+        passwords = {name: env[f"DB_PASSWORD_{name.upper()}"] for name in SERVICE_ROLE}
+        db.prepare(env["DATABASE_URL"], passwords, migration_folders(root / "services"))
+        admin_hint = "DATABASE_URL=<the owner's URL>"
+        if embedded_database:
+            # No password in the embedded server's URL: safe to print.
+            admin_hint = f"DATABASE_URL='{env['DATABASE_URL']}'"
+        log.info("make an admin of an account: %s .venv/bin/ourvidz admin grant EMAIL", admin_hint)
+        bootstrap(env["DATABASE_URL"], settings_from(OperatorSettings, env).bootstrap_admins)
 
         ports = assign_ports(services, env)
         supervisor = Supervisor(
-            service_specs(services, env, root, ports),
+            service_specs(services, env, root, ports, worker_keys),
             spawner=process_spawner(LinePrefixer(sys.stdout), on_spawn=watchdog.service),
         )
         stop_polling = threading.Event()

@@ -13,6 +13,12 @@ Cancellation reaches a running job three ways: the answer to a progress report
 or a heartbeat (`cancel_requested`) and the job's `CANCELLED` event on
 `events.jobs.<user>.<job>`; any of them stops the pipeline at its next step.
 
+Every call about the job carries the start token StartJob gave: Jobs answers
+only the start that holds the job. When another delivery of the task started
+it since (this worker was cut off and judged lost), the refusal stops the
+pipeline too, and the message is handed back without touching the outputs,
+which the holder writes at the same keys.
+
 A dependency that is away (the jobs service, its database, storage) is never
 the job's fault: the worker keeps the message and retries with a back-off,
 says so in its log and its health card (`waiting_on`), and after
@@ -45,7 +51,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
 from ourvidz import logs, queue
-from ourvidz.auth import TokenSource
+from ourvidz.auth import TokenSigner, TokenSource
 from ourvidz.errors import parse_rpc_error
 from ourvidz.genworker.errors import (
     Cancelled,
@@ -63,6 +69,9 @@ log = logging.getLogger(__name__)
 QUALITIES = ("fast", "high")  # fetched in this order: fast presets first
 # Jobs' reasons for refusing a completion of a job that ended without it.
 _ENDED_WITHOUT_OUTPUTS = ("JOB_CANCELLED", "JOB_FAILED")
+# Jobs' reason for refusing a call of a start that no longer holds the job
+# (another delivery of its task started it since).
+_NOT_HOLDER = "NOT_JOB_HOLDER"
 T = TypeVar("T")
 
 
@@ -77,7 +86,8 @@ class LoopConfig:
 
     family: str
     worker_id: str
-    auth_secret: str = field(repr=False)
+    # Signs this worker's own worker tokens (WORKER_KEY_FILE).
+    signer: TokenSigner = field(repr=False)
     ack_wait_seconds: float = 15.0
     # Delays before a failed job's message is redelivered, by attempt.
     retry_backoff_seconds: tuple[float, ...] = (5.0, 15.0, 30.0)
@@ -100,7 +110,7 @@ class LoopConfig:
         return cls(
             family=family,
             worker_id=own("worker_id"),
-            auth_secret=settings.auth_secret.get_secret_value(),
+            signer=settings.worker_signer(),
             ack_wait_seconds=own("ack_wait_seconds"),
             retry_backoff_seconds=tuple(own("retry_backoff_seconds")),
             dependency_wait_seconds=own("dependency_wait_seconds"),
@@ -183,7 +193,7 @@ class Worker:
         self.js = js
         self.store = store
         self.jobs = jobs
-        self.tokens = TokenSource(config.auth_secret, config.worker_id, role="worker")
+        self.tokens = TokenSource(config.signer, config.worker_id, role="worker")
         self.stats = Stats()
         self._stopping = asyncio.Event()
         self._abort = threading.Event()  # set at shutdown when the grace ran out
@@ -392,16 +402,18 @@ class Worker:
             await msg.ack_sync()
             return
 
+        token = started.start_token
         cancel = threading.Event()
+        superseded = threading.Event()  # another start holds the job now
         uploaded: list[tuple[str, str]] = []
         reporter = ProgressReporter(
-            lambda progress: self._report(task, progress),
+            lambda progress: self._report(task, token, progress, superseded),
             cancel,
             self.config.progress_interval_seconds,
             asyncio.get_running_loop(),
         )
         events = await self._watch_cancel(task, cancel)
-        beat = asyncio.create_task(self._beat(task, started.start_token, cancel))
+        beat = asyncio.create_task(self._beat(task, token, cancel, superseded))
         try:
             run = JobRun(task, reporter, self.store, cancel, self._abort)
             outputs = await self.family.render(run)
@@ -415,11 +427,16 @@ class Worker:
                 )
             await reporter.close()  # every report reaches Jobs before the completion
             # No cancellation check here: Jobs says whether these outputs are wanted.
-            await self._complete(msg, task, assets, uploaded)
+            await self._complete(msg, task, token, assets, uploaded)
         except Cancelled:
-            if self._abort.is_set():
+            if superseded.is_set():
+                await self._superseded(msg)
+            elif self._abort.is_set():
                 await self._fail_once(
-                    task, "WORKER_SHUTDOWN", "the worker stopped; the job waits for another worker"
+                    task,
+                    token,
+                    "WORKER_SHUTDOWN",
+                    "the worker stopped; the job waits for another worker",
                 )
                 await msg.nak()
                 log.info("job handed back at shutdown")
@@ -429,7 +446,7 @@ class Worker:
         except DependencyAway as away:
             await self._hand_back(msg, f"{away} unreachable")
         except Exception as exc:
-            await self._on_error(msg, task, exc)
+            await self._on_error(msg, task, token, exc)
         finally:
             beat.cancel()
             with contextlib.suppress(BaseException):
@@ -440,11 +457,13 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await events.unsubscribe()
 
-    async def _complete(self, msg, task, assets: list[job_pb2.Asset], uploaded) -> None:
+    async def _complete(self, msg, task, token: str, assets: list[job_pb2.Asset], uploaded) -> None:
         """CompleteJob, asked again while its outcome is unknown (it is
         idempotent); blobs are removed only when Jobs says the job ended
         without them."""
-        request = job_service_pb2.CompleteJobRequest(job_id=task.job_id, assets=assets)
+        request = job_service_pb2.CompleteJobRequest(
+            job_id=task.job_id, assets=assets, start_token=token
+        )
         try:
             await self._persist(
                 "the jobs service", lambda: self._call(self.jobs.CompleteJob, request)
@@ -459,6 +478,9 @@ class Worker:
                 await self._remove(uploaded)
                 await msg.ack_sync()
                 return
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and reason == _NOT_HOLDER:
+                await self._superseded(msg)
+                return
             raise
         self.stats.jobs_completed += 1
         log.info("job completed", extra={"assets": len(assets)})
@@ -467,7 +489,13 @@ class Worker:
         except Exception as exc:  # NATS away: the redelivery finds the job completed
             log.warning("the completed job's task could not be acked (%s)", _short(exc))
 
-    async def _beat(self, task: queue_pb2.GenerationTask, token: str, cancel: threading.Event):
+    async def _beat(
+        self,
+        task: queue_pb2.GenerationTask,
+        token: str,
+        cancel: threading.Event,
+        superseded: threading.Event,
+    ):
         """Tell Jobs every few seconds that this worker still has the job."""
         interval = min(max(self.config.ack_wait_seconds / 3, 0.1), 5.0)
         request = job_service_pb2.HeartbeatRequest(job_id=task.job_id, start_token=token)
@@ -476,6 +504,10 @@ class Worker:
             try:
                 answer = await self._call(self.jobs.Heartbeat, request)
             except grpc.aio.AioRpcError as exc:
+                if _not_holder(exc):
+                    superseded.set()
+                    cancel.set()
+                    return
                 log.debug("heartbeat to Jobs failed: %s", exc.code().name)
                 continue
             if answer.cancel_requested or answer.finished:
@@ -504,12 +536,33 @@ class Worker:
             asset.thumbnail_bucket, asset.thumbnail_key = t.bucket, t.key
         return asset
 
-    async def _report(self, task: queue_pb2.GenerationTask, progress: job_pb2.Progress) -> bool:
-        response = await self._call(
-            self.jobs.ReportProgress,
-            job_service_pb2.ReportProgressRequest(job_id=task.job_id, progress=progress),
+    async def _report(
+        self,
+        task: queue_pb2.GenerationTask,
+        token: str,
+        progress: job_pb2.Progress,
+        superseded: threading.Event,
+    ) -> bool:
+        """Send one progress report; True when the job must stop."""
+        request = job_service_pb2.ReportProgressRequest(
+            job_id=task.job_id, progress=progress, start_token=token
         )
+        try:
+            response = await self._call(self.jobs.ReportProgress, request)
+        except grpc.aio.AioRpcError as exc:
+            if not _not_holder(exc):
+                raise
+            superseded.set()
+            return True
         return response.cancel_requested
+
+    async def _superseded(self, msg) -> None:
+        """Another delivery of the task started the job since this one did:
+        its worker renders and completes it (at the same keys, so the objects
+        stay). This delivery is handed back like a second delivery of a held
+        job; once the job has ended, its StartJob says not to run it."""
+        log.warning("another start holds the job now; this delivery is handed back")
+        await msg.nak(delay=self.config.ack_wait_seconds)
 
     async def _watch_cancel(self, task: queue_pb2.GenerationTask, cancel: threading.Event):
         async def on_event(m) -> None:
@@ -547,7 +600,7 @@ class Worker:
         )
         return response.job
 
-    async def _fail_once(self, task, code: str, message: str) -> None:
+    async def _fail_once(self, task, token: str, code: str, message: str) -> None:
         """At shutdown: one try to say the job waits for another worker (no
         attempt spent); the redelivery's StartJob sets it right otherwise."""
         try:
@@ -558,12 +611,13 @@ class Worker:
                     error=job_pb2.JobError(code=code, message=message),
                     will_retry=True,
                     dependency_failure=True,
+                    start_token=token,
                 ),
             )
         except grpc.aio.AioRpcError as exc:
             log.warning("FailJob failed: %s %s", exc.code().name, exc.details())
 
-    async def _on_error(self, msg, task, exc: Exception) -> None:
+    async def _on_error(self, msg, task, token: str, exc: Exception) -> None:
         verdict = classify(exc)
         if isinstance(exc, PermanentError):
             log.warning("job failed: %s", verdict.message)
@@ -578,6 +632,7 @@ class Worker:
             error=job_pb2.JobError(code=verdict.code, message=verdict.message),
             will_retry=verdict.retry,
             dependency_failure=dependency_error(exc),
+            start_token=token,
         )
         try:
             job = await self._fail_request(request)
@@ -603,6 +658,11 @@ def _reason(exc: grpc.aio.AioRpcError) -> str:
     with contextlib.suppress(Exception):
         return parse_rpc_error(exc).reason or ""
     return ""
+
+
+def _not_holder(exc: grpc.aio.AioRpcError) -> bool:
+    """Jobs refused the call: this start no longer holds the job."""
+    return exc.code() == grpc.StatusCode.FAILED_PRECONDITION and _reason(exc) == _NOT_HOLDER
 
 
 def _short(exc: BaseException) -> str:

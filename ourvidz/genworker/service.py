@@ -139,7 +139,7 @@ async def start_worker(
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
 
     served = grpcserver.build_server(
-        secret=config.auth_secret,
+        verifier=settings.token_verifier(),
         register=register,
         service_names=SERVICE_NAMES,
         host=getattr(settings, f"{family_name}_host"),

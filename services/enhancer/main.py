@@ -71,9 +71,7 @@ class Running:
 
 async def start(settings: EnhancerSettings, *, port: int | None = None) -> Running:
     """Start the service. `port=0` binds any free port (tests)."""
-    role_url = db.role_url(
-        settings.database_url, "ourvidz_enhancer", settings.db_role_password.get_secret_value()
-    )
+    role_url = settings.service_database_url()
     database = db.Database(
         role_url,
         max_size=settings.db_pool_size,
@@ -111,7 +109,7 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
         raise
 
     served = grpcserver.build_server(
-        secret=settings.auth_secret.get_secret_value(),
+        verifier=settings.token_verifier(),
         register=lambda server: enhancer_service_pb2_grpc.add_EnhancerServiceServicer_to_server(
             EnhancerServicer(core), server
         ),

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from ourvidz import queue
-from ourvidz.settings import CommonSettings
+from ourvidz.settings import WorkerKeySettings
 
 
 def _default_worker_id() -> str:
     return f"enhancer-{socket.gethostname()}-{os.getpid()}"
 
 
-class EnhancerSettings(CommonSettings):
+class EnhancerSettings(WorkerKeySettings):
+    # This service's own database login (ENHANCER_DATABASE_URL); in dev/test
+    # it may be derived from DATABASE_URL and DB_PASSWORD_ENHANCER instead.
+    db_service: ClassVar[str | None] = "enhancer"
+    enhancer_database_url: SecretStr = SecretStr("")
+    db_password_enhancer: SecretStr = SecretStr("")
     # "tiny", "full-random" or a local folder with a Qwen2.5 instruct model.
     enhancer_model: str = "tiny"
     enhancer_device: str = "auto"  # auto: cuda when available, else cpu

@@ -48,8 +48,9 @@ class EnhanceStage:
         self.js = js
         self.core = core
         self.jobs = jobs
+        # Calls Jobs as a worker, with its own key.
         self.tokens = TokenSource(
-            settings.auth_secret.get_secret_value(), settings.enhancer_worker_id, role="worker"
+            settings.worker_signer(), settings.enhancer_worker_id, role="worker"
         )
         self._stopping = asyncio.Event()
         self._sub = None

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from ourvidz import db as ourvidz_db
+from ourvidz.auth import TokenVerifier
 from ourvidz.grpcserver import channel
 from ourvidz.storage import LocalStore, store_from_settings
 from services.gateway import openapi, problems
 from services.gateway.backends import Backends
+from services.gateway.headers import SecurityHeadersMiddleware
 from services.gateway.identity import Identity
 from services.gateway.limits import BodyLimitMiddleware
 from services.gateway.metrics import HttpMetrics, MetricsMiddleware
@@ -25,6 +27,7 @@ from services.gateway.routes import (
     auth,
     files,
     jobs,
+    jwks,
     library,
     ops,
     playground,
@@ -43,6 +46,8 @@ class Gateway:
     """What the routes use, built once per app."""
 
     settings: GatewaySettings
+    # Verifies access tokens with the public keys (AUTH_JWKS, AUTH_WORKER_JWKS).
+    verifier: TokenVerifier
     database: ourvidz_db.Database
     identity: Identity
     backends: Backends
@@ -65,6 +70,13 @@ def create_app(
     what is not is built from `settings` by the app's lifespan (so run it under
     uvicorn, or enter `app.router.lifespan_context(app)` in tests)."""
     metrics = HttpMetrics()
+    signer = settings.token_signer()
+    verifier = settings.token_verifier()
+    if not verifier.knows(signer.kid):
+        raise ValueError(
+            f"AUTH_JWKS does not hold the public key of AUTH_SIGNING_KEY (kid {signer.kid}): "
+            "add it (python -m ourvidz.keys public KEY.pem) before signing with the key"
+        )
     if local_store is None and settings.storage_backend == "local":
         store = store_from_settings(settings)
         assert isinstance(store, LocalStore)
@@ -74,15 +86,18 @@ def create_app(
     async def lifespan(app: FastAPI):
         own_db = database is None
         own_backends = backends is None
+        db_url = settings.service_database_url() if own_db else ""
+        if own_db:
+            # Refuse to start on a login that row level security would not
+            # bind (when PostgreSQL answers now; else each new connection is
+            # checked as the pool makes it).
+            await ourvidz_db.check_login_url(db_url)
         db = database or ourvidz_db.Database(
-            ourvidz_db.role_url(
-                settings.database_url,
-                "ourvidz_gateway",
-                settings.db_role_password.get_secret_value(),
-            ),
+            db_url,
             max_size=settings.db_pool_size,
             name="gateway",
             timeout=settings.db_pool_timeout_seconds,
+            check_connections=True,
         )
         bk = backends or Backends(
             channel(settings.jobs_addr),
@@ -98,8 +113,9 @@ def create_app(
         nats_link.start()
         app.state.gateway = Gateway(
             settings=settings,
+            verifier=verifier,
             database=db,
-            identity=Identity(settings, db),
+            identity=Identity(settings, db, signer),
             backends=bk,
             metrics=metrics,
             local_store=local_store,
@@ -133,13 +149,15 @@ def create_app(
         workspace,
         library,
         ops,
+        jwks,
     ):
         app.include_router(module.router)
     if local_store is not None:
         app.include_router(files.router)
     web.mount(app)
     openapi.install(app, settings.limits())
-    # Added last = outermost: metrics see every answer, limits run before parsing.
+    # Added last = outermost: metrics see every answer, limits run before parsing,
+    # and every answer (a 413 from the limits too) carries the security headers.
     app.add_middleware(
         BodyLimitMiddleware,
         json_limit=settings.gateway_max_json_bytes,
@@ -147,4 +165,5 @@ def create_app(
         upload_overhead=settings.gateway_multipart_overhead_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

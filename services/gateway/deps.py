@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ourvidz.auth import Principal, verify_token
+from ourvidz.auth import Principal
 from ourvidz.errors import NotFound, PermissionDenied, Unauthenticated
 from services.gateway.openapi import answers
 
@@ -39,8 +39,7 @@ async def caller(
 ) -> Caller:
     if credentials is None or not credentials.credentials:
         raise Unauthenticated("missing bearer token")
-    secret = request.app.state.gateway.settings.auth_secret.get_secret_value()
-    principal = verify_token(secret, credentials.credentials)
+    principal = request.app.state.gateway.verifier.verify(credentials.credentials)
     if principal.role not in ("user", "admin"):
         raise Unauthenticated("this API takes user tokens")
     return Caller(principal=principal, token=credentials.credentials)

@@ -100,10 +100,30 @@ class Page(BaseModel, Generic[T]):
 
 
 class SignupBody(RequestBody):
-    email: str = Field(max_length=domain.MAX_EMAIL_CHARS, pattern=domain.EMAIL_PATTERN)
-    password: str = Field(
-        min_length=domain.MIN_PASSWORD_CHARS, max_length=domain.MAX_PASSWORD_CHARS
+    # The lengths are checked by the domain rules, which name every bad field
+    # at once; the schema states the same limits.
+    email: str = Field(
+        description="An e-mail address",
+        json_schema_extra={"maxLength": domain.MAX_EMAIL_CHARS, "pattern": domain.EMAIL_PATTERN},
     )
+    password: str = Field(
+        description="Hard to guess: common passwords, repeats and the e-mail address's "
+        "parts are refused (by default a zxcvbn score of at least 3 of 4)",
+        json_schema_extra={
+            "minLength": domain.MIN_PASSWORD_CHARS,
+            "maxLength": domain.MAX_PASSWORD_CHARS,
+        },
+    )
+
+
+SIGNUP_ACCEPTED_DETAIL = "If this address can be used, the account is ready: sign in with it."
+
+
+class SignupAccepted(BaseModel):
+    """The same answer whether or not the address already had an account."""
+
+    status: Literal["accepted"] = "accepted"
+    detail: str = SIGNUP_ACCEPTED_DETAIL
 
 
 class LoginBody(RequestBody):
@@ -577,7 +597,7 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[FieldError] | None = None
-    # Why, in one word a client can branch on (EMAIL_TAKEN, DATABASE_UNAVAILABLE, ...).
+    # Why, in one word a client can branch on (INVALID_CREDENTIALS, DATABASE_UNAVAILABLE, ...).
     reason: str | None = None
 
 

@@ -29,6 +29,7 @@ from ourvidz.errors import (
     dependency_failure,
     parse_rpc_error,
 )
+from services.gateway.headers import ALWAYS
 
 log = logging.getLogger(__name__)
 
@@ -265,4 +266,5 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return problem(500, _GENERIC_DETAIL[500])
+        # Answered from outside every middleware, so the headers are added here.
+        return problem(500, _GENERIC_DETAIL[500], headers=dict(ALWAYS))

@@ -10,9 +10,10 @@ import psycopg
 
 
 async def insert_user(
-    conn: psycopg.AsyncConnection, email: str, password_hash: str, role: str
+    conn: psycopg.AsyncConnection, user_id, email: str, password_hash: str, role: str
 ) -> dict | None:
-    """The new user, or None when the email is taken (any case)."""
+    """The new user, or None when the email is taken (any case). The
+    transaction must act as `user_id` (row level security)."""
     cur = await conn.execute(
         """
         INSERT INTO identity.users (id, email, password_hash, role)
@@ -20,15 +21,16 @@ async def insert_user(
         ON CONFLICT DO NOTHING
         RETURNING id, email, role, created_at
         """,
-        (uuid.uuid4(), email, password_hash, role),
+        (user_id, email, password_hash, role),
     )
     return await cur.fetchone()
 
 
 async def user_by_email(conn: psycopg.AsyncConnection, email: str) -> dict | None:
+    """The account with this e-mail (any case), through the SECURITY DEFINER
+    lookup: the gateway's own role sees no row but its caller's."""
     cur = await conn.execute(
-        "SELECT id, email, role, password_hash, created_at FROM identity.users"
-        " WHERE lower(email) = lower(%s)",
+        "SELECT id, email, role, password_hash, created_at FROM identity.login_candidate(%s)",
         (email,),
     )
     return await cur.fetchone()
@@ -59,14 +61,11 @@ async def insert_refresh_token(
 
 async def refresh_token_for_update(conn: psycopg.AsyncConnection, token_hash: str) -> dict | None:
     """The token row with its user, locked so two concurrent refreshes of one
-    token cannot both succeed."""
+    token cannot both succeed (a SECURITY DEFINER lookup, as the token's user
+    is not known yet)."""
     cur = await conn.execute(
-        """
-        SELECT t.id, t.user_id, t.expires_at, t.revoked_at, u.email, u.role
-        FROM identity.refresh_tokens t JOIN identity.users u ON u.id = t.user_id
-        WHERE t.token_hash = %s
-        FOR UPDATE OF t
-        """,
+        "SELECT id, user_id, expires_at, revoked_at, email, role"
+        " FROM identity.refresh_token_for_update(%s)",
         (token_hash,),
     )
     return await cur.fetchone()

@@ -18,6 +18,7 @@ from ourvidz import catalog
 from ourvidz.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from ourvidz.policy import PromptPolicy
 from ourvidz.settings import CatalogLimits
+from ourvidz.text import has_control_chars
 
 QUEUED = "queued"
 ENHANCING = "enhancing"
@@ -115,6 +116,22 @@ class ValidJob:
         return ENHANCING if self.job_type.enhanced else QUEUED
 
 
+# As the gateway bounds the Idempotency-Key it passes on as the request id.
+MAX_REQUEST_ID_CHARS = 200
+
+
+def check_request_id(request_id: str) -> str | None:
+    """The idempotency key of a submission, trimmed; None when there is none."""
+    text = (request_id or "").strip()
+    if len(text) > MAX_REQUEST_ID_CHARS:
+        raise InvalidArgument.field(
+            "request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters"
+        )
+    if has_control_chars(text):
+        raise InvalidArgument.field("request_id", "must not contain control characters")
+    return text or None
+
+
 def validate(
     sub: Submission, limits: CatalogLimits, policy: PromptPolicy | None = None
 ) -> ValidJob:
@@ -135,6 +152,8 @@ def validate(
         bad.append(
             FieldViolation("prompt", f"must be at most {limits.max_prompt_chars} characters")
         )
+    elif has_control_chars(prompt):
+        bad.append(FieldViolation("prompt", "must not contain control characters"))
     elif policy is not None and (denied := policy.violation(prompt, "prompt")) is not None:
         bad.append(denied)
 
@@ -145,6 +164,8 @@ def validate(
                 "negative_prompt", f"must be at most {limits.max_negative_prompt_chars} characters"
             )
         )
+    elif has_control_chars(negative):
+        bad.append(FieldViolation("negative_prompt", "must not contain control characters"))
 
     seed = sub.seed
     if seed is not None and not 0 <= seed <= catalog.SEED_MAX:

@@ -74,9 +74,7 @@ async def start(
     """Start the service. `port=0` binds any free port (tests); `uploads`
     replaces the workspace client that resolves reference images."""
     policy = settings.prompt_policy()  # a missing deny-list file stops the start here
-    role_url = db.role_url(
-        settings.database_url, "ourvidz_jobs", settings.db_role_password.get_secret_value()
-    )
+    role_url = settings.service_database_url()
     database = db.Database(
         role_url,
         max_size=settings.db_pool_size,
@@ -141,7 +139,7 @@ async def start(
 
     servicer = JobServicer(core, watcher, limits)
     served = build_server(
-        secret=settings.auth_secret.get_secret_value(),
+        verifier=settings.token_verifier(),
         register=lambda server: job_service_pb2_grpc.add_JobServiceServicer_to_server(
             servicer, server
         ),

@@ -5,6 +5,7 @@ events and the outbox rows that carry them (and any task) to JetStream."""
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -12,7 +13,13 @@ from datetime import UTC, datetime
 
 from ourvidz import catalog, queue
 from ourvidz.db import Database
-from ourvidz.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from ourvidz.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from ourvidz.policy import PromptPolicy
 from ourvidz.settings import CatalogLimits
 from ourvidz.storage import BlobStore, check_location
@@ -26,6 +33,9 @@ ENHANCE_MSG_SUFFIX = ":enhance"
 # Starts the fallback reason of an enhancement that timed out in Jobs.
 ENHANCE_TIMEOUT_CODE = "ENHANCER_TIMEOUT"
 MAX_REASON_CHARS = 500
+# The reason of a worker call refused because another start holds the job (or
+# none ever did): the worker stops and leaves the job to that start.
+NOT_JOB_HOLDER = "NOT_JOB_HOLDER"
 
 
 def _now() -> datetime:
@@ -121,12 +131,16 @@ class JobsCore:
         self, user_id: str, sub: domain.Submission, request_id: str, metadata
     ) -> tuple[job_pb2.Job, bool]:
         valid = domain.validate(sub, self.limits, self.policy)
-        request_id = request_id.strip() or None
+        request_id = domain.check_request_id(request_id)
         if request_id:
             async with self.db.tx(user_id=user_id) as conn:
                 found = await store.find_by_request_id(conn, user_id, request_id)
                 if found is not None:
                     return await self._job(conn, found), True
+        if valid.workspace_session_id is not None:
+            # The gateway checks this too; a caller that reaches Jobs directly
+            # is held to the same rule.
+            await self.uploads.check_session(valid.workspace_session_id, metadata)
         if valid.reference is not None:
             where = await self.uploads.resolve(valid.reference.upload_id, metadata)
             valid = replace(
@@ -217,15 +231,16 @@ class JobsCore:
         second delivery while the worker that holds the job still beats (NATS
         was away and redelivered) does not start: it would run the job twice
         and spend an attempt on a dependency's fault."""
-        token = f"{max(task_sequence, 0)}:{max(delivery, 1)}"
+        this_delivery = f"{max(task_sequence, 0)}:{max(delivery, 1)}"
         async with self.db.tx(role="worker") as conn:
             row = await self._locked(conn, job_id)
             state = row["state"]
             if state in domain.TERMINAL or row["cancel_requested"]:
                 return await self._job(conn, row), False, "", False
-            if state == domain.RUNNING and row["start_token"] == token:
+            if state == domain.RUNNING and _same_delivery(row["start_token"], this_delivery):
                 await store.heartbeat(conn, job_id)
-                return await self._job(conn, row), True, token, False  # the same start again
+                job = await self._job(conn, row)
+                return job, True, row["start_token"], False  # the same start again
             beat = row["heartbeat_at"]
             if (
                 state == domain.RUNNING
@@ -251,6 +266,9 @@ class JobsCore:
                 )
                 log.warning("job %s failed: no attempt left", job.id)
                 return job, False, "", False
+            # The delivery names the start; the random part makes its token
+            # one that only the worker StartJob answered can show.
+            token = f"{this_delivery}:{secrets.token_urlsafe(18)}"
             changes = {
                 "state": domain.RUNNING,
                 "attempt": attempt,
@@ -273,10 +291,11 @@ class JobsCore:
         start token) is running again."""
         async with self.db.tx(role="worker") as conn:
             row = await self._locked(conn, job_id)
+            _check_holder(row, start_token)
             state = row["state"]
             if state in domain.TERMINAL:
                 return bool(row["cancel_requested"]), True
-            if state == domain.QUEUED and start_token and row["start_token"] == start_token:
+            if state == domain.QUEUED:
                 await self._apply(
                     conn,
                     row,
@@ -289,11 +308,14 @@ class JobsCore:
                 await store.heartbeat(conn, job_id)
             return bool(row["cancel_requested"]), False
 
-    async def progress(self, job_id: str, progress: job_pb2.Progress, preview_png: bytes) -> bool:
+    async def progress(
+        self, job_id: str, start_token: str, progress: job_pb2.Progress, preview_png: bytes
+    ) -> bool:
         if len(preview_png) > self.max_preview:
             raise InvalidArgument.field("preview_png", f"must be at most {self.max_preview} bytes")
         async with self.db.tx(role="worker") as conn:
             row = await self._locked(conn, job_id)
+            _check_holder(row, start_token)
             if row["state"] in domain.TERMINAL:
                 return True  # nothing more to do for this job: stop
             if row["state"] == domain.QUEUED and row["start_token"]:
@@ -312,19 +334,19 @@ class JobsCore:
             await self._apply(conn, row, changes, emits)
             return bool(row["cancel_requested"])
 
-    async def complete(self, job_id: str, assets: list[job_pb2.Asset]) -> job_pb2.Job:
-        rows = _asset_rows(assets)
+    async def complete(
+        self, job_id: str, start_token: str, assets: list[job_pb2.Asset]
+    ) -> job_pb2.Job:
+        """The holder's outputs make the job completed. Only the job's own
+        objects are accepted, as many and of the kind its job type makes."""
         async with self.db.tx(role="worker") as conn:
             row = await self._locked(conn, job_id)
+            _check_holder(row, start_token)
+            rows = _asset_rows(row, assets)
             if row["state"] in (domain.CANCELLED, domain.FAILED):
                 raise FailedPrecondition(
                     f"the job was {row['state']}; its outputs are not wanted",
                     reason="JOB_" + row["state"].upper(),
-                )
-            if row["state"] in (domain.QUEUED, domain.ENHANCING) and not row["start_token"]:
-                raise FailedPrecondition(
-                    f"a {row['state']} job that never started cannot complete",
-                    reason="JOB_NOT_STARTED",
                 )
             if not domain.transition(row["state"], domain.COMPLETED):
                 return await self._job(conn, row)  # a repeated completion
@@ -349,6 +371,7 @@ class JobsCore:
     async def fail(
         self,
         job_id: str,
+        start_token: str,
         code: str,
         message: str,
         will_retry: bool,
@@ -362,6 +385,7 @@ class JobsCore:
         message = (message or "the job failed")[:2000]
         async with self.db.tx(role="worker") as conn:
             row = await self._locked(conn, job_id)
+            _check_holder(row, start_token)
             if row["state"] in domain.TERMINAL:
                 if will_retry or not domain.transition(row["state"], domain.FAILED):
                     return await self._job(conn, row)  # ended meanwhile, or a repeat
@@ -577,23 +601,74 @@ def _job_row(valid: domain.ValidJob, user_id: str, request_id: str | None) -> di
     }
 
 
-def _asset_rows(assets: list[job_pb2.Asset]) -> list[dict]:
-    """Check a worker's outputs before they are recorded."""
-    if not assets:
-        raise InvalidArgument.field("assets", "a completed job has at least one asset")
+def _same_delivery(start_token: str, delivery: str) -> bool:
+    """True when `start_token` was given to the start of `delivery`
+    ("<task sequence>:<delivery>", then a random part)."""
+    return start_token == delivery or start_token.startswith(delivery + ":")
+
+
+def _check_holder(row: dict, start_token: str) -> None:
+    """Only the start that holds the job may report on it: a job never
+    started, or started again by another delivery, refuses the call."""
+    held = row["start_token"]
+    if not (held and start_token and secrets.compare_digest(held.encode(), start_token.encode())):
+        raise FailedPrecondition(
+            "the job is not held under this start token "
+            "(it never started, or another delivery started it since)",
+            reason=NOT_JOB_HOLDER,
+        )
+
+
+def _asset_rows(job: dict, assets: list[job_pb2.Asset]) -> list[dict]:
+    """Check a worker's outputs against the job before they are recorded: as
+    many as it asked for (its images, or one video), of its job type's content
+    type, each at the job's own key in the job type's bucket, and a video's
+    thumbnail at the job's key in the thumbnails bucket. A wrong count or kind
+    is INVALID_ARGUMENT; any other object (another job's, an upload) is
+    PERMISSION_DENIED."""
+    jt = catalog.CATALOG[job["job_type"]]
+    user_id, job_id = str(job["user_id"]), str(job["id"])
+    wanted = catalog.output_count(jt, job["num_images"])
+    if len(assets) != wanted:
+        made = f"{wanted} image(s)" if jt.output == "image" else "one video"
+        raise InvalidArgument.field(
+            "assets", f"a completed {jt.name} job has {made}, not {len(assets)} asset(s)"
+        )
     seen: set[int] = set()
-    for asset in assets:
+    for n, asset in enumerate(assets):
+        at = f"assets[{n}]"
         try:
             check_location(asset.bucket, asset.key)
-            if asset.thumbnail_bucket or asset.thumbnail_key:
-                check_location(asset.thumbnail_bucket, asset.thumbnail_key)
         except ValueError as exc:
-            raise InvalidArgument.field("assets", str(exc)) from exc
-        if asset.index in seen or asset.index < 0:
+            raise InvalidArgument.field(at, str(exc)) from exc
+        if asset.index in seen or not 0 <= asset.index < wanted:
             raise InvalidArgument.field(
-                "assets", f"asset index {asset.index} is repeated or negative"
+                f"{at}.index", f"must be one of 0..{wanted - 1}, each once (got {asset.index})"
             )
         seen.add(asset.index)
+        if asset.content_type != jt.content_type:
+            raise InvalidArgument.field(
+                f"{at}.content_type", f"a {jt.name} job makes {jt.content_type} outputs"
+            )
+        thumbnail = bool(asset.thumbnail_bucket or asset.thumbnail_key)
+        if thumbnail and jt.output != "video":
+            raise InvalidArgument.field(f"{at}.thumbnail_key", "only a video has a thumbnail")
+        if asset.bucket != jt.bucket:
+            raise PermissionDenied(
+                f"{at}.bucket: a {jt.name} job's outputs are in the bucket {jt.bucket}",
+                reason="FOREIGN_OBJECT",
+            )
+        if asset.key != catalog.output_key(jt, user_id, job_id, asset.index):
+            raise PermissionDenied(f"{at}.key: not an output of this job", reason="FOREIGN_OBJECT")
+        if thumbnail and (
+            asset.thumbnail_bucket != catalog.THUMBNAIL_BUCKET
+            or asset.thumbnail_key != catalog.thumbnail_key(user_id, job_id)
+        ):
+            raise PermissionDenied(
+                f"{at}.thumbnail_key: not this job's thumbnail in the bucket "
+                f"{catalog.THUMBNAIL_BUCKET}",
+                reason="FOREIGN_OBJECT",
+            )
     return [convert.asset_row(a) for a in assets]
 
 

@@ -90,19 +90,22 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def ReportProgress(self, request, context):
         _worker()
-        cancel = await self._core.progress(request.job_id, request.progress, request.preview_png)
+        cancel = await self._core.progress(
+            request.job_id, request.start_token, request.progress, request.preview_png
+        )
         return pb.ReportProgressResponse(cancel_requested=cancel)
 
     async def CompleteJob(self, request, context):
         _worker()
         return pb.CompleteJobResponse(
-            job=await self._core.complete(request.job_id, list(request.assets))
+            job=await self._core.complete(request.job_id, request.start_token, list(request.assets))
         )
 
     async def FailJob(self, request, context):
         _worker()
         job = await self._core.fail(
             request.job_id,
+            request.start_token,
             request.error.code,
             request.error.message,
             request.will_retry,

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import ClassVar
+
+from pydantic import Field, SecretStr
 
 from ourvidz.queue import QueueSettings
 from ourvidz.settings import CommonSettings
 
 
 class JobsSettings(CommonSettings):
+    # This service's own database login (JOBS_DATABASE_URL); in dev/test
+    # it may be derived from DATABASE_URL and DB_PASSWORD_JOBS instead.
+    db_service: ClassVar[str | None] = "jobs"
+    jobs_database_url: SecretStr = SecretStr("")
+    db_password_jobs: SecretStr = SecretStr("")
     jobs_host: str = "127.0.0.1"
     jobs_port: int = 50051
     # Jobs in queued, enhancing or running state one user may hold at once.

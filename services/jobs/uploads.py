@@ -1,6 +1,7 @@
-"""Resolving a reference image id to its stored object, through the workspace
-service (which owns uploads). A small class so a jobs service can run without
-a workspace service when no job uses a reference image."""
+"""What Jobs asks the workspace service (which owns uploads and sessions) on
+a caller's behalf: where a reference image is stored, and whether a workspace
+session is the caller's. A small class so a jobs service can run without a
+workspace service when no job uses a reference image or a session."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from ourvidz.errors import InvalidArgument, Unavailable
+from ourvidz.errors import InvalidArgument, NotFound, Unavailable
 from ourvidz.grpcserver import channel
 from ourvidz.v1 import workspace_service_pb2, workspace_service_pb2_grpc
 
@@ -24,6 +25,10 @@ class UploadResolver:
 
     async def resolve(self, upload_id: str, metadata) -> UploadLocation:
         raise InvalidArgument.field("reference_image_id", "reference images are not available")
+
+    async def check_session(self, session_id: str, metadata) -> None:
+        """Raise unless the caller's workspace holds the session `session_id`."""
+        raise InvalidArgument.field("workspace_session_id", "workspace sessions are not available")
 
     async def close(self) -> None:
         return None
@@ -50,6 +55,27 @@ class WorkspaceUploads(UploadResolver):
                 raise InvalidArgument.field("reference_image_id", "no such upload") from exc
             raise Unavailable("the workspace service is not available") from exc
         return UploadLocation(bucket=response.upload.bucket, key=response.upload.key)
+
+    async def check_session(self, session_id: str, metadata) -> None:
+        """GetSession with the caller's credentials: a session of another user
+        is not found there, exactly like one that does not exist."""
+        try:
+            await self._stub.GetSession(
+                workspace_service_pb2.GetSessionRequest(session_id=session_id),
+                metadata=metadata,
+                timeout=self._deadline,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.PERMISSION_DENIED,
+            ):
+                raise NotFound(
+                    "workspace_session_id: no such workspace session",
+                    reason="WORKSPACE_SESSION_NOT_FOUND",
+                ) from exc
+            raise Unavailable("the workspace service is not available") from exc
 
     async def close(self) -> None:
         await self._channel.close()

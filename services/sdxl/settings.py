@@ -7,7 +7,7 @@ import socket
 
 from pydantic import Field, model_validator
 
-from ourvidz.settings import CommonSettings
+from ourvidz.settings import WorkerKeySettings
 from services.sdxl import presets
 
 
@@ -15,7 +15,7 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class SdxlSettings(CommonSettings):
+class SdxlSettings(WorkerKeySettings):
     # "tiny", "full-random", a diffusers folder or a single-file .safetensors;
     # "control-plane" (no model: benchmarks and tests only, refused in prod).
     sdxl_model: str = "tiny"

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from PIL import Image, UnidentifiedImageError
 
+from ourvidz import catalog
 from ourvidz.errors import NotFound
 from ourvidz.genworker import Blob, InvalidReference, JobRun, Output
 from ourvidz.v1 import queue_pb2
@@ -21,7 +22,7 @@ CONTENT_TYPE = "image/png"
 
 
 def output_key(task: queue_pb2.GenerationTask, index: int) -> str:
-    return f"{task.user_id}/{task.job_id}_{index}.png"
+    return catalog.image_key(task.user_id, task.job_id, index)
 
 
 class SdxlFamily:

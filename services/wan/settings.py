@@ -7,14 +7,14 @@ import socket
 
 from pydantic import Field
 
-from ourvidz.settings import CommonSettings
+from ourvidz.settings import WorkerKeySettings
 
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class WanSettings(CommonSettings):
+class WanSettings(WorkerKeySettings):
     # "tiny", "full-random" or a local WAN 2.1 text-to-video diffusers folder.
     wan_model: str = "tiny"
     wan_device: str = "auto"  # auto: cuda when available, else cpu

@@ -18,15 +18,15 @@ FAMILY = "wan"
 
 
 def video_key(task: queue_pb2.GenerationTask) -> str:
-    return f"{task.user_id}/{task.job_id}.mp4"
+    return catalog.video_key(task.user_id, task.job_id)
 
 
 def thumbnail_key(task: queue_pb2.GenerationTask) -> str:
-    return f"{task.user_id}/{task.job_id}.png"
+    return catalog.thumbnail_key(task.user_id, task.job_id)
 
 
 def image_key(task: queue_pb2.GenerationTask) -> str:
-    return f"{task.user_id}/{task.job_id}_0.png"
+    return catalog.image_key(task.user_id, task.job_id, 0)
 
 
 class WanFamily:

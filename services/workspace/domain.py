@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 
 from ourvidz.catalog import CATALOG
 from ourvidz.errors import InvalidArgument, NotFound
+from ourvidz.text import has_control_chars
 
 TITLE_MAX_CHARS = 200
 DEFAULT_TITLE_CHARS = 60
@@ -176,6 +177,8 @@ def check_title(title: str) -> str:
         raise InvalidArgument.field("title", "must not be empty")
     if len(text) > TITLE_MAX_CHARS:
         raise InvalidArgument.field("title", f"must be at most {TITLE_MAX_CHARS} characters")
+    if has_control_chars(text):
+        raise InvalidArgument.field("title", "must not contain control characters")
     return text
 
 
@@ -202,6 +205,8 @@ def session_name(name: str, now: datetime) -> str:
     text = (name or "").strip()
     if len(text) > SESSION_NAME_MAX_CHARS:
         raise InvalidArgument.field("name", f"must be at most {SESSION_NAME_MAX_CHARS} characters")
+    if has_control_chars(text):
+        raise InvalidArgument.field("name", "must not contain control characters")
     return text or f"Session {now:%Y-%m-%d %H:%M}"
 
 

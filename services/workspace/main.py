@@ -53,9 +53,7 @@ class Running:
 async def start(settings: WorkspaceSettings, *, port: int | None = None) -> Running:
     """Start the service; `port` overrides settings.workspace_port (0: any free port)."""
     database = db.Database(
-        db.role_url(
-            settings.database_url, "ourvidz_workspace", settings.db_role_password.get_secret_value()
-        ),
+        settings.service_database_url(),
         max_size=settings.db_pool_size,
         name="workspace",
         timeout=settings.db_pool_timeout_seconds,
@@ -76,7 +74,7 @@ async def start(settings: WorkspaceSettings, *, port: int | None = None) -> Runn
     watchers = Watchers(nc)
     servicer = WorkspaceServicer(service, signer, watchers)
     served = build_server(
-        secret=settings.auth_secret.get_secret_value(),
+        verifier=settings.token_verifier(),
         register=lambda server: pb_grpc.add_WorkspaceServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
         host=settings.workspace_host,

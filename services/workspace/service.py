@@ -40,7 +40,7 @@ from services.workspace.domain import (
     session_name,
     title_for_save,
 )
-from services.workspace.images import inspect_image
+from services.workspace.images import reencode_image
 from services.workspace.settings import WorkspaceSettings
 
 log = logging.getLogger(__name__)
@@ -342,15 +342,16 @@ class Workspace:
 
     async def create_upload(self, user_id: uuid.UUID, data: bytes) -> Upload:
         """Store a reference image once it has decoded as PNG, JPEG or WebP
-        within the size and pixel limits; nothing is stored otherwise."""
-        info = await asyncio.to_thread(
-            inspect_image,
+        within the size and pixel limits, re-encoded from its pixels (see
+        `images`): never the uploaded bytes. Nothing is stored otherwise."""
+        image = await asyncio.to_thread(
+            reencode_image,
             data,
             max_bytes=self.settings.workspace_upload_max_bytes,
             max_pixels=self.settings.workspace_upload_max_pixels,
         )
         upload_id = uuid.uuid4()
-        key = f"{user_id}/{upload_id}.{info.extension}"
+        key = f"{user_id}/{upload_id}.{image.extension}"
         stored = False
         try:
             async with self.database.tx(user_id=str(user_id)) as conn:
@@ -360,12 +361,12 @@ class Workspace:
                     user_id=user_id,
                     bucket=REFERENCE_BUCKET,
                     key=key,
-                    content_type=info.content_type,
-                    width=info.width,
-                    height=info.height,
-                    size_bytes=len(data),
+                    content_type=image.content_type,
+                    width=image.width,
+                    height=image.height,
+                    size_bytes=len(image.data),
                 )
-                await self.blobs.put(REFERENCE_BUCKET, key, data, info.content_type)
+                await self.blobs.put(REFERENCE_BUCKET, key, image.data, image.content_type)
                 stored = True
         except BaseException:
             if stored:  # the row did not commit: take the blob back

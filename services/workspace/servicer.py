@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import grpc
 
 from ourvidz.auth import current_principal
-from ourvidz.errors import Unauthenticated
+from ourvidz.errors import InvalidArgument, Unauthenticated
 from ourvidz.v1 import workspace_service_pb2 as pb
 from ourvidz.v1 import workspace_service_pb2_grpc as pb_grpc
 from services.workspace import convert
@@ -32,7 +32,10 @@ def _time_or_none(request, name: str) -> datetime | None:
     """An optional Timestamp field as an aware datetime (None when unset)."""
     if not request.HasField(name):
         return None
-    return getattr(request, name).ToDatetime(tzinfo=UTC)
+    try:
+        return getattr(request, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:  # outside the years 1..9999
+        raise InvalidArgument.field(name, "is not a valid time") from exc
 
 
 class WorkspaceServicer(pb_grpc.WorkspaceServiceServicer):

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from pydantic import SecretStr
+
 from ourvidz.queue import WORKSPACE_CONSUMER
 from ourvidz.settings import CommonSettings
 
 
 class WorkspaceSettings(CommonSettings):
+    # This service's own database login (WORKSPACE_DATABASE_URL); in dev/test
+    # it may be derived from DATABASE_URL and DB_PASSWORD_WORKSPACE instead.
+    db_service: ClassVar[str | None] = "workspace"
+    workspace_database_url: SecretStr = SecretStr("")
+    db_password_workspace: SecretStr = SecretStr("")
     workspace_host: str = "127.0.0.1"
     workspace_port: int = 50052
     # Idle sessions (no item filed, cleared, saved or opened as the active one)

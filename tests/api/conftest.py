@@ -4,13 +4,14 @@ run, and the tokens of a signed-up user and of an admin."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 
 import httpx
-import psycopg
 import pytest
 
+from ourvidz import operator
 from ourvidz.dev.stack import running_stack
 
 
@@ -27,7 +28,7 @@ async def _signup(http: httpx.AsyncClient) -> tuple[str, str]:
     email = f"api-{uuid.uuid4().hex[:10]}@example.com"
     password = secrets.token_urlsafe(24)
     response = await http.post("/v1/auth/signup", json={"email": email, "password": password})
-    assert response.status_code in (201, 202), response.text
+    assert response.status_code == 202, response.text
     return email, password
 
 
@@ -38,20 +39,15 @@ async def _login(http: httpx.AsyncClient, email: str, password: str) -> str:
 
 
 @pytest.fixture(scope="package")
-async def tokens(stack, base_env) -> dict[str, str]:
+async def tokens(stack) -> dict[str, str]:
     """Access tokens of a signed-up user and of an admin, both made before
     any run (a run's own sign-ups and logins may meet the address's limits).
-    The admin is made as an operator makes one: an existing account given
-    the role, then a fresh login."""
+    The admin is made as an operator makes one (`ourvidz admin grant`): an
+    existing account given the role, then a fresh login."""
     async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
         user = await _signup(http)
         admin_email, admin_password = await _signup(http)
-        async with await psycopg.AsyncConnection.connect(
-            base_env["DATABASE_URL"], autocommit=True
-        ) as conn:
-            await conn.execute(
-                "UPDATE identity.users SET role = 'admin' WHERE lower(email) = %s", (admin_email,)
-            )
+        await asyncio.to_thread(operator.grant_admin, stack.env["DATABASE_URL"], admin_email)
         return {
             "user": await _login(http, *user),
             "admin": await _login(http, admin_email, admin_password),

@@ -7,6 +7,7 @@ requests; a test fails if any appear. `shot(page, name)` keeps a screenshot in
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ourvidz import operator
 from ourvidz.dev.stack import running_stack
 
 pytestmark = pytest.mark.browser
@@ -26,7 +28,6 @@ except ImportError:  # `make test-browser` installs it; without it these tests a
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("BROWSER_ARTIFACTS", ROOT / ".artifacts" / "browser"))
-ADMIN_EMAIL = "admin-browser@example.com"
 PASSWORD = "a long password"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
@@ -45,6 +46,22 @@ def chromium_path() -> str:
     return path
 
 
+async def create_account(http: httpx.AsyncClient, email: str) -> dict:
+    """A new account through the API: sign-up (202, no tokens), then login; the
+    login answer."""
+    account = {"email": email, "password": PASSWORD}
+    r = await http.post("/v1/auth/signup", json=account)
+    assert r.status_code == 202, r.text
+    r = await http.post("/v1/auth/login", json=account)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def make_admin(base_env: dict, email: str) -> None:
+    """What an operator does: `ourvidz admin grant EMAIL` with the owner's URL."""
+    await asyncio.to_thread(operator.grant_admin, base_env["DATABASE_URL"], email)
+
+
 @pytest.fixture(scope="package")
 async def stack(base_env):
     env = {
@@ -54,7 +71,6 @@ async def stack(base_env):
         "WAN_MODEL": "tiny",
         "WAN_PROGRESS_INTERVAL_SECONDS": "0",
         "ENHANCER_MODEL": "tiny",
-        "GATEWAY_ADMIN_EMAILS": ADMIN_EMAIL,
         # Signed URLs of the local store are served by the gateway itself.
         "STORAGE_BACKEND": "local",
     }

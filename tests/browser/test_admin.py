@@ -8,12 +8,7 @@ import asyncio
 import re
 import uuid
 
-from tests.browser.conftest import ADMIN_EMAIL, PASSWORD, shot
-
-
-async def _account(http, email: str) -> None:
-    r = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD})
-    assert r.status_code in (201, 409), r.text
+from tests.browser.conftest import PASSWORD, create_account, make_admin, shot
 
 
 async def _sign_in(page, email: str) -> None:
@@ -24,10 +19,12 @@ async def _sign_in(page, email: str) -> None:
     await page.wait_for_url(re.compile(r"#/workspace$"))
 
 
-async def test_admin_edits_tests_and_activates_a_template(page, http, expected_statuses):
+async def test_admin_edits_tests_and_activates_a_template(page, http, base_env, expected_statuses):
     expected_statuses.add(422)  # the out-of-range temperature, on purpose
-    await _account(http, ADMIN_EMAIL)
-    await _sign_in(page, ADMIN_EMAIL)
+    admin_email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
+    await create_account(http, admin_email)
+    await make_admin(base_env, admin_email)
+    await _sign_in(page, admin_email)
     await page.get_by_role("link", name="Admin").click()
     await page.get_by_role("heading", name="Admin", exact=True).wait_for()
 
@@ -105,7 +102,7 @@ async def test_admin_edits_tests_and_activates_a_template(page, http, expected_s
 
 async def test_a_user_never_reaches_the_admin_page(page, http):
     email = f"plain-{uuid.uuid4().hex[:8]}@example.com"
-    await _account(http, email)
+    await create_account(http, email)
     await _sign_in(page, email)
     assert await page.get_by_role("link", name="Admin").is_hidden()
     await page.goto("/#/admin")

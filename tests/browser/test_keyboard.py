@@ -8,7 +8,7 @@ import uuid
 
 from playwright.async_api import expect
 
-from tests.browser.conftest import PASSWORD
+from tests.browser.conftest import PASSWORD, create_account
 from tests.browser.test_workspace import RESULT
 
 
@@ -23,8 +23,7 @@ async def tab_to(page, predicate_js: str, limit: int = 60) -> None:
 
 async def test_sign_in_generate_and_save_with_the_keyboard(page, http):
     email = f"keys-{uuid.uuid4().hex[:8]}@example.com"
-    response = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD})
-    assert response.status_code == 201
+    await create_account(http, email)
 
     await page.goto("/")
     await page.get_by_label("Email").wait_for()

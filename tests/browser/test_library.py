@@ -12,7 +12,7 @@ from datetime import date, timedelta
 import httpx
 import pytest
 
-from tests.browser.conftest import PASSWORD, shot
+from tests.browser.conftest import PASSWORD, create_account, shot
 
 SDXL_JOB = {
     "job_type": "sdxl_image_fast",
@@ -63,9 +63,8 @@ async def _user_with_items(stack) -> tuple[str, dict]:
     """A new user with a saved SDXL image and a WAN video in the library."""
     email = f"library-{uuid.uuid4().hex[:8]}@example.com"
     async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
-        r = await client.post("/v1/auth/signup", json={"email": email, "password": PASSWORD})
-        assert r.status_code == 201, r.text
-        client.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+        session = await create_account(client, email)
+        client.headers["Authorization"] = f"Bearer {session['access_token']}"
         image_job = await client.post("/v1/jobs", json=SDXL_JOB)
         video_job = await client.post("/v1/jobs", json=WAN_JOB)
         assert image_job.status_code == video_job.status_code == 202, image_job.text
@@ -217,8 +216,7 @@ async def test_a_bad_title_is_shown_beside_the_field(page, library_user, expecte
 
 async def test_empty_library_says_so(page, http):
     email = f"library-{uuid.uuid4().hex[:8]}@example.com"
-    r = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD})
-    assert r.status_code == 201
+    await create_account(http, email)
     await sign_in(page, email)
     await page.get_by_text("Your library is empty.").wait_for()
     assert await page.get_by_role("button", name="Load more").is_hidden()

@@ -37,14 +37,32 @@ def stored(creds: Path, gateway: FakeGateway) -> dict:
     return json.loads(creds.read_text())["servers"][gateway.url]
 
 
-def test_signup_stores_private_tokens(gateway, creds, capsys):
-    assert run(gateway, creds, "signup", "ada@example.com", "--password", "pw") == 0
+def test_signup_then_logs_in_and_stores_private_tokens(gateway, creds, capsys):
+    assert run(gateway, creds, "signup", "ada@example.com", "--password", gateway.password) == 0
+    assert [(method, path) for method, path, _, _ in gateway.requests] == [
+        ("POST", "/v1/auth/signup"),
+        ("POST", "/v1/auth/login"),
+    ]
     entry = stored(creds, gateway)
     assert entry["email"] == "ada@example.com"
     assert entry["access_token"].startswith("acc-") and entry["refresh_token"].startswith("ref-")
     assert stat.S_IMODE(creds.stat().st_mode) == 0o600
     assert stat.S_IMODE(creds.parent.stat().st_mode) == 0o700
-    assert "signed up as ada@example.com" in capsys.readouterr().err
+    assert "signed up and logged in as ada@example.com" in capsys.readouterr().err
+
+
+def test_signup_whose_login_is_refused_says_so(gateway, creds, capsys):
+    # The address had an account with another password: sign-up answers as
+    # always, the login that follows is refused.
+    assert run(gateway, creds, "signup", "ada@example.com", "--password", "another one") == 1
+    assert "cannot log in as ada@example.com" in capsys.readouterr().err
+    assert not creds.exists()
+
+
+def test_help_names_the_operator_commands(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "ourvidz admin grant" in capsys.readouterr().out
 
 
 def test_login_with_a_wrong_password_fails_with_the_servers_reason(gateway, creds, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -14,9 +15,15 @@ import sys
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from ourvidz import keys
+from ourvidz.auth import GATEWAY_ROLES, WORKER_ROLES, TokenSigner, TokenVerifier, load_jwks
 from ourvidz.dev import up
+from ourvidz.dev.stack import settings_from
+from services.gateway.settings import GatewaySettings
+from tests.conftest import ROLE_PASSWORDS
 
 from .procs import alive, read_pids, wait_until
 
@@ -69,25 +76,130 @@ def test_ports_are_free_distinct_and_published_as_addresses():
     assert "GATEWAY_PORT" not in env
 
 
+def test_each_service_gets_only_its_own_database_login(tmp_path: Path):
+    env = {"DATABASE_URL": "host=/pg user=postgres dbname=ourvidz", "NATS_URL": "nats://x"}
+    env |= {key: key.lower() for key in up.DB_PASSWORDS}
+    specs = {
+        s.name: s.env for s in up.service_specs(["jobs", "sdxl", "gateway"], env, tmp_path, {})
+    }
+    jobs = specs["jobs"]
+    assert "DATABASE_URL" not in jobs and not [k for k in jobs if k.startswith("DB_PASSWORD")]
+    assert [k for k in jobs if k.endswith("_DATABASE_URL")] == ["JOBS_DATABASE_URL"]
+    assert "user=ourvidz_jobs" in jobs["JOBS_DATABASE_URL"]
+    assert "password=db_password_jobs" in jobs["JOBS_DATABASE_URL"]
+    assert [k for k in specs["gateway"] if "DATABASE" in k] == ["GATEWAY_DATABASE_URL"]
+    assert not [k for k in specs["sdxl"] if "DATABASE" in k or "DB_" in k]  # a worker: none
+    assert specs["sdxl"]["NATS_URL"] == "nats://x"
+
+
 def test_secrets_are_generated_once_private_and_stable(tmp_path: Path):
     path = tmp_path / "data" / "secrets.env"
     first = up.dev_secrets(path, {})
-    assert set(first) == {"AUTH_SECRET", "STORAGE_SIGNING_KEY"}
+    assert set(first) == {"STORAGE_SIGNING_KEY", *up.DB_PASSWORDS}
+    assert len(up.DB_PASSWORDS) == 4
     assert all(len(v) == 48 for v in first.values())
-    assert first["AUTH_SECRET"] != first["STORAGE_SIGNING_KEY"]
+    assert len(set(first.values())) == len(first)  # every role its own password
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert up.dev_secrets(path, {}) == first
     assert (
-        up.dev_secrets(path, {"AUTH_SECRET": "from-the-environment"})["AUTH_SECRET"]
+        up.dev_secrets(path, {"STORAGE_SIGNING_KEY": "from-the-environment"})["STORAGE_SIGNING_KEY"]
         == "from-the-environment"
     )
 
 
 def test_secrets_from_the_environment_write_no_file(tmp_path: Path):
     path = tmp_path / "secrets.env"
-    got = up.dev_secrets(path, {"AUTH_SECRET": "a" * 40, "STORAGE_SIGNING_KEY": "b" * 40})
-    assert got == {"AUTH_SECRET": "a" * 40, "STORAGE_SIGNING_KEY": "b" * 40}
+    given = {"STORAGE_SIGNING_KEY": "b" * 40}
+    given |= {key: key.lower() * 2 for key in up.DB_PASSWORDS}
+    got = up.dev_secrets(path, given)
+    assert got == given
     assert not path.exists()
+
+
+def test_dev_keys_are_made_once_private_and_verify_their_own_tokens(tmp_path: Path):
+    folder = tmp_path / "keys"
+    settings, worker_keys = up.dev_keys(folder)
+    assert set(worker_keys) == {"sdxl", "wan", "enhancer"}
+    pems = [Path(settings["AUTH_SIGNING_KEY_FILE"]), *map(Path, worker_keys.values())]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in pems)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    before = {p: p.read_bytes() for p in pems}
+    assert up.dev_keys(folder) == (settings, worker_keys)
+    assert {p: p.read_bytes() for p in pems} == before  # a second run keeps the keys
+
+    verifier = TokenVerifier(
+        load_jwks(path=settings["AUTH_JWKS_FILE"]),
+        load_jwks(path=settings["AUTH_WORKER_JWKS_FILE"]),
+    )
+    gateway = TokenSigner.from_pem(before[pems[0]], GATEWAY_ROLES)
+    assert verifier.verify(gateway.mint("u", "admin", 60)).role == "admin"
+    for name, pem in worker_keys.items():
+        worker = TokenSigner.from_pem(Path(pem).read_bytes(), WORKER_ROLES)
+        assert verifier.verify(worker.mint(name, "worker", 60)).subject == name
+    # The public sets hold no private member.
+    for jwks in (settings["AUTH_JWKS_FILE"], settings["AUTH_WORKER_JWKS_FILE"]):
+        assert all(
+            set(k) <= set(keys.PUBLIC_MEMBERS) for k in json.loads(Path(jwks).read_text())["keys"]
+        )
+
+
+SHARED = {
+    "OURVIDZ_ENV": "dev",
+    "NATS_URL": "nats://127.0.0.1:4333",
+    "JOBS_ADDR": "127.0.0.1:50051",
+    "DATABASE_URL": "postgresql://postgres@127.0.0.1/ourvidz",
+    "DB_PASSWORD_JOBS": "jobs-password",
+    "DB_PASSWORD_ENHANCER": "enhancer-password",
+    "STORAGE_SIGNING_KEY": "s" * 48,
+    "S3_ACCESS_KEY": "access",
+    "S3_SECRET_KEY": "secret",
+    "AUTH_SIGNING_KEY_FILE": "/keys/gateway.pem",
+    "AUTH_SIGNING_KEY": "inline pem",
+    "AUTH_JWKS_FILE": "/keys/jwks.json",
+    "AUTH_WORKER_JWKS_FILE": "/keys/worker-jwks.json",
+    "WORKER_KEY_FILE": "/keys/someone-elses.pem",
+}
+WORKER_KEYS = {"sdxl": "/keys/sdxl.pem", "wan": "/keys/wan.pem", "enhancer": "/keys/enhancer.pem"}
+
+
+@pytest.mark.parametrize("name", ["sdxl", "wan"])
+def test_model_workers_get_their_own_key_and_no_database_or_signing_secret(name):
+    env = up.service_environment(name, SHARED, WORKER_KEYS)
+    for secret in (
+        "DATABASE_URL",
+        "DB_PASSWORD_JOBS",
+        "DB_PASSWORD_ENHANCER",
+        "ENHANCER_DATABASE_URL",
+        "AUTH_SIGNING_KEY_FILE",
+        "AUTH_SIGNING_KEY",
+        "STORAGE_SIGNING_KEY",
+    ):
+        assert secret not in env, secret
+    assert env["WORKER_KEY_FILE"] == WORKER_KEYS[name]
+    # What a worker does need: the queue, Jobs, storage and the public keys.
+    for needed in ("NATS_URL", "JOBS_ADDR", "S3_ACCESS_KEY", "S3_SECRET_KEY", "AUTH_JWKS_FILE"):
+        assert env[needed] == SHARED[needed]
+
+
+def test_only_the_gateway_gets_the_signing_key():
+    gateway = up.service_environment("gateway", SHARED, WORKER_KEYS)
+    assert gateway["AUTH_SIGNING_KEY_FILE"] == "/keys/gateway.pem"
+    assert "WORKER_KEY_FILE" not in gateway
+    for name in ("jobs", "workspace", "enhancer", "sdxl", "wan", "another"):
+        env = up.service_environment(name, SHARED, WORKER_KEYS)
+        assert "AUTH_SIGNING_KEY_FILE" not in env and "AUTH_SIGNING_KEY" not in env, name
+        assert env.get("WORKER_KEY_FILE") == WORKER_KEYS.get(name), name
+        assert env["AUTH_JWKS_FILE"] == "/keys/jwks.json", name
+
+
+def test_the_enhancer_keeps_its_database_but_gets_no_storage_secrets():
+    env = up.service_environment("enhancer", SHARED, WORKER_KEYS)
+    # Its own login, made from the owner URL and its own password; no other.
+    own = env["ENHANCER_DATABASE_URL"]
+    assert "user=ourvidz_enhancer" in own and "password=enhancer-password" in own
+    assert "DATABASE_URL" not in env and "DB_PASSWORD_ENHANCER" not in env
+    assert "JOBS_DATABASE_URL" not in env
+    assert not {"S3_ACCESS_KEY", "S3_SECRET_KEY", "STORAGE_SIGNING_KEY"} & set(env)
 
 
 def test_shared_environment_defaults(tmp_path: Path):
@@ -138,8 +250,7 @@ time.sleep(300)
 GATEWAY = """
 import http.server, json, os
 open(os.environ["PIDS_FILE"], "a").write(f"{os.getpid()}\\n")
-keys = ["OURVIDZ_ENV", "LOG_JSON", "JOBS_ADDR", "DATABASE_URL", "NATS_URL", "AUTH_SECRET", "STORAGE_BACKEND", "PUBLIC_BASE_URL"]
-open(os.environ["ENV_FILE"], "w").write(json.dumps({k: os.environ.get(k) for k in keys}))
+open(os.environ["ENV_FILE"], "w").write(json.dumps(dict(os.environ)))
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200 if self.path == "/readyz" else 404); self.end_headers()
@@ -147,14 +258,24 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer((os.environ["GATEWAY_HOST"], int(os.environ["GATEWAY_PORT"])), H).serve_forever()
 """
 
+# A model worker's stand-in: records its whole environment.
+WORKER = """
+import json, os, time
+open(os.environ["PIDS_FILE"], "a").write(f"{os.getpid()}\\n")
+open(os.environ["WORKER_ENV_FILE"], "w").write(json.dumps(dict(os.environ)))
+time.sleep(300)
+"""
+
 
 def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     make_service(tmp_path, "jobs", JOBS)
     make_service(tmp_path, "gateway", GATEWAY)
+    make_service(tmp_path, "sdxl", WORKER)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         gateway_port = sock.getsockname()[1]
     pids_file, env_file = tmp_path / "pids", tmp_path / "env.json"
+    worker_env_file = tmp_path / "worker-env.json"
     env = {
         **{
             k: v
@@ -163,10 +284,14 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
         },
         "DATABASE_URL": infra.database_url,
         "NATS_URL": infra.nats_url,
-        "DB_ROLE_PASSWORD": "ourvidz-test",
+        # The test session's role passwords: roles are shared by the whole
+        # PostgreSQL server, so `up` must set the ones the other tests use.
+        **{f"DB_PASSWORD_{name.upper()}": value for name, value in ROLE_PASSWORDS.items()},
         "GATEWAY_PORT": str(gateway_port),
         "PIDS_FILE": str(pids_file),
         "ENV_FILE": str(env_file),
+        "WORKER_ENV_FILE": str(worker_env_file),
+        "OURVIDZ_BOOTSTRAP_ADMINS": "nobody-up@example.com",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "ourvidz.dev.up", "--root", str(tmp_path)],
@@ -187,8 +312,9 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
             timeout=90,
         ), "".join(lines)
         assert proc.poll() is None, "".join(lines)
+        assert wait_until(lambda: len(read_pids(pids_file)) == 3, timeout=30)
         children = read_pids(pids_file)
-        assert len(children) == 2 and all(alive(p) for p in children)
+        assert all(alive(p) for p in children)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
@@ -199,16 +325,37 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     assert proc.returncode == 0, output
     assert wait_until(lambda: not any(alive(p) for p in children), timeout=10)
 
-    assert "services, in start order: jobs, gateway" in output
+    assert "services, in start order: jobs, sdxl, gateway" in output
+    # The operator's bootstrap ran, and the way to make an admin is printed
+    # without the URL of a database that is not the embedded one.
+    assert "no account has nobody-up@example.com" in output
+    assert "DATABASE_URL=<the owner's URL> .venv/bin/ourvidz admin grant EMAIL" in output
     assert "jobs      | jobs listening" in output
     assert f"ourvidz is serving on http://127.0.0.1:{gateway_port} (ready in" in output
     seen = json.loads(env_file.read_text())
     assert seen["OURVIDZ_ENV"] == "dev" and seen["LOG_JSON"] == "false"
-    assert seen["DATABASE_URL"] == infra.database_url and seen["NATS_URL"] == infra.nats_url
+    assert seen["NATS_URL"] == infra.nats_url
     assert seen["JOBS_ADDR"].startswith("127.0.0.1:") and seen["STORAGE_BACKEND"] == "local"
-    secrets_env = (tmp_path / ".data" / "secrets.env").read_text()
-    assert f"AUTH_SECRET={seen['AUTH_SECRET']}" in secrets_env
+    assert seen["AUTH_SIGNING_KEY_FILE"] == str(tmp_path / ".data" / "keys" / "gateway.pem")
+    assert seen["AUTH_JWKS_FILE"] == str(tmp_path / ".data" / "keys" / "jwks.json")
     assert seen["PUBLIC_BASE_URL"] == f"http://127.0.0.1:{gateway_port}"
+    # The model worker: its own key, the public keys, and no database or signing secret.
+    worker = json.loads(worker_env_file.read_text())
+    assert worker["WORKER_KEY_FILE"] == str(tmp_path / ".data" / "keys" / "sdxl.pem")
+    assert worker["AUTH_JWKS_FILE"] == seen["AUTH_JWKS_FILE"]
+    assert worker["NATS_URL"] == infra.nats_url and worker["JOBS_ADDR"] == seen["JOBS_ADDR"]
+    leaked = {"AUTH_SIGNING_KEY_FILE", "STORAGE_SIGNING_KEY"}
+    assert not leaked & set(worker), leaked & set(worker)
+    assert not [k for k in worker if k.startswith(("DATABASE_", "DB_")) or "_DATABASE_URL" in k]
+    # The gateway got its own database login and no other: not the owner's
+    # URL, not another role's URL or password.
+    assert "DATABASE_URL" not in seen and "JOBS_DATABASE_URL" not in seen
+    assert not [k for k in seen if k.startswith("DB_PASSWORD_")]
+    assert infra.database_url not in seen.values()
+    settings = settings_from(GatewaySettings, seen)
+    assert settings.database_url != infra.database_url
+    with psycopg.connect(settings.service_database_url()) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("ourvidz_gateway",)
 
 
 # --- stopping: the services first, the embedded servers last ----------------------------------
@@ -230,7 +377,7 @@ def on_term(*_):
     except OSError as exc:
         seen = f"nats down: {exc}"
     try:
-        psycopg.connect(os.environ["DATABASE_URL"], connect_timeout=5).close()
+        psycopg.connect(os.environ["JOBS_DATABASE_URL"], connect_timeout=5).close()
         seen += ", postgres up"
     except psycopg.Error as exc:
         seen += f", postgres down: {exc}"
@@ -344,6 +491,12 @@ def test_a_group_sigterm_stops_the_services_before_the_servers(tmp_path: Path, u
     output = run.output
     assert output.index("stopped jobs") < output.index("stopping embedded servers")
     assert "Traceback" not in output and "watchdog" not in output, output
+    # The embedded database's owner URL is printed for the operator's command.
+    hint = re.search(
+        r"make an admin of an account: DATABASE_URL='([^']*)' (\S+) admin grant", output
+    )
+    assert hint, output
+    assert f"host={up_data / 'pg'}" in hint[1] and hint[2] == ".venv/bin/ourvidz", output
 
 
 def test_servers_and_services_are_stopped_when_up_is_killed(tmp_path: Path, up_data: Path):

@@ -4,12 +4,14 @@ JetStream and S3 server. The tests talk HTTP to the gateway, as a client would."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
 import httpx
 import pytest
 
+from ourvidz import operator
 from ourvidz.dev.stack import running_stack
 
 
@@ -78,14 +80,29 @@ class Client:
         return out
 
 
-async def signup(http: httpx.AsyncClient) -> Client:
-    email = f"user-{uuid.uuid4().hex[:10]}@example.com"
-    response = await http.post(
-        "/v1/auth/signup", json={"email": email, "password": "a long password"}
-    )
-    assert response.status_code == 201, response.text
+PASSWORD = "a long password"
+
+
+async def login(http: httpx.AsyncClient, email: str) -> Client:
+    response = await http.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
     body = response.json()
     return Client(http, body["access_token"], body["user"])
+
+
+async def signup(http: httpx.AsyncClient, email: str | None = None) -> Client:
+    """A new account, signed in: sign-up answers 202 without tokens, so log in."""
+    email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+    response = await http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 202, response.text
+    return await login(http, email)
+
+
+async def signup_admin(http: httpx.AsyncClient, owner_url: str) -> Client:
+    """A new account made an admin by the operator (`ourvidz admin grant`), signed in."""
+    user = await signup(http)
+    await asyncio.to_thread(operator.grant_admin, owner_url, user.user["email"])
+    return await login(http, user.user["email"])
 
 
 @pytest.fixture

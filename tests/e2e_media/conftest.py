@@ -4,15 +4,11 @@ NATS JetStream and S3 server. The tests talk HTTP, as a client would."""
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
 import pytest
 
 from ourvidz.dev.stack import running_stack
-from tests.e2e.conftest import Client
 
-ADMIN_EMAIL = "admin-e2e@example.com"
 DENIED = "forbidden thing"
 
 # The tests here are about what the enhancer does, so no timer that exists for
@@ -37,7 +33,6 @@ def media_env(base_env: dict, **extra) -> dict:
         "JOBS_ENHANCE_TIMEOUT_SECONDS": OUT_OF_PLAY_SECONDS,
         "ENHANCER_TIMEOUT_SECONDS": OUT_OF_PLAY_SECONDS,
         "PROMPT_DENY_LIST": DENIED,
-        "GATEWAY_ADMIN_EMAILS": ADMIN_EMAIL,
         **extra,
     }
 
@@ -52,19 +47,3 @@ async def stack(base_env):
 async def http(stack):
     async with httpx.AsyncClient(base_url=stack.url, timeout=120) as client:
         yield client
-
-
-async def signup(http: httpx.AsyncClient, email: str | None = None) -> Client:
-    email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
-    response = await http.post(
-        "/v1/auth/signup", json={"email": email, "password": "a long password"}
-    )
-    if response.status_code == 409:  # the admin signed up by an earlier test
-        response = await http.post(
-            "/v1/auth/login", json={"email": email, "password": "a long password"}
-        )
-        assert response.status_code == 200, response.text
-    else:
-        assert response.status_code == 201, response.text
-    body = response.json()
-    return Client(http, body["access_token"], body["user"])

@@ -11,8 +11,9 @@ import av
 import pytest
 from PIL import Image
 
+from tests.e2e.conftest import signup
 from tests.e2e.test_generate import download, run_job
-from tests.e2e_media.conftest import DENIED, signup
+from tests.e2e_media.conftest import DENIED
 
 W, H, FRAMES = 64, 48, 9  # small sizes keep the tiny model fast; the defaults run in `make bench`
 

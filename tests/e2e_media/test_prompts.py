@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
+from tests.e2e.conftest import signup, signup_admin
 from tests.e2e.test_generate import run_job
-from tests.e2e_media.conftest import ADMIN_EMAIL, DENIED, signup
+from tests.e2e_media.conftest import DENIED
 from tests.e2e_media.test_media import wan_body
 
 
@@ -57,8 +58,8 @@ async def test_template_routes_are_for_admins_only(http):
     assert (await http.get("/v1/admin/prompt-templates")).status_code == 401
 
 
-async def test_a_new_template_version_takes_effect(http):
-    admin = await signup(http, ADMIN_EMAIL)
+async def test_a_new_template_version_takes_effect(http, base_env):
+    admin = await signup_admin(http, base_env["DATABASE_URL"])
     listed = await admin.get("/v1/admin/prompt-templates", params={"target_model": "sdxl"})
     assert listed.status_code == 200, listed.text
     active = [t for t in listed.json()["templates"] if t["active"]]

@@ -68,7 +68,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 def postgres_proxy(database_url: str) -> tuple[CuttableProxy, Callable[[int], str]]:
     """A proxy to the PostgreSQL of `database_url` (a Unix socket or TCP), and
-    the function that turns the proxy's port into a DATABASE_URL through it."""
+    the function that turns the proxy's port (and a URL of the same server,
+    by default `database_url`: another role's, say) into a URL through it."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     params = conninfo_to_dict(database_url)
@@ -80,8 +81,9 @@ def postgres_proxy(database_url: str) -> tuple[CuttableProxy, Callable[[int], st
             return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
         return await asyncio.open_connection(host, port)
 
-    def url(proxy_port: int) -> str:
-        return make_conninfo("", **{**params, "host": "127.0.0.1", "port": str(proxy_port)})
+    def url(proxy_port: int, of: str = database_url) -> str:
+        login = conninfo_to_dict(of)
+        return make_conninfo("", **{**login, "host": "127.0.0.1", "port": str(proxy_port)})
 
     return CuttableProxy(connect), url
 

@@ -31,6 +31,10 @@ async def outage(base_env):
     env = mesh_env(
         base_env,
         DATABASE_URL=db_url(db.port),
+        # Every service's own login, through the proxy too.
+        **{
+            key: db_url(db.port, base_env[key]) for key in base_env if key.endswith("_DATABASE_URL")
+        },
         NATS_URL=mq_url(mq.port),
         DB_POOL_TIMEOUT_SECONDS="1",
         GRPC_DEADLINE_SECONDS="10",

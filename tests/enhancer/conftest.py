@@ -11,19 +11,19 @@ import psycopg
 import pytest
 
 from ourvidz import queue
-from ourvidz.auth import call_metadata, mint_token
+from ourvidz.auth import call_metadata
 from ourvidz.grpcserver import channel
 from ourvidz.v1 import enhancer_service_pb2_grpc
 from services.enhancer.main import start
 from services.enhancer.settings import EnhancerSettings
-from tests.conftest import SECRET, make_settings
+from tests.conftest import make_settings, token
 
 DENIED = "forbidden thing"
 
 
 def user_md(role: str = "user", subject: str | None = None) -> tuple[str, tuple]:
     subject = subject or str(uuid.uuid4())
-    return subject, call_metadata(mint_token(SECRET, subject, role, 600))
+    return subject, call_metadata(token(subject, role))
 
 
 def owner_query(owner_url: str, query: str, params=()) -> list[tuple]:

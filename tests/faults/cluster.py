@@ -29,11 +29,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.rows import dict_row
 
 from ourvidz import catalog
+from ourvidz.db import own_database_env, service_url_env
 from ourvidz.dev.embedded import Embedded, free_port, nats_binary, wait_for_port
+from tests.conftest import write_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "fault-suite-secret-0123456789-0123456789"
-ROLE_PASSWORD = "ourvidz-faults"
+ROLE_PASSWORDS = {
+    name: f"ourvidz-faults-{name}" for name in ("gateway", "jobs", "workspace", "enhancer")
+}
 OUTPUT_BUCKETS = (*sorted({jt.bucket for jt in catalog.CATALOG.values()}), "thumbnails")
 
 
@@ -181,18 +185,19 @@ class Cluster:
         import pgserver
 
         from ourvidz import db
-        from ourvidz.dev.embedded import start_s3
+        from ourvidz.dev.embedded import require_passwords, start_s3
         from ourvidz.migrate import migration_folders
 
         self.pg = pgserver.get_server(self.work / "pg", cleanup_mode="stop")
         self.emb._stops.append(self.pg.cleanup)
         params = psycopg.conninfo.conninfo_to_dict(self.pg.get_uri())
+        require_passwords(self.work / "pg", self.pg.get_uri(), params.get("user") or "postgres")
         params["dbname"] = "ourvidz"
         self.database_url = psycopg.conninfo.make_conninfo("", **params)
         self.start_nats()
         self.emb._stops.append(self.stop_nats)
         start_s3(self.emb)
-        db.prepare(self.database_url, ROLE_PASSWORD, migration_folders())
+        db.prepare(self.database_url, ROLE_PASSWORDS, migration_folders())
 
     def stop_postgres(self) -> None:
         """An immediate stop (no checkpoint; crash recovery at the next start)."""
@@ -236,15 +241,14 @@ class Cluster:
             **{k: v for k, v in os.environ.items() if not k.startswith(("JOBS_", "SDXL_"))},
             "OURVIDZ_ENV": "test",
             "LOG_JSON": "false",
-            "DATABASE_URL": self.database_url,
-            "DB_ROLE_PASSWORD": ROLE_PASSWORD,
+            **service_url_env(self.database_url, ROLE_PASSWORDS),
             "NATS_URL": f"nats://127.0.0.1:{self.nats_port}",
             "STORAGE_BACKEND": "s3",
             "S3_ENDPOINT": self.emb.s3_endpoint,
             "S3_ACCESS_KEY": "testing",
             "S3_SECRET_KEY": "testing",
             "STORAGE_SIGNING_KEY": SECRET,
-            "AUTH_SECRET": SECRET,
+            **write_keys(self.work / "keys"),
             "PUBLIC_BASE_URL": self.gateway_url,
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_PORT": str(gateway_port),
@@ -268,22 +272,28 @@ class Cluster:
             "SDXL_SHUTDOWN_GRACE_SECONDS": "10",
         }
         env = self.env
+        # Each process gets its own database login only; the workers none.
         self.procs["jobs"] = Proc(
-            "jobs", "services.jobs", env, self.logs, grpc_serving(ports["jobs"])
-        )
+            "jobs", "services.jobs", own_database_env("jobs", env), self.logs,
+            grpc_serving(ports["jobs"]),
+        )  # fmt: skip
         self.procs["workspace"] = Proc(
-            "workspace", "services.workspace", env, self.logs, grpc_serving(ports["workspace"])
-        )
+            "workspace", "services.workspace", own_database_env("workspace", env), self.logs,
+            grpc_serving(ports["workspace"]),
+        )  # fmt: skip
         for n in range(workers):
             port = free_port(used)
             used.add(port)
-            worker_env = {**env, "SDXL_PORT": str(port), "SDXL_WORKER_ID": f"sdxl-{n}"}
+            worker_env = {
+                **own_database_env("sdxl", env), "SDXL_PORT": str(port), "SDXL_WORKER_ID": f"sdxl-{n}"
+            }  # fmt: skip
             self.procs[f"sdxl-{n}"] = Proc(
                 f"sdxl-{n}", "services.sdxl", worker_env, self.logs, grpc_serving(port)
             )
         self.procs["gateway"] = Proc(
-            "gateway", "services.gateway", env, self.logs, http_ready(f"{self.gateway_url}/readyz")
-        )
+            "gateway", "services.gateway", own_database_env("gateway", env), self.logs,
+            http_ready(f"{self.gateway_url}/readyz"),
+        )  # fmt: skip
 
     async def start_all(self) -> None:
         for name in ("workspace", "jobs"):
@@ -316,11 +326,11 @@ class Cluster:
 
     async def signup(self, http: httpx.AsyncClient) -> User:
         email = f"fault-{uuid.uuid4().hex[:10]}@example.com"
-        response = await http.post(
-            f"{self.gateway_url}/v1/auth/signup",
-            json={"email": email, "password": "a long fault password"},
-        )
-        assert response.status_code == 201, response.text
+        account = {"email": email, "password": "a long fault password"}
+        response = await http.post(f"{self.gateway_url}/v1/auth/signup", json=account)
+        assert response.status_code == 202, response.text
+        response = await http.post(f"{self.gateway_url}/v1/auth/login", json=account)
+        assert response.status_code == 200, response.text
         body = response.json()
         return User(body["access_token"], body["user"]["id"])
 

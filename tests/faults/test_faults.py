@@ -20,7 +20,8 @@ import pytest
 
 from ourvidz.auth import TokenSource
 from ourvidz.v1 import worker_service_pb2, worker_service_pb2_grpc
-from tests.faults.cluster import ROOT, SECRET, Accepted, Cluster, Tally
+from tests.conftest import GATEWAY_SIGNER
+from tests.faults.cluster import ROOT, Accepted, Cluster, Tally
 from tests.faults.proxy import serve as serve_lossy
 
 pytestmark = pytest.mark.faults
@@ -103,7 +104,7 @@ async def test_workers_killed_mid_render_and_at_the_upload(cluster, http, users)
     killed at the end are cancelled, leaving blobs that no asset will own."""
     tally = Tally()
     jobs = await cluster.submit_many(http, users, 60, tally)
-    tokens = TokenSource(SECRET, "fault-ops", role="admin")
+    tokens = TokenSource(GATEWAY_SIGNER, "fault-ops", role="admin")
     kills = {"render": 0, "end": 0}
     killed_jobs: dict[str, int] = {}  # at most 3 kills per job: the kills are spread
     restarts: set[asyncio.Task] = set()

@@ -7,16 +7,15 @@ import uuid
 
 import pytest
 
-from ourvidz.auth import mint_token
 from services.gateway.settings import GatewaySettings
-from tests.conftest import SECRET
+from tests.conftest import VERIFIER, token
 from tests.gateway.gateway_fakes import start_enhancer_fake, start_fakes
 from tests.gateway.gateway_helpers import gateway_settings, serve_app
 
 
 @pytest.fixture(scope="session")
 async def fakes():
-    served, jobs, workspace = await start_fakes(SECRET)
+    served, jobs, workspace = await start_fakes(VERIFIER)
     try:
         yield served, jobs, workspace
     finally:
@@ -26,7 +25,7 @@ async def fakes():
 @pytest.fixture(scope="session")
 async def enhancer():
     """(served, FakeEnhancer): the EnhancerService double."""
-    served, fake = await start_enhancer_fake(SECRET)
+    served, fake = await start_enhancer_fake(VERIFIER)
     try:
         yield served, fake
     finally:
@@ -49,11 +48,11 @@ async def client(settings):
 def user_token() -> tuple[str, str]:
     """(user id, access token) of a fresh user; the doubles only check the token."""
     user_id = str(uuid.uuid4())
-    return user_id, mint_token(SECRET, user_id, "user", 300, email=f"{user_id[:8]}@example.com")
+    return user_id, token(user_id, "user", 300, email=f"{user_id[:8]}@example.com")
 
 
 @pytest.fixture
 def admin_token() -> tuple[str, str]:
     """(admin id, access token) of a fresh admin."""
     admin_id = str(uuid.uuid4())
-    return admin_id, mint_token(SECRET, admin_id, "admin", 300, email="boss@example.com")
+    return admin_id, token(admin_id, "admin", 300, email="boss@example.com")

@@ -10,7 +10,7 @@ import uuid
 
 from google.protobuf import timestamp_pb2
 
-from ourvidz.auth import current_principal
+from ourvidz.auth import TokenVerifier, current_principal
 from ourvidz.errors import (
     AlreadyExists,
     FieldViolation,
@@ -336,7 +336,7 @@ class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         )
 
 
-async def start_fakes(secret: str):
+async def start_fakes(verifier: TokenVerifier):
     """Both doubles on one server (port 0), health SERVING. Returns (served, jobs, workspace)."""
     jobs, workspace = FakeJobs(), FakeWorkspace()
 
@@ -345,7 +345,10 @@ async def start_fakes(secret: str):
         workspace_service_pb2_grpc.add_WorkspaceServiceServicer_to_server(workspace, server)
 
     served = build_server(
-        secret=secret, register=register, service_names=[JOB_SERVICE, WORKSPACE_SERVICE], port=0
+        verifier=verifier,
+        register=register,
+        service_names=[JOB_SERVICE, WORKSPACE_SERVICE],
+        port=0,
     )
     await served.start()
     await set_serving(served, [JOB_SERVICE, WORKSPACE_SERVICE])
@@ -568,11 +571,11 @@ class FakeEnhancer(enhancer_service_pb2_grpc.EnhancerServiceServicer):
         return enh_pb2.RateEnhancementResponse(job_id=request.job_id, rating=request.rating)
 
 
-async def start_enhancer_fake(secret: str):
+async def start_enhancer_fake(verifier: TokenVerifier):
     """The EnhancerService double on its own server (port 0). Returns (served, fake)."""
     fake = FakeEnhancer()
     served = build_server(
-        secret=secret,
+        verifier=verifier,
         register=lambda s: enhancer_service_pb2_grpc.add_EnhancerServiceServicer_to_server(fake, s),
         service_names=[ENHANCER_SERVICE],
         port=0,

@@ -22,7 +22,6 @@ def gateway_settings(
         "JOBS_ADDR": f"127.0.0.1:{fakes_port}",
         "WORKSPACE_ADDR": f"127.0.0.1:{fakes_port}",
         "ENHANCER_ADDR": f"127.0.0.1:{enhancer_port}",
-        "GATEWAY_ADMIN_EMAILS": "boss@example.com",
         "PUBLIC_BASE_URL": "http://testserver",
         **{k.upper(): str(v) for k, v in overrides.items()},
     }

@@ -8,9 +8,7 @@ import asyncio
 import httpx
 
 from services.gateway.main import start
-from services.gateway.settings import GatewaySettings
 from services.gateway.sse import KEEPALIVE, with_keepalive
-from tests.conftest import make_settings
 from tests.gateway.gateway_helpers import assert_problem, auth, gateway_settings, serve_app
 
 
@@ -39,7 +37,9 @@ async def test_readyz_names_the_part_that_is_down(base_env, fakes):
 async def test_readyz_with_the_database_down_while_healthz_answers(base_env, fakes):
     served, _, _ = fakes
     settings = gateway_settings(
-        base_env, served.port, database_url="postgresql://postgres@127.0.0.1:1/ourvidz"
+        base_env,
+        served.port,
+        gateway_database_url="postgresql://ourvidz_gateway@127.0.0.1:1/ourvidz",
     )
     async with serve_app(settings) as client:
         health = await client.get("/healthz")
@@ -130,10 +130,3 @@ async def test_openapi_documents_the_prompt_routes(client):
     assert "503" in paths["/v1/prompts/enhance"]["post"]["responses"]
     job = spec["components"]["schemas"]["JobOut"]["properties"]
     assert "enhancement_fallback_reason" in job
-
-
-def test_admin_emails_from_a_list_or_json(base_env):
-    comma = make_settings(GatewaySettings, base_env, gateway_admin_emails=" A@x.io, b@y.io ,")
-    as_json = make_settings(GatewaySettings, base_env, gateway_admin_emails='["C@z.io"]')
-    assert comma.gateway_admin_emails == ["a@x.io", "b@y.io"]
-    assert as_json.gateway_admin_emails == ["c@z.io"]

@@ -68,6 +68,7 @@ async def test_unexpected_error_is_a_generic_500(client):
     r = await client.get("/test-boom")
     body = assert_problem(r, 500)
     assert "secret" not in r.text and body["detail"] == "internal error"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
 @pytest.mark.parametrize(

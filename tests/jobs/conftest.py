@@ -1,6 +1,6 @@
 """A jobs service in process (port 0) against the session's real servers, a
-small stand-in WorkspaceService that owns a few uploads, and helpers to call
-the service as a user or as a worker."""
+small stand-in WorkspaceService that owns a few uploads and sessions, and
+helpers to call the service as a user or as a worker."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ourvidz import queue
-from ourvidz.auth import current_principal, mint_token
+from ourvidz.auth import current_principal
 from ourvidz.errors import NotFound
 from ourvidz.grpcserver import build_server, channel
 from ourvidz.v1 import (
@@ -23,16 +23,18 @@ from ourvidz.v1 import (
 )
 from services.jobs.main import start
 from services.jobs.settings import JobsSettings
-from tests.conftest import SECRET, make_settings
+from tests.conftest import VERIFIER, make_settings, token
 from tests.jobs.helpers import MAX_ACTIVE, owner_query
 
 
 class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
-    """Only GetUpload: an upload is visible to its owner alone, as in the real
+    """Only GetUpload and GetSession: an upload or a session is visible to its
+    owner alone, and an id that is not one is not found, as in the real
     service (which the jobs service must call with the user's own token)."""
 
     def __init__(self) -> None:
         self.uploads: dict[str, tuple[str, workspace_service_pb2.Upload]] = {}
+        self.sessions: dict[str, str] = {}  # session id -> owner
         self.calls: list[str] = []
 
     def add(self, owner: str) -> str:
@@ -44,6 +46,24 @@ class FakeWorkspace(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             ),
         )
         return upload_id
+
+    def add_session(self, owner: str) -> str:
+        session_id = str(uuid.uuid4())
+        self.sessions[session_id] = owner
+        return session_id
+
+    async def GetSession(self, request, context):
+        caller = current_principal()
+        self.calls.append(caller.subject)
+        try:
+            session_id = str(uuid.UUID(request.session_id))
+        except ValueError:
+            raise NotFound("session not found") from None
+        if self.sessions.get(session_id) != caller.user_id:
+            raise NotFound("session not found")
+        return workspace_service_pb2.GetSessionResponse(
+            session=workspace_service_pb2.Session(id=session_id, active=True)
+        )
 
     async def GetUpload(self, request, context):
         caller = current_principal()
@@ -71,8 +91,7 @@ class Harness:
         """A fresh user id and its call metadata."""
         user_id = str(uuid.uuid4())
         self.users.append(user_id)
-        token = mint_token(SECRET, user_id, "user", 600)
-        return user_id, (("authorization", f"Bearer {token}"),)
+        return user_id, (("authorization", f"Bearer {token(user_id)}"),)
 
     async def create(self, md, request_id: str = "", **spec) -> job_pb2.Job:
         spec.setdefault("job_type", "sdxl_image_fast")
@@ -109,7 +128,7 @@ async def harness(base_env, tmp_path_factory):
     deny_file.write_text(f"# terms, one per line\n{DENIED_FILE_TERM}\n", encoding="utf-8")
     workspace = FakeWorkspace()
     ws = build_server(
-        secret=SECRET,
+        verifier=VERIFIER,
         register=lambda s: workspace_service_pb2_grpc.add_WorkspaceServiceServicer_to_server(
             workspace, s
         ),
@@ -135,7 +154,7 @@ async def harness(base_env, tmp_path_factory):
     running = await start(settings, port=0)
     nc, js = await queue.connect(settings.nats_url, name="jobs-tests")
     ch = channel(f"127.0.0.1:{running.port}")
-    worker_token = mint_token(SECRET, "test-worker", "worker", 600)
+    worker_token = token("test-worker", "worker")
     h = Harness(
         settings=settings,
         port=running.port,

@@ -9,9 +9,8 @@ import grpc
 import pytest
 
 from ourvidz import catalog, queue
-from ourvidz.auth import mint_token
 from ourvidz.v1 import job_pb2
-from tests.conftest import rpc_error
+from tests.conftest import foreign_token, rpc_error
 from tests.jobs.helpers import MAX_ACTIVE, owner_query
 
 BAD_INPUTS = [
@@ -21,6 +20,8 @@ BAD_INPUTS = [
     ({"reference_strength": 0.05}, "reference_strength"),
     ({"prompt": "   "}, "prompt"),
     ({"prompt": "x" * 2001}, "prompt"),
+    ({"prompt": "a cat\x00 at night"}, "prompt"),  # PostgreSQL cannot store a NUL
+    ({"negative_prompt": "blurry\x1b[0m"}, "negative_prompt"),
     ({"negative_prompt": "x" * 2001}, "negative_prompt"),
     ({"seed": 2**32}, "seed"),
     ({"seed": -1}, "seed"),
@@ -203,6 +204,15 @@ async def test_request_id_makes_create_idempotent(harness, base_env):
     assert theirs.job.id != first.job.id
 
 
+@pytest.mark.parametrize("request_id", ["req\x00-1", "r" * 201])
+async def test_bad_request_id_is_refused(harness, base_env, request_id):
+    user_id, md = harness.user()
+    err = await rpc_error(harness.stub.CreateJob(_request("a castle", request_id), metadata=md))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in err.violations] == ["request_id"]
+    assert stored_rows(base_env["DATABASE_URL"], user_id) == 0
+
+
 async def test_active_job_limit(harness):
     _, md = harness.user()
     jobs = [await harness.create(md) for _ in range(MAX_ACTIVE)]
@@ -231,7 +241,7 @@ async def test_workers_cannot_create_jobs(harness):
 async def test_calls_without_a_valid_token_are_refused(harness):
     err = await rpc_error(harness.create((("authorization", "Bearer nonsense"),)))
     assert err.code == grpc.StatusCode.UNAUTHENTICATED
-    forged = mint_token("another-secret-that-is-long-enough-000000", str(uuid.uuid4()), "user", 60)
+    forged = foreign_token(str(uuid.uuid4()))
     err = await rpc_error(harness.create((("authorization", f"Bearer {forged}"),)))
     assert err.code == grpc.StatusCode.UNAUTHENTICATED
 

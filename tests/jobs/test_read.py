@@ -6,7 +6,6 @@ from __future__ import annotations
 import grpc
 import psycopg
 
-from ourvidz import db
 from ourvidz.v1 import job_pb2
 from ourvidz.v1 import job_service_pb2 as pb
 from tests.conftest import rpc_error
@@ -60,7 +59,7 @@ async def test_row_level_security_hides_other_users_rows(harness, base_env):
     user1, md1 = harness.user()
     job = await harness.create(md1)
     user2, _ = harness.user()
-    url = db.role_url(base_env["DATABASE_URL"], "ourvidz_jobs", base_env["DB_ROLE_PASSWORD"])
+    url = base_env["JOBS_DATABASE_URL"]
 
     def visible(user_id: str) -> tuple[int, int]:
         with psycopg.connect(url) as conn:
@@ -79,7 +78,7 @@ async def test_row_level_security_hides_other_users_rows(harness, base_env):
 
 
 def test_the_outbox_is_written_by_anyone_but_read_by_trusted_roles_only(base_env):
-    url = db.role_url(base_env["DATABASE_URL"], "ourvidz_jobs", base_env["DB_ROLE_PASSWORD"])
+    url = base_env["JOBS_DATABASE_URL"]
     for role, sees in (("user", 0), ("system", 1)):
         with psycopg.connect(url) as conn:
             conn.execute("SELECT set_config('app.role', %s, true)", (role,))

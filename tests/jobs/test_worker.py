@@ -28,14 +28,23 @@ def asset(job: job_pb2.Job, index: int = 0) -> job_pb2.Asset:
 
 
 class Worker:
+    """A worker's calls; each carries the start token of the job's last start."""
+
     def __init__(self, harness) -> None:
         self.stub = harness.stub
         self.md = harness.worker_md
+        self.tokens: dict[str, str] = {}
 
     async def start(self, job_id: str, delivery: int = 1) -> pb.StartJobResponse:
-        return await self.stub.StartJob(
+        response = await self.stub.StartJob(
             pb.StartJobRequest(job_id=job_id, worker_id="w1", delivery=delivery), metadata=self.md
         )
+        if response.start_token:
+            self.tokens[job_id] = response.start_token
+        return response
+
+    def token(self, job_id: str) -> str:
+        return self.tokens.get(job_id, "")
 
     async def progress(self, job_id: str, step: int, total: int = 15, png: bytes = b"") -> bool:
         response = await self.stub.ReportProgress(
@@ -43,6 +52,7 @@ class Worker:
                 job_id=job_id,
                 progress=job_pb2.Progress(step=step, total=total, stage="denoising"),
                 preview_png=png,
+                start_token=self.token(job_id),
             ),
             metadata=self.md,
         )
@@ -50,7 +60,11 @@ class Worker:
 
     async def complete(self, job: job_pb2.Job, n: int = 1) -> job_pb2.Job:
         response = await self.stub.CompleteJob(
-            pb.CompleteJobRequest(job_id=job.id, assets=[asset(job, i) for i in range(n)]),
+            pb.CompleteJobRequest(
+                job_id=job.id,
+                assets=[asset(job, i) for i in range(n)],
+                start_token=self.token(job.id),
+            ),
             metadata=self.md,
         )
         return response.job
@@ -61,6 +75,7 @@ class Worker:
                 job_id=job_id,
                 error=job_pb2.JobError(code="OUT_OF_MEMORY", message="CUDA out of memory"),
                 will_retry=will_retry,
+                start_token=self.token(job_id),
             ),
             metadata=self.md,
         )
@@ -218,7 +233,8 @@ async def test_illegal_worker_calls(harness, worker):
     await worker.start(queued.id)
     err = await rpc_error(
         harness.stub.CompleteJob(
-            pb.CompleteJobRequest(job_id=queued.id), metadata=harness.worker_md
+            pb.CompleteJobRequest(job_id=queued.id, start_token=worker.token(queued.id)),
+            metadata=harness.worker_md,
         )
     )
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from ourvidz import keys
 from ourvidz.dev.stack import running_stack
 from services.sdxl import presets
 from services.sdxl.settings import SdxlSettings
-from tests.conftest import SECRET, make_settings
+from tests.conftest import GATEWAY_KEY, SECRET, WORKER_KEY, make_settings
 
 
 async def _events(http: httpx.AsyncClient, path: str, headers: dict) -> list[tuple[str, dict]]:
@@ -38,11 +39,10 @@ async def test_a_job_completes_through_the_real_loop_with_real_pngs(base_env):
         httpx.AsyncClient(base_url=stack.url, timeout=60) as http,
     ):
         assert stack.sdxl.bundle.preset == presets.CONTROL_PLANE
-        signup = await http.post(
-            "/v1/auth/signup",
-            json={"email": "control-plane@example.com", "password": "a long password"},
-        )
-        headers = {"Authorization": f"Bearer {signup.json()['access_token']}"}
+        account = {"email": "control-plane@example.com", "password": "a long password"}
+        assert (await http.post("/v1/auth/signup", json=account)).status_code == 202
+        login = await http.post("/v1/auth/login", json=account)
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
         body = {"job_type": "sdxl_image_fast", "prompt": "a lighthouse", "num_images": 3}
         body |= {"seed": 7, "width": 64, "height": 128}
         job = (await http.post("/v1/jobs", headers=headers, json=body)).json()
@@ -82,7 +82,12 @@ async def test_a_job_completes_through_the_real_loop_with_real_pngs(base_env):
 
 
 def test_prod_refuses_the_preset_and_dev_takes_it():
-    prod = {"OURVIDZ_ENV": "prod", "AUTH_SECRET": SECRET, "STORAGE_SIGNING_KEY": SECRET}
+    prod = {
+        "OURVIDZ_ENV": "prod",
+        "STORAGE_SIGNING_KEY": SECRET,
+        "AUTH_JWKS": json.dumps({"keys": [keys.public_jwk(GATEWAY_KEY)]}),
+        "WORKER_KEY": keys.private_pem(WORKER_KEY).decode(),
+    }
     for name in ("control-plane", " Control-Plane "):
         with pytest.raises(ValidationError, match="bench/test preset"):
             make_settings(SdxlSettings, prod, sdxl_model=name)

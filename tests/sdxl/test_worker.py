@@ -26,7 +26,7 @@ from ourvidz.v1 import (
 )
 from services.sdxl.main import start
 from services.sdxl.settings import SdxlSettings
-from tests.conftest import make_settings
+from tests.conftest import GATEWAY_SIGNER, VERIFIER, make_settings
 
 
 class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
@@ -41,6 +41,9 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
         self.start_errors: list[grpc.StatusCode] = []
         # Codes CompleteJob answers with before it commits.
         self.complete_errors: list[grpc.StatusCode] = []
+        # Completions refused because another start holds the job, which that
+        # start completes.
+        self.superseded_completions = 0
         # Completions to commit and then answer with UNAVAILABLE (the reply lost).
         self.lose_completion_answers = 0
         self.completed: set[str] = set()
@@ -105,6 +108,10 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 raise FailedPrecondition("the job was cancelled", reason="JOB_CANCELLED")
             await context.abort(code, "injected")
+        if self.superseded_completions:
+            self.superseded_completions -= 1
+            self.completed.add(request.job_id)  # by the start that holds it
+            raise FailedPrecondition("another start holds the job", reason="NOT_JOB_HOLDER")
         self.completed.add(request.job_id)  # committed
         if self.lose_completion_answers:
             self.lose_completion_answers -= 1
@@ -123,7 +130,7 @@ class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
 async def jobs_double(base_env):
     double = RecordingJobs()
     served = grpcserver.build_server(
-        secret=base_env["AUTH_SECRET"],
+        verifier=VERIFIER,
         register=lambda s: job_service_pb2_grpc.add_JobServiceServicer_to_server(double, s),
         service_names=["ourvidz.v1.JobService"],
         port=0,
@@ -209,6 +216,12 @@ async def test_task_runs_uploads_completes_and_acks(sdxl, double, make_task):
     ]
     names = [n for n, _ in double.calls]
     assert names.index("CompleteJob") > max(i for i, n in enumerate(names) if n == "ReportProgress")
+
+    # Every call about the job carries the token its start was given.
+    token = f"{started.task_sequence}:{started.delivery}"
+    assert complete.start_token == token
+    assert {r.start_token for r in reports} == {token}
+    assert {h.start_token for h in double.of("Heartbeat")} <= {token}
 
     assert [a.index for a in complete.assets] == [0, 1, 2]
     assert [a.seed for a in complete.assets] == [41, 42, 43]
@@ -364,6 +377,21 @@ async def test_cancelled_meanwhile_at_completion_removes_outputs(sdxl, double, m
     assert not await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
 
 
+async def test_a_start_superseded_at_completion_keeps_the_outputs(sdxl, double, make_task):
+    """Another delivery started the job meanwhile and completed it: the
+    outputs are that start's too (same keys), so they stay; the task is
+    handed back, and its next delivery is acked without running."""
+    running, store = sdxl
+    double.superseded_completions = 1
+    user, job = _ids()
+    await _publish(running, make_task(job_id=job, user_id=user))
+    await double.wait_for("StartJob", 2)
+    await _drained(running)
+    assert [s.delivery for s in double.of("StartJob")] == [1, 2]
+    assert len(double.of("CompleteJob")) == 1 and not double.of("FailJob")
+    assert await store.exists("sdxl-image-fast", f"{user}/{job}_0.png")
+
+
 async def test_undecodable_reference_fails_for_good(sdxl, double, make_task):
     running, store = sdxl
     user, job = _ids()
@@ -449,7 +477,7 @@ async def test_worker_info_and_health(sdxl, base_env):
             health_pb2.HealthCheckRequest(service="")
         )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        tokens = TokenSource(base_env["AUTH_SECRET"], "ops", role="admin")
+        tokens = TokenSource(GATEWAY_SIGNER, "ops", role="admin")
         info = await worker_service_pb2_grpc.WorkerServiceStub(ch).GetWorkerInfo(
             worker_service_pb2.GetWorkerInfoRequest(), metadata=tokens.metadata(), timeout=5
         )

@@ -9,12 +9,12 @@ import threading
 import grpc
 import pytest
 
-from ourvidz import queue
+from ourvidz import keys, queue
 from ourvidz.genworker import InvalidReference, ProgressReporter, classify
 from ourvidz.genworker.loop import LoopConfig, Worker
-from ourvidz.settings import CommonSettings
+from ourvidz.settings import WorkerKeySettings
 from ourvidz.v1 import queue_pb2
-from tests.conftest import SECRET
+from tests.conftest import WORKER_KEY, WORKER_SIGNER
 
 
 async def _report(steps, stages_before=(), stages_after=(), *, interval=1000.0, cancel_on=None):
@@ -87,7 +87,7 @@ def test_failures_are_sorted_into_retry_or_give_up(exc, retry, code):
 
 
 def test_loop_config_reads_the_family_prefixed_settings():
-    class FamSettings(CommonSettings):
+    class FamSettings(WorkerKeySettings):
         fam_worker_id: str = "w-1"
         fam_ack_wait_seconds: float = 7.0
         fam_retry_backoff_seconds: tuple[float, ...] = (1.0,)
@@ -97,10 +97,13 @@ def test_loop_config_reads_the_family_prefixed_settings():
         fam_fetch_timeout_seconds: float = 0.5
         fam_shutdown_grace_seconds: float = 9.0
 
-    config = LoopConfig.from_settings("fam", FamSettings())
+    config = LoopConfig.from_settings(
+        "fam", FamSettings(worker_key=keys.private_pem(WORKER_KEY).decode())
+    )
     assert (config.family, config.worker_id, config.ack_wait_seconds) == ("fam", "w-1", 7.0)
     assert (config.dependency_wait_seconds, config.dependency_nak_seconds) == (42.0, 3.0)
     assert config.retry_backoff_seconds == (1.0,) and config.shutdown_grace_seconds == 9.0
+    assert config.signer.kid == WORKER_SIGNER.kid
 
 
 async def test_a_failure_while_handling_a_task_neither_ends_the_loop_nor_loses_the_task(infra):
@@ -110,7 +113,7 @@ async def test_a_failure_while_handling_a_task_neither_ends_the_loop_nor_loses_t
     config = LoopConfig(
         family="looptest",
         worker_id="w-loop",
-        auth_secret=SECRET,
+        signer=WORKER_SIGNER,
         ack_wait_seconds=30.0,
         retry_backoff_seconds=(0.0,),
         fetch_timeout_seconds=0.2,
@@ -145,7 +148,7 @@ async def test_tasks_on_an_earlier_versions_subject_are_cleared_at_declare(infra
     # An earlier version published on `tasks.<family>.<priority>` itself, which
     # no consumer matches now; Jobs' reconciler publishes those jobs again.
     nc, js = await queue.connect(infra.nats_url, name="genworker-legacy-test")
-    config = LoopConfig(family="legacytest", worker_id="w-legacy", auth_secret=SECRET)
+    config = LoopConfig(family="legacytest", worker_id="w-legacy", signer=WORKER_SIGNER)
     worker = Worker(config, family=None, nc=nc, js=js, store=None, jobs=None)
     try:
         await queue.declare_streams(js)

@@ -16,15 +16,13 @@ import psycopg_pool
 import pytest
 import urllib3.exceptions
 
-from ourvidz.auth import call_metadata, current_principal, mint_token
+from ourvidz.auth import call_metadata, current_principal
 from ourvidz.errors import DATABASE, PEER, QUEUE, STORAGE, NotFound, dependency_failure
 from ourvidz.grpcserver import build_server, channel
 from ourvidz.v1 import events_pb2
 from ourvidz.v1 import job_service_pb2 as pb
 from ourvidz.v1 import job_service_pb2_grpc as pb_grpc
-from tests.conftest import rpc_error
-
-SECRET = "s" * 40
+from tests.conftest import VERIFIER, rpc_error, token
 
 
 class StreamingJobs(pb_grpc.JobServiceServicer):
@@ -61,7 +59,7 @@ class StreamingJobs(pb_grpc.JobServiceServicer):
 async def served():
     servicer = StreamingJobs()
     server = build_server(
-        secret=SECRET,
+        verifier=VERIFIER,
         register=lambda s: pb_grpc.add_JobServiceServicer_to_server(servicer, s),
         service_names=["ourvidz.v1.JobService"],
         port=0,
@@ -76,7 +74,7 @@ async def served():
 
 
 def user_md(subject: str = "user-1"):
-    return call_metadata(mint_token(SECRET, subject, "user", 60))
+    return call_metadata(token(subject, "user", 60))
 
 
 async def test_a_stream_left_early_closes_in_its_own_context(served, caplog):
@@ -144,12 +142,12 @@ async def test_a_second_server_on_a_taken_port_fails_to_start():
     # gRPC's default SO_REUSEPORT would let both bind and split the calls.
     from ourvidz.grpcserver import build_server
 
-    first = build_server(secret="s" * 40, register=lambda s: None, service_names=[], port=0)
+    first = build_server(verifier=VERIFIER, register=lambda s: None, service_names=[], port=0)
     await first.start()
     try:
         with pytest.raises(RuntimeError, match="Failed to bind"):
             second = build_server(
-                secret="s" * 40, register=lambda s: None, service_names=[], port=first.port
+                verifier=VERIFIER, register=lambda s: None, service_names=[], port=first.port
             )
             await second.start()
     finally:

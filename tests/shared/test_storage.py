@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from ourvidz.errors import NotFound
-from ourvidz.storage import LocalStore, S3Store, check_location
+from ourvidz.storage import LocalStore, S3Store, check_location, download_headers
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -41,6 +41,46 @@ async def test_s3_signed_url_downloads_the_object(infra):
         response = await client.get(url)
     assert response.status_code == 200
     assert response.content == b"payload"
+
+
+@pytest.mark.parametrize(
+    ("key", "content_type", "disposition"),
+    [
+        ("u3/j3_0.png", "image/png", "inline; filename=\"j3_0.png\"; filename*=UTF-8''j3_0.png"),
+        ("u3/j3.mp4", "video/mp4", "inline; filename=\"j3.mp4\"; filename*=UTF-8''j3.mp4"),
+        (
+            "u3/page.html",
+            "application/octet-stream",
+            "attachment; filename=\"page.html\"; filename*=UTF-8''page.html",
+        ),
+    ],
+)
+async def test_s3_signed_url_serves_our_type_and_disposition(infra, key, content_type, disposition):
+    """The presigned URL carries S3's response overrides, so the server answers
+    with our headers whatever type the object was stored with."""
+    s = S3Store(infra.s3_endpoint, "testing", "testing", ttl_seconds=60)
+    await s.ensure_buckets(["thumbnails"])
+    page = b"<!doctype html><script>alert(document.cookie)</script>"
+    await s.put("thumbnails", key, page, "text/html")
+    url, _ = s.signed_url("thumbnails", key)
+    assert "response-content-disposition=" in url and "response-content-type=" in url
+    async with httpx.AsyncClient() as client:
+        response = await client.get(url)
+    assert response.status_code == 200 and response.content == page
+    assert response.headers["content-type"] == content_type
+    assert response.headers["content-disposition"] == disposition
+
+
+def test_download_headers_name_a_safe_ascii_file():
+    headers = download_headers("u/r\u00e9f\u00e9rence image.webp")
+    assert headers["Content-Type"] == "image/webp"
+    assert headers["Content-Disposition"] == (
+        'inline; filename="r_f_rence_image.webp"; '
+        "filename*=UTF-8''r%C3%A9f%C3%A9rence%20image.webp"
+    )
+    assert download_headers("u/x.svg")["Content-Disposition"].startswith("attachment; ")
+    assert download_headers("u/x.svg")["Content-Type"] == "application/octet-stream"
+    assert download_headers("u/.png")["Content-Disposition"].startswith('inline; filename="png"')
 
 
 def test_local_signature_checks(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ourvidz import catalog, grpcserver, queue
-from ourvidz.auth import TokenSource, mint_token
+from ourvidz.auth import TokenSource
 from ourvidz.storage import store_from_settings
 from ourvidz.v1 import (
     events_pb2,
@@ -28,7 +28,7 @@ from services.jobs.main import start as start_jobs
 from services.jobs.settings import JobsSettings
 from services.wan.main import start
 from services.wan.settings import WanSettings
-from tests.conftest import SECRET, make_settings
+from tests.conftest import GATEWAY_SIGNER, make_settings, token
 from tests.wan.test_generate import decode_mp4, decode_png
 
 ACK_WAIT = 1.0
@@ -63,8 +63,7 @@ class Mesh:
 
     def user(self) -> tuple[str, tuple]:
         user_id = str(uuid.uuid4())
-        token = mint_token(SECRET, user_id, "user", 600)
-        return user_id, (("authorization", f"Bearer {token}"),)
+        return user_id, (("authorization", f"Bearer {token(user_id)}"),)
 
     async def create(self, md, **spec) -> job_pb2.Job:
         spec.setdefault("prompt", "a red fox running through snow, tracking shot")
@@ -330,7 +329,7 @@ async def test_worker_info_and_health(mesh):
             health_pb2.HealthCheckRequest(service="ourvidz.v1.WorkerService")
         )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        tokens = TokenSource(SECRET, "ops", role="admin")
+        tokens = TokenSource(GATEWAY_SIGNER, "ops", role="admin")
         info = await worker_service_pb2_grpc.WorkerServiceStub(ch).GetWorkerInfo(
             worker_service_pb2.GetWorkerInfoRequest(), metadata=tokens.metadata(), timeout=5
         )

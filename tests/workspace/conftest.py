@@ -37,4 +37,4 @@ async def js(infra):
 
 @pytest.fixture
 def new_user(base_env) -> Callable[[], User]:
-    return lambda: User(base_env["AUTH_SECRET"])
+    return User

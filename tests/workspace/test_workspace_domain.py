@@ -19,11 +19,19 @@ def test_default_title_is_the_start_of_the_prompt():
     assert long.startswith(title[:-1])
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "x" * 201])
+@pytest.mark.parametrize("bad", ["", "   ", "x" * 201, "a\x00b", "bell\x07"])
 def test_bad_titles(bad):
     with pytest.raises(InvalidArgument) as info:
         domain.check_title(bad)
     assert [v.field for v in info.value.violations] == ["title"]
+
+
+@pytest.mark.parametrize("bad", ["x" * 201, "a\x00b", "esc\x1b[0m"])
+def test_bad_session_names(bad):
+    with pytest.raises(InvalidArgument) as info:
+        domain.session_name(bad, datetime.now(UTC))
+    assert [v.field for v in info.value.violations] == ["name"]
+    assert domain.session_name("tabs\tand\nlines", datetime.now(UTC)) == "tabs\tand\nlines"
 
 
 def test_page_tokens_round_trip_and_refuse_garbage():

@@ -9,7 +9,6 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from ourvidz import db
 from ourvidz.v1 import workspace_service_pb2 as pb
 from tests.conftest import rpc_error
 from tests.workspace.workspace_helpers import User, file_job, png_bytes
@@ -20,7 +19,7 @@ TABLES = ("sessions", "items", "library_assets", "uploads")
 @pytest.fixture(scope="module")
 async def owned(workspace, js, stub, base_env):
     """A user with a session, items, a saved asset and an upload."""
-    owner = User(base_env["AUTH_SECRET"])
+    owner = User()
     _, items = await file_job(workspace, js, stub, owner, count=2)
     asset = (await stub.SaveItem(pb.SaveItemRequest(item_id=items[0].id), **owner.kw())).asset
     upload = (
@@ -63,7 +62,7 @@ async def test_another_user_gets_not_found_everywhere(stub, owned, new_user):
 
 
 async def test_workers_have_no_workspace(stub, base_env):
-    worker = User(base_env["AUTH_SECRET"], role="worker")
+    worker = User(role="worker")
     err = await rpc_error(stub.GetActiveSession(pb.GetActiveSessionRequest(), **worker.kw()))
     assert err.code == grpc.StatusCode.PERMISSION_DENIED
     err = await rpc_error(stub.GetActiveSession(pb.GetActiveSessionRequest(), timeout=10))
@@ -85,7 +84,7 @@ def _count(url: str, table: str, owner_id: str, caller_id: str, role: str = "use
 async def test_row_level_security_binds_the_service_role(owned, infra, base_env, new_user):
     owner, *_ = owned
     other = new_user()
-    url = db.role_url(infra.database_url, "ourvidz_workspace", base_env["DB_ROLE_PASSWORD"])
+    url = base_env["WORKSPACE_DATABASE_URL"]
     for table in TABLES:
         assert _count(url, table, owner.id, owner.id) >= 1, table
         assert _count(url, table, owner.id, other.id) == 0, table
@@ -97,7 +96,7 @@ async def test_a_trusted_transaction_for_one_user_cannot_write_anothers_rows(
 ):
     owner, *_ = owned
     other = new_user()
-    url = db.role_url(infra.database_url, "ourvidz_workspace", base_env["DB_ROLE_PASSWORD"])
+    url = base_env["WORKSPACE_DATABASE_URL"]
     with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute(
             "SELECT set_config('app.user_id', %s, true), set_config('app.role', 'system', true)",

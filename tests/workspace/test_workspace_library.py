@@ -186,6 +186,14 @@ async def test_list_filter_rename_and_paginate(workspace, js, stub, new_user):
         stub.ListAssets(pb.ListAssetsRequest(created_after=far, created_before=newest), **user.kw())
     )
     assert [v.field for v in reversed_range.violations] == ["created_before"]
+    for name in ("created_after", "created_before"):  # no datetime holds the year -29719
+        out_of_range = await rpc_error(
+            stub.ListAssets(
+                pb.ListAssetsRequest(**{name: Timestamp(seconds=-(10**12))}), **user.kw()
+            )
+        )
+        assert out_of_range.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in out_of_range.violations] == [name]
 
     renamed = await stub.UpdateAsset(
         pb.UpdateAssetRequest(asset_id=videos[0].id, title="  My clip  "), **user.kw()
@@ -193,7 +201,7 @@ async def test_list_filter_rename_and_paginate(workspace, js, stub, new_user):
     assert renamed.asset.title == "My clip"
     got = await stub.GetAsset(pb.GetAssetRequest(asset_id=videos[0].id), **user.kw())
     assert got.asset.title == "My clip"
-    for title in ("", "   ", "t" * 201):
+    for title in ("", "   ", "t" * 201, "t\x00"):
         err = await rpc_error(
             stub.UpdateAsset(pb.UpdateAssetRequest(asset_id=videos[0].id, title=title), **user.kw())
         )

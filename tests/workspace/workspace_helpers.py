@@ -12,12 +12,12 @@ from collections.abc import Awaitable, Callable
 from PIL import Image
 
 from ourvidz import queue
-from ourvidz.auth import call_metadata, mint_token
+from ourvidz.auth import call_metadata
 from ourvidz.v1 import events_pb2, job_pb2
 from ourvidz.v1 import workspace_service_pb2 as pb
 from services.workspace.main import Running
 from services.workspace.settings import WorkspaceSettings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, token
 
 CALL_TIMEOUT = 15.0
 IMAGE_BUCKET = "sdxl-image-fast"
@@ -31,9 +31,9 @@ def workspace_settings(env: dict[str, str], **overrides) -> WorkspaceSettings:
 class User:
     """A fresh user id and its access token."""
 
-    def __init__(self, secret: str, role: str = "user") -> None:
+    def __init__(self, role: str = "user") -> None:
         self.id = str(uuid.uuid4())
-        self.metadata = call_metadata(mint_token(secret, self.id, role, 600))
+        self.metadata = call_metadata(token(self.id, role))
 
     def kw(self) -> dict:
         return {"metadata": self.metadata, "timeout": CALL_TIMEOUT}

@@ -10,6 +10,7 @@ from services.gateway.models import (
     LoginBody,
     Me,
     RefreshBody,
+    SignupAccepted,
     SignupBody,
     TokenResponse,
     problem_responses,
@@ -30,12 +31,15 @@ def _tokens(session: Session) -> dict:
 
 @router.post(
     "/v1/auth/signup",
-    status_code=201,
-    response_model=TokenResponse,
-    responses=problem_responses(409),
+    status_code=202,
+    response_model=SignupAccepted,
 )
-async def signup(body: SignupBody, gw=Depends(gateway)) -> dict:
-    return _tokens(await gw.identity.signup(body.email, body.password))
+async def signup(body: SignupBody, gw=Depends(gateway)) -> SignupAccepted:
+    """Create an account. The answer is the same for a free address and for one
+    that already has an account; sign in with POST /v1/auth/login next. A weak
+    password or a malformed address is a 422 naming the field and saying why."""
+    await gw.identity.signup(body.email, body.password)
+    return SignupAccepted()
 
 
 @router.post("/v1/auth/login", response_model=TokenResponse, responses=problem_responses(401))

@@ -1,10 +1,14 @@
 """/v1/files/{bucket}/{key}: downloads of the local blob store through the
 HMAC-signed, time-limited URLs it hands out. Mounted only when storage is local
-(with S3, clients download from presigned URLs instead)."""
+(with S3, clients download from presigned URLs instead).
+
+Each file is served with the headers `ourvidz.storage.download_headers` gives
+it, the same an S3 presigned URL asks for: our images and videos inline under
+their own type, anything else as an `application/octet-stream` attachment, so
+no stored object is ever rendered as a page (`nosniff` comes from the app)."""
 
 from __future__ import annotations
 
-import mimetypes
 import time
 from typing import Annotated
 
@@ -12,18 +16,11 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse
 
 from ourvidz.errors import NotFound, PermissionDenied
+from ourvidz.storage import INLINE_TYPES, download_headers
 from services.gateway.deps import gateway
 from services.gateway.models import problem_responses
 
 router = APIRouter(tags=["files"])
-
-_TYPES = {".png": "image/png", ".mp4": "video/mp4", ".jpg": "image/jpeg", ".webp": "image/webp"}
-
-
-def content_type(key: str) -> str:
-    suffix = "." + key.rsplit(".", 1)[-1].lower() if "." in key else ""
-    return _TYPES.get(suffix) or mimetypes.guess_type(key)[0] or "application/octet-stream"
-
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
@@ -34,7 +31,14 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
     responses={
         200: {
             "description": "The file",
-            "content": {t: _BINARY for t in (*_TYPES.values(), "application/octet-stream")},
+            "content": {t: _BINARY for t in (*INLINE_TYPES.values(), "application/octet-stream")},
+            "headers": {
+                "Content-Disposition": {
+                    "description": "inline for images and videos, else attachment",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
         },
         **problem_responses(403),  # the signature is missing, wrong or expired
     },
@@ -55,8 +59,12 @@ async def get_file(
         raise NotFound("file not found") from exc
     if not path.is_file():
         raise NotFound("file not found")
+    headers = download_headers(key)
     return FileResponse(
         path,
-        media_type=content_type(key),
-        headers={"Cache-Control": f"private, max-age={max(expires - int(time.time()), 0)}"},
+        media_type=headers.pop("Content-Type"),
+        headers={
+            **headers,
+            "Cache-Control": f"private, max-age={max(expires - int(time.time()), 0)}",
+        },
     )

@@ -1,5 +1,6 @@
 """/v1/uploads: reference images. The workspace service decodes and checks the
-image; the gateway only bounds its size."""
+image and stores a fresh encoding of its pixels (no trailing data, no metadata);
+the gateway only bounds its size."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ async def create_upload(
     file: Annotated[UploadFile, File(description="A PNG, JPEG or WebP reference image")],
     gw=Depends(gateway),
 ) -> dict:
+    """Upload a reference image. It is stored re-encoded from its decoded pixels
+    (EXIF orientation applied, metadata and any trailing data dropped); the
+    answer describes what was stored. Animated images and images over the pixel
+    limit are refused, naming `file`."""
     limit = gw.settings.gateway_max_upload_bytes
     data = await file.read(limit + 1)
     await file.close()

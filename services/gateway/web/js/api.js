@@ -51,8 +51,19 @@ function keep(tokens) {
   });
 }
 
+// Sign-up answers the same whether or not the address already has an account,
+// and hands out no tokens: sign in with the same details next.
 export async function signUp(email, password) {
-  keep(await request("POST", "/v1/auth/signup", { email, password }, { auth: false }));
+  await request("POST", "/v1/auth/signup", { email, password }, { auth: false });
+  try {
+    await signIn(email, password);
+  } catch (err) {
+    if (err.status !== 401) throw err;
+    throw new ApiError(401, {
+      title: "Could not sign in",
+      detail: "Could not sign in with this address and password. If the address already has an account, sign in with its password.",
+    });
+  }
 }
 
 export async function signIn(email, password) {

@@ -12,7 +12,7 @@ export function render(main, { navigate }) {
   const form = h("form", { class: "card narrow", novalidate: true },
     heading,
     field("Email", email),
-    field("Password", password, "At least 8 characters."),
+    field("Password", password, "At least 8 characters; a few uncommon words are hard to guess."),
     submit,
     h("p", {}, toggle),
   );
