@@ -14,7 +14,7 @@ from ourvidz import db as ourvidz_db
 from ourvidz.auth import TokenVerifier
 from ourvidz.grpcserver import channel
 from ourvidz.storage import LocalStore, store_from_settings
-from services.gateway import problems
+from services.gateway import openapi, problems
 from services.gateway.backends import Backends
 from services.gateway.headers import SecurityHeadersMiddleware
 from services.gateway.identity import Identity
@@ -155,6 +155,7 @@ def create_app(
     if local_store is not None:
         app.include_router(files.router)
     web.mount(app)
+    openapi.install(app, settings.limits())
     # Added last = outermost: metrics see every answer, limits run before parsing,
     # and every answer (a 413 from the limits too) carries the security headers.
     app.add_middleware(

@@ -7,7 +7,6 @@ from fastapi import APIRouter, Depends
 from services.gateway.deps import CallerDep, gateway
 from services.gateway.identity import Session
 from services.gateway.models import (
-    PROBLEM_RESPONSES,
     LoginBody,
     Me,
     RefreshBody,
@@ -17,7 +16,7 @@ from services.gateway.models import (
     problem_responses,
 )
 
-router = APIRouter(tags=["auth"], responses=PROBLEM_RESPONSES)
+router = APIRouter(tags=["auth"])
 
 
 def _tokens(session: Session) -> dict:
@@ -34,7 +33,6 @@ def _tokens(session: Session) -> dict:
     "/v1/auth/signup",
     status_code=202,
     response_model=SignupAccepted,
-    responses=problem_responses(400, 422),
 )
 async def signup(body: SignupBody, gw=Depends(gateway)) -> SignupAccepted:
     """Create an account. The answer is the same for a free address and for one
@@ -44,12 +42,12 @@ async def signup(body: SignupBody, gw=Depends(gateway)) -> SignupAccepted:
     return SignupAccepted()
 
 
-@router.post("/v1/auth/login", response_model=TokenResponse)
+@router.post("/v1/auth/login", response_model=TokenResponse, responses=problem_responses(401))
 async def login(body: LoginBody, gw=Depends(gateway)) -> dict:
     return _tokens(await gw.identity.login(body.email, body.password))
 
 
-@router.post("/v1/auth/refresh", response_model=TokenResponse)
+@router.post("/v1/auth/refresh", response_model=TokenResponse, responses=problem_responses(401))
 async def refresh(body: RefreshBody, gw=Depends(gateway)) -> dict:
     return _tokens(await gw.identity.refresh(body.refresh_token))
 

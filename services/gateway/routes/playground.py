@@ -17,11 +17,11 @@ from fastapi.responses import StreamingResponse
 from ourvidz.v1 import enhancer_service_pb2 as enh_pb2
 from services.gateway import mapping, sse
 from services.gateway.deps import CallerDep, gateway
-from services.gateway.models import ChatBody, problem_responses
+from services.gateway.models import ChatBody
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["playground"], responses=problem_responses(401, 422, 503))
+router = APIRouter(tags=["playground"])
 
 
 @router.post(
