@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos protos-check lint fmt up test test-faults test-browser browser-deps test-slow bench clean
+.PHONY: help install protos protos-check lint fmt up test test-api test-faults test-browser browser-deps test-slow bench clean
 
 help: ## Print every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,7 +50,10 @@ up: install ## Start everything (embedded PostgreSQL, NATS, storage) with tiny m
 	$(BIN)/python -m ourvidz.dev.up
 
 test: install ## The whole fast suite against real PostgreSQL, NATS JetStream and S3
-	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser and not faults" --ignore=tests/browser --ignore=tests/faults $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser and not faults and not api" --ignore=tests/browser --ignore=tests/faults --ignore=tests/api $(PYTEST_ARGS)
+
+test-api: install ## schemathesis over every operation of /openapi.json against the in-process mesh (a few minutes)
+	$(BIN)/python -m pytest -q -m api tests/api $(PYTEST_ARGS)
 
 test-faults: install ## The fault suite: real processes killed and stopped (10-15 min); see docs/RELIABILITY.md
 	$(BIN)/python -m pytest -q -m faults tests/faults $(PYTEST_ARGS)

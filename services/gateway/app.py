@@ -15,7 +15,7 @@ from ourvidz import db as ourvidz_db
 from ourvidz.auth import TokenVerifier
 from ourvidz.grpcserver import channel
 from ourvidz.storage import LocalStore, store_from_settings
-from services.gateway import problems, throttle
+from services.gateway import openapi, problems, throttle
 from services.gateway.backends import Backends
 from services.gateway.headers import SecurityHeadersMiddleware
 from services.gateway.identity import Identity
@@ -170,6 +170,7 @@ def create_app(
     if local_store is not None:
         app.include_router(files.router)
     web.mount(app)
+    openapi.install(app, settings.limits())
     # Added last = outermost: metrics see every answer, limits run before parsing,
     # and every answer (a 413 from the limits too) carries the security headers.
     app.add_middleware(

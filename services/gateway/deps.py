@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ourvidz.auth import Principal
 from ourvidz.errors import NotFound, PermissionDenied, Unauthenticated
+from services.gateway.openapi import answers
 
 _bearer = HTTPBearer(auto_error=False, description="An access token from /v1/auth/login")
 
@@ -31,6 +32,7 @@ class Caller:
         return self.principal.user_id
 
 
+@answers(401)
 async def caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -46,6 +48,7 @@ async def caller(
 CallerDep = Annotated[Caller, Depends(caller)]
 
 
+@answers(403)
 async def admin(caller: CallerDep) -> Caller:
     """A signed-in admin; a user is refused here (403) before any service is called."""
     if caller.principal.role != "admin":

@@ -3,9 +3,10 @@ responses are built by mapping.py and checked against these models."""
 
 from __future__ import annotations
 
-from typing import Generic, Literal, TypeVar
+import unicodedata
+from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from ourvidz import catalog
 from services.gateway import domain
@@ -16,6 +17,79 @@ Destination = Literal["workspace", "library"]
 
 T = TypeVar("T")
 
+# Control characters but tab and line breaks: none belongs in a prompt, a
+# title or a name (and PostgreSQL refuses NUL in text).
+_CONTROL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+# Text without those (a JSON Schema pattern; the validators below check the same).
+TEXT_PATTERN = rf"^[^{_CONTROL}]*$"
+# The same, and something besides whitespace.
+PROMPT_PATTERN = rf"^[^{_CONTROL}]*[^\s{_CONTROL}][^{_CONTROL}]*$"
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# An optional id: a UUID, or empty for "none".
+OPTIONAL_UUID_PATTERN = UUID_PATTERN.replace("^", "^$|^", 1)
+# Opaque list cursors: what a list's next_page_token holds (base64url).
+PAGE_TOKEN_PATTERN = r"^[A-Za-z0-9_=-]*$"
+MAX_PAGE_TOKEN = 1024
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+def _no_control(value: str | None) -> str | None:
+    if value is not None and any(
+        unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in value
+    ):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _not_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _prompt(value: str | None) -> str | None:
+    return _no_control(_not_blank(value))
+
+
+# Strings the gateway checks in Python (str.strip and unicodedata, as the
+# services do); the pattern says the same in the document.
+Text = Annotated[
+    str, AfterValidator(_no_control), Field(json_schema_extra={"pattern": TEXT_PATTERN})
+]
+PromptText = Annotated[
+    str, AfterValidator(_prompt), Field(json_schema_extra={"pattern": PROMPT_PATTERN})
+]
+PageToken = Annotated[
+    str,
+    Field(
+        max_length=MAX_PAGE_TOKEN,
+        pattern=PAGE_TOKEN_PATTERN,
+        description="The next_page_token of the previous page (opaque); empty for the first",
+    ),
+]
+
+
+def _integral(value: object) -> object:
+    """JSON has one number type: 3.0 is the integer 3 (so JSON Schema says). A
+    boolean or a string is not a number (the models are strict)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def json_int(**bounds: int):
+    """An integer field with its bounds (inside the type, so the document
+    states them as minimum/maximum in a nullable field too)."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
+
+
+class RequestBody(BaseModel):
+    """A JSON request body, validated strictly: a number is not a string or a
+    boolean here, as in the document (JSON Schema types)."""
+
+    model_config = ConfigDict(strict=True)
+
 
 class Page(BaseModel, Generic[T]):
     items: list[T]
@@ -25,12 +99,12 @@ class Page(BaseModel, Generic[T]):
 # --- identity ----------------------------------------------------------------------
 
 
-class SignupBody(BaseModel):
+class SignupBody(RequestBody):
     # The lengths are checked by the domain rules, which name every bad field
     # at once; the schema states the same limits.
     email: str = Field(
         description="An e-mail address",
-        json_schema_extra={"maxLength": domain.MAX_EMAIL_CHARS},
+        json_schema_extra={"maxLength": domain.MAX_EMAIL_CHARS, "pattern": domain.EMAIL_PATTERN},
     )
     password: str = Field(
         description="Hard to guess: common passwords, repeats and the e-mail address's "
@@ -52,12 +126,12 @@ class SignupAccepted(BaseModel):
     detail: str = SIGNUP_ACCEPTED_DETAIL
 
 
-class LoginBody(BaseModel):
-    email: str = Field(max_length=320)
-    password: str = Field(max_length=4096)
+class LoginBody(RequestBody):
+    email: str = Field(max_length=domain.MAX_EMAIL_CHARS)
+    password: str = Field(max_length=domain.MAX_PASSWORD_CHARS)
 
 
-class RefreshBody(BaseModel):
+class RefreshBody(RequestBody):
     refresh_token: str = Field(min_length=1, max_length=512)
 
 
@@ -82,24 +156,35 @@ class TokenResponse(BaseModel):
 # --- jobs --------------------------------------------------------------------------
 
 
-class CreateJobBody(BaseModel):
-    """A new job. Unset fields take the job type's defaults."""
+JobTypeName = Literal[tuple(catalog.CATALOG)]  # type: ignore[valid-type]
+MIN_REFERENCE_STRENGTH = 0.1
+MAX_REFERENCE_STRENGTH = 1.0
+
+
+class CreateJobBody(RequestBody):
+    """A new job. Unset (or 0) sizes and counts take the job type's defaults;
+    what each job type allows (sizes, image and frame counts, references) is
+    in the document's per-type variants and in GET /v1/job-types."""
 
     model_config = ConfigDict(extra="ignore")
 
-    job_type: str = Field(min_length=1, max_length=64)
-    prompt: str
-    negative_prompt: str | None = None
-    seed: int | None = None
-    num_images: int | None = Field(None, description="1, 3 or 6 (SDXL)")
-    width: int | None = None
-    height: int | None = None
-    num_frames: int | None = Field(None, description="WAN video: 4k+1 frames")
-    reference_image_id: str | None = None
+    job_type: JobTypeName
+    prompt: PromptText
+    negative_prompt: Text | None = None
+    seed: json_int(ge=0, le=catalog.SEED_MAX) | None = None
+    num_images: json_int(ge=0, le=INT32_MAX) | None = Field(None, description="1, 3 or 6 (SDXL)")
+    width: json_int(ge=0, le=INT32_MAX) | None = None
+    height: json_int(ge=0, le=INT32_MAX) | None = None
+    num_frames: json_int(ge=0, le=INT32_MAX) | None = Field(
+        None, description="WAN video: 4k+1 frames"
+    )
+    reference_image_id: str | None = Field(None, pattern=OPTIONAL_UUID_PATTERN)
     reference_type: ReferenceType | None = None
-    reference_strength: float | None = Field(None, description="0.1 to 1.0")
+    reference_strength: float | None = Field(
+        None, ge=MIN_REFERENCE_STRENGTH, le=MAX_REFERENCE_STRENGTH
+    )
     destination: Destination = "workspace"
-    workspace_session_id: str | None = None
+    workspace_session_id: str | None = Field(None, pattern=OPTIONAL_UUID_PATTERN)
 
 
 class ProgressOut(BaseModel):
@@ -188,7 +273,6 @@ class JobTypesOut(BaseModel):
 # --- prompts: enhancement, templates, playground, ratings ------------------------------
 
 TargetModel = Literal["sdxl", "wan"]
-JobTypeName = Literal[tuple(catalog.CATALOG)]  # type: ignore[valid-type]
 # Limits shared with the enhancer's own checks (it enforces them again).
 MAX_PROMPT_CHARS = 2000
 MAX_NEW_TOKENS = 1024
@@ -199,15 +283,11 @@ MAX_SAMPLE_PROMPTS = 20
 MAX_CHAT_MESSAGES = 50
 MAX_CHAT_CONTENT = 8000
 PROMPT_PLACEHOLDER = "{prompt}"
+# A user turn: text with the placeholder in it.
+USER_TEMPLATE_PATTERN = rf"^[^{_CONTROL}]*\{{prompt\}}[^{_CONTROL}]*$"
 
 
-def _not_blank(value: str | None) -> str | None:
-    if value is not None and not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-class GenerationSettingsIn(BaseModel):
+class GenerationSettingsIn(RequestBody):
     """Generation settings; an absent field takes the template's (then the
     service's) default. A seed makes the output reproducible."""
 
@@ -215,8 +295,8 @@ class GenerationSettingsIn(BaseModel):
 
     temperature: float | None = Field(None, gt=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
-    seed: int | None = Field(None, ge=1, le=catalog.SEED_MAX)
+    max_new_tokens: json_int(ge=1, le=MAX_NEW_TOKENS) | None = None
+    seed: json_int(ge=1, le=catalog.SEED_MAX) | None = None
 
 
 class GenerationSettingsOut(BaseModel):
@@ -232,13 +312,46 @@ class GenerationSettingsOut(BaseModel):
 class EnhanceBody(GenerationSettingsIn):
     """A prompt to enhance: for `target_model`, or for the model of `job_type`."""
 
-    model_config = ConfigDict(extra="ignore")
+    # target_model, job_type, or both when the job type is generated by that model.
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "anyOf": [
+                *(
+                    {
+                        "required": ["target_model"],
+                        "properties": {
+                            "target_model": {"const": target},
+                            "job_type": {
+                                "anyOf": [
+                                    {
+                                        "enum": [
+                                            n
+                                            for n, t in catalog.CATALOG.items()
+                                            if t.target_model == target
+                                        ]
+                                    },
+                                    {"type": "null"},
+                                ]
+                            },
+                        },
+                    }
+                    for target in ("sdxl", "wan")
+                ),
+                {
+                    "required": ["job_type"],
+                    "properties": {
+                        "job_type": {"type": "string"},
+                        "target_model": {"type": "null"},
+                    },
+                },
+            ]
+        },
+    )
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: PromptText = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     job_type: JobTypeName | None = None
     target_model: TargetModel | None = None
-
-    _prompt = field_validator("prompt")(_not_blank)
 
     @field_validator("target_model")
     @classmethod
@@ -272,43 +385,44 @@ class EnhancementOut(BaseModel):
     enhancement_id: str | None
 
 
-class CreateTemplateBody(BaseModel):
+def _has_placeholder(value: str) -> str:
+    if PROMPT_PLACEHOLDER not in value:
+        raise ValueError('must contain "{prompt}"')
+    return value
+
+
+UserTemplate = Annotated[
+    Text,
+    AfterValidator(_has_placeholder),
+    Field(max_length=MAX_USER_TEMPLATE, json_schema_extra={"pattern": USER_TEMPLATE_PATTERN}),
+]
+
+
+class CreateTemplateBody(RequestBody):
     """Version 1 of a new template. The user turn defaults to the prompt itself;
     `activate` makes it the active template of its target model at once."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
+    name: PromptText = Field(min_length=1, max_length=100)
     target_model: TargetModel
-    system_prompt: str = Field(min_length=1, max_length=MAX_SYSTEM_PROMPT)
-    user_template: str | None = Field(None, max_length=MAX_USER_TEMPLATE)
-    description: str | None = Field(None, max_length=MAX_DESCRIPTION)
+    system_prompt: PromptText = Field(min_length=1, max_length=MAX_SYSTEM_PROMPT)
+    user_template: UserTemplate | None = None
+    description: Text | None = Field(None, max_length=MAX_DESCRIPTION)
     settings: GenerationSettingsIn | None = None
     activate: bool = False
 
-    _blank = field_validator("name", "system_prompt")(_not_blank)
 
-    @field_validator("user_template")
-    @classmethod
-    def _has_placeholder(cls, value: str | None) -> str | None:
-        if value is not None and PROMPT_PLACEHOLDER not in value:
-            raise ValueError('must contain "{prompt}"')
-        return value
-
-
-class UpdateTemplateBody(BaseModel):
+class UpdateTemplateBody(RequestBody):
     """A new version of a template; absent fields are copied from its latest version."""
 
     model_config = ConfigDict(extra="forbid")
 
-    system_prompt: str | None = Field(None, min_length=1, max_length=MAX_SYSTEM_PROMPT)
-    user_template: str | None = Field(None, max_length=MAX_USER_TEMPLATE)
-    description: str | None = Field(None, max_length=MAX_DESCRIPTION)
+    system_prompt: PromptText | None = Field(None, min_length=1, max_length=MAX_SYSTEM_PROMPT)
+    user_template: UserTemplate | None = None
+    description: Text | None = Field(None, max_length=MAX_DESCRIPTION)
     settings: GenerationSettingsIn | None = None
     activate: bool = False
-
-    _blank = field_validator("system_prompt")(_not_blank)
-    _placeholder = field_validator("user_template")(CreateTemplateBody._has_placeholder.__func__)
 
 
 class TemplateOut(BaseModel):
@@ -329,23 +443,15 @@ class TemplatesOut(BaseModel):
     templates: list[TemplateOut]
 
 
-class TemplateTestBody(BaseModel):
+class TemplateTestBody(RequestBody):
     """Sample prompts to run the template over (absent: the service's own)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    sample_prompts: list[str] | None = Field(None, min_length=1, max_length=MAX_SAMPLE_PROMPTS)
+    sample_prompts: list[Annotated[PromptText, Field(max_length=MAX_PROMPT_CHARS)]] | None = Field(
+        None, min_length=1, max_length=MAX_SAMPLE_PROMPTS
+    )
     settings: GenerationSettingsIn | None = None
-
-    @field_validator("sample_prompts")
-    @classmethod
-    def _each_prompt(cls, value: list[str] | None) -> list[str] | None:
-        for text in value or ():
-            if not text.strip():
-                raise ValueError("a sample prompt must not be empty")
-            if len(text) > MAX_PROMPT_CHARS:
-                raise ValueError(f"a sample prompt must be at most {MAX_PROMPT_CHARS} characters")
-        return value
 
 
 class PromptTestOut(BaseModel):
@@ -373,11 +479,9 @@ class TemplateStatsOut(BaseModel):
     mean_rating: float | None = Field(description="null while nothing is rated")
 
 
-class ChatMessageIn(BaseModel):
+class ChatMessageIn(RequestBody):
     role: Literal["system", "user", "assistant"]
-    content: str = Field(min_length=1, max_length=MAX_CHAT_CONTENT)
-
-    _content = field_validator("content")(_not_blank)
+    content: PromptText = Field(min_length=1, max_length=MAX_CHAT_CONTENT)
 
 
 class ChatBody(GenerationSettingsIn):
@@ -395,8 +499,8 @@ class ChatBody(GenerationSettingsIn):
         return value
 
 
-class RatingBody(BaseModel):
-    rating: int = Field(ge=1, le=5, description="1 (poor) to 5 (excellent)")
+class RatingBody(RequestBody):
+    rating: json_int(ge=1, le=5) = Field(description="1 (poor) to 5 (excellent)")
 
 
 class RatingOut(BaseModel):
@@ -407,8 +511,8 @@ class RatingOut(BaseModel):
 # --- workspace, library, uploads ------------------------------------------------------
 
 
-class CreateSessionBody(BaseModel):
-    name: str = Field("", max_length=200)
+class CreateSessionBody(RequestBody):
+    name: Text = Field("", max_length=200)
 
 
 class SessionOut(BaseModel):
@@ -442,8 +546,8 @@ class WorkspaceItemOut(BaseModel):
     created_at: str | None
 
 
-class SaveItemBody(BaseModel):
-    title: str = Field("", max_length=200)
+class SaveItemBody(RequestBody):
+    title: Text = Field("", max_length=200)
 
 
 class LibraryAssetOut(BaseModel):
@@ -464,8 +568,8 @@ class LibraryAssetOut(BaseModel):
     created_at: str | None
 
 
-class UpdateAssetBody(BaseModel):
-    title: str = Field(max_length=200)
+class UpdateAssetBody(RequestBody):
+    title: PromptText = Field(max_length=200)
 
 
 class UploadOut(BaseModel):
@@ -533,43 +637,12 @@ class WorkersOut(BaseModel):
     workers: list[WorkerOut]
 
 
-UNAVAILABLE_RESPONSE = {
-    "description": "A backing service, the database or the message queue is down or too "
-    "slow; retry after the `Retry-After` seconds",
-    "headers": {
-        "Retry-After": {
-            "description": "Seconds to wait before retrying",
-            "schema": {"type": "integer"},
-        }
-    },
-}
-
-
-TOO_MANY_REQUESTS_RESPONSE = {
-    "description": "An abuse limit was reached (`reason` says which); retry after the "
-    "`Retry-After` seconds",
-    "headers": {
-        "Retry-After": {
-            "description": "Seconds to wait before retrying",
-            "schema": {"type": "integer"},
-        }
-    },
-}
-
-
 def problem_responses(*statuses: int) -> dict[int, dict]:
-    """OpenAPI entries of the problem+json answers a route gives (a 503 with
-    its `Retry-After` header, and so does a 429)."""
-    return {
-        status: {
-            "model": Problem,
-            "content": {"application/problem+json": {}},
-            **(UNAVAILABLE_RESPONSE if status == 503 else {}),
-            **(TOO_MANY_REQUESTS_RESPONSE if status == 429 else {}),
-        }
-        for status in statuses
-    }
+    """The problem+json answers a route gives beyond those derived from what
+    it does (services/gateway/openapi.py documents each one in full)."""
+    return {status: {"model": Problem} for status in statuses}
 
 
-# Every /v1 route calls a service or the database, so any may answer 503.
-PROBLEM_RESPONSES = problem_responses(401, 404, 422, 503)
+# Every route's standard statuses (401, 404, 422, 503 ...) are derived from
+# what it does; a router or route lists only what that leaves out.
+PROBLEM_RESPONSES: dict[int, dict] = {}

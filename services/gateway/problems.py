@@ -9,13 +9,16 @@ with a `Retry-After` header, never a 500."""
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from http import HTTPStatus
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from ourvidz.errors import (
     PEER,
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "application/problem+json"
 TYPE_BASE = "https://ourvidz.dev/problems/"
-# Seconds a client is asked to wait before retrying a 503 (`Retry-After`).
+# Seconds a client is asked to wait before retrying a 503 or 429 (`Retry-After`).
 RETRY_AFTER_SECONDS = 5
 
 # gRPC status -> HTTP status. Anything not listed is a 500.
@@ -103,7 +106,9 @@ def problem(
     **extra: object,
 ) -> JSONResponse:
     body = problem_body(status, detail, title=title, type_=type_, errors=errors, **extra)
-    if status == 503:
+    if status in (429, 503):
+        # A limit or a dependency away: when to try again (a limit that knows
+        # its own window passes its own header).
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
 
@@ -203,6 +208,21 @@ def from_validation_error(exc: RequestValidationError) -> JSONResponse:
     return problem(422, detail, errors=violations)
 
 
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route of `app` serves at the request's path."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for ctx in iter_route_contexts(app.routes):
+        if ctx.methods and ctx.path and _path_regex(ctx.path).match(path):
+            methods |= set(ctx.methods)
+    return sorted(methods) or [request.method]
+
+
+@lru_cache(maxsize=512)
+def _path_regex(path: str):
+    return compile_path(path)[0]
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json."""
 
@@ -229,6 +249,9 @@ def install(app: FastAPI) -> None:
             return problem(413, str(exc.detail), errors=errors)
         detail = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code)
         headers = dict(exc.headers or {}) or _auth_headers(exc.status_code, detail)
+        if exc.status_code == 405:
+            # The route that refused names only its own methods; the path may have more.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request))}
         return problem(exc.status_code, detail, headers=headers)
 
     async def _dependency(request: Request, exc: Exception):

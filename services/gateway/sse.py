@@ -36,9 +36,11 @@ def event(name: str, data: dict, event_id: int | str | None = None) -> bytes:
 def parse_last_event_id(value: str | None) -> int:
     """The sequence to resume after; anything unreadable starts from the beginning."""
     try:
-        return max(int((value or "").strip()), 0)
+        sequence = int((value or "").strip())
     except ValueError:
         return 0
+    # Sequences are int64; one past them all means "nothing more to replay".
+    return min(max(sequence, 0), 2**63 - 1)
 
 
 async def with_keepalive(

@@ -189,7 +189,7 @@ BAD_OTHERS = [
     ("versions", {"user_template": "{prmpt}"}, "user_template"),
     ("versions", {"settings": {"seed": -3}}, "settings.seed"),
     ("tests", {"sample_prompts": []}, "sample_prompts"),
-    ("tests", {"sample_prompts": ["ok", " "]}, "sample_prompts"),
+    ("tests", {"sample_prompts": ["ok", " "]}, "sample_prompts.1"),
     ("tests", {"sample_prompts": ["p"] * 21}, "sample_prompts"),
 ]
 

@@ -126,10 +126,18 @@ async def test_library_destination_skips_the_workspace(client, fakes, user_token
 
 
 async def test_invalid_argument_with_field_violations_is_422(client, user_token):
-    body = {"job_type": "sdxl_image_fast", "prompt": "  ", "num_images": 2}
+    # num_images: refused by Jobs (per job type), passed on with its field.
+    body = {"job_type": "sdxl_image_fast", "prompt": "a cat", "num_images": 2}
     r = await client.post("/v1/jobs", json=body, headers=auth(user_token[1]))
     problem = assert_problem(r, 422)
-    assert {e["field"] for e in problem["errors"]} == {"prompt", "num_images"}
+    assert {e["field"] for e in problem["errors"]} == {"num_images"}
+
+
+async def test_a_blank_prompt_is_refused_at_the_edge(client, user_token):
+    body = {"job_type": "sdxl_image_fast", "prompt": "  "}
+    r = await client.post("/v1/jobs", json=body, headers=auth(user_token[1]))
+    problem = assert_problem(r, 422)
+    assert {e["field"] for e in problem["errors"]} == {"prompt"}
 
 
 async def test_request_validation_names_body_fields(client, user_token):

@@ -23,11 +23,7 @@ from services.gateway.models import (
     problem_responses,
 )
 
-router = APIRouter(
-    prefix="/v1/admin/prompt-templates",
-    tags=["admin"],
-    responses=problem_responses(401, 403, 404, 422, 503),
-)
+router = APIRouter(prefix="/v1/admin/prompt-templates", tags=["admin"])
 
 WHAT = "prompt template"
 

@@ -16,9 +16,9 @@ from nats.js.errors import NotFoundError
 
 from ourvidz import queue, registry
 from services.gateway.deps import AdminDep, gateway
-from services.gateway.models import QueuesOut, WorkersOut, problem_responses
+from services.gateway.models import QueuesOut, WorkersOut
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=problem_responses(401, 403, 503))
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 # (family, priority, subject, durable consumer), in the order operators read them.
 QUEUES = (

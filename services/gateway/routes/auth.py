@@ -7,7 +7,6 @@ from fastapi import APIRouter, Depends, Request
 from services.gateway.deps import CallerDep, gateway
 from services.gateway.identity import Session
 from services.gateway.models import (
-    PROBLEM_RESPONSES,
     LoginBody,
     Me,
     RefreshBody,
@@ -17,7 +16,7 @@ from services.gateway.models import (
     problem_responses,
 )
 
-router = APIRouter(tags=["auth"], responses=PROBLEM_RESPONSES)
+router = APIRouter(tags=["auth"])
 
 
 def _tokens(session: Session) -> dict:
@@ -34,7 +33,7 @@ def _tokens(session: Session) -> dict:
     "/v1/auth/signup",
     status_code=202,
     response_model=SignupAccepted,
-    responses=problem_responses(400, 422, 429),
+    responses=problem_responses(429),
 )
 async def signup(body: SignupBody, request: Request, gw=Depends(gateway)) -> SignupAccepted:
     """Create an account. The answer is the same for a free address and for one
@@ -45,7 +44,7 @@ async def signup(body: SignupBody, request: Request, gw=Depends(gateway)) -> Sig
     return SignupAccepted()
 
 
-@router.post("/v1/auth/login", response_model=TokenResponse, responses=problem_responses(429))
+@router.post("/v1/auth/login", response_model=TokenResponse, responses=problem_responses(401, 429))
 async def login(body: LoginBody, request: Request, gw=Depends(gateway)) -> dict:
     address = gw.throttle.client_address(request)
     async with gw.throttle.login_attempt(body.email, address):
@@ -53,7 +52,7 @@ async def login(body: LoginBody, request: Request, gw=Depends(gateway)) -> dict:
     return _tokens(session)
 
 
-@router.post("/v1/auth/refresh", response_model=TokenResponse)
+@router.post("/v1/auth/refresh", response_model=TokenResponse, responses=problem_responses(401))
 async def refresh(body: RefreshBody, gw=Depends(gateway)) -> dict:
     return _tokens(await gw.identity.refresh(body.refresh_token))
 

@@ -16,13 +16,33 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse
 
 from ourvidz.errors import NotFound, PermissionDenied
-from ourvidz.storage import download_headers
+from ourvidz.storage import INLINE_TYPES, download_headers
 from services.gateway.deps import gateway
+from services.gateway.models import problem_responses
 
 router = APIRouter(tags=["files"])
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 
-@router.get("/v1/files/{bucket}/{key:path}", response_class=FileResponse)
+
+@router.get(
+    "/v1/files/{bucket}/{key:path}",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The file",
+            "content": {t: _BINARY for t in (*INLINE_TYPES.values(), "application/octet-stream")},
+            "headers": {
+                "Content-Disposition": {
+                    "description": "inline for images and videos, else attachment",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        **problem_responses(403),  # the signature is missing, wrong or expired
+    },
+)
 async def get_file(
     bucket: str,
     key: str,

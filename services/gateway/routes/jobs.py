@@ -13,18 +13,19 @@ from ourvidz.v1 import job_service_pb2, workspace_service_pb2
 from services.gateway import mapping, sse
 from services.gateway.deps import CallerDep, gateway, resource_id
 from services.gateway.models import (
-    PROBLEM_RESPONSES,
+    INT64_MAX,
     CreateJobBody,
     JobOut,
     JobState,
     JobTypesOut,
     Page,
+    PageToken,
     problem_responses,
 )
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["jobs"], responses=PROBLEM_RESPONSES)
+router = APIRouter(tags=["jobs"])
 
 MAX_IDEMPOTENCY_KEY = 200
 TERMINAL_EVENTS = ("completed", "failed", "cancelled")
@@ -38,7 +39,15 @@ async def job_types(caller: CallerDep, gw=Depends(gateway)) -> dict:
     return {"items": [mapping.job_type(t) for t in reply.job_types]}
 
 
-@router.post("/v1/jobs", status_code=202, response_model=JobOut, responses=problem_responses(429))
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=JobOut,
+    # 404: the workspace session or reference image is not the caller's;
+    # 429: the caller submits too fast, or its queued and running jobs are at
+    # their limit.
+    responses=problem_responses(404, 429),
+)
 async def create_job(
     body: CreateJobBody,
     caller: CallerDep,
@@ -92,7 +101,7 @@ async def _workspace_session(gw, caller, requested: str | None) -> str:
 async def list_jobs(
     caller: CallerDep,
     page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
-    page_token: Annotated[str, Query(max_length=1024)] = "",
+    page_token: Annotated[PageToken, Query()] = "",
     state: JobState | None = None,
     gw=Depends(gateway),
 ) -> dict:
@@ -138,7 +147,7 @@ async def job_events(
     job_id: str,
     caller: CallerDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after_sequence: Annotated[int | None, Query(ge=0)] = None,
+    after_sequence: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
     gw=Depends(gateway),
 ) -> StreamingResponse:
     """The job's events as SSE: its history after `Last-Event-ID` (or

@@ -2,32 +2,45 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BeforeValidator
 
 from ourvidz.v1 import workspace_service_pb2 as ws_pb2
 from services.gateway import mapping
 from services.gateway.deps import CallerDep, gateway, resource_id
-from services.gateway.models import PROBLEM_RESPONSES, LibraryAssetOut, Page, UpdateAssetBody
+from services.gateway.models import JobTypeName, LibraryAssetOut, Page, PageToken, UpdateAssetBody
 
-router = APIRouter(tags=["library"], responses=PROBLEM_RESPONSES)
+router = APIRouter(tags=["library"])
+
+# RFC 3339, as the document's `date-time` format says (not a number of seconds).
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _rfc3339(value: object) -> object:
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+DateTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
 
 @router.get("/v1/library/assets", response_model=Page[LibraryAssetOut])
 async def list_assets(
     caller: CallerDep,
     media_type: Literal["image", "video"] | None = None,
-    job_type: Annotated[str, Query(max_length=64)] = "",
+    job_type: Annotated[JobTypeName | Literal[""], Query(description="empty: every type")] = "",
     created_after: Annotated[
-        AwareDatetime | None, Query(description="Only assets created at or after this time")
+        DateTime | None, Query(description="Only assets created at or after this time")
     ] = None,
     created_before: Annotated[
-        AwareDatetime | None, Query(description="Only assets created before this time")
+        DateTime | None, Query(description="Only assets created before this time")
     ] = None,
     page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
-    page_token: Annotated[str, Query(max_length=1024)] = "",
+    page_token: Annotated[PageToken, Query()] = "",
     gw=Depends(gateway),
 ) -> dict:
     request = ws_pb2.ListAssetsRequest(

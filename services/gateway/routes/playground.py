@@ -21,7 +21,7 @@ from services.gateway.models import ChatBody, problem_responses
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["playground"], responses=problem_responses(401, 422, 503))
+router = APIRouter(tags=["playground"])
 
 
 @router.post(

@@ -18,7 +18,7 @@ from services.gateway.models import (
     problem_responses,
 )
 
-router = APIRouter(tags=["prompts"], responses=problem_responses(401, 422, 503))
+router = APIRouter(tags=["prompts"])
 
 
 @router.post("/v1/prompts/enhance", response_model=EnhancementOut)

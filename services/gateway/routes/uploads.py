@@ -12,10 +12,10 @@ from ourvidz.errors import InvalidArgument
 from ourvidz.v1 import workspace_service_pb2 as ws_pb2
 from services.gateway import mapping
 from services.gateway.deps import CallerDep, gateway
-from services.gateway.models import PROBLEM_RESPONSES, UploadOut
+from services.gateway.models import UploadOut
 from services.gateway.problems import PayloadTooLarge
 
-router = APIRouter(tags=["uploads"], responses=PROBLEM_RESPONSES)
+router = APIRouter(tags=["uploads"])
 
 
 @router.post("/v1/uploads", status_code=201, response_model=UploadOut)

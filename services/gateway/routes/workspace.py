@@ -12,21 +12,20 @@ from ourvidz.v1 import workspace_service_pb2 as ws_pb2
 from services.gateway import mapping, sse
 from services.gateway.deps import CallerDep, gateway, resource_id
 from services.gateway.models import (
-    PROBLEM_RESPONSES,
     ClearSessionOut,
     CreateSessionBody,
     LibraryAssetOut,
     Page,
+    PageToken,
     SaveItemBody,
     SessionOut,
     WorkspaceItemOut,
     problem_responses,
 )
 
-router = APIRouter(tags=["workspace"], responses=PROBLEM_RESPONSES)
+router = APIRouter(tags=["workspace"])
 
 PageSize = Annotated[int, Query(ge=0, le=1000)]
-PageToken = Annotated[str, Query(max_length=1024)]
 
 
 @router.post("/v1/workspace/sessions", status_code=201, response_model=SessionOut)

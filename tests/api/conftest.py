@@ -1,0 +1,54 @@
+"""The mesh in this process (jobs, workspace, the enhancer with its tiny model
+and the gateway on a real port, no generation worker) for the API conformance
+run, and the tokens of a signed-up user and of an admin."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+
+import httpx
+import pytest
+
+from ourvidz import operator
+from ourvidz.dev.stack import running_stack
+
+
+@pytest.fixture(scope="package")
+async def stack(base_env):
+    # The local blob store, so /v1/files (its signed downloads) is served too.
+    env = {**base_env, "ENHANCER_MODEL": "tiny", "STORAGE_BACKEND": "local"}
+    async with running_stack(env, workers=(), enhancer=True) as s:
+        yield s
+
+
+async def _signup(http: httpx.AsyncClient) -> tuple[str, str]:
+    """(email, password) of a new account."""
+    email = f"api-{uuid.uuid4().hex[:10]}@example.com"
+    password = secrets.token_urlsafe(24)
+    response = await http.post("/v1/auth/signup", json={"email": email, "password": password})
+    assert response.status_code == 202, response.text
+    return email, password
+
+
+async def _login(http: httpx.AsyncClient, email: str, password: str) -> str:
+    response = await http.post("/v1/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+@pytest.fixture(scope="package")
+async def tokens(stack) -> dict[str, str]:
+    """Access tokens of a signed-up user and of an admin, both made before
+    any run (a run's own sign-ups and logins may meet the address's limits).
+    The admin is made as an operator makes one (`ourvidz admin grant`): an
+    existing account given the role, then a fresh login."""
+    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
+        user = await _signup(http)
+        admin_email, admin_password = await _signup(http)
+        await asyncio.to_thread(operator.grant_admin, stack.env["DATABASE_URL"], admin_email)
+        return {
+            "user": await _login(http, *user),
+            "admin": await _login(http, admin_email, admin_password),
+        }
