@@ -33,8 +33,8 @@ def _validator(doc: dict, name: str) -> jsonschema.Validator:
 @pytest.mark.parametrize(
     ("path", "method", "statuses"),
     [
-        ("/v1/auth/signup", "post", {"400", "413", "422", "503"}),
-        ("/v1/auth/login", "post", {"400", "401", "413", "422", "503"}),
+        ("/v1/auth/signup", "post", {"400", "413", "422", "429", "503"}),
+        ("/v1/auth/login", "post", {"400", "401", "413", "422", "429", "503"}),
         ("/v1/me", "get", {"401", "503"}),
         ("/v1/jobs", "post", {"400", "401", "404", "413", "422", "429", "503"}),
         ("/v1/jobs", "get", {"401", "422", "503"}),
