@@ -49,10 +49,10 @@ fmt: install ## Format the code with ruff
 up: install ## Start everything (embedded PostgreSQL, NATS, storage) with tiny models; gateway on 127.0.0.1:8080
 	$(BIN)/python -m ourvidz.dev.up
 
-test: install ## The whole fast suite against real PostgreSQL, NATS JetStream and S3
-	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser and not faults and not api" --ignore=tests/browser --ignore=tests/faults --ignore=tests/api $(PYTEST_ARGS)
+test: install ## The whole fast suite against real PostgreSQL, NATS JetStream and S3, schemathesis included
+	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser and not faults" --ignore=tests/browser --ignore=tests/faults $(PYTEST_ARGS)
 
-test-api: install ## schemathesis over every operation of /openapi.json against the in-process mesh (a few minutes)
+test-api: install ## schemathesis alone (also part of make test): every operation of /openapi.json against the in-process mesh
 	$(BIN)/python -m pytest -q -m api tests/api $(PYTEST_ARGS)
 
 test-faults: install ## The fault suite: real processes killed and stopped (10-15 min); see docs/RELIABILITY.md
