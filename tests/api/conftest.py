@@ -13,14 +13,22 @@ import pytest
 
 from ourvidz import operator
 from ourvidz.dev.stack import running_stack
+from tests.enhancer.conftest import remove_enhance_consumer, restore_default_templates
 
 
 @pytest.fixture(scope="package")
-async def stack(base_env):
+async def stack(base_env, infra):
     # The local blob store, so /v1/files (its signed downloads) is served too.
     env = {**base_env, "ENHANCER_MODEL": "tiny", "STORAGE_BACKEND": "local"}
-    async with running_stack(env, workers=(), enhancer=True) as s:
-        yield s
+    try:
+        async with running_stack(env, workers=(), enhancer=True) as s:
+            yield s
+    finally:
+        # The run made and activated templates of random text as an admin, and
+        # left enhancement tasks of its jobs: the suites that follow share this
+        # database and stream, and expect the defaults and an empty queue.
+        restore_default_templates(infra.database_url)
+        await remove_enhance_consumer(infra.nats_url)
 
 
 async def _signup(http: httpx.AsyncClient) -> tuple[str, str]:

@@ -114,7 +114,7 @@ async def test_the_enhanced_prompt_is_the_one_rendered(http):
     seed are the same bytes: the worker rendered the enhanced prompt."""
     user = await signup(http)
     enhanced, _ = await run_job(user, wan_body("image7b_fast_enhanced", seed=99))
-    assert enhanced["state"] == "completed" and enhanced["enhanced_prompt"]
+    assert enhanced["state"] == "completed" and enhanced["enhanced_prompt"], enhanced
     plain, _ = await run_job(
         user, wan_body("image_fast", seed=99, prompt=enhanced["enhanced_prompt"])
     )

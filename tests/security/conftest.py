@@ -26,6 +26,7 @@ from ourvidz.auth import ISSUER
 from ourvidz.dev.stack import running_stack
 from ourvidz.keys import public_jwk
 from tests.conftest import GATEWAY_KEY, WORKER_KEY, foreign_token, token
+from tests.enhancer.conftest import remove_enhance_consumer, restore_default_templates
 
 # A password no strength rule refuses: the walk is about ownership, not passwords.
 PASSWORD = "Walk-the-boundary 7 times, " + uuid.uuid4().hex[:12]
@@ -44,9 +45,15 @@ def security_env(base_env: dict) -> dict:
 
 
 @pytest.fixture(scope="package")
-async def stack(base_env):
-    async with running_stack(security_env(base_env), workers=("sdxl",), enhancer=True) as s:
-        yield s
+async def stack(base_env, infra):
+    try:
+        async with running_stack(security_env(base_env), workers=("sdxl",), enhancer=True) as s:
+            yield s
+    finally:
+        # Leave the default templates active and no task of ours on the shared
+        # stream for the suites that follow.
+        restore_default_templates(infra.database_url)
+        await remove_enhance_consumer(infra.nats_url)
 
 
 def service_token(stack, role: str, subject: str | None = None, ttl_seconds: int = 600) -> str:
