@@ -55,7 +55,12 @@ def content_disposition(disposition: str, filename: str) -> str:
 
 
 def download_headers(key: str) -> dict[str, str]:
-    """Content-Type and Content-Disposition to serve the object at `key` with."""
+    """Content-Type and Content-Disposition to serve the object at `key` with.
+
+    Our images and videos are `inline` with no file name: a page that offers
+    one for download names it itself (`<a download="Lighthouse.png">`), and a
+    file name in the header would override that choice. Anything else is an
+    `attachment` under its own (made safe) name."""
     name = key.rsplit("/", 1)[-1]
     suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     content_type = INLINE_TYPES.get(suffix)
@@ -66,7 +71,7 @@ def download_headers(key: str) -> dict[str, str]:
         }
     return {
         "Content-Type": content_type,
-        "Content-Disposition": content_disposition("inline", name),
+        "Content-Disposition": "inline",
     }
 
 

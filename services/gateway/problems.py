@@ -197,13 +197,20 @@ def field_name(loc: tuple | list) -> str:
     return ".".join(parts)
 
 
+def _message(error: dict) -> str:
+    """pydantic's message for a field, without the "Value error, " it puts
+    before what our own validators say."""
+    msg = error.get("msg") or "is invalid"
+    if error.get("type") == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    return msg
+
+
 def from_validation_error(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return problem(400, "the request body is not valid JSON", title="Malformed JSON")
-    violations = [
-        FieldViolation(field_name(e.get("loc", ())), e.get("msg", "is invalid")) for e in errors
-    ]
+    violations = [FieldViolation(field_name(e.get("loc", ())), _message(e)) for e in errors]
     detail = "; ".join(f"{v.field}: {v.message}" for v in violations) or "invalid request"
     return problem(422, detail, errors=violations)
 

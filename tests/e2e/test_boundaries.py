@@ -151,8 +151,7 @@ async def test_polyglot_upload_is_stored_re_encoded_and_files_are_served_safely(
         got = await client.get(job["assets"][0]["url"])
     assert got.status_code == 200
     assert got.headers["content-type"] == "image/png"
-    assert got.headers["content-disposition"].startswith('inline; filename="')
-    assert "filename*=UTF-8''" in got.headers["content-disposition"]
+    assert got.headers["content-disposition"] == "inline"
 
 
 @pytest.mark.parametrize(

@@ -40,14 +40,12 @@ async def test_valid_signature_serves_the_file(store_client):
     assert r.content == b"\x89PNG-bytes"
     assert r.headers["content-type"] == "image/png"
     assert r.headers["x-content-type-options"] == "nosniff"
-    assert r.headers["content-disposition"] == (
-        "inline; filename=\"j1_0.png\"; filename*=UTF-8''j1_0.png"
-    )
+    assert r.headers["content-disposition"] == "inline"
     video, _ = store.signed_url("video-fast", "u1/j2.mp4")
     v = await client.get(_path(video))
     assert v.status_code == 200 and v.headers["content-type"] == "video/mp4"
     assert v.headers["x-content-type-options"] == "nosniff"
-    assert v.headers["content-disposition"].startswith('inline; filename="j2.mp4"; ')
+    assert v.headers["content-disposition"] == "inline"
 
 
 @pytest.mark.parametrize(("key", "name"), [("u1/page.html", "page.html"), ("u1/noext", "noext")])

@@ -138,6 +138,9 @@ async def test_a_blank_prompt_is_refused_at_the_edge(client, user_token):
     r = await client.post("/v1/jobs", json=body, headers=auth(user_token[1]))
     problem = assert_problem(r, 422)
     assert {e["field"] for e in problem["errors"]} == {"prompt"}
+    # What the studio shows beside the field: our words, not pydantic's wrapping.
+    assert problem["errors"][0]["message"] == "must not be empty"
+    assert problem["detail"] == "prompt: must not be empty"
 
 
 async def test_request_validation_names_body_fields(client, user_token):
