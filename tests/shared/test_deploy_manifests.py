@@ -94,3 +94,16 @@ def test_overlays_generate_every_database_secret_from_examples(overlay):
             else:
                 assert keys == {f"{name.removeprefix('ourvidz-db-').upper()}_DATABASE_URL"}
     assert not (folder / "secrets.env.example").exists()
+
+
+def test_the_gateway_reads_client_addresses_through_the_ingress(base_env):
+    """Behind the ingress the gateway's peers are proxies: unless they are
+    trusted, every client shares the ingress's address and its sign-in limit."""
+    from services.gateway.settings import GatewaySettings
+    from tests.conftest import make_settings
+
+    config = yaml.safe_load((K8S / "base" / "config.yaml").read_text())["data"]
+    settings = make_settings(
+        GatewaySettings, base_env, gateway_trusted_proxies=config["GATEWAY_TRUSTED_PROXIES"]
+    )
+    assert "10.0.0.0/8" in settings.gateway_trusted_proxies
