@@ -143,3 +143,14 @@ async def test_rating_an_enhanced_job(http):
     assert (await user.put(f"/v1/jobs/{job['id']}/rating", json={"rating": 9})).status_code == 422
     other = await signup(http)
     assert (await other.put(f"/v1/jobs/{job['id']}/rating", json={"rating": 3})).status_code == 404
+
+
+async def test_rating_a_job_without_an_enhancement_is_409(http):
+    """A plain job of the caller's has nothing to rate: 409, not the 404 of a
+    job that is not theirs."""
+    user = await signup(http)
+    job, _ = await run_job(user, wan_body("image_fast"))
+    assert job["state"] == "completed"
+    rated = await user.put(f"/v1/jobs/{job['id']}/rating", json={"rating": 4})
+    assert rated.status_code == 409, rated.text
+    assert rated.json()["reason"] == "NOT_ENHANCED"

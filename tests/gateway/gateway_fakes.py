@@ -372,6 +372,9 @@ class FakeEnhancer(enhancer_service_pb2_grpc.EnhancerServiceServicer):
         self.templates: dict[str, enh_pb2.PromptTemplate] = {}
         self.tests: dict[str, list[enh_pb2.PromptTest]] = {}
         self.ratings: dict[str, int] = {}
+        # Jobs it has no enhancement of (a plain job type, or an enhancement
+        # still to come): like the real one, it cannot rate them (NOT_FOUND).
+        self.not_enhanced: set[str] = set()
         self.chat_closed = asyncio.Event()
 
     def _record(self, method: str, request) -> None:
@@ -567,6 +570,8 @@ class FakeEnhancer(enhancer_service_pb2_grpc.EnhancerServiceServicer):
         self._record("RateEnhancement", request)
         if not 1 <= request.rating <= 5:
             raise InvalidArgument.field("rating", "must be between 1 and 5")
+        if request.job_id in self.not_enhanced:
+            raise NotFound("enhanced job not found")
         self.ratings[request.job_id] = request.rating
         return enh_pb2.RateEnhancementResponse(job_id=request.job_id, rating=request.rating)
 

@@ -170,6 +170,20 @@ async def test_rating_someone_elses_job_is_404_and_nothing_is_rated(
     assert fake.methods().count("RateEnhancement") == before
 
 
+async def test_rating_a_job_with_no_enhancement_yet_is_409(client, fakes, enhancer, user_token):
+    """The job is the caller's, so not a 404: it has nothing to rate yet (a
+    plain job type, or an enhancement still running)."""
+    _, jobs, _ = fakes
+    _, fake = enhancer
+    user_id, token = user_token
+    job = jobs.make_job(user_id=user_id, job_type="image7b_fast_enhanced", prompt="a kite")
+    fake.not_enhanced.add(job.id)
+    r = await client.put(f"/v1/jobs/{job.id}/rating", json={"rating": 4}, headers=auth(token))
+    problem = assert_problem(r, 409)
+    assert problem["reason"] == "NOT_ENHANCED"
+    assert job.id not in fake.ratings
+
+
 @pytest.mark.parametrize("rating", [0, 6, "five", None])
 async def test_rating_is_1_to_5(client, fakes, user_token, rating):
     _, jobs, _ = fakes

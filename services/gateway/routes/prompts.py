@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import grpc
 from fastapi import APIRouter, Depends
 
-from ourvidz.errors import InvalidArgument
+from ourvidz.errors import FailedPrecondition, InvalidArgument
 from ourvidz.v1 import enhancer_service_pb2 as enh_pb2
 from ourvidz.v1 import job_service_pb2
 from services.gateway import mapping
@@ -51,16 +52,29 @@ async def enhance_prompt(body: EnhanceBody, caller: CallerDep, gw=Depends(gatewa
     responses=problem_responses(404, 409),
 )
 async def rate_job(job_id: str, body: RatingBody, caller: CallerDep, gw=Depends(gateway)) -> dict:
-    """Rate what an enhanced job produced (1-5); rating again replaces the rating."""
+    """Rate what an enhanced job produced (1-5); rating again replaces the rating.
+    A job of the caller's with no enhanced prompt yet (a plain job type, or an
+    enhancement still to come) is a 409."""
     job_id = resource_id(job_id, "job")
     # Only the caller's own job: anyone else's is a 404, as everywhere.
     await gw.backends.call(
         gw.backends.jobs.GetJob, job_service_pb2.GetJobRequest(job_id=job_id), caller.token
     )
     enhancer = gw.backends.enhancer_stub()
-    reply = await gw.backends.call(
-        enhancer.RateEnhancement,
-        enh_pb2.RateEnhancementRequest(job_id=job_id, rating=body.rating),
-        caller.token,
-    )
+    try:
+        reply = await gw.backends.call(
+            enhancer.RateEnhancement,
+            enh_pb2.RateEnhancementRequest(job_id=job_id, rating=body.rating),
+            caller.token,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        # The job is the caller's (checked above): the enhancer has no
+        # enhancement of it to rate.
+        raise FailedPrecondition(
+            "this job has no enhanced prompt to rate: it is not an enhanced job type, "
+            "or its enhancement has not finished",
+            reason="NOT_ENHANCED",
+        ) from None
     return {"job_id": reply.job_id or job_id, "rating": reply.rating or body.rating}
