@@ -77,9 +77,8 @@ def _connect(owner_url: str) -> psycopg.Connection:
 
 
 def _set_role(conn: psycopg.Connection, email: str, role: str) -> dict | None:
-    # The owner is not bound by row level security; app.role names the
-    # operator's transaction as the service acting for itself all the same.
-    conn.execute("SELECT set_config('app.role', 'system', true)")
+    # The owner's own row level security policy on the identity tables lets it
+    # see every account (gateway_0002_definer_lookups); no app.role is needed.
     return conn.execute(
         "UPDATE identity.users SET role = %s WHERE lower(email) = lower(%s)"
         " RETURNING id, email, role",
@@ -107,7 +106,6 @@ def revoke_admin(owner_url: str, email: str) -> dict:
 
 def list_admins(owner_url: str) -> list[dict]:
     with _connect(owner_url) as conn, conn.transaction():
-        conn.execute("SELECT set_config('app.role', 'system', true)")
         return conn.execute(
             "SELECT id, email, created_at FROM identity.users WHERE role = 'admin' ORDER BY email"
         ).fetchall()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ourvidz import catalog
 from ourvidz.errors import FieldViolation, InvalidArgument, NotFound
+from ourvidz.text import has_control_chars
 
 TARGETS = ("sdxl", "wan")
 ROLES = ("system", "user", "assistant")
@@ -95,12 +96,6 @@ def resolve_target(target_model: str, job_type: str) -> str:
     if not target_model:
         raise InvalidArgument.field("target_model", "give target_model (sdxl or wan) or job_type")
     return target_model
-
-
-def has_control_chars(text: str) -> bool:
-    """Control characters other than tab and line breaks (PostgreSQL refuses
-    NUL in text; none of them belongs in a prompt or a template)."""
-    return any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in text)
 
 
 def check_prompt(prompt: str, max_chars: int, field: str = "prompt") -> str:

@@ -94,17 +94,16 @@ def create_app(
         own_db = database is None
         own_backends = backends is None
         db_url = settings.service_database_url() if own_db else ""
-        if own_db:
-            # Refuse to start on a login that row level security would not
-            # bind (when PostgreSQL answers now; else each new connection is
-            # checked as the pool makes it).
-            await ourvidz_db.check_login_url(db_url)
+        # Refuse to start on a login that row level security would not bind
+        # when PostgreSQL answers now; else each new connection is checked as
+        # the pool makes it.
+        checked = own_db and await ourvidz_db.check_login_url(db_url)
         db = database or ourvidz_db.Database(
             db_url,
             max_size=settings.db_pool_size,
             name="gateway",
             timeout=settings.db_pool_timeout_seconds,
-            check_connections=True,
+            check_connections=not checked,
         )
         bk = backends or Backends(
             channel(settings.jobs_addr),

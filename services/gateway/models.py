@@ -3,12 +3,12 @@ responses are built by mapping.py and checked against these models."""
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from ourvidz import catalog
+from ourvidz.text import has_control_chars
 from services.gateway import domain
 
 JobState = Literal["queued", "enhancing", "running", "completed", "failed", "cancelled"]
@@ -35,9 +35,7 @@ INT64_MAX = 2**63 - 1
 
 
 def _no_control(value: str | None) -> str | None:
-    if value is not None and any(
-        unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in value
-    ):
+    if value is not None and has_control_chars(value):
         raise ValueError("must not contain control characters")
     return value
 
@@ -641,8 +639,3 @@ def problem_responses(*statuses: int) -> dict[int, dict]:
     """The problem+json answers a route gives beyond those derived from what
     it does (services/gateway/openapi.py documents each one in full)."""
     return {status: {"model": Problem} for status in statuses}
-
-
-# Every route's standard statuses (401, 404, 422, 503 ...) are derived from
-# what it does; a router or route lists only what that leaves out.
-PROBLEM_RESPONSES: dict[int, dict] = {}
