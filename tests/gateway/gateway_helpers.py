@@ -7,6 +7,7 @@ import json
 
 import httpx
 
+from ourvidz.v1 import events_pb2, job_pb2
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from tests.conftest import make_settings
@@ -66,3 +67,25 @@ def assert_problem(response: httpx.Response, status: int) -> dict:
     assert body["status"] == status
     assert {"type", "title", "status", "detail"} <= body.keys()
     return body
+
+
+def held_job(jobs, user_id: str) -> job_pb2.Job:
+    """A job of the jobs double with two events: running, then completed. With
+    `jobs.hold_stream` set to an Event that is never set, its event stream sends
+    the first and stays open."""
+    job = jobs.make_job(user_id=user_id, job_type="image_fast", prompt="held")
+    jobs.events[job.id] = [
+        events_pb2.JobEvent(
+            job_id=job.id,
+            sequence=1,
+            type=events_pb2.JOB_EVENT_TYPE_STATE,
+            state=job_pb2.JOB_STATE_RUNNING,
+        ),
+        events_pb2.JobEvent(
+            job_id=job.id,
+            sequence=2,
+            type=events_pb2.JOB_EVENT_TYPE_COMPLETED,
+            state=job_pb2.JOB_STATE_COMPLETED,
+        ),
+    ]
+    return job

@@ -18,12 +18,17 @@ import psycopg
 import pytest
 from starlette.requests import Request
 
-from ourvidz.v1 import events_pb2, job_pb2
 from services.gateway import throttle_store
 from services.gateway.main import start
 from services.gateway.throttle import Throttle
 from tests.conftest import token as mint
-from tests.gateway.gateway_helpers import assert_problem, auth, gateway_settings, serve_app
+from tests.gateway.gateway_helpers import (
+    assert_problem,
+    auth,
+    gateway_settings,
+    held_job,
+    serve_app,
+)
 
 PASSWORD = "correct horse battery"
 WAIT = 60  # seconds: the bound of every wait for a limit to lift
@@ -239,26 +244,6 @@ def _another_user() -> tuple[str, str]:
     return user_id, mint(user_id, "user", 300, email="other@example.com")
 
 
-def _held_job(jobs, user_id: str) -> job_pb2.Job:
-    """A job whose event stream sends one event and then stays open."""
-    job = jobs.make_job(user_id=user_id, job_type="image_fast", prompt="held")
-    jobs.events[job.id] = [
-        events_pb2.JobEvent(
-            job_id=job.id,
-            sequence=1,
-            type=events_pb2.JOB_EVENT_TYPE_STATE,
-            state=job_pb2.JOB_STATE_RUNNING,
-        ),
-        events_pb2.JobEvent(
-            job_id=job.id,
-            sequence=2,
-            type=events_pb2.JOB_EVENT_TYPE_COMPLETED,
-            state=job_pb2.JOB_STATE_COMPLETED,
-        ),
-    ]
-    return job
-
-
 async def _opened(stack: contextlib.AsyncExitStack, http: httpx.AsyncClient, url, token):
     """Open an event stream and read up to its first event; the stream stays
     open until `stack` closes (or the caller closes the response)."""
@@ -276,7 +261,7 @@ async def _opened(stack: contextlib.AsyncExitStack, http: httpx.AsyncClient, url
 async def test_open_streams_are_capped_per_user_across_replicas(base_env, fakes, user_token):
     _, jobs, _ = fakes
     user_id, token = user_token
-    job = _held_job(jobs, user_id)
+    job = held_job(jobs, user_id)
     url = f"/v1/jobs/{job.id}/events"
     settings = _settings(base_env, fakes, gateway_max_streams_per_user=2)
     jobs.hold_stream = asyncio.Event()  # never set while the test runs
@@ -294,7 +279,7 @@ async def test_open_streams_are_capped_per_user_across_replicas(base_env, fakes,
                 _assert_too_many(await http.get(url, headers=auth(token)), "TOO_MANY_STREAMS")
             # Another user is not held to this user's streams.
             other_id, other_token = _another_user()
-            other_job = _held_job(jobs, other_id)
+            other_job = held_job(jobs, other_id)
             await _opened(streams, a, f"/v1/jobs/{other_job.id}/events", other_token)
 
             # Closing a stream releases its lease, so one more opens.

@@ -7,9 +7,9 @@ import asyncio
 
 import httpx
 
-from ourvidz.v1 import events_pb2, job_pb2
+from ourvidz.v1 import job_pb2
 from services.gateway.main import start
-from tests.gateway.gateway_helpers import auth, gateway_settings
+from tests.gateway.gateway_helpers import auth, gateway_settings, held_job
 
 
 async def _first_event(chunks) -> str:
@@ -27,21 +27,7 @@ async def _rest(chunks) -> str:
 
 
 def _held_job(jobs, user_id: str) -> job_pb2.Job:
-    job = jobs.make_job(user_id=user_id, job_type="image_fast", prompt="held")
-    jobs.events[job.id] = [
-        events_pb2.JobEvent(
-            job_id=job.id,
-            sequence=1,
-            type=events_pb2.JOB_EVENT_TYPE_STATE,
-            state=job_pb2.JOB_STATE_RUNNING,
-        ),
-        events_pb2.JobEvent(
-            job_id=job.id,
-            sequence=2,
-            type=events_pb2.JOB_EVENT_TYPE_COMPLETED,
-            state=job_pb2.JOB_STATE_COMPLETED,
-        ),
-    ]
+    job = held_job(jobs, user_id)
     jobs.hold_stream = asyncio.Event()  # never set: the stream stays open after event 1
     jobs.watch_closed.clear()
     return job
