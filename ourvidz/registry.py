@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
@@ -63,21 +63,24 @@ async def declare_bucket(
 
 
 async def list_cards(js: JetStreamContext, bucket: str = WORKERS_BUCKET) -> list[dict]:
-    """Every card in the bucket (none when the bucket does not exist yet)."""
+    """Every card in the bucket (none when the bucket does not exist yet).
+
+    The keys come from the bucket's stream (its subjects), not from a KV
+    watcher: `KeyValue.keys()` may end before it has read what the server
+    already sent when the client is slow, and leave live cards out."""
     try:
         kv = await js.key_value(bucket)
     except BucketNotFoundError:
         return []
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + ">")
+    keys = [subject[len(prefix) :] for subject in (info.state.subjects or {})]
     cards = []
     for key in keys:
         try:
             entry = await kv.get(key)
-        except Exception:
-            continue  # gone (expired or deleted) between the listing and the read
+        except (KeyNotFoundError, KeyDeletedError):
+            continue  # gone (expired or deleted) after its last write, or since the listing
         if not entry.value:
             continue
         try:
