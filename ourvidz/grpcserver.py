@@ -19,6 +19,7 @@ from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ourvidz import telemetry
 from ourvidz.auth import TokenVerifier, bearer, reset_principal, set_principal
 from ourvidz.errors import Unauthenticated, abort_with
 
@@ -144,9 +145,17 @@ def build_server(
     host: str = "127.0.0.1",
     port: int = 0,
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    service: str = "",
 ) -> Served:
+    """`service` names the spans of the server's calls (`ourvidz.service`);
+    the tracing interceptor comes first, so a call's span covers its
+    authentication and the mapping of its errors."""
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(verifier), *interceptors],
+        interceptors=[
+            telemetry.grpc_server_interceptor(service),
+            ServiceInterceptor(verifier),
+            *interceptors,
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -180,13 +189,15 @@ async def set_serving(served: Served, service_names: Iterable[str], serving: boo
         await served.health.set(name, status)
 
 
-def channel(addr: str) -> grpc.aio.Channel:
+def channel(addr: str, service: str = "") -> grpc.aio.Channel:
     """A client channel with the mesh's message size limits. It tries to
     reconnect to a peer that went away at least every 5 s (gRPC's default
     back-off grows to 2 minutes, so a service that came back would stay
-    "unavailable" to its callers for that long)."""
+    "unavailable" to its callers for that long). Each call is a client span
+    of `service`, and carries the caller's trace context."""
     return grpc.aio.insecure_channel(
         addr,
+        interceptors=telemetry.grpc_client_interceptors(service),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -1,5 +1,7 @@
-"""Structured logs: one JSON object per line, carrying the job, user and trace
-ids of the work in hand (set through `bind()`), never a `print`."""
+"""Structured logs: one JSON object per line, carrying the job and user ids of
+the work in hand (set through `bind()`) and the trace and span ids of the
+current OpenTelemetry span, never a `print`. The plain format (LOG_JSON=false)
+ends each line with the same fields as `key=value`."""
 
 from __future__ import annotations
 
@@ -29,6 +31,20 @@ def bind(**fields: object) -> Iterator[None]:
         _fields.reset(token)
 
 
+def trace_fields() -> dict[str, str]:
+    """trace_id and span_id of the current span (hex, as trace tools show
+    them); empty outside a span."""
+    try:
+        from opentelemetry import trace
+
+        ctx = trace.get_current_span().get_span_context()
+    except Exception:  # telemetry must never break logging
+        return {}
+    if not ctx.is_valid:
+        return {}
+    return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -43,19 +59,28 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
             **(_fields.get() or {}),
+            **trace_fields(),
         }
-        try:
-            from opentelemetry import trace
-
-            ctx = trace.get_current_span().get_span_context()
-            if ctx.is_valid:
-                entry["trace_id"] = f"{ctx.trace_id:032x}"
-                entry["span_id"] = f"{ctx.span_id:016x}"
-        except Exception:  # telemetry must never break logging
-            pass
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class PlainFormatter(logging.Formatter):
+    """One readable line: time, service, level, logger and message, then the
+    bound fields and the trace and span ids as `key=value`."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = {**(_fields.get() or {}), **trace_fields()}
+        if not fields:
+            return line
+        suffix = " ".join(f"{key}={value}" for key, value in fields.items())
+        head, sep, tail = line.partition("\n")  # a traceback stays below the line
+        return f"{head} {suffix}{sep}{tail}"
 
 
 class OneLineErrors(logging.Filter):
@@ -107,9 +132,7 @@ def setup(service: str, level: str = "INFO", as_json: bool = True) -> None:
     if as_json:
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(PlainFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

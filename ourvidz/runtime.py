@@ -18,7 +18,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ourvidz import logs
+from ourvidz import logs, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ async def serve_until_signalled(
 def run(name: str, settings_cls: type, start: Callable[[Any], Awaitable[Any]]) -> None:
     settings = settings_cls()
     logs.setup(name, settings.log_level, settings.log_json)
+    telemetry.setup(name, settings)
     asyncio.run(serve_until_signalled(start, settings, name))
     exit_now()
 

@@ -50,7 +50,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from ourvidz import logs, queue
+from ourvidz import logs, queue, telemetry
 from ourvidz.auth import TokenSigner, TokenSource
 from ourvidz.errors import parse_rpc_error
 from ourvidz.genworker.errors import (
@@ -321,7 +321,22 @@ class Worker:
             log.error("task without a job id dropped")
             await msg.term()
             return
-        with logs.bind(job_id=task.job_id, user_id=task.user_id, delivery=delivery):
+        family = self.config.family
+        with (
+            logs.bind(job_id=task.job_id, user_id=task.user_id, delivery=delivery),
+            telemetry.job(
+                family,
+                f"{family}.job",
+                msg.headers,
+                job_id=task.job_id,
+                job_type=task.job_type,
+                **{
+                    "messaging.system": "nats",
+                    "messaging.destination.name": msg.subject,
+                    "messaging.nats.delivery": delivery,
+                },
+            ),
+        ):
             self.stats.current_job_id = task.job_id
             try:
                 await self._handle_task(msg, task, delivery)
@@ -402,6 +417,8 @@ class Worker:
             await msg.ack_sync()
             return
 
+        if (job_span := telemetry.current_job()) is not None:
+            job_span.set_attempt(started.job.attempt)
         token = started.start_token
         cancel = threading.Event()
         superseded = threading.Event()  # another start holds the job now
@@ -421,10 +438,11 @@ class Worker:
                 raise Cancelled()
             reporter.stage(UPLOADING)
             assets = []
-            for output in outputs:
-                assets.append(
-                    await self._persist("storage", lambda o=output: self._upload(o, uploaded))
-                )
+            with telemetry.stage(f"{self.config.family}.upload", outputs=len(outputs)):
+                for output in outputs:
+                    assets.append(
+                        await self._persist("storage", lambda o=output: self._upload(o, uploaded))
+                    )
             await reporter.close()  # every report reaches Jobs before the completion
             # No cancellation check here: Jobs says whether these outputs are wanted.
             await self._complete(msg, task, token, assets, uploaded)

@@ -122,7 +122,7 @@ async def start_worker(
     config = LoopConfig.from_settings(family_name, settings)
     nc, js = await queue.connect(settings.nats_url, name=f"{family_name}-{config.worker_id}")
     store = store_from_settings(settings)
-    jobs_channel = grpcserver.channel(settings.jobs_addr)
+    jobs_channel = grpcserver.channel(settings.jobs_addr, service=family_name)
     jobs = job_service_pb2_grpc.JobServiceStub(jobs_channel)
 
     holder: dict[str, Any] = {}
@@ -144,6 +144,7 @@ async def start_worker(
         service_names=SERVICE_NAMES,
         host=getattr(settings, f"{family_name}_host"),
         port=getattr(settings, f"{family_name}_port") if port is None else port,
+        service=family_name,
     )
     await served.start()
     await grpcserver.set_serving(served, SERVICE_NAMES, serving=False)

@@ -98,7 +98,7 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
         settings.prompt_policy(),
         counter,
     )
-    jobs_channel = grpcserver.channel(settings.jobs_addr)
+    jobs_channel = grpcserver.channel(settings.jobs_addr, service="enhancer")
     stage = EnhanceStage(settings, js, core, job_service_pb2_grpc.JobServiceStub(jobs_channel))
     try:
         await notifier.subscribe()
@@ -116,6 +116,7 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
         service_names=SERVICE_NAMES,
         host=settings.enhancer_host,
         port=settings.enhancer_port if port is None else port,
+        service="enhancer",
     )
     await served.start()
     await grpcserver.set_serving(served, SERVICE_NAMES, serving=False)

@@ -9,6 +9,10 @@ stage. A job that is no longer `enhancing` (cancelled, or a repeat) is acked
 and left alone. When Jobs cannot be reached the message is nak'ed with a
 backoff; after the last attempt it is terminated (Jobs times out jobs stuck in
 `enhancing`).
+
+Each task is a span of its job's trace (the message's headers carry the
+context of the CreateJob that queued it), with the enhancement itself as the
+`enhancer.enhance` stage; CompleteEnhancement runs inside it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from google.protobuf.message import DecodeError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from ourvidz import logs, queue
+from ourvidz import logs, queue, telemetry
 from ourvidz.auth import TokenSource
 from ourvidz.v1 import job_service_pb2, job_service_pb2_grpc, queue_pb2
 from services.enhancer import domain
@@ -116,7 +120,21 @@ class EnhanceStage:
             await msg.term()
             return
         delivery = msg.metadata.num_delivered
-        with logs.bind(job_id=task.job_id, user_id=task.user_id, delivery=delivery):
+        with (
+            logs.bind(job_id=task.job_id, user_id=task.user_id, delivery=delivery),
+            telemetry.job(
+                "enhancer",
+                "enhancer.job",
+                msg.headers,
+                job_id=task.job_id,
+                job_type=task.job_type,
+                **{
+                    "messaging.system": "nats",
+                    "messaging.destination.name": msg.subject,
+                    "messaging.nats.delivery": delivery,
+                },
+            ),
+        ):
             self.current_job_id = task.job_id
             try:
                 async with queue.heartbeat(msg, self.settings.enhancer_ack_wait_seconds):
@@ -179,7 +197,8 @@ class EnhanceStage:
             result = None
             reason = "the prompt cannot be enhanced (empty or against the prompt policy)"
         else:
-            result = await self.core.enhance(prompt, target, caller=caller)
+            with telemetry.stage("enhancer.enhance", target=target):
+                result = await self.core.enhance(prompt, target, caller=caller)
             reason = result.fallback_reason
         if result is None or result.fallback:
             return job_service_pb2.CompleteEnhancementRequest(

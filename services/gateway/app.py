@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from ourvidz import db as ourvidz_db
+from ourvidz import telemetry
 from ourvidz.auth import TokenVerifier
 from ourvidz.grpcserver import channel
 from ourvidz.storage import LocalStore, store_from_settings
@@ -106,10 +107,10 @@ def create_app(
             check_connections=not checked,
         )
         bk = backends or Backends(
-            channel(settings.jobs_addr),
-            channel(settings.workspace_addr),
+            channel(settings.jobs_addr, service="gateway"),
+            channel(settings.workspace_addr, service="gateway"),
             settings.grpc_deadline_seconds,
-            channel(settings.enhancer_addr),
+            channel(settings.enhancer_addr, service="gateway"),
         )
         if own_db:
             # Without waiting: the process serves /healthz (and /readyz says
@@ -180,4 +181,7 @@ def create_app(
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(SecurityHeadersMiddleware)
+    # Outermost: a server span per request, a child of the client's traceparent,
+    # current in every middleware and route (and in the gRPC calls they make).
+    telemetry.instrument_fastapi(app, "gateway")
     return app

@@ -146,6 +146,7 @@ async def start(
         service_names=[SERVICE_NAME],
         host=settings.jobs_host,
         port=settings.jobs_port if port is None else port,
+        service="jobs",
     )
     await served.start()
     await set_serving(served, [SERVICE_NAME])

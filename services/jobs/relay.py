@@ -7,7 +7,9 @@ after a restart, or another one) finds the rows. Rows are claimed with
 `FOR UPDATE SKIP LOCKED`, so several replicas share the work without
 publishing a row twice at once; a row published but not yet deleted when a
 relay dies is published again with the same `Nats-Msg-Id`, which JetStream's
-duplicate window drops. It wakes on `NOTIFY jobs_outbox` (a trigger on the
+duplicate window drops. Each message carries, as headers, the trace context
+of the call that wrote its row (traceparent, tracestate), so its consumer
+continues that trace. It wakes on `NOTIFY jobs_outbox` (a trigger on the
 outbox) and polls about once a second in case a notification is missed.
 """
 
@@ -19,7 +21,9 @@ import logging
 
 import psycopg
 from nats.js import JetStreamContext
+from opentelemetry import trace
 
+from ourvidz import telemetry
 from ourvidz.db import Database
 from services.jobs import store
 
@@ -74,12 +78,7 @@ class OutboxRelay:
             ok = True
             for row in rows:
                 try:
-                    await self._js.publish(
-                        row["subject"],
-                        bytes(row["payload"]),
-                        timeout=PUBLISH_TIMEOUT_SECONDS,
-                        headers={"Nats-Msg-Id": row["msg_id"]},
-                    )
+                    await self._publish(row)
                 except Exception as exc:  # NATS down or slow: keep the rest for later
                     log.warning("outbox publish to %s failed: %s", row["subject"], exc)
                     ok = False
@@ -88,6 +87,34 @@ class OutboxRelay:
             if done:
                 await store.delete_outbox(conn, done)
         return len(done), ok
+
+    async def _publish(self, row: dict) -> None:
+        """One row as a message. A row written inside a trace is published in
+        a producer span of that trace, whose context the message carries."""
+        headers = {"Nats-Msg-Id": row["msg_id"]}
+        carried = row.get("trace_headers") or {}
+        if not carried:
+            await self._publish_with(row, headers)
+            return
+        with telemetry.tracer("jobs").start_as_current_span(
+            "jobs.outbox.publish",
+            context=telemetry.extract(carried),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": row["subject"],
+                "messaging.message.id": row["msg_id"],
+            },
+        ):
+            await self._publish_with(row, telemetry.inject(headers))
+
+    async def _publish_with(self, row: dict, headers: dict[str, str]) -> None:
+        await self._js.publish(
+            row["subject"],
+            bytes(row["payload"]),
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+            headers=headers,
+        )
 
     async def _run(self) -> None:
         backoff = self._poll

@@ -8,7 +8,9 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from psycopg import AsyncConnection, sql
+from psycopg.types.json import Jsonb
 
+from ourvidz import telemetry
 from services.jobs import domain
 
 _JOB_COLUMNS = (
@@ -234,16 +236,18 @@ async def events_after(conn: AsyncConnection, job_id: str, after: int) -> list[d
 
 
 async def insert_outbox(conn: AsyncConnection, subject: str, msg_id: str, payload: bytes) -> None:
+    """A message to publish once the transaction commits, with the trace
+    context of the call that caused it (published as its headers)."""
     await conn.execute(
-        "INSERT INTO jobs.outbox (subject, msg_id, payload) VALUES (%s, %s, %s)",
-        (subject, msg_id, payload),
+        "INSERT INTO jobs.outbox (subject, msg_id, payload, trace_headers) VALUES (%s, %s, %s, %s)",
+        (subject, msg_id, payload, Jsonb(telemetry.inject())),
     )
 
 
 async def claim_outbox(conn: AsyncConnection, limit: int) -> list[dict]:
     """Rows no other relay holds, oldest first; locked until the transaction ends."""
     cur = await conn.execute(
-        "SELECT id, subject, msg_id, payload FROM jobs.outbox "
+        "SELECT id, subject, msg_id, payload, trace_headers FROM jobs.outbox "
         "ORDER BY id FOR UPDATE SKIP LOCKED LIMIT %s",
         (limit,),
     )

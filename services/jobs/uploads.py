@@ -39,7 +39,7 @@ class WorkspaceUploads(UploadResolver):
     workspace's isolation rules decide whether the upload is theirs."""
 
     def __init__(self, addr: str, deadline_seconds: float) -> None:
-        self._channel = channel(addr)
+        self._channel = channel(addr, service="jobs")
         self._stub = workspace_service_pb2_grpc.WorkspaceServiceStub(self._channel)
         self._deadline = deadline_seconds
 

@@ -9,6 +9,15 @@ Progress and cancellation go through `callback_on_step_end`: it reports each
 finished denoising step and raises `Cancelled` when asked to stop, which ends
 the call at once (nothing is decoded) and leaves the pipeline reusable. The
 stages around it (encoding the text, decoding) go to `on_stage` where given.
+
+Each stage is a span of the job's trace and a sample of `ourvidz_stage_seconds`
+(`telemetry.stage`): `sdxl.encode_text` (the pipeline's own `encode_prompt`,
+called first; its embeddings are passed in), `sdxl.denoise` (the pipeline
+asked for latents: timesteps, the starting noise, for img2img the reference's
+encoding, and the steps) and `sdxl.decode` (the VAE decode as the pipeline
+does it, then the PNGs). The images are the same bytes as one call of the
+pipeline gives. A stand-in pipeline without a text encoder and VAE (the
+control-plane preset) is one `sdxl.denoise` stage.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from ourvidz import catalog
+from ourvidz import catalog, telemetry
 from ourvidz.genworker.errors import Cancelled
 from ourvidz.genworker.progress import ENCODING_TEXT, no_stage, step_callback
 from ourvidz.v1 import job_pb2, queue_pb2
@@ -116,32 +125,109 @@ def render(
 
     callback = step_callback(on_step, should_cancel, stage)
 
-    common = {
-        "prompt": task.prompt,
-        "negative_prompt": task.negative_prompt or None,
+    call = {
         "num_inference_steps": job_plan.steps,
         "guidance_scale": job_plan.guidance_scale,
-        "num_images_per_prompt": task.num_images,
         "generator": generators,
         "callback_on_step_end": callback,
-        "output_type": "pil",
     }
+    if reference_image is None:
+        pipe = pipe_bundle.txt2img
+        call.update(width=task.width, height=task.height)
+    else:
+        pipe = pipe_bundle.img2img
+        image = reference_image.convert("RGB").resize(
+            (task.width, task.height), Image.Resampling.LANCZOS
+        )
+        call.update(image=image, strength=job_plan.strength)
+    negative = task.negative_prompt or None
     with pipe_bundle.lock, torch.inference_mode():
         # img2img runs a share of the steps that diffusers settles; its first step tells.
         stage(ENCODING_TEXT, job_plan.steps if job_plan.strength is None else None)
-        if reference_image is None:
-            out = pipe_bundle.txt2img(width=task.width, height=task.height, **common)
+        if not stages_apart(pipe):
+            with telemetry.stage("sdxl.denoise"):
+                out = pipe(
+                    prompt=task.prompt,
+                    negative_prompt=negative,
+                    num_images_per_prompt=task.num_images,
+                    output_type="pil",
+                    **call,
+                )
+            with telemetry.stage("sdxl.decode"):
+                pngs = [encode_png(img) for img in out.images]
+                images = out.images
         else:
-            image = reference_image.convert("RGB").resize(
-                (task.width, task.height), Image.Resampling.LANCZOS
-            )
-            out = pipe_bundle.img2img(image=image, strength=job_plan.strength, **common)
+            with telemetry.stage("sdxl.encode_text"):
+                embeds = encode_text(
+                    pipe, task.prompt, negative, task.num_images, job_plan.guidance_scale
+                )
+            with telemetry.stage("sdxl.denoise"):
+                # The embeddings hold every image of the batch already.
+                latents = pipe(
+                    num_images_per_prompt=1, output_type="latent", **embeds, **call
+                ).images
+            with telemetry.stage("sdxl.decode"):
+                images = decode(pipe, latents)
+                pngs = [encode_png(img) for img in images]
     return [
-        RenderedImage(
-            index=i, png_bytes=encode_png(img), seed=seeds[i], width=img.width, height=img.height
-        )
-        for i, img in enumerate(out.images)
+        RenderedImage(index=i, png_bytes=png, seed=seeds[i], width=img.width, height=img.height)
+        for i, (img, png) in enumerate(zip(images, pngs, strict=True))
     ]
+
+
+def stages_apart(pipe) -> bool:
+    """Whether the pipeline's text encoding and decoding can be run apart
+    from its denoising (a diffusers SDXL pipeline; not a stand-in)."""
+    return callable(getattr(pipe, "encode_prompt", None)) and getattr(pipe, "vae", None) is not None
+
+
+def encode_text(
+    pipe, prompt: str, negative_prompt: str | None, num_images: int, guidance_scale: float
+) -> dict:
+    """The prompt embeddings of a batch of `num_images`, as the pipeline's
+    own call computes them, ready to be passed back to it."""
+    guided = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+    positive, negative, pooled, negative_pooled = pipe.encode_prompt(
+        prompt=prompt,
+        device=pipe._execution_device,
+        num_images_per_prompt=num_images,
+        do_classifier_free_guidance=guided,
+        negative_prompt=negative_prompt,
+    )
+    return {
+        "prompt_embeds": positive,
+        "negative_prompt_embeds": negative,
+        "pooled_prompt_embeds": pooled,
+        "negative_pooled_prompt_embeds": negative_pooled,
+    }
+
+
+def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
+    """Latents to images, the steps of the SDXL pipelines' own decoding
+    (diffusers 0.42: upcast a float16 VAE that asks for it, unscale, decode,
+    post-process); the watermarker is off in every bundle."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+    if upcast:
+        vae.to(dtype=torch.float32)
+        latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+    mean = getattr(vae.config, "latents_mean", None)
+    std = getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        latents = latents * std / vae.config.scaling_factor + mean
+    else:
+        latents = latents / vae.config.scaling_factor
+    latents = latents.to(get_module_execution_device(vae))
+    image = vae.decode(latents, return_dict=False)[0]
+    if upcast:
+        vae.to(dtype=torch.float16)
+    images = pipe.image_processor.postprocess(image, output_type="pil")
+    pipe.maybe_free_model_hooks()
+    return images
 
 
 async def render_async(

@@ -14,6 +14,13 @@ failure with a message naming the field, never a silent rounding.
 Progress and cancellation go through `callback_on_step_end`: it reports each
 finished denoising step and raises `Cancelled` when asked to stop, which ends
 the call at once (nothing is decoded) and leaves the pipeline reusable.
+
+Each stage is a span of the job's trace and a sample of `ourvidz_stage_seconds`
+(`telemetry.stage`): `wan.encode_text` (the pipeline's own `encode_prompt`,
+called first; its embeddings are passed in), `wan.denoise` (the pipeline asked
+for latents), `wan.decode` (the VAE decode as the pipeline does it; for an
+image, its PNG too) and, for a video, `wan.encode_video` (MP4 and thumbnail).
+The frames are the same as one call of the pipeline gives.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ourvidz import catalog
+from ourvidz import catalog, telemetry
 from ourvidz.genworker.errors import Cancelled, InvalidReference, InvalidTask
 from ourvidz.genworker.progress import ENCODING_TEXT, ENCODING_VIDEO, no_stage, step_callback
 from ourvidz.settings import CatalogLimits
@@ -185,36 +192,80 @@ def render(
 
     callback = step_callback(on_step, should_cancel, stage)
 
+    pipe = pipe_bundle.pipe
     with pipe_bundle.lock, torch.inference_mode():
         stage(ENCODING_TEXT, job_plan.steps)
-        out = pipe_bundle.pipe(
-            prompt=task.prompt,
-            negative_prompt=task.negative_prompt or None,
-            height=job_plan.height,
-            width=job_plan.width,
-            num_frames=job_plan.num_frames,
-            num_inference_steps=job_plan.steps,
-            guidance_scale=job_plan.guidance_scale,
-            generator=generator,
-            callback_on_step_end=callback,
-            output_type="np",
-        )
-    frames = to_uint8(out.frames[0])
+        with telemetry.stage("wan.encode_text"):
+            embeds = encode_text(
+                pipe, task.prompt, task.negative_prompt or None, job_plan.guidance_scale
+            )
+        with telemetry.stage("wan.denoise"):
+            latents = pipe(
+                height=job_plan.height,
+                width=job_plan.width,
+                num_frames=job_plan.num_frames,
+                num_inference_steps=job_plan.steps,
+                guidance_scale=job_plan.guidance_scale,
+                generator=generator,
+                callback_on_step_end=callback,
+                output_type="latent",
+                **embeds,
+            ).frames
+        with telemetry.stage("wan.decode"):
+            frames = to_uint8(decode(pipe, latents)[0])
+            png = None if job_plan.video else encode_png(frames[0])
     common = {
         "width": job_plan.width,
         "height": job_plan.height,
         "num_frames": len(frames),
         "seed": seed,
     }
-    if not job_plan.video:
-        return Rendered(data=encode_png(frames[0]), content_type="image/png", **common)
+    if png is not None:
+        return Rendered(data=png, content_type="image/png", **common)
     stage(ENCODING_VIDEO)
-    return Rendered(
-        data=encode_mp4(frames, job_plan.fps, crf),
-        content_type="video/mp4",
-        thumbnail_png=encode_png(thumbnail_frame(frames)),
-        **common,
+    with telemetry.stage("wan.encode_video"):
+        return Rendered(
+            data=encode_mp4(frames, job_plan.fps, crf),
+            content_type="video/mp4",
+            thumbnail_png=encode_png(thumbnail_frame(frames)),
+            **common,
+        )
+
+
+# The pipeline's default prompt length (`WanPipeline.__call__`), which its
+# `encode_prompt` does not share.
+MAX_SEQUENCE_LENGTH = 512
+
+
+def encode_text(pipe, prompt: str, negative_prompt: str | None, guidance_scale: float) -> dict:
+    """The prompt embeddings as the pipeline's own call computes them, ready
+    to be passed back to it."""
+    positive, negative = pipe.encode_prompt(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        do_classifier_free_guidance=guidance_scale > 1.0,
+        num_videos_per_prompt=1,
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+        device=pipe._execution_device,
     )
+    return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+
+
+def decode(pipe, latents: torch.Tensor) -> np.ndarray:
+    """Latents to frames in [0, 1] (batch, frames, height, width, 3), the
+    steps of `WanPipeline`'s own decoding (diffusers 0.42)."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    vae = pipe.vae
+    latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+    std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+    latents = latents / std + mean
+    video = vae.decode(latents, return_dict=False)[0]
+    frames = pipe.video_processor.postprocess_video(video, output_type="np")
+    pipe.maybe_free_model_hooks()
+    return frames
 
 
 async def render_async(

@@ -5,7 +5,8 @@ A message is acked only after its transaction committed; a failure naks it for
 a later redelivery, and a redelivered completion files nothing twice (unique
 keys with ON CONFLICT DO NOTHING). Every other event is acked and ignored here
 (watchers see them through their own subscriptions). After commit, each new
-item is announced on `workspace.items.<user_id>.<session_id>`.
+item is announced on `workspace.items.<user_id>.<session_id>`. Filing a
+completion is a span of the job's trace (the event's headers carry it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from ourvidz import logs
+from ourvidz import logs, telemetry
 from ourvidz.errors import dependency_failure
 from ourvidz.queue import EVENTS_STREAM
 from ourvidz.v1 import events_pb2
@@ -114,7 +115,17 @@ class Filer:
             await msg.ack()
             return
         done = completion(event)
-        with logs.bind(job_id=event.job_id, user_id=event.user_id):
+        with (
+            logs.bind(job_id=event.job_id, user_id=event.user_id),
+            telemetry.job(
+                "workspace",
+                "workspace.file",
+                msg.headers,
+                job_id=event.job_id,
+                job_type=event.job.job_type,
+                **{"messaging.system": "nats", "messaging.destination.name": msg.subject},
+            ),
+        ):
             if done is None:
                 log.error("completed event without a usable job snapshot; dropped")
                 await msg.term()

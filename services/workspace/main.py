@@ -79,6 +79,7 @@ async def start(settings: WorkspaceSettings, *, port: int | None = None) -> Runn
         service_names=[SERVICE_NAME],
         host=settings.workspace_host,
         port=settings.workspace_port if port is None else port,
+        service="workspace",
     )
     await served.start()
     await set_serving(served, [SERVICE_NAME])
