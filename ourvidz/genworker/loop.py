@@ -27,6 +27,11 @@ terminated unless Jobs recorded the job's outcome. Blobs are removed only when
 Jobs answered that the job ended without them; everything else is left to the
 jobs service's collector of orphan blobs.
 
+Each message is the span `<family>.job` of its job's trace (the message's
+headers carry the context of the call that queued it), and every call to Jobs
+about the job runs inside it; the render's stages and the upload are spans
+of it (`telemetry.stage`).
+
 Failures of the job itself: transient ones (out of memory, anything
 unexpected) are reported with `will_retry` and the message is nak'ed with a
 backoff; Jobs decides whether an attempt is left. Permanent ones (bad task,
