@@ -225,3 +225,54 @@ async def test_a_task_that_keeps_failing_ends_as_a_fallback(mesh, infra):
     assert len(attempts) == 2
     assert job.state == job_pb2.JOB_STATE_QUEUED
     assert job.enhancement_fallback and job.enhanced_prompt == ""
+
+
+async def test_an_enhanced_job_is_one_trace_through_the_stage(mesh):
+    from opentelemetry import trace
+    from prometheus_client import REGISTRY
+
+    from ourvidz import telemetry
+
+    labels = {"service": "enhancer", "job_type": "image7b_fast_enhanced", "stage": "enhance"}
+    before = REGISTRY.get_sample_value("ourvidz_stage_seconds_count", labels) or 0.0
+    _, md = user_md()
+    with telemetry.capture() as exporter:
+        with telemetry.tracer("client").start_as_current_span("client") as client:
+            job = await mesh.create(md, "image7b_fast_enhanced", "a heron in the reeds")
+        await mesh.until_queued(md, job.id)
+        trace_id = client.get_span_context().trace_id
+
+        def generation_task_published() -> list:
+            return [
+                s
+                for s in exporter.get_finished_spans()
+                if s.context.trace_id == trace_id
+                and s.name == "jobs.outbox.publish"
+                and s.attributes["messaging.destination.name"].startswith("tasks.wan.")
+            ]
+
+        deadline = time.monotonic() + 20
+        while not generation_task_published():
+            assert time.monotonic() < deadline, "the generation task's publish span is missing"
+            await asyncio.sleep(0.05)
+        spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
+    ids = {s.context.span_id: s for s in spans}
+    (stage,) = [s for s in spans if s.name == "enhancer.job"]
+    assert stage.attributes["job.id"] == job.id
+    publish = ids[stage.parent.span_id]
+    assert publish.attributes["messaging.destination.name"] == queue.ENHANCE_SUBJECT
+    assert ids[publish.parent.span_id].name == "/ourvidz.v1.JobService/CreateJob"
+    (enhance,) = [s for s in spans if s.name == "enhancer.enhance"]
+    assert enhance.parent.span_id == stage.context.span_id
+    (completed,) = [
+        s
+        for s in spans
+        if s.name == "/ourvidz.v1.JobService/CompleteEnhancement"
+        and s.kind == trace.SpanKind.SERVER
+    ]
+    assert completed.attributes["ourvidz.service"] == "jobs"
+    assert ids[completed.parent.span_id].parent.span_id == stage.context.span_id
+    (generation,) = generation_task_published()
+    assert generation.parent.span_id == completed.context.span_id
+    after = REGISTRY.get_sample_value("ourvidz_stage_seconds_count", labels)
+    assert after == before + 1
