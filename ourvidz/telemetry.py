@@ -44,6 +44,10 @@ from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import Histogram
 
 log = logging.getLogger(__name__)
@@ -74,24 +78,20 @@ _TRUE = ("true", "1", "yes", "on")
 # --- the process's providers ------------------------------------------------------------
 
 
-class _Fanout:
+class _Fanout(SpanProcessor):
     """The span processors every service's provider shares: the exporters of
-    `setup`, a test's in-memory exporter. Duck-types the SDK's SpanProcessor."""
+    `setup`, a test's in-memory exporter."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._processors: tuple = ()
+        self._processors: tuple[SpanProcessor, ...] = ()
         self._shut = False
 
-    @property
-    def processors(self) -> tuple:
-        return self._processors
-
-    def add(self, processor) -> None:
+    def add(self, processor: SpanProcessor) -> None:
         with self._lock:
             self._processors = (*self._processors, processor)
 
-    def remove(self, processor) -> None:
+    def remove(self, processor: SpanProcessor) -> None:
         with self._lock:
             self._processors = tuple(p for p in self._processors if p is not processor)
 
@@ -101,9 +101,7 @@ class _Fanout:
 
     def _on_ending(self, span) -> None:
         for processor in self._processors:
-            on_ending = getattr(processor, "_on_ending", None)
-            if on_ending is not None:
-                on_ending(span)
+            processor._on_ending(span)
 
     def on_end(self, span) -> None:
         for processor in self._processors:
@@ -122,7 +120,7 @@ class _Fanout:
         return all(p.force_flush(timeout_millis) for p in self._processors)
 
 
-class _ServiceAttribute:
+class _ServiceAttribute(SpanProcessor):
     """Marks each span of a service's provider with `ourvidz.service`."""
 
     def __init__(self, service: str) -> None:
@@ -130,18 +128,6 @@ class _ServiceAttribute:
 
     def on_start(self, span, parent_context: Context | None = None) -> None:
         span.set_attribute(SERVICE_ATTR, self.service)
-
-    def _on_ending(self, span) -> None:
-        pass
-
-    def on_end(self, span) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 @dataclass
@@ -166,22 +152,19 @@ def _provider(state: _State, service: str):
     provider = state.providers.get(service)
     if provider is not None:
         return provider
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor, TracerProvider
-
-    attributes = {
-        SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or service or "ourvidz",
-        "service.namespace": "ourvidz",
-    }
+    defaults = {"service.namespace": "ourvidz"}
     if state.environment:
-        attributes["deployment.environment"] = state.environment
+        defaults["deployment.environment"] = state.environment
+    # OTEL_RESOURCE_ATTRIBUTES wins over the defaults; OTEL_SERVICE_NAME over the name.
+    name = os.environ.get("OTEL_SERVICE_NAME") or service or "ourvidz"
+    resource = Resource(defaults).merge(Resource.create({SERVICE_NAME: name}))
     processors = SynchronousMultiSpanProcessor()
     if service:
         processors.add_span_processor(_ServiceAttribute(service))
     processors.add_span_processor(state.fanout)
     # The sampler comes from OTEL_TRACES_SAMPLER (parent-based, always on by default).
     provider = TracerProvider(
-        resource=Resource.create(attributes),
+        resource=resource,
         active_span_processor=processors,
         shutdown_on_exit=False,
     )
@@ -273,14 +256,12 @@ def setup(service: str, settings: Any = None) -> bool:
     if state is None:
         log.info("tracing disabled (OTEL_SDK_DISABLED)")
         return False
-    _provider(state, service)
     with _state_lock:
+        _provider(state, service)
         if not state.exporting:
             state.exporting = True
             names = exporter_names()
             if names:
-                from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
                 for exporter in _load_exporters(names):
                     state.exporters.append(exporter)
                     state.fanout.add(BatchSpanProcessor(exporter))
@@ -297,9 +278,6 @@ def installed_exporters() -> list:
 def capture() -> Iterator[Any]:
     """Record every span of this process (every service in it) in memory
     while inside: yields the `InMemorySpanExporter` (tests)."""
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
     state = _ensure_state("ourvidz")
     if state is None:
         raise RuntimeError("OTEL_SDK_DISABLED is set: no spans to capture")
