@@ -145,11 +145,17 @@ async def test_one_trace_covers_gateway_jobs_worker_stages_and_workspace(http, s
         assert span.attributes["job.type"] == "sdxl_image_fast"
         assert span.attributes["job.attempt"] == 1
     # The worker's calls to Jobs run inside its job span.
-    for method in ("StartJob", "CompleteJob"):
-        served = one(f"/ourvidz.v1.JobService/{method}", trace.SpanKind.SERVER)
-        caller = ids[served.parent.span_id]
-        assert caller.attributes["ourvidz.service"] == "sdxl"
-        assert caller.parent.span_id == job_span.context.span_id
+    for method in ("StartJob", "ReportProgress", "CompleteJob"):
+        served = [
+            s
+            for s in spans
+            if s.name == f"/ourvidz.v1.JobService/{method}" and s.kind == trace.SpanKind.SERVER
+        ]
+        assert served, method
+        for span in served:
+            caller = ids[span.parent.span_id]
+            assert caller.attributes["ourvidz.service"] == "sdxl"
+            assert caller.parent.span_id == job_span.context.span_id
     filing = one("workspace.file")
     assert filing.attributes["job.id"] == job_id
     assert ids[filing.parent.span_id].name == "jobs.outbox.publish"
