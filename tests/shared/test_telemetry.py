@@ -98,6 +98,57 @@ def test_an_otlp_endpoint_alone_installs_the_otlp_exporter_and_the_service_name(
     }
 
 
+def test_an_otlp_collector_receives_the_spans_of_a_service_at_exit():
+    """OTEL_EXPORTER_OTLP_ENDPOINT alone: the spans reach a collector (here a
+    stand-in on the loopback) by the time the process exits."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import (
+        trace_service_pb2,
+        trace_service_pb2_grpc,
+    )
+
+    received: list = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        result = run_isolated(
+            """
+            import json
+            from ourvidz import telemetry
+            telemetry.setup("jobs")
+            with telemetry.tracer("jobs").start_as_current_span("probe") as span:
+                trace_id = span.get_span_context().trace_id
+            print(json.dumps({"trace_id": f"{trace_id:032x}"}))
+            """,
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+            OTEL_EXPORTER_OTLP_INSECURE="true",
+        )
+    finally:
+        server.stop(0)
+    exported = [
+        (resource.resource, span)
+        for request in received
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    assert len(exported) == 1
+    resource, span = exported[0]
+    assert span.name == "probe" and span.trace_id.hex() == result["trace_id"]
+    names = {a.key: a.value.string_value for a in resource.attributes}
+    assert names["service.name"] == "jobs" and names["service.namespace"] == "ourvidz"
+
+
 def test_otel_service_name_overrides_and_sdk_disabled_records_nothing():
     named = run_isolated(
         """
