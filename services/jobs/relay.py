@@ -7,9 +7,10 @@ after a restart, or another one) finds the rows. Rows are claimed with
 `FOR UPDATE SKIP LOCKED`, so several replicas share the work without
 publishing a row twice at once; a row published but not yet deleted when a
 relay dies is published again with the same `Nats-Msg-Id`, which JetStream's
-duplicate window drops. Each message carries, as headers, the trace context
-of the call that wrote its row (traceparent, tracestate), so its consumer
-continues that trace. It wakes on `NOTIFY jobs_outbox` (a trigger on the
+duplicate window drops. A row written inside a trace (its `trace_headers`)
+is published in a `jobs.outbox.publish` span of that trace, whose context the
+message carries as its traceparent / tracestate headers, so its consumer
+continues the trace. It wakes on `NOTIFY jobs_outbox` (a trigger on the
 outbox) and polls about once a second in case a notification is missed.
 """
 
