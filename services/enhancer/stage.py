@@ -128,11 +128,9 @@ class EnhanceStage:
                 msg.headers,
                 job_id=task.job_id,
                 job_type=task.job_type,
-                **{
-                    "messaging.system": "nats",
-                    "messaging.destination.name": msg.subject,
-                    "messaging.nats.delivery": delivery,
-                },
+                # The enhancement's attempt: its deliveries are its attempts here.
+                attempt=delivery,
+                **{"messaging.system": "nats", "messaging.destination.name": msg.subject},
             ),
         ):
             self.current_job_id = task.job_id

@@ -259,11 +259,13 @@ async def test_an_enhanced_job_is_one_trace_through_the_stage(mesh):
     ids = {s.context.span_id: s for s in spans}
     (stage,) = [s for s in spans if s.name == "enhancer.job"]
     assert stage.attributes["job.id"] == job.id
+    assert stage.attributes["job.attempt"] == 1
     publish = ids[stage.parent.span_id]
     assert publish.attributes["messaging.destination.name"] == queue.ENHANCE_SUBJECT
     assert ids[publish.parent.span_id].name == "/ourvidz.v1.JobService/CreateJob"
     (enhance,) = [s for s in spans if s.name == "enhancer.enhance"]
     assert enhance.parent.span_id == stage.context.span_id
+    assert enhance.attributes["job.attempt"] == 1
     (completed,) = [
         s
         for s in spans
