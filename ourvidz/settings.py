@@ -91,6 +91,12 @@ class CommonSettings(BaseSettings):
 
     grpc_deadline_seconds: float = 10.0
 
+    # Prometheus metrics (ourvidz.metrics): /metrics of this process on an
+    # internal address, never on the service's public port. 0 = off; the k8s
+    # deployment sets 0.0.0.0 and 9464 (the pods' `metrics` port).
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     # The prompt policy (ourvidz.policy): deny-listed terms, comma-separated,
     # and/or a file with one term per line. Checked by Jobs at submit and by the
     # enhancer on its input and its output.

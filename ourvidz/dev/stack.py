@@ -58,15 +58,26 @@ _MODEL_SERVICES = {
 }
 
 
-async def _start_model_service(name: str, env: Mapping[str, str]):
-    import importlib
-
+def _own_env(name: str, env: Mapping[str, str], metrics: bool) -> dict[str, str]:
+    """Service `name`'s environment: its own database login, and with `metrics`
+    a free METRICS_PORT of its own."""
     from ourvidz.db import own_database_env
+
+    out = own_database_env(name, env)
+    if metrics:
+        from ourvidz.dev.embedded import free_port
+
+        out["METRICS_PORT"] = str(free_port())
+    return out
+
+
+async def _start_model_service(name: str, env: Mapping[str, str], metrics: bool = False):
+    import importlib
 
     package, settings_cls = _MODEL_SERVICES[name]
     main = importlib.import_module(f"{package}.main")
     settings = importlib.import_module(f"{package}.settings")
-    own_env = own_database_env(name, env)
+    own_env = _own_env(name, env, metrics)
     return await main.start(settings_from(getattr(settings, settings_cls), own_env), port=0)
 
 
@@ -76,11 +87,13 @@ async def running_stack(
     *,
     workers: tuple[str, ...] = ("sdxl",),
     enhancer: bool = False,
+    metrics: bool = False,
 ) -> AsyncIterator[Stack]:
     """Jobs, workspace and the gateway, plus the named generation workers
-    ("sdxl", "wan") and optionally the enhancer, each on a free port."""
+    ("sdxl", "wan") and optionally the enhancer, each on a free port. With
+    `metrics`, each also serves /metrics on a free port of its own (its
+    Running's `metrics.port`); they share this process's registry."""
     from ourvidz import logs
-    from ourvidz.db import own_database_env
     from services.gateway.main import start as start_gateway
     from services.gateway.settings import GatewaySettings
     from services.jobs.main import start as start_jobs
@@ -103,24 +116,24 @@ async def running_stack(
     parts: dict[str, object] = {}
     try:
         workspace = await start_workspace(
-            settings_from(WorkspaceSettings, own_database_env("workspace", env)), port=0
+            settings_from(WorkspaceSettings, _own_env("workspace", env, metrics)), port=0
         )
         started.append(workspace)
         env["WORKSPACE_ADDR"] = f"127.0.0.1:{workspace.port}"
-        jobs = await start_jobs(settings_from(JobsSettings, own_database_env("jobs", env)), port=0)
+        jobs = await start_jobs(settings_from(JobsSettings, _own_env("jobs", env, metrics)), port=0)
         started.append(jobs)
         env["JOBS_ADDR"] = f"127.0.0.1:{jobs.port}"
         if enhancer:
-            parts["enhancer"] = await _start_model_service("enhancer", env)
+            parts["enhancer"] = await _start_model_service("enhancer", env, metrics)
             started.append(parts["enhancer"])
             env["ENHANCER_ADDR"] = f"127.0.0.1:{parts['enhancer'].port}"
         gateway = await start_gateway(
-            settings_from(GatewaySettings, own_database_env("gateway", env)), port=gateway_port
+            settings_from(GatewaySettings, _own_env("gateway", env, metrics)), port=gateway_port
         )
         started.append(gateway)
         url = f"http://127.0.0.1:{gateway.port}"
         for name in workers:
-            parts[name] = await _start_model_service(name, env)
+            parts[name] = await _start_model_service(name, env, metrics)
             started.append(parts[name])
         for part in parts.values():
             await part.wait_ready()
