@@ -65,7 +65,7 @@ def _own_env(name: str, env: Mapping[str, str], metrics: bool) -> dict[str, str]
 
     out = own_database_env(name, env)
     if metrics:
-        from ourvidz.dev.embedded import free_port
+        from ourvidz_dev.embedded import free_port
 
         out["METRICS_PORT"] = str(free_port())
     return out

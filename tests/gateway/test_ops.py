@@ -102,7 +102,7 @@ async def test_start_serves_on_a_free_port_and_stops(settings):
 
 
 async def test_metrics_are_served_on_the_internal_port_only(settings):
-    from ourvidz.dev.embedded import free_port
+    from ourvidz_dev.embedded import free_port
 
     metrics_port = free_port()
     running = await start(settings.model_copy(update={"metrics_port": metrics_port}), port=0)

@@ -17,10 +17,10 @@ from nats.js.errors import NotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 
 from ourvidz import queue
-from ourvidz.dev.stack import running_stack
 from ourvidz.errors import JOB_ERROR_CODES
 from ourvidz.grpcserver import channel
 from ourvidz.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from ourvidz_dev.stack import running_stack
 from services.jobs.queue_metrics import task_consumers
 from tests.conftest import token
 from tests.e2e.conftest import mesh_env, signup
@@ -163,8 +163,12 @@ async def test_queue_gauges_for_each_consumer_and_the_outbox_backlog(stack):
         ):
             present = (gauge, frozenset({("consumer", consumer)})) in samples
             assert present == bool(declared), (gauge, consumer)
-    # The idle workers wait on their consumers: pull requests are pending.
-    assert value(samples, "ourvidz_queue_waiting_pulls", consumer="sdxl-fast") >= 1
+    # A real value: the idle workers' fetches show as waiting pull requests
+    # (the SDXL worker fetches from its two consumers in turn).
+    await until(
+        stack.jobs.metrics.port,
+        lambda s: any(value(s, "ourvidz_queue_waiting_pulls", consumer=c) >= 1 for c in running),
+    )
     assert ("ourvidz_outbox_backlog_rows", frozenset()) in samples
 
 
