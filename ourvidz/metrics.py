@@ -150,11 +150,14 @@ class GpuMemoryCollector:
     reported where torch is not loaded, CUDA is not available or not yet in use
     (a CPU worker has no such series at all, rather than zeros)."""
 
+    def __init__(self, torch: Any = None) -> None:
+        self._torch = torch  # tests pass a stand-in; else the process's torch, once loaded
+
     def describe(self):
         return []
 
     def collect(self):
-        torch = sys.modules.get("torch")
+        torch = self._torch or sys.modules.get("torch")
         if torch is None:
             return
         try:

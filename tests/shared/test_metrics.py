@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ourvidz import queue
 from ourvidz.errors import JOB_ERROR_CODES
 from ourvidz.grpcserver import channel
+from ourvidz.metrics import GpuMemoryCollector
 from ourvidz.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from ourvidz_dev.stack import running_stack
 from services.jobs.queue_metrics import task_consumers
@@ -286,3 +287,58 @@ async def test_gpu_memory_only_where_cuda_is_in_use(stack):
         devices = {dict(key[1])["device"] for key in gpu}
         assert devices == {str(i) for i in range(torch.cuda.device_count())}
         assert value(samples, "ourvidz_gpu_memory_allocated_bytes", device="0") > 0
+
+
+class FakeCuda:
+    """torch.cuda as the collector reads it: two devices, or none in use."""
+
+    def __init__(self, available: bool, initialized: bool) -> None:
+        self.available, self.initialized = available, initialized
+
+    def is_available(self) -> bool:
+        return self.available
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def device_count(self) -> int:
+        return 2
+
+    def memory_allocated(self, index: int) -> int:
+        return 1000 * (index + 1)
+
+    def memory_reserved(self, index: int) -> int:
+        return 2000 * (index + 1)
+
+    def max_memory_allocated(self, index: int) -> int:
+        return 3000 * (index + 1)
+
+
+class FakeTorch:
+    def __init__(self, cuda: FakeCuda) -> None:
+        self.cuda = cuda
+
+
+def collected(collector: GpuMemoryCollector) -> dict[tuple[str, str], float]:
+    return {
+        (sample.name, sample.labels["device"]): sample.value
+        for family in collector.collect()
+        for sample in family.samples
+    }
+
+
+def test_gpu_memory_per_device_when_cuda_is_in_use():
+    found = collected(GpuMemoryCollector(FakeTorch(FakeCuda(True, True))))
+    assert found == {
+        ("ourvidz_gpu_memory_allocated_bytes", "0"): 1000,
+        ("ourvidz_gpu_memory_allocated_bytes", "1"): 2000,
+        ("ourvidz_gpu_memory_reserved_bytes", "0"): 2000,
+        ("ourvidz_gpu_memory_reserved_bytes", "1"): 4000,
+        ("ourvidz_gpu_memory_max_allocated_bytes", "0"): 3000,
+        ("ourvidz_gpu_memory_max_allocated_bytes", "1"): 6000,
+    }
+
+
+def test_no_gpu_series_without_cuda_or_before_it_is_used():
+    assert collected(GpuMemoryCollector(FakeTorch(FakeCuda(False, False)))) == {}
+    assert collected(GpuMemoryCollector(FakeTorch(FakeCuda(True, False)))) == {}
