@@ -12,6 +12,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ourvidz import metrics
 
+# The kinds of event stream (`sse.relay`'s `stream`): their gauges read 0
+# before the first stream opens, rather than being absent.
+STREAM_KINDS = ("job", "session", "chat")
+for _kind in STREAM_KINDS:
+    metrics.SSE_WATCHERS.labels(_kind)
+
 
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:

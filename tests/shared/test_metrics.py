@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 import uuid
 
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ourvidz import queue
 from ourvidz.errors import JOB_ERROR_CODES
 from ourvidz.grpcserver import channel
-from ourvidz.metrics import GpuMemoryCollector
+from ourvidz.metrics import GpuMemoryCollector, start_metrics_server
 from ourvidz.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from ourvidz_dev.stack import running_stack
 from services.jobs.queue_metrics import task_consumers
@@ -342,3 +343,15 @@ def test_gpu_memory_per_device_when_cuda_is_in_use():
 def test_no_gpu_series_without_cuda_or_before_it_is_used():
     assert collected(GpuMemoryCollector(FakeTorch(FakeCuda(False, False)))) == {}
     assert collected(GpuMemoryCollector(FakeTorch(FakeCuda(True, False)))) == {}
+
+
+def test_the_metrics_server_is_off_at_port_0_and_a_taken_port_stops_the_start():
+    from ourvidz.settings import CommonSettings
+
+    assert start_metrics_server(CommonSettings(metrics_port=0)) is None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError):
+            start_metrics_server(CommonSettings(metrics_port=port))
