@@ -186,6 +186,8 @@ class ServiceProcesses:
     root: Path = ROOT
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # Where each process serves /metrics (METRICS_PORT, a free port of its own).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -216,6 +218,8 @@ class ServiceProcesses:
         child_env = own_database_env(module, {**self.env, **(env or {})})
         child_env["PYTHONUNBUFFERED"] = "1"
         child_env[f"{module.upper()}_PORT"] = str(port)
+        metrics_port = free_port({port, *self.ports.values(), *self.metrics_ports.values()})
+        child_env["METRICS_PORT"] = str(metrics_port)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as log_file:
             proc = subprocess.Popen(
@@ -228,6 +232,7 @@ class ServiceProcesses:
                 start_new_session=True,
             )
         self.procs[name], self.ports[name] = proc, port
+        self.metrics_ports[name] = metrics_port
         if module == "gateway":
             ready = lambda: _http_ready(f"http://127.0.0.1:{port}/readyz")  # noqa: E731
         else:
@@ -248,6 +253,7 @@ class ServiceProcesses:
         SIGKILL after `grace` seconds. Returns the exit code."""
         proc = self.procs.pop(name, None)
         self.ports.pop(name, None)
+        self.metrics_ports.pop(name, None)
         if proc is None:
             return None
         if proc.poll() is None:

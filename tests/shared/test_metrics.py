@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import socket
 import sys
+import time
+import urllib.request
 import uuid
 
 import httpx
@@ -22,7 +24,7 @@ from ourvidz.errors import JOB_ERROR_CODES
 from ourvidz.grpcserver import channel
 from ourvidz.metrics import GpuMemoryCollector, start_metrics_server
 from ourvidz.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
-from ourvidz_dev.stack import running_stack
+from ourvidz_dev.stack import ServiceProcesses, running_stack
 from services.jobs.queue_metrics import task_consumers
 from tests.conftest import token
 from tests.e2e.conftest import mesh_env, signup
@@ -355,3 +357,28 @@ def test_the_metrics_server_is_off_at_port_0_and_a_taken_port_stops_the_start():
         port = taken.getsockname()[1]
         with pytest.raises(OSError):
             start_metrics_server(CommonSettings(metrics_port=port))
+
+
+def test_a_service_run_as_its_own_process_serves_its_metrics(base_env, tmp_path):
+    """`python -m services.jobs`, as `make up` and the deployments run it."""
+    procs = ServiceProcesses(env=dict(base_env), log_dir=tmp_path)
+    try:
+        procs.start("jobs")
+        url = f"http://127.0.0.1:{procs.metrics_ports['jobs']}/metrics"
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                samples = parse(response.read().decode())
+            declared = [k for k in samples if k[0] == "ourvidz_queue_consumer_declared"]
+            if len(declared) == len(task_consumers()):
+                break
+            assert time.monotonic() < deadline, sorted(samples)[:20]
+            time.sleep(0.1)
+        health = {
+            "grpc_service": "grpc.health.v1.Health",
+            "grpc_method": "Check",
+            "grpc_code": "OK",
+        }
+        assert value(samples, "ourvidz_grpc_server_requests_total", **health) >= 1
+    finally:
+        procs.stop_all()
