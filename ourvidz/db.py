@@ -194,15 +194,33 @@ def ensure_database(owner_url: str) -> None:
 def ensure_roles(owner_url: str, passwords: Mapping[str, str]) -> None:
     """Create (or update) the service login roles, each with its own password
     (`passwords`: role -> password). They own nothing and cannot bypass row
-    level security."""
+    level security.
+
+    The owner needs CREATEROLE, not SUPERUSER: on an existing role only the
+    password is set, plus the NO... of an attribute the role has (PostgreSQL
+    16 lets only a superuser name SUPERUSER or BYPASSRLS in ALTER ROLE, even
+    to take it away; such a role is refused until a superuser fixes it)."""
+    attributes = ("rolsuper", "rolbypassrls", "rolcreatedb", "rolcreaterole")
+    clause = {
+        "rolsuper": "NOSUPERUSER",
+        "rolbypassrls": "NOBYPASSRLS",
+        "rolcreatedb": "NOCREATEDB",
+        "rolcreaterole": "NOCREATEROLE",
+    }
     with psycopg.connect(owner_url, autocommit=True) as conn:
         for role, password in passwords.items():
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            verb = "ALTER" if exists else "CREATE"
+            row = conn.execute(
+                f"SELECT {', '.join(attributes)} FROM pg_roles WHERE rolname = %s", (role,)
+            ).fetchone()
+            if row is None:
+                statement = "CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+            else:
+                revoke = " ".join(clause[a] for a, on in zip(attributes, row, strict=True) if on)
+                statement = "ALTER ROLE {} LOGIN " + revoke
             conn.execute(
-                sql.SQL(
-                    "{} ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD {}"
-                ).format(sql.SQL(verb), sql.Identifier(role), sql.Literal(password))
+                sql.SQL(statement.strip() + " PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                )
             )
 
 

@@ -53,3 +53,29 @@ def test_the_job_retries_an_unreachable_database_until_its_deadline():
         migrate.retrying("migrate", unreachable, 0.3, poll=0.05)
     assert len(calls) > 1
     assert migrate.retrying("migrate", lambda: "done", 0) == "done"
+
+
+def test_an_owner_with_createrole_but_not_superuser_can_migrate_twice(infra):
+    """The deployment's owner (CNPG's managed role) has CREATEROLE only: the
+    service roles are made and their passwords set again on every run."""
+    suffix = uuid.uuid4().hex[:8]
+    owner, service = f"ourvidz_owner_{suffix}", f"ourvidz_svc_{suffix}"
+    with psycopg.connect(infra.database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {owner} LOGIN CREATEROLE PASSWORD 'owner-pw-0123456789'")
+    params = conninfo_to_dict(infra.database_url)
+    owner_url = make_conninfo("", **{**params, "user": owner, "password": "owner-pw-0123456789"})
+    db.ensure_roles(owner_url, {service: "first-password-0123456"})
+    db.ensure_roles(owner_url, {service: "second-password-0123456"})
+    url = make_conninfo("", **{**params, "user": service, "password": "second-password-0123456"})
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT rolsuper, rolbypassrls, rolcreatedb, rolcreaterole FROM pg_roles"
+            " WHERE rolname = current_user"
+        ).fetchone()
+    assert row == (False, False, False, False)
+    # A role that gained a privilege the owner cannot take away is refused,
+    # never left as it is.
+    with psycopg.connect(infra.database_url, autocommit=True) as conn:
+        conn.execute(f"ALTER ROLE {service} BYPASSRLS")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        db.ensure_roles(owner_url, {service: "third-password-01234567"})
