@@ -12,8 +12,8 @@
 # Both run as uid 10001 with no compilers or build tools. The gRPC stubs are
 # generated in the build stage (grpcio-tools stays there). Model weights are
 # mounted at run time, never baked in (HF_HUB_OFFLINE=1). Only `ourvidz/`,
-# `services/` and `protos/` go in; the dev stack and the CLI stay out
-# (.dockerignore).
+# `services/` and `protos/` go in; the dev stack (`ourvidz_dev/`) and the CLI
+# (`cli/`) stay out (.dockerignore), so the wheel holds neither.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: the stubs and the project's wheel ---------------------------------
