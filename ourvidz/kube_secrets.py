@@ -61,8 +61,10 @@ class Target:
     db_port: int = 5432
     db_name: str = "ourvidz"
     minio_root_user: str = "ourvidz-root"
-    storage_user: str = "ourvidz-services"
-    backup_user: str = "ourvidz-backup"
+    # Prefixes of the MinIO users' access keys (svc + 16 hex: within the
+    # 20 characters S3 clients expect of a key id).
+    storage_user: str = "svc"
+    backup_user: str = "bak"
 
 
 def objects() -> list[str]:
@@ -80,7 +82,12 @@ def password() -> str:
 
 
 def access_key() -> str:
-    return secrets.token_hex(10)
+    return secrets.token_hex(8)
+
+
+def s3_secret() -> str:
+    """An S3 secret key: 32 URL-safe characters (MinIO takes 8 to 40)."""
+    return secrets.token_urlsafe(24)
 
 
 def _url_password(url: str) -> str:
@@ -163,7 +170,7 @@ def plan(
     # of the same keys), the backups' keys.
     root = _minio_env(have["Secret/ourvidz-minio-env"].get("config.env", ""))
     root_user = root.get("MINIO_ROOT_USER") or target.minio_root_user
-    root_password = first(root.get("MINIO_ROOT_PASSWORD", ""))
+    root_password = first(root.get("MINIO_ROOT_PASSWORD", ""), make=s3_secret)
     want["Secret/ourvidz-minio-env"] = {
         "config.env": f"export MINIO_ROOT_USER={root_user}\n"
         f"export MINIO_ROOT_PASSWORD={root_password}\n"
@@ -172,21 +179,23 @@ def plan(
     s3_key = first(
         storage.get("S3_ACCESS_KEY", ""),
         user.get("CONSOLE_ACCESS_KEY", ""),
-        make=lambda: f"{target.storage_user}-{access_key()}",
+        make=lambda: f"{target.storage_user}{access_key()}",
     )
-    s3_secret = first(storage.get("S3_SECRET_KEY", ""), user.get("CONSOLE_SECRET_KEY", ""))
-    want["Secret/ourvidz-storage"] = {"S3_ACCESS_KEY": s3_key, "S3_SECRET_KEY": s3_secret}
+    s3_secret_key = first(
+        storage.get("S3_SECRET_KEY", ""), user.get("CONSOLE_SECRET_KEY", ""), make=s3_secret
+    )
+    want["Secret/ourvidz-storage"] = {"S3_ACCESS_KEY": s3_key, "S3_SECRET_KEY": s3_secret_key}
     want["Secret/ourvidz-minio-user"] = {
         "CONSOLE_ACCESS_KEY": s3_key,
-        "CONSOLE_SECRET_KEY": s3_secret,
+        "CONSOLE_SECRET_KEY": s3_secret_key,
     }
     backup = have["Secret/ourvidz-backup-s3"]
     want["Secret/ourvidz-backup-s3"] = {
         "CONSOLE_ACCESS_KEY": first(
             backup.get("CONSOLE_ACCESS_KEY", ""),
-            make=lambda: f"{target.backup_user}-{access_key()}",
+            make=lambda: f"{target.backup_user}{access_key()}",
         ),
-        "CONSOLE_SECRET_KEY": first(backup.get("CONSOLE_SECRET_KEY", "")),
+        "CONSOLE_SECRET_KEY": first(backup.get("CONSOLE_SECRET_KEY", ""), make=s3_secret),
     }
 
     out: dict[str, dict[str, str]] = {}

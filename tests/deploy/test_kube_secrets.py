@@ -56,6 +56,11 @@ def test_an_empty_render_gets_every_key():
     assert storage["S3_SECRET_KEY"] == user["CONSOLE_SECRET_KEY"]
     assert "export MINIO_ROOT_PASSWORD=" in filled["Secret/ourvidz-minio-env"]["config.env"]
     assert filled["Secret/ourvidz-backup-s3"]["CONSOLE_SECRET_KEY"]
+    # MinIO's limits: access keys 3-20 characters, secret keys 8-40.
+    for name in ("Secret/ourvidz-minio-user", "Secret/ourvidz-backup-s3"):
+        assert 3 <= len(filled[name]["CONSOLE_ACCESS_KEY"]) <= 20
+        assert 8 <= len(filled[name]["CONSOLE_SECRET_KEY"]) <= 40
+    assert storage["S3_ACCESS_KEY"] != filled["Secret/ourvidz-backup-s3"]["CONSOLE_ACCESS_KEY"]
     # A full set needs nothing more.
     assert plan(filled) == {}
 
