@@ -57,6 +57,7 @@ def test_workloads_are_hardened(name, doc):
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     # Only the secrets Job talks to the Kubernetes API.
     assert pod["automountServiceAccountToken"] is (doc["metadata"]["name"] == "secrets")
+    assert pod["enableServiceLinks"] is False
     for container in containers(doc):
         sc = container["securityContext"]
         assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
