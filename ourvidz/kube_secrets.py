@@ -132,11 +132,19 @@ def plan(
     jwks_doc: dict[str, str] = {}
     for file, names in (("jwks.json", ["gateway"]), ("worker-jwks.json", list(WORKERS))):
         present = have[JWKS].get(file)
-        doc = json.loads(present) if present else {"keys": []}
+        try:
+            doc = json.loads(present) if present else {"keys": []}
+        except ValueError as exc:
+            raise ValueError(f"{JWKS} {file} is not a JWKS document: {exc}") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("keys", []), list):
+            raise ValueError(f"{JWKS} {file} is not a JWKS document")
         kids = {k.get("kid") for k in doc.get("keys", [])}
         added = False
         for name in names:
-            jwk = keys.public_jwk(keys.load_private_key(private[name]))
+            try:
+                jwk = keys.public_jwk(keys.load_private_key(private[name]))
+            except ValueError as exc:
+                raise ValueError(f"{holders[name][0]}: {exc}") from exc
             if jwk["kid"] not in kids:
                 doc.setdefault("keys", []).append(jwk)
                 added = True
@@ -336,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         done = fill(Kube.in_cluster(), target)
-    except (KubeError, OSError) as exc:
+    except (KubeError, OSError, ValueError) as exc:
         print(f"secrets: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # httpx errors: the API server is away

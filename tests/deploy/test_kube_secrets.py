@@ -110,6 +110,13 @@ def test_the_owner_password_is_read_back_from_the_migration_url():
     assert "DATABASE_URL" not in patches["Secret/ourvidz-db-migrate"]
 
 
+def test_an_unusable_present_value_is_named_not_replaced():
+    with pytest.raises(ValueError, match="ourvidz-worker-key-wan"):
+        plan({"Secret/ourvidz-worker-key-wan": {"worker-key.pem": "not a key"}})
+    with pytest.raises(ValueError, match=r"jwks\.json"):
+        plan({JWKS: {"jwks.json": "{not json"}})
+
+
 # --- the API double ------------------------------------------------------------------
 
 
