@@ -1,7 +1,8 @@
 """The observability component of the k8s manifests, built on the base with
 kustomize (`kubectl kustomize`), and the Grafana dashboard: every service
-exports its metrics on the `metrics` port and its traces to the collector, the
-collector runs hardened and reachable, and the dashboard shows every metric."""
+serves its metrics on the `metrics` port, is annotated for Prometheus and
+sends its traces to the collector; the collector runs hardened and reachable;
+the dashboard shows every metric."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ SERVICES = ("gateway", "jobs", "workspace", "enhancer", "sdxl", "wan")
 COLLECTOR = "otel-collector"
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> list[dict]:
-    """base + the component, as an overlay that sets the namespace would build it."""
+@pytest.fixture(scope="module", params=["base", "overlays/dev", "overlays/prod"])
+def built(request, tmp_path_factory) -> list[dict]:
+    """The base or an overlay, with the component, as an overlay that sets the
+    namespace and adds the component would build it."""
     kubectl = shutil.which("kubectl")
     kustomize = shutil.which("kustomize")
     if not (kubectl or kustomize):
@@ -37,7 +39,7 @@ def built(tmp_path_factory) -> list[dict]:
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
                 "namespace": "ourvidz",
-                "resources": [os.path.relpath(ROOT / "deploy" / "k8s" / "base", overlay)],
+                "resources": [os.path.relpath(ROOT / "deploy" / "k8s" / request.param, overlay)],
                 "components": [os.path.relpath(COMPONENT, overlay)],
             }
         )
@@ -61,14 +63,17 @@ def test_everything_is_in_the_namespace(built):
 def test_every_service_exports_metrics_and_traces(built):
     deployments = by_kind(built, "Deployment")
     assert set(SERVICES) <= set(deployments)
+    config = by_kind(built, "ConfigMap")["ourvidz-config"]["data"]
+    assert config["METRICS_PORT"] == "9464" and config["METRICS_HOST"] == "0.0.0.0"
     for name in SERVICES:
         template = deployments[name]["spec"]["template"]
         container = template["spec"]["containers"][0]
+        assert {"configMapRef": {"name": "ourvidz-config"}} in container["envFrom"], name
         env = {e["name"]: e.get("value") for e in container["env"]}
-        assert env["METRICS_PORT"] == "9464" and env["METRICS_HOST"] == "0.0.0.0", name
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317", name
         assert env["OTEL_TRACES_EXPORTER"] == "otlp", name
-        assert {"name": "metrics", "containerPort": 9464} in container["ports"], name
+        ports = [p for p in container["ports"] if p["name"] == "metrics"]
+        assert ports == [{"name": "metrics", "containerPort": 9464}], name
         annotations = template["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true", name
         assert annotations["prometheus.io/port"] == "9464", name
@@ -78,13 +83,19 @@ def test_the_collector_is_pinned_hardened_probed_and_reachable(built):
     deployment = by_kind(built, "Deployment")[COLLECTOR]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert pod["serviceAccountName"] in by_kind(built, "ServiceAccount")
     (container,) = pod["containers"]
     image, _, tag = container["image"].rpartition(":")
     assert image == "otel/opentelemetry-collector-contrib" and tag[:1].isdigit(), tag
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert "readinessProbe" in container and "livenessProbe" in container
-    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe in container, probe
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
     # The config volume names the generated ConfigMap (with its hash suffix).
     configmaps = by_kind(built, "ConfigMap")
     volume = next(v for v in pod["volumes"] if "configMap" in v)
@@ -101,6 +112,7 @@ def test_the_collector_is_pinned_hardened_probed_and_reachable(built):
 
 def test_network_policies_let_the_services_and_prometheus_in(built):
     policies = by_kind(built, "NetworkPolicy")
+    assert "default-deny" in policies  # the base's: only what a policy allows flows
     collector = policies[COLLECTOR]
     assert collector["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": COLLECTOR}
     rules = collector["spec"]["ingress"]
@@ -108,10 +120,17 @@ def test_network_policies_let_the_services_and_prometheus_in(built):
     senders = otlp["from"][0]["podSelector"]["matchExpressions"][0]["values"]
     assert set(senders) == set(SERVICES)
     assert any(p["port"] == 8888 for r in rules for p in r["ports"])
-    services = policies["ourvidz-observability"]
-    assert any(p["port"] == 9464 for r in services["spec"]["ingress"] for p in r["ports"])
-    egress = services["spec"]["egress"][0]
-    assert egress["to"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": COLLECTOR}
+    # Every pod may send to the collector (the base's egress), Prometheus may
+    # reach the services' metrics port (the base's `metrics` policy).
+    egress = policies["dns-and-telemetry"]["spec"]["egress"]
+    assert any(
+        to.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": COLLECTOR}
+        and {"protocol": "TCP", "port": 4317} in rule["ports"]
+        for rule in egress
+        for to in rule.get("to", [])
+    )
+    metrics_in = policies["metrics"]["spec"]["ingress"]
+    assert any(p["port"] == 9464 for r in metrics_in for p in r["ports"])
 
 
 def test_the_dashboard_configmap_is_the_dashboard_file(built):
