@@ -32,6 +32,8 @@ def built(request, tmp_path_factory) -> list[dict]:
     kustomize = shutil.which("kustomize")
     if not (kubectl or kustomize):
         pytest.skip("neither kubectl nor kustomize is installed")
+    source = ROOT / "deploy" / "k8s" / request.param
+    listed = yaml.safe_load((source / "kustomization.yaml").read_text()).get("components", [])
     overlay = tmp_path_factory.mktemp("overlay")
     (overlay / "kustomization.yaml").write_text(
         yaml.safe_dump(
@@ -39,8 +41,11 @@ def built(request, tmp_path_factory) -> list[dict]:
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
                 "namespace": "ourvidz",
-                "resources": [os.path.relpath(ROOT / "deploy" / "k8s" / request.param, overlay)],
-                "components": [os.path.relpath(COMPONENT, overlay)],
+                "resources": [os.path.relpath(source, overlay)],
+                # prod lists the component itself; the others get it here.
+                "components": []
+                if any(Path(c).name == COMPONENT.name for c in listed)
+                else [os.path.relpath(COMPONENT, overlay)],
             }
         )
     )
