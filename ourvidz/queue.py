@@ -44,7 +44,7 @@ from nats.js.api import (
     StreamConfig,
     StreamInfo,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ async def ensure_stream(
     except NotFoundError:
         try:
             return await js.add_stream(config)
-        except BadRequestError as exc:
+        except APIError as exc:
             if exc.err_code != _STREAM_NAME_IN_USE:
                 log.error(
                     "stream %s could not be created with %s=%d: %s",
@@ -197,7 +197,7 @@ async def reconcile_stream(
         return info
     try:
         return await js.update_stream(dataclasses.replace(current, **changes))
-    except BadRequestError as exc:
+    except APIError as exc:
         what = ", ".join(f"{k}={v}" for k, v in changes.items())
         if "num_replicas" in changes:
             what += f" from {REPLICAS_SETTING}"
