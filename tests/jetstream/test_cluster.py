@@ -10,12 +10,14 @@
   and caught up, the TASKS stream's leader: every job completes, exactly once,
   with exactly its images, and the streams keep their three replicas.
 
-Nodes are killed with SIGKILL; every condition is polled with a deadline."""
+Nodes are killed with SIGKILL; every condition is polled with a deadline.
+The figures of the mesh run go to `.artifacts/jetstream/cluster.json`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -34,6 +36,7 @@ from ourvidz.genworker.loop import QUALITIES
 from tests.e2e.conftest import mesh_env, signup
 from tests.jetstream.natscluster import NatsCluster
 
+ROOT = Path(__file__).resolve().parents[2]
 REPLICAS = 3
 
 
@@ -353,7 +356,9 @@ async def test_the_mesh_loses_a_follower_then_the_leader_and_no_job_is_lost_or_d
         leader_kill=leader,
         wall_seconds=round(time.monotonic() - began, 1),
     )
-    print("replicated queue figures:", figures)
+    out = ROOT / ".artifacts" / "jetstream"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cluster.json").write_text(json.dumps(figures, indent=2) + "\n")
 
 
 async def _leader_other_than(js, node: str) -> str | None:
