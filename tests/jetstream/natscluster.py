@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ourvidz.dev.embedded import free_port, nats_binary, wait_for_port
+from ourvidz_dev.embedded import free_port, nats_binary, wait_for_port
 
 CLUSTER_NAME = "ourvidz-test"
 

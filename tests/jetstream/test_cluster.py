@@ -31,8 +31,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from ourvidz import queue, registry
-from ourvidz.dev.stack import running_stack
 from ourvidz.genworker.loop import QUALITIES
+from ourvidz_dev.stack import running_stack
 from tests.e2e.conftest import mesh_env, signup
 from tests.jetstream.natscluster import NatsCluster
 

@@ -18,8 +18,8 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
 from ourvidz import queue, registry
-from ourvidz.dev.embedded import free_port
 from ourvidz.settings import CommonSettings
+from ourvidz_dev.embedded import free_port
 from tests.conftest import make_settings
 
 FIELDS = ("subjects", "retention", "storage", "duplicate_window", "max_age")
