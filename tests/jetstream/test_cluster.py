@@ -294,6 +294,16 @@ async def test_the_mesh_loses_a_follower_then_the_leader_and_no_job_is_lost_or_d
                 "seconds_to_catch_up_after_restart": round(time.monotonic() - killed_at - ended, 1),
             }
 
+        async def undisturbed() -> float:
+            """The same batch with no node lost: what the figures compare with."""
+            batch = await submit(4)
+            await eventually(lambda: one_running(batch), what="a job of the batch running")
+            began = time.monotonic()
+            batch += await submit(3)
+            await eventually(lambda: all_terminal(batch), within=180, what="every job ended")
+            return round(time.monotonic() - began, 1)
+
+        figures["undisturbed_seconds_to_end_every_job"] = await undisturbed()
         follower = await kill_and_recover(
             lambda c: next(p.name for p in c.replicas if p.name != c.leader)
         )
