@@ -175,7 +175,9 @@ async def start_worker(
             "grpc_port": served.port,
         }
 
-    running.heartbeat = registry.Heartbeat(js, family_name, config.worker_id, card)
+    running.heartbeat = registry.Heartbeat(
+        js, family_name, config.worker_id, card, replicas=config.queue_replicas
+    )
     running.heartbeat.start()
 
     async def load_model() -> None:

@@ -149,7 +149,9 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
             "grpc_port": served.port,
         }
 
-    running.heartbeat = registry.Heartbeat(js, "enhancer", settings.enhancer_worker_id, card)
+    running.heartbeat = registry.Heartbeat(
+        js, "enhancer", settings.enhancer_worker_id, card, replicas=settings.queue_replicas
+    )
     running.heartbeat.start()
 
     async def load() -> None:

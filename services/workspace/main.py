@@ -68,7 +68,7 @@ async def start(settings: WorkspaceSettings, *, port: int | None = None) -> Runn
     blobs = store_from_settings(settings)
     await blobs.ensure_buckets(ALL_BUCKETS)
     nc, js = await queue.connect(settings.nats_url, "workspace")
-    await queue.declare_streams(js)
+    await queue.declare_streams(js, queue.QueueSettings(replicas=settings.queue_replicas))
     await queue.declare_events_consumer(
         js,
         settings.workspace_events_durable,
