@@ -95,3 +95,27 @@ def test_prod_refuses_the_preset_and_dev_takes_it():
     for env in ("dev", "test"):
         settings = make_settings(SdxlSettings, {"OURVIDZ_ENV": env}, sdxl_model="control-plane")
         assert settings.sdxl_model == "control-plane"
+
+
+def test_the_preset_renders_in_a_denoise_and_a_decode_stage():
+    """No text encoder nor VAE to call apart: the pipeline's call is the
+    denoise stage, its PNGs the decode stage."""
+    from ourvidz import telemetry
+    from ourvidz.v1 import queue_pb2
+    from services.sdxl import generate, models
+
+    bundle = models.load_control_plane()
+    task = queue_pb2.GenerationTask(
+        job_id="j",
+        job_type="sdxl_image_fast",
+        prompt="p",
+        seed=1,
+        num_images=3,
+        width=64,
+        height=64,
+    )
+    with telemetry.capture() as exporter:
+        images = generate.render(bundle, task, None, lambda *a: None, lambda: False)
+        names = [s.name for s in exporter.get_finished_spans()]
+    assert len(images) == 3
+    assert names == ["sdxl.denoise", "sdxl.decode"]

@@ -124,3 +124,18 @@ def test_task_defaults_come_from_the_catalog(make_task):
 def test_tasks_the_model_cannot_run_are_value_errors(tiny_bundle, make_task, overrides):
     with pytest.raises(ValueError):
         generate.render(tiny_bundle, make_task(**overrides), None, _noop, _never)
+
+
+async def test_stages_are_spans_of_the_job_in_hand_from_the_render_thread(tiny_bundle, make_task):
+    from ourvidz import telemetry
+
+    with telemetry.capture() as exporter:
+        with telemetry.job(
+            "sdxl", "sdxl.job", None, job_id="job-1", job_type="sdxl_image_fast", attempt=2
+        ) as job:
+            await generate.render_async(tiny_bundle, make_task(), None, _noop, _never)
+        stages = [s for s in exporter.get_finished_spans() if s.name != "sdxl.job"]
+    assert [s.name for s in stages] == ["sdxl.encode_text", "sdxl.denoise", "sdxl.decode"]
+    for span in stages:
+        assert span.parent.span_id == job.span.get_span_context().span_id
+        assert (span.attributes["job.id"], span.attributes["job.attempt"]) == ("job-1", 2)

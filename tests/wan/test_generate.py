@@ -162,3 +162,22 @@ def test_task_defaults_come_from_the_catalog(make_task):
         6.5,
         1,
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "stages"),
+    [
+        ({}, ["wan.encode_text", "wan.denoise", "wan.decode", "wan.encode_video"]),
+        (
+            {"job_type": "image_fast", "num_frames": 1, "width": 32, "height": 32},
+            ["wan.encode_text", "wan.denoise", "wan.decode"],
+        ),
+    ],
+)
+def test_each_stage_is_a_span(tiny_wan, make_task, overrides, stages):
+    from ourvidz import telemetry
+
+    with telemetry.capture() as exporter:
+        generate.render(tiny_wan, make_task(**overrides), _noop, _never)
+        names = [s.name for s in exporter.get_finished_spans()]
+    assert names == stages
