@@ -9,8 +9,8 @@ workspace filer; and the time of each stage of a job.
   which alone means "otlp". The exporters, the batch processor (OTEL_BSP_*),
   the sampler (OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG), the resource
   (OTEL_RESOURCE_ATTRIBUTES; OTEL_SERVICE_NAME overrides the service's name)
-  and propagation (OTEL_PROPAGATORS, W3C tracecontext and baggage by default)
-  read their own variables. OTEL_SDK_DISABLED=true installs nothing: spans are
+  and propagation (OTEL_PROPAGATORS; W3C tracecontext alone by default) read
+  their own variables. OTEL_SDK_DISABLED=true installs nothing: spans are
   then not recorded, but trace context still passes through.
 - Several services can share a process (the in-process mesh of the tests and
   benchmarks). Each service gets its own provider, with its own resource
@@ -48,6 +48,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Histogram
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,10 @@ def _ensure_state(service: str, environment: str = "") -> _State | None:
     with _state_lock:
         if _state is None:
             state = _State(environment=environment)
+            if not os.environ.get("OTEL_PROPAGATORS"):
+                # W3C trace context only: no baggage from outside (a client's
+                # request) travels into the mesh's calls and messages.
+                propagate.set_global_textmap(TraceContextTextMapPropagator())
             trace.set_tracer_provider(_provider(state, service))
             atexit.register(_shutdown)
             _state = state

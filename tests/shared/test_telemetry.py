@@ -237,6 +237,23 @@ def test_a_job_span_continues_the_message_trace_and_its_stages_are_spans_and_sam
     assert _stage_count("sdxl", "sdxl_image_fast", "decode") == failed_before
 
 
+def test_only_the_w3c_trace_context_travels_not_a_clients_baggage():
+    incoming = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "baggage": "user=someone-else",
+    }
+    with (
+        telemetry.capture(),
+        telemetry.tracer("gateway").start_as_current_span(
+            "request", context=telemetry.extract(incoming)
+        ),
+    ):
+        outgoing = telemetry.inject()
+    assert set(outgoing) == {"traceparent"}
+    carried = trace.get_current_span(telemetry.extract(outgoing)).get_span_context()
+    assert carried.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+
+
 def test_a_message_without_trace_context_starts_a_trace_of_its_own():
     with telemetry.capture() as exporter:
         with telemetry.job("workspace", "workspace.file", None, job_id="j", job_type="t"):
