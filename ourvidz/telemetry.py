@@ -144,7 +144,7 @@ _state: _State | None = None
 _state_lock = threading.RLock()
 
 
-def sdk_disabled() -> bool:
+def _sdk_disabled() -> bool:
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE
 
 
@@ -177,7 +177,7 @@ def _ensure_state(service: str, environment: str = "") -> _State | None:
     """The process's state, made on first use (None when the SDK is disabled).
     The first service to ask gets the process's global provider."""
     global _state
-    if sdk_disabled():
+    if _sdk_disabled():
         return None
     with _state_lock:
         if _state is None:
@@ -266,11 +266,14 @@ def setup(service: str, settings: Any = None) -> bool:
         if not state.exporting:
             state.exporting = True
             names = exporter_names()
-            if names:
-                for exporter in _load_exporters(names):
-                    state.exporters.append(exporter)
-                    state.fanout.add(BatchSpanProcessor(exporter))
-                log.info("traces exported with %s", ", ".join(names))
+            for exporter in _load_exporters(names) if names else []:
+                state.exporters.append(exporter)
+                state.fanout.add(BatchSpanProcessor(exporter))
+            if state.exporters:
+                log.info(
+                    "traces exported with %s",
+                    ", ".join(type(e).__name__ for e in state.exporters),
+                )
     return True
 
 
