@@ -394,6 +394,11 @@ class JobSpan:
         self.attempt = attempt
         self.span.set_attribute(JOB_ATTEMPT_ATTR, attempt)
 
+    def failed(self, exc: BaseException, code: str) -> None:
+        """The job's attempt failed here (the error was handled, not raised)."""
+        self.span.record_exception(exc)
+        self.span.set_status(trace.Status(trace.StatusCode.ERROR, code))
+
     def attributes(self) -> dict[str, Any]:
         out: dict[str, Any] = {JOB_ID_ATTR: self.job_id, JOB_TYPE_ATTR: self.job_type}
         if self.attempt:

@@ -655,6 +655,8 @@ class Worker:
             log.warning("job failed: %s (%s: %s)", verdict.message, type(exc).__name__, exc)
         else:
             log.error("job attempt failed (%s)", verdict.code, exc_info=exc)
+        if (job_span := telemetry.current_job()) is not None:
+            job_span.failed(exc, verdict.code)
         if verdict.code == "OUT_OF_MEMORY":
             free_device_memory()
         request = job_service_pb2.FailJobRequest(

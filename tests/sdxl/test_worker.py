@@ -409,6 +409,40 @@ async def test_undecodable_reference_fails_for_good(sdxl, double, make_task):
     assert len(double.of("StartJob")) == 1 and not double.of("CompleteJob")
 
 
+async def test_a_failed_job_is_an_error_span_in_the_trace_its_message_carried(
+    sdxl, double, make_task
+):
+    from opentelemetry import trace
+
+    from ourvidz import telemetry
+
+    running, store = sdxl
+    user, job = _ids()
+    await store.put("reference-images", f"{user}/ref.png", b"not an image", "image/png")
+    reference = job_pb2.Reference(bucket="reference-images", key=f"{user}/ref.png")
+    task = make_task(job_id=job, user_id=user, reference=reference)
+    with telemetry.capture() as exporter:
+        with telemetry.tracer("jobs").start_as_current_span("publish") as publisher:
+            headers = telemetry.inject({"Nats-Msg-Id": job})
+        await running.worker.js.publish(
+            queue.job_task_subject("tasks.sdxl.fast", job),
+            task.SerializeToString(),
+            headers=headers,
+        )
+        await double.wait_for("FailJob")
+        await _drained(running)
+        for _ in range(200):  # the span ends as the handling of the message returns
+            spans = [s for s in exporter.get_finished_spans() if s.name == "sdxl.job"]
+            if spans:
+                break
+            await asyncio.sleep(0.05)
+        (span,) = spans
+    assert span.parent.span_id == publisher.get_span_context().span_id
+    assert span.attributes["job.id"] == job
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert span.status.description == "INVALID_REFERENCE"
+
+
 async def test_reference_job_completes(sdxl, double, make_task):
     running, store = sdxl
     user, job = _ids()
