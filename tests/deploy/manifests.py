@@ -371,13 +371,31 @@ def _pod_refs(pod: dict) -> Iterator[tuple[str, str, str, str | None, bool]]:
         vname = volume.get("name")
         if "secret" in volume:
             v = volume["secret"]
-            yield (f"volumes[{vname}].secret", "Secret", v["secretName"], None, bool(v.get("optional")))
+            yield (
+                f"volumes[{vname}].secret",
+                "Secret",
+                v["secretName"],
+                None,
+                bool(v.get("optional")),
+            )
         if "configMap" in volume:
             v = volume["configMap"]
-            yield (f"volumes[{vname}].configMap", "ConfigMap", v["name"], None, bool(v.get("optional")))
+            yield (
+                f"volumes[{vname}].configMap",
+                "ConfigMap",
+                v["name"],
+                None,
+                bool(v.get("optional")),
+            )
         if "persistentVolumeClaim" in volume:
             claim = volume["persistentVolumeClaim"]["claimName"]
-            yield (f"volumes[{vname}].persistentVolumeClaim", "PersistentVolumeClaim", claim, None, False)
+            yield (
+                f"volumes[{vname}].persistentVolumeClaim",
+                "PersistentVolumeClaim",
+                claim,
+                None,
+                False,
+            )
         for j, source in enumerate((volume.get("projected") or {}).get("sources", [])):
             for field, kind in (("secret", "Secret"), ("configMap", "ConfigMap")):
                 if field in source:
@@ -438,11 +456,15 @@ def check_references(objects: Objects) -> list[str]:
         if obj.get("kind") == "StatefulSet":
             service = obj["spec"].get("serviceName")
             if service and service not in have["Service"]:
-                problems.append(f"{ref(obj)}: spec.serviceName names Service/{service}, not in the render")
+                problems.append(
+                    f"{ref(obj)}: spec.serviceName names Service/{service}, not in the render"
+                )
 
     for ingress in named(objects, "Ingress").values():
         spec = ingress["spec"]
-        backends = [("spec.defaultBackend", spec["defaultBackend"])] if "defaultBackend" in spec else []
+        backends = (
+            [("spec.defaultBackend", spec["defaultBackend"])] if "defaultBackend" in spec else []
+        )
         for i, rule in enumerate(spec.get("rules", [])):
             for j, path in enumerate((rule.get("http") or {}).get("paths", [])):
                 backends.append((f"spec.rules[{i}].http.paths[{j}].backend", path["backend"]))
@@ -452,26 +474,34 @@ def check_references(objects: Objects) -> list[str]:
                 continue
             target = have["Service"].get(service["name"])
             if target is None:
-                problems.append(f"{ref(ingress)}: {field} names Service/{service['name']}, not in the render")
+                problems.append(
+                    f"{ref(ingress)}: {field} names Service/{service['name']}, not in the render"
+                )
                 continue
             names, numbers = _port_names(target)
             port = service.get("port", {})
             if ("name" in port and port["name"] not in names) or (
                 "number" in port and port["number"] not in numbers
             ):
-                problems.append(f"{ref(ingress)}: {field} port {port} is not a port of {ref(target)}")
+                problems.append(
+                    f"{ref(ingress)}: {field} port {port} is not a port of {ref(target)}"
+                )
         for i, tls in enumerate(spec.get("tls", [])):
             made_by_cert_manager = any(
                 a.startswith("cert-manager.io/") for a in ingress["metadata"].get("annotations", {})
             )
             name = tls.get("secretName")
             if name and name not in have["Secret"] and not made_by_cert_manager:
-                problems.append(f"{ref(ingress)}: spec.tls[{i}].secretName names Secret/{name}, not in the render")
+                problems.append(
+                    f"{ref(ingress)}: spec.tls[{i}].secretName names Secret/{name}, not in the render"
+                )
 
     for service in named(objects, "Service").values():
         selector = service["spec"].get("selector")
         if selector and not selected(selector, objects):
-            problems.append(f"{ref(service)}: spec.selector {selector} matches no pod in the render")
+            problems.append(
+                f"{ref(service)}: spec.selector {selector} matches no pod in the render"
+            )
     for pdb in named(objects, "PodDisruptionBudget").values():
         if not selected(pdb["spec"].get("selector"), objects):
             problems.append(f"{ref(pdb)}: spec.selector matches no pod in the render")
@@ -489,12 +519,17 @@ def check_references(objects: Objects) -> list[str]:
                                 "matches no pod in the render"
                             )
 
-    for target_of, field in (("HorizontalPodAutoscaler", "spec.scaleTargetRef"), ("ScaledObject", "spec.scaleTargetRef")):
+    for target_of, field in (
+        ("HorizontalPodAutoscaler", "spec.scaleTargetRef"),
+        ("ScaledObject", "spec.scaleTargetRef"),
+    ):
         for scaler in named(objects, target_of).values():
             target = scaler["spec"]["scaleTargetRef"]
             kind = target.get("kind", "Deployment")
             if target["name"] not in named(objects, kind):
-                problems.append(f"{ref(scaler)}: {field} names {kind}/{target['name']}, not in the render")
+                problems.append(
+                    f"{ref(scaler)}: {field} names {kind}/{target['name']}, not in the render"
+                )
     auths = named(objects, "TriggerAuthentication")
     for scaler in named(objects, "ScaledObject").values():
         for i, trigger in enumerate(scaler["spec"].get("triggers", [])):
@@ -510,7 +545,9 @@ def check_references(objects: Objects) -> list[str]:
     for backup in named(objects, "ScheduledBackup").values():
         name = backup["spec"].get("cluster", {}).get("name")
         if name not in clusters:
-            problems.append(f"{ref(backup)}: spec.cluster.name names Cluster/{name}, not in the render")
+            problems.append(
+                f"{ref(backup)}: spec.cluster.name names Cluster/{name}, not in the render"
+            )
     for obj in objects:
         if is_custom(obj):
             for field, name in _secret_refs_in(obj.get("spec", {}), "spec"):
@@ -532,7 +569,9 @@ def check_resources(objects: Objects) -> list[str]:
                 ("limits.memory", "memory" in limits),
             ):
                 if not have:
-                    problems.append(f"{ref(obj)}: containers[{c['name']}].resources.{field} is missing")
+                    problems.append(
+                        f"{ref(obj)}: containers[{c['name']}].resources.{field} is missing"
+                    )
     return problems
 
 
@@ -635,9 +674,15 @@ def check_disruption_budgets(objects: Objects) -> list[str]:
         replicas = _replicas(obj, objects)
         for pdb in mine:
             spec = pdb["spec"]
-            if spec.get("maxUnavailable") in (0, "0%") or (
-                isinstance(spec.get("minAvailable"), int) and replicas and spec["minAvailable"] >= replicas
-            ) or spec.get("minAvailable") == "100%":
+            if (
+                spec.get("maxUnavailable") in (0, "0%")
+                or (
+                    isinstance(spec.get("minAvailable"), int)
+                    and replicas
+                    and spec["minAvailable"] >= replicas
+                )
+                or spec.get("minAvailable") == "100%"
+            ):
                 problems.append(
                     f"{ref(pdb)}: spec allows no eviction of {ref(obj)} "
                     f"({replicas} replica(s)); a node drain would never finish"
@@ -662,7 +707,9 @@ def check_gpu_autoscaling(objects: Objects) -> list[str]:
         # KEDA makes its own HPA (keda-hpa-<name>); one in the render besides
         # a ScaledObject would fight it.
         if len(scalers) > 1:
-            problems.append(f"{target}: scaled by {', '.join(sorted(scalers))}; one autoscaler only")
+            problems.append(
+                f"{target}: scaled by {', '.join(sorted(scalers))}; one autoscaler only"
+            )
     return problems
 
 
@@ -696,7 +743,9 @@ def check_database_logins(objects: Objects) -> list[str]:
         for c in containers(pod):
             for env in c.get("env", []):
                 if env["name"].endswith("DATABASE_URL") and name not in DB_LOGINS:
-                    problems.append(f"{ref(obj)}: containers[{c['name']}].env[{env['name']}] is a database URL")
+                    problems.append(
+                        f"{ref(obj)}: containers[{c['name']}].env[{env['name']}] is a database URL"
+                    )
     return problems
 
 
@@ -705,8 +754,14 @@ def check_signing_key(objects: Objects) -> list[str]:
     problems = []
     for obj, pod in workloads(objects):
         if SIGNING_KEY in secrets_used(pod) and obj["metadata"]["name"] != "gateway":
-            problems.append(f"{ref(obj)}: holds Secret/{SIGNING_KEY}; only the gateway signs tokens")
-    if not any(SIGNING_KEY in secrets_used(p) for o, p in workloads(objects) if o["metadata"]["name"] == "gateway"):
+            problems.append(
+                f"{ref(obj)}: holds Secret/{SIGNING_KEY}; only the gateway signs tokens"
+            )
+    if not any(
+        SIGNING_KEY in secrets_used(p)
+        for o, p in workloads(objects)
+        if o["metadata"]["name"] == "gateway"
+    ):
         problems.append(f"Deployment/gateway: does not mount Secret/{SIGNING_KEY}")
     return problems
 
@@ -748,7 +803,9 @@ def check_prod_gpus(objects: Objects) -> list[str]:
         for c in containers(pod, init=False):
             limit = ((c.get("resources") or {}).get("limits") or {}).get(GPU)
             if not limit or int(limit) < 1:
-                problems.append(f"Deployment/{name}: containers[{c['name']}].resources.limits[{GPU}] is not set")
+                problems.append(
+                    f"Deployment/{name}: containers[{c['name']}].resources.limits[{GPU}] is not set"
+                )
     return problems
 
 
@@ -757,10 +814,16 @@ def check_default_deny(objects: Objects) -> list[str]:
     others open what each service needs."""
     for policy in named(objects, "NetworkPolicy").values():
         spec = policy["spec"]
-        if spec.get("podSelector") in ({}, None) and not spec.get("ingress") and not spec.get("egress"):
+        if (
+            spec.get("podSelector") in ({}, None)
+            and not spec.get("ingress")
+            and not spec.get("egress")
+        ):
             if {"Ingress", "Egress"} <= set(spec.get("policyTypes") or []):
                 return []
-    return ["NetworkPolicy: none with an empty podSelector, policyTypes [Ingress, Egress] and no rules"]
+    return [
+        "NetworkPolicy: none with an empty podSelector, policyTypes [Ingress, Egress] and no rules"
+    ]
 
 
 def _bound_accounts(objects: Objects) -> set[str]:
@@ -785,7 +848,9 @@ def check_service_accounts(objects: Objects) -> list[str]:
         account = pod.get("serviceAccountName") or "default"
         users.setdefault(account, []).append(ref(obj))
         if account == "default":
-            problems.append(f"{ref(obj)}: spec.serviceAccountName is the namespace's default account")
+            problems.append(
+                f"{ref(obj)}: spec.serviceAccountName is the namespace's default account"
+            )
         automount = pod.get("automountServiceAccountToken")
         if automount is None:
             automount = accounts.get(account, {}).get("automountServiceAccountToken", True)
@@ -911,7 +976,9 @@ def check_dockerfile(text: str) -> list[str]:
     for stage in stages:
         for word, rest in stage["instructions"]:
             if word == "RUN" and "dev" in _extras(rest):
-                problems.append(f"Dockerfile: stage {stage['name']!r} installs the dev extra: RUN {rest}")
+                problems.append(
+                    f"Dockerfile: stage {stage['name']!r} installs the dev extra: RUN {rest}"
+                )
     if "service" in names:
         for stage in stage_chain(stages, "service"):
             for word, rest in stage["instructions"]:

@@ -1,0 +1,241 @@
+"""The checks can fail: a copy of the manifests, broken on purpose in one way,
+renders and is caught by the same check function the overlay tests call, with
+a message naming the object."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy import manifests as m
+
+OVERLAY = "prod"
+KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+
+
+def kustomizations(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.name in KUSTOMIZATIONS)
+
+
+def sources(root: Path) -> list[tuple[Path, list]]:
+    """Each YAML file of Kubernetes objects in the tree, with its documents."""
+    found = []
+    for path in sorted([*root.rglob("*.yaml"), *root.rglob("*.yml")]):
+        if path.name in KUSTOMIZATIONS:
+            continue
+        try:
+            docs = list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError:
+            continue
+        if any(isinstance(d, dict) and "kind" in d and "metadata" in d for d in docs):
+            found.append((path, docs))
+    return found
+
+
+def is_object(doc, kind: str, name: str | None = None) -> bool:
+    return (
+        isinstance(doc, dict)
+        and doc.get("kind") == kind
+        and (name is None or (doc.get("metadata") or {}).get("name") == name)
+    )
+
+
+def edit_objects(root: Path, kind: str, name: str | None, fn: Callable[[dict], None]) -> int:
+    """Apply fn to every source document of that kind (and name); the count."""
+    count = 0
+    for path, docs in sources(root):
+        hits = [d for d in docs if is_object(d, kind, name)]
+        for doc in hits:
+            fn(doc)
+        if hits:
+            path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+            count += len(hits)
+    return count
+
+
+def delete_objects(root: Path, keep: Callable[[dict], bool]) -> int:
+    """Drop the source documents `keep` refuses; a file left empty is dropped
+    from its kustomization too. The count dropped."""
+    dropped = 0
+    for path, docs in sources(root):
+        kept = [d for d in docs if not isinstance(d, dict) or keep(d)]
+        if len(kept) == len(docs):
+            continue
+        dropped += len(docs) - len(kept)
+        if any(kept):
+            path.write_text(yaml.safe_dump_all(kept, sort_keys=False))
+            continue
+        path.unlink()
+        for kfile in kustomizations(root):
+            doc = yaml.safe_load(kfile.read_text())
+            resources = doc.get("resources") or []
+            left = [r for r in resources if (kfile.parent / r).resolve() != path.resolve()]
+            if left != resources:
+                doc["resources"] = left
+                kfile.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dropped
+
+
+def edit_kustomizations(root: Path, fn: Callable[[dict], bool]) -> int:
+    count = 0
+    for kfile in kustomizations(root):
+        doc = yaml.safe_load(kfile.read_text())
+        if fn(doc):
+            kfile.write_text(yaml.safe_dump(doc, sort_keys=False))
+            count += 1
+    return count
+
+
+def first_container(doc: dict) -> dict:
+    return doc["spec"]["template"]["spec"]["containers"][0]
+
+
+# -- the breaks --------------------------------------------------------------
+
+
+def drop_namespace(root: Path) -> int:
+    count = edit_kustomizations(root, lambda doc: doc.pop("namespace", None) is not None)
+    for path, docs in sources(root):
+        hits = [
+            d
+            for d in docs
+            if isinstance(d, dict) and (d.get("metadata") or {}).pop("namespace", None)
+        ]
+        if hits:
+            path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+            count += len(hits)
+    return count
+
+
+def gateway_db_secret() -> str:
+    return m.DB_LOGINS["gateway"]
+
+
+def rename_secret(root: Path) -> int:
+    old = gateway_db_secret()
+
+    def rename(doc):
+        doc["metadata"]["name"] = old + "-renamed"
+
+    def rename_generated(doc):
+        hit = False
+        for gen in doc.get("secretGenerator") or []:
+            if gen.get("name") == old:
+                gen["name"] = old + "-renamed"
+                hit = True
+        return hit
+
+    return edit_objects(root, "Secret", old, rename) + edit_kustomizations(root, rename_generated)
+
+
+def gateway_pdbs(root: Path) -> set[str]:
+    objects = list(m.render_overlay(OVERLAY, root))
+    labels = m.pod_labels(m.named(objects, "Deployment")["gateway"])
+    return {
+        name
+        for name, pdb in m.named(objects, "PodDisruptionBudget").items()
+        if m.selects(pdb["spec"].get("selector"), labels)
+    }
+
+
+def remove_gateway_pdb(root: Path) -> int:
+    names = gateway_pdbs(root)
+    return delete_objects(
+        root,
+        lambda d: not (d.get("kind") == "PodDisruptionBudget" and d["metadata"]["name"] in names),
+    )
+
+
+def tag_latest(root: Path) -> int:
+    def latest(doc):
+        images = doc.get("images") or []
+        for image in images:
+            image.pop("digest", None)
+            image["newTag"] = "latest"
+        return bool(images)
+
+    return edit_kustomizations(root, latest)
+
+
+def unknown_cr_field(root: Path) -> int:
+    return edit_objects(root, "ScaledObject", "sdxl", lambda d: d["spec"].update(replicas=2))
+
+
+def worker_gets_db_login(root: Path) -> int:
+    def add(doc):
+        first_container(doc).setdefault("envFrom", []).append(
+            {"secretRef": {"name": gateway_db_secret()}}
+        )
+
+    return edit_objects(root, "Deployment", "sdxl", add)
+
+
+def drop_readiness(root: Path) -> int:
+    return edit_objects(
+        root, "Deployment", "gateway", lambda d: first_container(d).pop("readinessProbe", None)
+    )
+
+
+def mount_token(root: Path) -> int:
+    def mount(doc):
+        doc["spec"]["template"]["spec"]["automountServiceAccountToken"] = True
+
+    return edit_objects(root, "Deployment", "sdxl", mount)
+
+
+def remove_default_deny(root: Path) -> int:
+    def keep(doc):
+        spec = doc.get("spec") or {}
+        return not (
+            doc.get("kind") == "NetworkPolicy"
+            and not spec.get("podSelector")
+            and not spec.get("ingress")
+            and not spec.get("egress")
+        )
+
+    return delete_objects(root, keep)
+
+
+BREAKS = {
+    # break: (how, the check that catches it, what its message names)
+    "namespace-dropped": (drop_namespace, m.check_namespace, "metadata.namespace"),
+    "secret-renamed": (rename_secret, m.check_references, f"Secret/{gateway_db_secret()}"),
+    "pdb-removed": (remove_gateway_pdb, m.check_disruption_budgets, "Deployment/gateway"),
+    "image-latest": (tag_latest, m.check_images, "is tagged latest"),
+    "cr-unknown-field": (unknown_cr_field, m.check_schemas, "ScaledObject/sdxl: spec"),
+    "worker-db-login": (worker_gets_db_login, m.check_database_logins, "Deployment/sdxl"),
+    "readiness-dropped": (drop_readiness, m.check_probes, "Deployment/gateway"),
+    "token-mounted": (mount_token, m.check_service_accounts, "Deployment/sdxl"),
+    "default-deny-removed": (remove_default_deny, m.check_default_deny, "NetworkPolicy"),
+}
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    root = tmp_path / "k8s"
+    shutil.copytree(m.DEPLOY_ROOT, root)
+    return root
+
+
+@pytest.mark.parametrize("name", BREAKS)
+def test_a_broken_copy_is_caught(tree, name):
+    breaker, check, names = BREAKS[name]
+    try:
+        before = set(check(list(m.render_overlay(OVERLAY))))
+    except m.RenderError as e:
+        pytest.fail(str(e), pytrace=False)
+    edits = breaker(tree)
+    assert edits, f"{name}: found nothing to break in {m.DEPLOY_ROOT} ({breaker.__name__})"
+    try:
+        broken = m.render(tree / "overlays" / OVERLAY)
+    except m.RenderError as e:
+        pytest.fail(f"{name}: the broken copy no longer renders:\n{e}", pytrace=False)
+    caught = set(check(broken)) - before
+    assert caught, f"{name}: {check.__name__} did not catch it"
+    assert any(names in line for line in caught), (
+        f"{name}: {check.__name__} caught it but named no {names!r}:\n  " + "\n  ".join(caught)
+    )
