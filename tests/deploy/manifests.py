@@ -6,7 +6,7 @@ real overlays and on deliberately broken copies, so a check that cannot fail
 shows up as a failing test.
 
 OURVIDZ_DEPLOY_ROOT points the tests at another checkout's deploy/k8s (the
-default is this repository's own).
+default is this repository's own), and at that checkout's Dockerfile.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from kubernetes_validate.utils import SchemaNotFoundError
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY_ROOT = Path(os.environ.get("OURVIDZ_DEPLOY_ROOT") or REPO / "deploy" / "k8s").resolve()
+# The Dockerfile of the same checkout (OURVIDZ_DOCKERFILE names another).
+DOCKERFILE = Path(os.environ.get("OURVIDZ_DOCKERFILE") or DEPLOY_ROOT.parents[1] / "Dockerfile")
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 OVERLAYS = ("dev", "prod")
 NAMESPACE = "ourvidz"
@@ -427,11 +429,48 @@ def _port_names(service: dict) -> tuple[set, set]:
     return {p.get("name") for p in ports}, {p.get("port") for p in ports}
 
 
+def _container_ports(pod: dict) -> tuple[set, set]:
+    ports = [p for c in containers(pod, init=False) for p in c.get("ports", [])]
+    return {p.get("name") for p in ports}, {p.get("containerPort") for p in ports}
+
+
+def _port_references(objects: Objects) -> list[str]:
+    """Probe ports and Service target ports name ports the pods have."""
+    problems = []
+    for obj, pod in workloads(objects):
+        names, _ = _container_ports(pod)
+        for c in containers(pod):
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                spec = c.get(probe) or {}
+                for action in ("httpGet", "tcpSocket", "grpc"):
+                    port = (spec.get(action) or {}).get("port")
+                    if isinstance(port, str) and port not in names:
+                        problems.append(
+                            f"{ref(obj)}: containers[{c['name']}].{probe}.{action}.port "
+                            f"{port!r} is not a named container port"
+                        )
+    for service in named(objects, "Service").values():
+        selector = service["spec"].get("selector")
+        pods = [p for o, p in workloads(objects) if selector and selects(selector, pod_labels(o))]
+        for port in service["spec"].get("ports", []):
+            target = port.get("targetPort")
+            if not isinstance(target, str):
+                continue
+            for pod in pods:
+                if target not in _container_ports(pod)[0]:
+                    problems.append(
+                        f"{ref(service)}: spec.ports[{port.get('name')}].targetPort {target!r} "
+                        "is not a named port of the pods it selects"
+                    )
+                    break
+    return problems
+
+
 def check_references(objects: Objects) -> list[str]:
     """Every name an object uses resolves in the render: Secrets, ConfigMaps,
     claims and ServiceAccounts of pods; Ingress backends and their ports;
-    Service, PDB and NetworkPolicy selectors; autoscaler targets; the Secrets
-    and clusters custom resources name."""
+    Service, PDB, NetworkPolicy and monitor selectors; probe and target ports;
+    autoscaler targets; the Secrets and clusters custom resources name."""
     problems = []
     have = {kind: named(objects, kind) for kind in ("Secret", "ConfigMap")}
     have["Secret"] = {**{n: {} for n in operator_secrets(objects)}, **have["Secret"]}
@@ -540,6 +579,16 @@ def check_references(objects: Objects) -> list[str]:
                         f"{ref(scaler)}: spec.triggers[{i}].authenticationRef names "
                         f"TriggerAuthentication/{auth['name']}, not in the render"
                     )
+
+    problems += _port_references(objects)
+    for monitor in named(objects, "PodMonitor").values():
+        if not selected(monitor["spec"].get("selector"), objects):
+            problems.append(f"{ref(monitor)}: spec.selector matches no pod in the render")
+    for monitor in named(objects, "ServiceMonitor").values():
+        services = named(objects, "Service").values()
+        selector = monitor["spec"].get("selector")
+        if not any(selects(selector, s["metadata"].get("labels") or {}) for s in services):
+            problems.append(f"{ref(monitor)}: spec.selector matches no Service in the render")
 
     clusters = named(objects, "Cluster")
     for backup in named(objects, "ScheduledBackup").values():
@@ -809,21 +858,40 @@ def check_prod_gpus(objects: Objects) -> list[str]:
     return problems
 
 
+def _allows_dns(policy: dict) -> bool:
+    spec = policy["spec"]
+    if spec.get("podSelector") not in ({}, None):
+        return False
+    for rule in spec.get("egress") or []:
+        ports = rule.get("ports") or []
+        if not ports or any(p.get("port") in (53, "dns", "dns-udp") for p in ports):
+            return True
+    return False
+
+
 def check_default_deny(objects: Objects) -> list[str]:
-    """A NetworkPolicy selects every pod and allows nothing, in and out; the
-    others open what each service needs."""
-    for policy in named(objects, "NetworkPolicy").values():
-        spec = policy["spec"]
-        if (
-            spec.get("podSelector") in ({}, None)
-            and not spec.get("ingress")
-            and not spec.get("egress")
-        ):
-            if {"Ingress", "Egress"} <= set(spec.get("policyTypes") or []):
-                return []
-    return [
-        "NetworkPolicy: none with an empty podSelector, policyTypes [Ingress, Egress] and no rules"
+    """A NetworkPolicy selects every pod and allows nothing, in and out (the
+    others open what each service needs), and one lets every pod reach DNS."""
+    policies = named(objects, "NetworkPolicy").values()
+    problems = []
+    deny = [
+        p
+        for p in policies
+        if p["spec"].get("podSelector") in ({}, None)
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        and {"Ingress", "Egress"} <= set(p["spec"].get("policyTypes") or [])
     ]
+    if not deny:
+        problems.append(
+            "NetworkPolicy: none with an empty podSelector, policyTypes [Ingress, Egress] and no rules"
+        )
+    elif not any(_allows_dns(p) for p in policies):
+        problems.append(
+            f"{ref(deny[0])}: denies all egress, and no NetworkPolicy with an empty podSelector "
+            "lets pods reach DNS (port 53)"
+        )
+    return problems
 
 
 def _bound_accounts(objects: Objects) -> set[str]:

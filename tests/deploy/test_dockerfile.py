@@ -9,7 +9,7 @@ import pytest
 
 from tests.deploy import manifests as m
 
-DOCKERFILE = m.DEPLOY_ROOT.parents[1] / "Dockerfile"
+DOCKERFILE = m.DOCKERFILE
 
 GOOD = """\
 FROM python:3.11-slim AS base

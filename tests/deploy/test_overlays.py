@@ -3,7 +3,10 @@ against its schema, and the render keeps the deployment's rules."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import yaml
 
 from tests.deploy import manifests as m
 
@@ -31,3 +34,38 @@ def test_policy(overlay, check):
     problems = fn(objects)
     rule = " ".join(fn.__doc__.split())
     assert not problems, f"overlays/{overlay}: {rule}\n  " + "\n  ".join(problems)
+
+
+def components_outside(overlay: str) -> list[str]:
+    """The components under components/ that the overlay does not include."""
+    folder = m.DEPLOY_ROOT / "overlays" / overlay
+    doc = yaml.safe_load((folder / "kustomization.yaml").read_text()) or {}
+    used = {(folder / c).resolve() for c in doc.get("components") or []}
+    found = sorted(p for p in (m.DEPLOY_ROOT / "components").glob("*") if p.is_dir())
+    return [p.name for p in found if p.resolve() not in used]
+
+
+@pytest.mark.parametrize("component", components_outside("prod"))
+def test_an_optional_component_keeps_prod_valid(tmp_path, component):
+    """A component prod leaves out still renders on top of prod and keeps
+    every rule: it is validated before anyone turns it on (in an overlay that,
+    like prod, puts everything in the ourvidz namespace)."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": m.NAMESPACE,
+                "resources": [os.path.relpath(m.DEPLOY_ROOT / "overlays" / "prod", tmp_path)],
+                "components": [os.path.relpath(m.DEPLOY_ROOT / "components" / component, tmp_path)],
+            }
+        )
+    )
+    try:
+        objects = m.render(tmp_path)
+    except m.RenderError as e:
+        pytest.fail(str(e), pytrace=False)
+    problems = [
+        f"{name}: {line}" for name, fn in m.checks_for("prod").items() for line in fn(objects)
+    ]
+    assert not problems, f"prod + components/{component}:\n  " + "\n  ".join(problems)
