@@ -179,8 +179,9 @@ def selects(selector: dict | None, labels: dict) -> bool:
 
 def selected(selector: dict | None, objects: Objects) -> list[str]:
     """The pods a selector matches. An operator's pods carry more labels than
-    the render shows: a selector matches them when it names their owner."""
-    if not selector:
+    the render shows: a selector matches them when it names their owner. An
+    empty selector matches every pod; a missing one none."""
+    if selector is None:
         return []
     hits = [ref(obj) for obj, _ in workloads(objects) if selects(selector, pod_labels(obj))]
     if "matchLabels" in selector or "matchExpressions" in selector:
