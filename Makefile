@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard protos/ourvidz/v1/*.proto)
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml cli/pyproject.toml | cksum | cut -d' ' -f1)
 GEN_STAMP := ourvidz/v1/.generated
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
@@ -15,12 +15,12 @@ PYTEST_ARGS ?=
 help: ## Print every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml cli/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@# torch first, from its CPU build where one is offered, so the model extra
 	@# does not pull the CUDA packages on a machine without a GPU.
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[models,embedded,dev]'
+	$(BIN)/pip install -q -e '.[models,embedded,dev]' -e ./cli
 	@rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP) $(GEN_STAMP) ## Create .venv with every dependency and generate the stubs
@@ -47,7 +47,7 @@ fmt: install ## Format the code with ruff
 	$(BIN)/ruff format .
 
 up: install ## Start everything (embedded PostgreSQL, NATS, storage) with tiny models; gateway on 127.0.0.1:8080
-	$(BIN)/python -m ourvidz.dev.up
+	$(BIN)/python -m ourvidz_dev.up
 
 test: install ## The whole fast suite against real PostgreSQL, NATS JetStream and S3, schemathesis included
 	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser and not faults" --ignore=tests/browser --ignore=tests/faults $(PYTEST_ARGS)
@@ -80,7 +80,7 @@ test-slow: install ## Slow tests (full-size shapes on CPU)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 bench: install ## Timings on the tiny preset, the control-plane load bench, and full-random where a GPU is present; see docs/BENCHMARKS.md
-	$(BIN)/python -m ourvidz.dev.bench
+	$(BIN)/python -m ourvidz_dev.bench
 
 clean: ## Remove the venv, generated stubs and local data
 	rm -rf $(VENV) .data ourvidz/v1/*_pb2*.py* $(GEN_STAMP)

@@ -16,10 +16,10 @@ import pytest
 
 from ourvidz import db, keys
 from ourvidz.auth import GATEWAY_ROLES, WORKER_ROLES, TokenSigner, TokenVerifier
-from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3
-from ourvidz.dev.stack import settings_from
 from ourvidz.errors import RemoteError, parse_rpc_error
 from ourvidz.migrate import migration_folders
+from ourvidz_dev.embedded import Embedded, start_nats, start_postgres, start_s3
+from ourvidz_dev.stack import settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each service role's own password (service name -> password).

@@ -8,7 +8,7 @@ so that the settings can check them cheaply at start).
 - `control-plane`: no model at all (`models.ControlPlanePipeline`): every
   denoising step is reported but none is computed, and the images are flat
   PNGs at the requested size. It exists for the control-plane load bench
-  (`python -m ourvidz.dev.bench --only control-plane`) and for tests, so that
+  (`python -m ourvidz_dev.bench --only control-plane`) and for tests, so that
   they measure the gateway, Jobs, the queue, the worker loop's bookkeeping and
   Workspace filing rather than a model. It is refused when OURVIDZ_ENV=prod.
 """

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ourvidz import operator
-from ourvidz.dev.stack import running_stack
+from ourvidz_dev.stack import running_stack
 from tests.enhancer.conftest import remove_enhance_consumer, restore_default_templates
 
 

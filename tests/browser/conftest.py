@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from ourvidz import operator
-from ourvidz.dev.stack import running_stack
+from ourvidz_dev.stack import running_stack
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ourvidz import cli
+from ourvidz_cli import main as cli
 
 from .fake_gateway import PNG, FakeGateway, Served
 

@@ -7,10 +7,10 @@ import os
 import stat
 from pathlib import Path
 
-from ourvidz.cli import asset_filename
-from ourvidz.cli_client import ApiError, CredentialStore
-from ourvidz.cli_progress import ProgressLine, format_elapsed, render_bar, render_progress
-from ourvidz.cli_sse import SseParser
+from ourvidz_cli.client import ApiError, CredentialStore
+from ourvidz_cli.main import asset_filename
+from ourvidz_cli.progress import ProgressLine, format_elapsed, render_bar, render_progress
+from ourvidz_cli.sse import SseParser
 
 # --- SSE ---------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from ourvidz.dev import loadbench as lb
+from ourvidz_dev import loadbench as lb
 
 
 def test_percentile_interpolates_between_ranks_like_numpy():

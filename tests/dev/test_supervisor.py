@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ourvidz.dev.supervisor import (
+from ourvidz_dev.supervisor import (
     LinePrefixer,
     RestartPolicy,
     ServiceSpec,
@@ -118,7 +118,7 @@ def test_ctrl_c_stops_every_child(tmp_path: Path):
     script = textwrap.dedent(
         f"""
         import sys
-        from ourvidz.dev.supervisor import LinePrefixer, ServiceSpec, Supervisor, process_spawner, run_until_signalled
+        from ourvidz_dev.supervisor import LinePrefixer, ServiceSpec, Supervisor, process_spawner, run_until_signalled
         specs = [ServiceSpec(name=n, argv=[sys.executable, "-c", "import time; time.sleep(120)"]) for n in ("a", "b")]
         sup = Supervisor(specs, spawner=process_spawner(LinePrefixer(sys.stdout)))
         def started():

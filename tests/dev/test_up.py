@@ -1,4 +1,4 @@
-"""`make up` (ourvidz.dev.up): discovery and order of services, ports, secrets,
+"""`make up` (ourvidz_dev.up): discovery and order of services, ports, secrets,
 the early refusal of a taken gateway port, and a whole run with stand-in
 services against the real test PostgreSQL and NATS."""
 
@@ -20,8 +20,8 @@ import pytest
 
 from ourvidz import keys
 from ourvidz.auth import GATEWAY_ROLES, WORKER_ROLES, TokenSigner, TokenVerifier, load_jwks
-from ourvidz.dev import up
-from ourvidz.dev.stack import settings_from
+from ourvidz_dev import up
+from ourvidz_dev.stack import settings_from
 from services.gateway.settings import GatewaySettings
 from tests.conftest import ROLE_PASSWORDS
 
@@ -294,7 +294,7 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
         "OURVIDZ_BOOTSTRAP_ADMINS": "nobody-up@example.com",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ourvidz.dev.up", "--root", str(tmp_path)],
+        [sys.executable, "-m", "ourvidz_dev.up", "--root", str(tmp_path)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -409,7 +409,7 @@ def server_pids(data: Path) -> list[int]:
 
 
 class UpRun:
-    """`python -m ourvidz.dev.up` with stand-in services and its own embedded
+    """`python -m ourvidz_dev.up` with stand-in services and its own embedded
     PostgreSQL and NATS, leading a process group of its own."""
 
     def __init__(self, root: Path, data: Path) -> None:
@@ -433,7 +433,7 @@ class UpRun:
             "ENV_FILE": str(root / "env.json"),
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ourvidz.dev.up", "--root", str(root)],
+            [sys.executable, "-m", "ourvidz_dev.up", "--root", str(root)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

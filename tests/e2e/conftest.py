@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ourvidz import operator
-from ourvidz.dev.stack import running_stack
+from ourvidz_dev.stack import running_stack
 
 
 def mesh_env(base_env: dict, **extra) -> dict:

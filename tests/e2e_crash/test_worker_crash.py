@@ -15,8 +15,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ourvidz.dev.embedded import free_port
-from ourvidz.dev.stack import running_stack, settings_from
+from ourvidz_dev.embedded import free_port
+from ourvidz_dev.stack import running_stack, settings_from
 from tests.e2e.conftest import mesh_env, signup
 from tests.e2e.test_generate import job_body, wait_for
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from ourvidz.dev.stack import running_stack
+from ourvidz_dev.stack import running_stack
 from tests.e2e.conftest import signup
 from tests.e2e.test_generate import run_job
 from tests.e2e_media.conftest import media_env

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from ourvidz.dev.stack import running_stack
+from ourvidz_dev.stack import running_stack
 
 DENIED = "forbidden thing"
 

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from ourvidz.dev.stack import running_stack
+from ourvidz_dev.stack import running_stack
 from tests.e2e.conftest import mesh_env, signup
 from tests.e2e_outage.proxy import nats_proxy, postgres_proxy
 

@@ -10,10 +10,10 @@ import sys
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ourvidz.dev.embedded import free_port
 from ourvidz.grpcserver import channel
 from ourvidz.v1 import enhancer_service_pb2 as pb
 from ourvidz.v1 import enhancer_service_pb2_grpc
+from ourvidz_dev.embedded import free_port
 from tests.conftest import ROOT
 from tests.enhancer.conftest import remove_enhance_consumer, user_md
 

@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 
 from ourvidz import catalog
 from ourvidz.db import own_database_env, service_url_env
-from ourvidz.dev.embedded import Embedded, free_port, nats_binary, wait_for_port
+from ourvidz_dev.embedded import Embedded, free_port, nats_binary, wait_for_port
 from tests.conftest import write_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,8 +185,8 @@ class Cluster:
         import pgserver
 
         from ourvidz import db
-        from ourvidz.dev.embedded import require_passwords, start_s3
         from ourvidz.migrate import migration_folders
+        from ourvidz_dev.embedded import require_passwords, start_s3
 
         self.pg = pgserver.get_server(self.work / "pg", cleanup_mode="stop")
         self.emb._stops.append(self.pg.cleanup)

@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from ourvidz import cli
 from ourvidz.operator import OperatorSettings
+from ourvidz_cli import main as cli
 from tests.conftest import ROLE_PASSWORDS, ROOT, make_settings
 from tests.gateway.gateway_helpers import assert_problem, auth
 

@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from ourvidz import catalog
-from ourvidz.dev.embedded import free_port
 from ourvidz.v1 import job_pb2
 from ourvidz.v1 import job_service_pb2 as pb
+from ourvidz_dev.embedded import free_port
 from services.jobs.uploads import WorkspaceUploads
 from tests.conftest import rpc_error
 from tests.jobs.helpers import owner_query

@@ -10,8 +10,8 @@ import sys
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ourvidz.dev.embedded import free_port
 from ourvidz.grpcserver import channel
+from ourvidz_dev.embedded import free_port
 
 
 async def test_the_service_runs_as_a_module_and_stops_on_sigterm(base_env):

@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from ourvidz import keys
-from ourvidz.dev.stack import running_stack
+from ourvidz_dev.stack import running_stack
 from services.sdxl import presets
 from services.sdxl.settings import SdxlSettings
 from tests.conftest import GATEWAY_KEY, SECRET, WORKER_KEY, make_settings

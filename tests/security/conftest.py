@@ -23,8 +23,8 @@ from PIL import Image
 
 from ourvidz import operator
 from ourvidz.auth import ISSUER
-from ourvidz.dev.stack import running_stack
 from ourvidz.keys import public_jwk
+from ourvidz_dev.stack import running_stack
 from tests.conftest import GATEWAY_KEY, WORKER_KEY, foreign_token, token
 from tests.enhancer.conftest import remove_enhance_consumer, restore_default_templates
 

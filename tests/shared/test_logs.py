@@ -38,7 +38,7 @@ async def test_a_nats_outage_is_one_line_each_way_and_a_close_is_silent(tmp_path
     import asyncio
 
     from ourvidz import queue
-    from ourvidz.dev.embedded import Embedded, free_port, start_nats
+    from ourvidz_dev.embedded import Embedded, free_port, start_nats
 
     port = free_port()
     first, second = Embedded(), Embedded()

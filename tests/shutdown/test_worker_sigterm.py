@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ourvidz.dev.embedded import free_port
+from ourvidz_dev.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXIT_BOUND_SECONDS = 10.0

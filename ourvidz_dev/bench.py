@@ -9,8 +9,8 @@ that their ratios are comparable (CPU timings on a shared machine swing ±50 %).
   PostgreSQL, NATS, S3): a 1-image `sdxl_image_fast` job at its default size,
   a `video_fast` job at 256×144×17 and an `image7b_fast_enhanced` job at
   256×144 (enhance stage included);
-- up: `python -m ourvidz.dev.up` from start to a 200 on /readyz;
-- control-plane: the load bench of `ourvidz.dev.loadbench` (the services as
+- up: `python -m ourvidz_dev.up` from start to a 200 on /readyz;
+- control-plane: the load bench of `ourvidz_dev.loadbench` (the services as
   processes, the SDXL `control-plane` preset, no model): submit→start
   latencies and jobs/s for many users over HTTP and SSE, each process's memory
   idle, under 500 idle SSE watchers and with a 1,000-job queue, and the
@@ -20,7 +20,7 @@ that their ratios are comparable (CPU timings on a shared machine swing ±50 %).
   `video_fast` (81 frames at 832×480, 25 steps); Qwen2.5-7B, 200 new tokens.
 
 Options: --only render,job,up,control-plane,gpu (or the parts as arguments:
-`python -m ourvidz.dev.bench control-plane`)   --repeat N
+`python -m ourvidz_dev.bench control-plane`)   --repeat N
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS: list[tuple[str, str, str]] = []
 
 
@@ -123,10 +123,10 @@ def bench_render(repeat: int) -> None:
 
 async def _bench_job(repeat: int) -> None:
     from ourvidz import db
-    from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3
-    from ourvidz.dev.stack import running_stack
-    from ourvidz.dev.up import dev_keys
     from ourvidz.migrate import migration_folders
+    from ourvidz_dev.embedded import Embedded, start_nats, start_postgres, start_s3
+    from ourvidz_dev.stack import running_stack
+    from ourvidz_dev.up import dev_keys
 
     tmp = Path(tempfile.mkdtemp(prefix="ovb"))
     emb = Embedded()
@@ -186,9 +186,9 @@ async def _bench_job(repeat: int) -> None:
 
 
 def bench_up(repeat: int) -> None:
-    """Seconds from `python -m ourvidz.dev.up` to a 200 on /readyz (dependencies
+    """Seconds from `python -m ourvidz_dev.up` to a 200 on /readyz (dependencies
     installed; embedded servers and data in a fresh folder each time)."""
-    from ourvidz.dev.embedded import free_port
+    from ourvidz_dev.embedded import free_port
 
     times, first_job = [], []
     for _ in range(repeat):
@@ -199,7 +199,7 @@ def bench_up(repeat: int) -> None:
         env.pop("NATS_URL", None)
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ourvidz.dev.up"], cwd=ROOT, env=env,
+            [sys.executable, "-m", "ourvidz_dev.up"], cwd=ROOT, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         try:
@@ -210,7 +210,7 @@ def bench_up(repeat: int) -> None:
                 except httpx.HTTPError:
                     pass
                 if proc.poll() is not None:
-                    raise RuntimeError("ourvidz.dev.up exited early")
+                    raise RuntimeError("ourvidz_dev.up exited early")
                 time.sleep(0.25)
             times.append(time.perf_counter() - start)
             first_job.append(_first_job(f"http://127.0.0.1:{port}") + times[-1])
@@ -307,7 +307,7 @@ def main() -> None:
     parser.add_argument("parts", nargs="*", help="the parts to run (default: --only's)")
     parser.add_argument("--only", default="render,job,up,control-plane,gpu")
     parser.add_argument("--repeat", type=int, default=3)
-    from ourvidz.dev import loadbench
+    from ourvidz_dev import loadbench
 
     loadbench.add_arguments(parser.add_argument_group("control-plane"))
     opts = parser.parse_args()

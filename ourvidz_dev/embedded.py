@@ -168,7 +168,7 @@ def require_passwords(data_dir: Path, uri: str, owner: str) -> None:
     import psycopg
 
     rules = (
-        "# Written by ourvidz.dev.embedded at each start.\n"
+        "# Written by ourvidz_dev.embedded at each start.\n"
         f"local all {owner} trust\n"
         "local all all scram-sha-256\n"
         "host all all 127.0.0.1/32 scram-sha-256\n"

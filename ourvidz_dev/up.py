@@ -28,7 +28,7 @@ On Ctrl-C or SIGTERM — to this process or to its whole process group — it
 stops the services in reverse order, then the embedded servers: those run in
 sessions of their own, so the group's signal reaches none of them and no
 service loses its database or NATS while it stops. Should this process die
-without stopping them (SIGKILL), a watchdog (`ourvidz.dev.watchdog`) does it,
+without stopping them (SIGKILL), a watchdog (`ourvidz_dev.watchdog`) does it,
 in the same order.
 
 Everything persists in `.data/` across runs.
@@ -52,8 +52,9 @@ from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 
 from ourvidz.db import SERVICE_ROLE, own_database_env
-from ourvidz.dev.embedded import free_port
-from ourvidz.dev.supervisor import (
+from ourvidz.migrate import bootstrap, migration_folders
+from ourvidz_dev.embedded import free_port
+from ourvidz_dev.supervisor import (
     LinePrefixer,
     ServiceSpec,
     Supervisor,
@@ -61,11 +62,10 @@ from ourvidz.dev.supervisor import (
     python_argv,
     run_until_signalled,
 )
-from ourvidz.migrate import bootstrap, migration_folders
 
-log = logging.getLogger("ourvidz.dev.up")
+log = logging.getLogger("ourvidz_dev.up")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 # The database roles' passwords: one per service role, given by `make up` to
 # the migration step (with the owner URL) and, as its own URL, to that service.
 DB_PASSWORDS = tuple(f"DB_PASSWORD_{name.upper()}" for name in SERVICE_ROLE)
@@ -376,8 +376,8 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
     for key, value in key_settings.items():
         env.setdefault(key, value)
 
-    from ourvidz.dev.embedded import Embedded, start_nats, start_postgres
-    from ourvidz.dev.watchdog import Watchdog
+    from ourvidz_dev.embedded import Embedded, start_nats, start_postgres
+    from ourvidz_dev.watchdog import Watchdog
 
     watchdog = Watchdog.start()
     emb = Embedded()
@@ -394,8 +394,8 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
         for pid in emb.server_pids:
             watchdog.server(pid)
         from ourvidz import db
-        from ourvidz.dev.stack import settings_from
         from ourvidz.operator import OperatorSettings
+        from ourvidz_dev.stack import settings_from
 
         log.info("preparing the database")
         passwords = {name: env[f"DB_PASSWORD_{name.upper()}"] for name in SERVICE_ROLE}
@@ -438,7 +438,7 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ourvidz.dev.up", description=__doc__.split("\n")[0]
+        prog="python -m ourvidz_dev.up", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--root", type=Path, default=ROOT, help="repository root (default: this checkout)"

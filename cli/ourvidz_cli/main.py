@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from ourvidz.cli_client import (
+from ourvidz_cli.client import (
     DEFAULT_URL,
     Api,
     ApiError,
@@ -37,8 +37,8 @@ from ourvidz.cli_client import (
     NotLoggedIn,
     default_credentials_path,
 )
-from ourvidz.cli_progress import ProgressLine
-from ourvidz.cli_sse import SseEvent, SseParser
+from ourvidz_cli.progress import ProgressLine
+from ourvidz_cli.sse import SseEvent, SseParser
 
 TERMINAL_STATES = ("completed", "failed", "cancelled")
 EXTENSIONS = {"image/png": ".png", "video/mp4": ".mp4", "image/jpeg": ".jpg", "image/webp": ".webp"}
@@ -387,13 +387,27 @@ COMMANDS = {
 }
 
 
+def admin(argv: list[str]) -> int:
+    """`ourvidz admin ...`: operator commands talk to the database, not to a
+    gateway, so they run where the server package is installed (the service
+    image: `python -m ourvidz.operator`, or a development checkout)."""
+    try:
+        from ourvidz import operator
+    except ImportError:
+        err(
+            "error: `ourvidz admin` needs the ourvidz server package and the database owner's "
+            "URL; run `python -m ourvidz.operator "
+            + (" ".join(argv) or "--help")
+            + "` where they are (e.g. kubectl -n ourvidz exec deploy/jobs -- ...)"
+        )
+        return 2
+    return operator.main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["admin"]:
-        # Operator commands talk to the database, not to a gateway.
-        from ourvidz import operator
-
-        return operator.main(argv[1:])
+        return admin(argv[1:])
     args = build_parser().parse_args(argv)
     store = CredentialStore(args.credentials or default_credentials_path())
     api = Api(args.url, store)

@@ -30,9 +30,9 @@ import warnings
 from pathlib import Path
 from typing import IO
 
-from ourvidz.dev.embedded import process_alive, release_postgres
+from ourvidz_dev.embedded import process_alive, release_postgres
 
-log = logging.getLogger("ourvidz.dev.watchdog")
+log = logging.getLogger("ourvidz_dev.watchdog")
 
 GRACE_SECONDS = 10.0
 
@@ -50,7 +50,7 @@ class Watchdog:
         read_end, write_end = os.pipe()  # not inherited by anything else started here
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ourvidz.dev.watchdog", "--parent", str(os.getpid())],
+                [sys.executable, "-m", "ourvidz_dev.watchdog", "--parent", str(os.getpid())],
                 stdin=read_end,
                 start_new_session=True,
             )
@@ -126,7 +126,7 @@ def act(parent: int, lines: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ourvidz.dev.watchdog")
+    parser = argparse.ArgumentParser(prog="python -m ourvidz_dev.watchdog")
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stdout)

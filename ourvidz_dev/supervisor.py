@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
-log = logging.getLogger("ourvidz.dev.up")
+log = logging.getLogger("ourvidz_dev.up")
 
 
 # --- restart policy ------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings_from(cls, env: Mapping[str, str]):
@@ -95,7 +95,7 @@ async def running_stack(
     # must be able to load what those URLs point at.
     gateway_port = 0
     if not env.get("PUBLIC_BASE_URL"):
-        from ourvidz.dev.embedded import free_port
+        from ourvidz_dev.embedded import free_port
 
         gateway_port = free_port()
         env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{gateway_port}"
@@ -195,7 +195,7 @@ class ServiceProcesses:
         it serves: the gateway's /readyz answers 200, a gRPC service's health
         says SERVING (a worker: its model is loaded)."""
         from ourvidz.db import own_database_env
-        from ourvidz.dev.embedded import free_port
+        from ourvidz_dev.embedded import free_port
 
         module = module or name
         port = free_port(set(self.ports.values()))

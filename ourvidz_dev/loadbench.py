@@ -4,8 +4,8 @@ model: every step reported, none computed; flat PNGs), so that what is timed
 is the gateway, Jobs, the queue, the worker loop's bookkeeping (StartJob,
 progress, uploads, CompleteJob, acks) and Workspace filing.
 
-Part `control-plane` of `make bench` (`python -m ourvidz.dev.bench --only
-control-plane`); alone and with its options: `python -m ourvidz.dev.loadbench`.
+Part `control-plane` of `make bench` (`python -m ourvidz_dev.bench --only
+control-plane`); alone and with its options: `python -m ourvidz_dev.loadbench`.
 
 Every service runs as its own process (`python -m services.<name>`, as `make
 up` runs them) on embedded PostgreSQL, NATS JetStream and an S3 server (moto,
@@ -68,7 +68,7 @@ from pathlib import Path
 
 import httpx
 
-from ourvidz.cli_sse import SseParser
+from ourvidz_cli.sse import SseParser
 
 DEFAULT_LIMIT = 10  # JOBS_MAX_ACTIVE_PER_USER's default, which the bench keeps
 JOB_TYPE = "sdxl_image_fast"
@@ -552,10 +552,10 @@ async def tasks_in_stream(js) -> int:
 
 async def run_bench(opts: Options) -> Results:
     from ourvidz import db, queue
-    from ourvidz.dev.embedded import Embedded, start_nats, start_postgres, start_s3_process
-    from ourvidz.dev.stack import ServiceProcesses
-    from ourvidz.dev.up import dev_keys
     from ourvidz.migrate import migration_folders
+    from ourvidz_dev.embedded import Embedded, start_nats, start_postgres, start_s3_process
+    from ourvidz_dev.stack import ServiceProcesses
+    from ourvidz_dev.up import dev_keys
 
     if not 1 <= opts.inflight <= DEFAULT_LIMIT:
         raise BenchError(f"--inflight must be 1..{DEFAULT_LIMIT} (the per-user active-job limit)")
@@ -971,7 +971,7 @@ def run(opts: Options) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m ourvidz.dev.loadbench",
+        prog="python -m ourvidz_dev.loadbench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

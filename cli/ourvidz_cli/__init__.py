@@ -1,0 +1,2 @@
+"""The command line client of an ourvidz gateway (`ourvidz`): HTTP only, so it
+installs without the server's dependencies (`pip install ./cli`)."""
