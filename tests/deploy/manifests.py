@@ -97,8 +97,19 @@ def render(folder: Path) -> Objects:
 
 
 @cache
+def _render_once(folder: Path) -> tuple[dict, ...] | RenderError:
+    try:
+        return tuple(render(folder))
+    except RenderError as e:
+        return e
+
+
 def render_overlay(overlay: str, root: Path = DEPLOY_ROOT) -> tuple[dict, ...]:
-    return tuple(render(root / "overlays" / overlay))
+    """An overlay's objects, rendered once per session."""
+    result = _render_once(root / "overlays" / overlay)
+    if isinstance(result, RenderError):
+        raise result
+    return result
 
 
 def ref(obj: dict) -> str:

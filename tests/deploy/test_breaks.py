@@ -226,8 +226,8 @@ def test_a_broken_copy_is_caught(tree, name):
     breaker, check, names = BREAKS[name]
     try:
         before = set(check(list(m.render_overlay(OVERLAY))))
-    except m.RenderError as e:
-        pytest.fail(str(e), pytrace=False)
+    except m.RenderError:
+        pytest.skip(f"overlays/{OVERLAY} does not render: see test_overlay_renders[{OVERLAY}]")
     edits = breaker(tree)
     assert edits, f"{name}: found nothing to break in {m.DEPLOY_ROOT} ({breaker.__name__})"
     try:
