@@ -709,6 +709,33 @@ def check_images(objects: Objects) -> list[str]:
     return problems
 
 
+def _repository(image: str) -> str:
+    """The image's last path part without tag or digest: `ourvidz-gpu`."""
+    return image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+
+
+def check_image_split(objects: Objects) -> list[str]:
+    """The model workers run the `ourvidz-gpu` image (torch and the models);
+    the other services and the migration Job the `ourvidz` image, which has
+    neither."""
+    problems = []
+    for obj, pod in workloads(objects):
+        name = obj["metadata"]["name"]
+        if name in MODEL_WORKERS:
+            wanted = "ourvidz-gpu"
+        elif name in DB_LOGINS:
+            wanted = "ourvidz"
+        else:
+            continue
+        for c in containers(pod):
+            image = c.get("image", "")
+            if _repository(image) != wanted:
+                problems.append(
+                    f"{ref(obj)}: containers[{c['name']}].image {image!r} is not {wanted}"
+                )
+    return problems
+
+
 def _replicas(obj: dict, objects: Objects) -> int:
     """The fewest replicas a workload runs (an autoscaler's minimum wins)."""
     least = obj["spec"].get("replicas", 1)
@@ -954,6 +981,7 @@ CHECKS: dict[str, Check] = {
     "probes": check_probes,
     "security": check_security,
     "images": check_images,
+    "image_split": check_image_split,
     "disruption_budgets": check_disruption_budgets,
     "database_logins": check_database_logins,
     "signing_key": check_signing_key,

@@ -174,6 +174,12 @@ def worker_gets_db_login(root: Path) -> int:
     return edit_objects(root, "Deployment", "sdxl", add)
 
 
+def worker_on_service_image(root: Path) -> int:
+    return edit_objects(
+        root, "Deployment", "sdxl", lambda d: first_container(d).update(image="ourvidz")
+    )
+
+
 def drop_readiness(root: Path) -> int:
     return edit_objects(
         root, "Deployment", "gateway", lambda d: first_container(d).pop("readinessProbe", None)
@@ -208,6 +214,7 @@ BREAKS = {
     "image-latest": (tag_latest, m.check_images, "is tagged latest"),
     "cr-unknown-field": (unknown_cr_field, m.check_schemas, "ScaledObject/sdxl: spec"),
     "worker-db-login": (worker_gets_db_login, m.check_database_logins, "Deployment/sdxl"),
+    "worker-service-image": (worker_on_service_image, m.check_image_split, "Deployment/sdxl"),
     "readiness-dropped": (drop_readiness, m.check_probes, "Deployment/gateway"),
     "token-mounted": (mount_token, m.check_service_accounts, "Deployment/sdxl"),
     "default-deny-removed": (remove_default_deny, m.check_default_deny, "NetworkPolicy"),
