@@ -13,7 +13,6 @@ import yaml
 
 from tests.deploy import manifests as m
 
-OVERLAY = "prod"
 KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 
 
@@ -133,7 +132,7 @@ def rename_secret(root: Path) -> int:
 
 
 def gateway_pdbs(root: Path) -> set[str]:
-    objects = list(m.render_overlay(OVERLAY, root))
+    objects = list(m.render_overlay("prod", root))
     labels = m.pod_labels(m.named(objects, "Deployment")["gateway"])
     return {
         name
@@ -206,18 +205,49 @@ def remove_default_deny(root: Path) -> int:
     return delete_objects(root, keep)
 
 
+def dev_gets_a_gpu(root: Path) -> int:
+    def gpu(doc):
+        resources = first_container(doc).setdefault("resources", {})
+        resources.setdefault("limits", {})[m.GPU] = 1
+
+    return edit_objects(root, "Deployment", "sdxl", gpu)
+
+
+def drop_scaled_object(root: Path) -> int:
+    return delete_objects(
+        root, lambda d: not (d.get("kind") == "ScaledObject" and d["metadata"]["name"] == "wan")
+    )
+
+
 BREAKS = {
-    # break: (how, the check that catches it, what its message names)
-    "namespace-dropped": (drop_namespace, m.check_namespace, "metadata.namespace"),
-    "secret-renamed": (rename_secret, m.check_references, f"Secret/{gateway_db_secret()}"),
-    "pdb-removed": (remove_gateway_pdb, m.check_disruption_budgets, "Deployment/gateway"),
-    "image-latest": (tag_latest, m.check_images, "is tagged latest"),
-    "cr-unknown-field": (unknown_cr_field, m.check_schemas, "ScaledObject/sdxl: spec"),
-    "worker-db-login": (worker_gets_db_login, m.check_database_logins, "Deployment/sdxl"),
-    "worker-service-image": (worker_on_service_image, m.check_image_split, "Deployment/sdxl"),
-    "readiness-dropped": (drop_readiness, m.check_probes, "Deployment/gateway"),
-    "token-mounted": (mount_token, m.check_service_accounts, "Deployment/sdxl"),
-    "default-deny-removed": (remove_default_deny, m.check_default_deny, "NetworkPolicy"),
+    # break: (how, the check that catches it, what its message names, overlay)
+    "namespace-dropped": (drop_namespace, m.check_namespace, "metadata.namespace", "prod"),
+    "secret-renamed": (
+        rename_secret,
+        m.check_references,
+        f"Secret/{gateway_db_secret()}",
+        "prod",
+    ),
+    "pdb-removed": (remove_gateway_pdb, m.check_disruption_budgets, "Deployment/gateway", "prod"),
+    "image-latest": (tag_latest, m.check_images, "is tagged latest", "prod"),
+    "cr-unknown-field": (unknown_cr_field, m.check_schemas, "ScaledObject/sdxl: spec", "prod"),
+    "worker-db-login": (worker_gets_db_login, m.check_database_logins, "Deployment/sdxl", "prod"),
+    "worker-service-image": (
+        worker_on_service_image,
+        m.check_image_split,
+        "Deployment/sdxl",
+        "prod",
+    ),
+    "readiness-dropped": (drop_readiness, m.check_probes, "Deployment/gateway", "prod"),
+    "token-mounted": (mount_token, m.check_service_accounts, "Deployment/sdxl", "prod"),
+    "default-deny-removed": (remove_default_deny, m.check_default_deny, "NetworkPolicy", "prod"),
+    "scaled-object-removed": (
+        drop_scaled_object,
+        m.check_gpu_autoscaling,
+        "Deployment/wan",
+        "prod",
+    ),
+    "dev-gpu": (dev_gets_a_gpu, m.check_dev_cpu_only, "Deployment/sdxl", "dev"),
 }
 
 
@@ -230,15 +260,15 @@ def tree(tmp_path) -> Path:
 
 @pytest.mark.parametrize("name", BREAKS)
 def test_a_broken_copy_is_caught(tree, name):
-    breaker, check, names = BREAKS[name]
+    breaker, check, names, overlay = BREAKS[name]
     try:
-        before = set(check(list(m.render_overlay(OVERLAY))))
+        before = set(check(list(m.render_overlay(overlay))))
     except m.RenderError:
-        pytest.skip(f"overlays/{OVERLAY} does not render: see test_overlay_renders[{OVERLAY}]")
+        pytest.skip(f"overlays/{overlay} does not render: see test_overlay_renders[{overlay}]")
     edits = breaker(tree)
     assert edits, f"{name}: found nothing to break in {m.DEPLOY_ROOT} ({breaker.__name__})"
     try:
-        broken = m.render(tree / "overlays" / OVERLAY)
+        broken = m.render(tree / "overlays" / overlay)
     except m.RenderError as e:
         pytest.fail(f"{name}: the broken copy no longer renders:\n{e}", pytrace=False)
     caught = set(check(broken)) - before
