@@ -337,16 +337,27 @@ def operator_secrets(objects: Objects) -> set[str]:
 
 
 def _secret_refs_in(node, where: str) -> Iterator[tuple[str, str]]:
-    """(field path, Secret name) for each Secret a custom resource's spec names."""
+    """(field path, Secret name) for each Secret a custom resource's spec names:
+    a field whose name says secret (or a MinIO Tenant's `configuration` and
+    `users`) holding a name, a {name} reference or a list of them."""
     if isinstance(node, dict):
         for key, value in node.items():
             path = f"{where}.{key}"
-            if "secret" in key.lower() or key == "configuration":
+            lower = key.lower()
+            if "secret" in lower or key in ("configuration", "users"):
+                if isinstance(value, str) and lower.endswith(("secret", "secretname")):
+                    yield path, value
+                    continue
                 if isinstance(value, dict) and isinstance(value.get("name"), str):
                     yield path + ".name", value["name"]
                     continue
-                if key == "secretName" and isinstance(value, str):
-                    yield path, value
+                if (
+                    isinstance(value, list)
+                    and value
+                    and all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in value)
+                ):
+                    for i, v in enumerate(value):
+                        yield f"{path}[{i}].name", v["name"]
                     continue
             yield from _secret_refs_in(value, path)
     elif isinstance(node, list):
