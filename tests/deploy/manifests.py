@@ -243,8 +243,8 @@ def strict(schema):
     return out
 
 
-def _definitions_uri() -> str:
-    return "https://kubernetes.io/api/_definitions.json"
+# Where kubernetes-validate's schemas find the built-in definitions.
+DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
 
 
 @cache
@@ -261,7 +261,7 @@ def _k8s_definitions() -> referencing.Resource:
 @cache
 def crd_schemas() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     """(apiVersion, kind) -> a strict validator, from the vendored schemas."""
-    registry = referencing.Registry().with_resource(_definitions_uri(), _k8s_definitions())
+    registry = referencing.Registry().with_resource(DEFINITIONS, _k8s_definitions())
     validators = {}
     for path in sorted(SCHEMAS.glob("*.json")):
         doc = json.loads(path.read_text())
@@ -269,7 +269,7 @@ def crd_schemas() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
         schema.setdefault("properties", {})
         # metadata is ObjectMeta, checked as strictly as a built-in kind's.
         schema["properties"]["metadata"] = {
-            "$ref": f"{_definitions_uri()}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+            "$ref": f"{DEFINITIONS}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
         }
         schema["properties"]["apiVersion"] = {"const": doc["apiVersion"]}
         schema["properties"]["kind"] = {"const": doc["kind"]}
@@ -298,7 +298,7 @@ def validate_custom(obj: dict) -> list[str]:
             f"(add it under {SCHEMAS.relative_to(REPO)})"
         ]
     problems = []
-    for error in sorted(validator.iter_errors(obj), key=lambda e: list(e.path)):
+    for error in sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.path]):
         path = ".".join(str(p) for p in error.path) or "(top)"
         problems.append(f"{ref(obj)}: {path}: {error.message}")
     return problems
