@@ -36,6 +36,8 @@ SERVICE_ROLE = {
 }
 SERVICE_ROLES = tuple(SERVICE_ROLE.values())
 COMMON_MIGRATIONS = Path(__file__).parent / "migrations"
+# yoyo's record of the applied migrations (one row per migration id).
+MIGRATIONS_TABLE = "_yoyo_migration"
 
 
 class PrivilegedLogin(RuntimeError):
@@ -192,15 +194,33 @@ def ensure_database(owner_url: str) -> None:
 def ensure_roles(owner_url: str, passwords: Mapping[str, str]) -> None:
     """Create (or update) the service login roles, each with its own password
     (`passwords`: role -> password). They own nothing and cannot bypass row
-    level security."""
+    level security.
+
+    The owner needs CREATEROLE, not SUPERUSER: on an existing role only the
+    password is set, plus the NO... of an attribute the role has (PostgreSQL
+    16 lets only a superuser name SUPERUSER or BYPASSRLS in ALTER ROLE, even
+    to take it away; such a role is refused until a superuser fixes it)."""
+    attributes = ("rolsuper", "rolbypassrls", "rolcreatedb", "rolcreaterole")
+    clause = {
+        "rolsuper": "NOSUPERUSER",
+        "rolbypassrls": "NOBYPASSRLS",
+        "rolcreatedb": "NOCREATEDB",
+        "rolcreaterole": "NOCREATEROLE",
+    }
     with psycopg.connect(owner_url, autocommit=True) as conn:
         for role, password in passwords.items():
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            verb = "ALTER" if exists else "CREATE"
+            row = conn.execute(
+                f"SELECT {', '.join(attributes)} FROM pg_roles WHERE rolname = %s", (role,)
+            ).fetchone()
+            if row is None:
+                statement = "CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+            else:
+                revoke = " ".join(clause[a] for a, on in zip(attributes, row, strict=True) if on)
+                statement = "ALTER ROLE {} LOGIN " + revoke
             conn.execute(
-                sql.SQL(
-                    "{} ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD {}"
-                ).format(sql.SQL(verb), sql.Identifier(role), sql.Literal(password))
+                sql.SQL(statement.strip() + " PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                )
             )
 
 
@@ -215,7 +235,7 @@ def apply_migrations(owner_url: str, folders: Iterable[Path]) -> list[str]:
     elif "://" not in url:
         params = conninfo_to_dict(url)
         url = _dsn_to_url(params)
-    backend = get_backend(url)
+    backend = get_backend(url, migration_table=MIGRATIONS_TABLE)
     migrations = read_migrations(*(str(f) for f in [COMMON_MIGRATIONS, *folders]))
     applied: list[str] = []
     with backend.lock():
@@ -248,9 +268,44 @@ def prepare(owner_url: str, passwords: Mapping[str, str], folders: Iterable[Path
     missing = set(SERVICE_ROLES) - set(by_role)
     if missing:
         raise ValueError(f"no password for the database roles {sorted(missing)}")
+    folders = list(folders)
     ensure_database(owner_url)
     ensure_roles(owner_url, by_role)
     apply_migrations(owner_url, folders)
+    grant_migration_reads(owner_url, by_role)
+
+
+def grant_migration_reads(owner_url: str, roles: Iterable[str]) -> None:
+    """Let the service roles read which migrations are applied (and nothing
+    else of yoyo's): a service's pod waits for its image's migrations with
+    its own login before it starts (`python -m ourvidz.migrate --await-schema`)."""
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(
+                sql.Identifier(MIGRATIONS_TABLE), sql.SQL(", ").join(map(sql.Identifier, roles))
+            )
+        )
+
+
+def migration_ids(folders: Iterable[Path]) -> set[str]:
+    """The ids of every migration in the common folder and `folders`."""
+    from yoyo import read_migrations
+
+    return {m.id for m in read_migrations(*(str(f) for f in [COMMON_MIGRATIONS, *folders]))}
+
+
+def pending_migrations(url: str, folders: Iterable[Path], *, connect_timeout: int = 5) -> set[str]:
+    """The migrations of `folders` that the database at `url` has not applied
+    (all of them when it has no record yet). Connection errors propagate."""
+    wanted = migration_ids(folders)
+    with psycopg.connect(url, connect_timeout=connect_timeout, autocommit=True) as conn:
+        try:
+            rows = conn.execute(
+                sql.SQL("SELECT migration_id FROM {}").format(sql.Identifier(MIGRATIONS_TABLE))
+            ).fetchall()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege):
+            return wanted
+    return wanted - {row[0] for row in rows}
 
 
 def dev_passwords(prefix: str) -> dict[str, str]:

@@ -7,13 +7,28 @@ sets each role's own password (DB_PASSWORD_GATEWAY, DB_PASSWORD_JOBS,
 DB_PASSWORD_WORKSPACE, DB_PASSWORD_ENHANCER), then makes admins of the existing
 accounts listed in OURVIDZ_BOOTSTRAP_ADMINS (a@x,b@y) and names the addresses
 that have no account. This is the only process that holds the owner URL.
+
+    python -m ourvidz.migrate [--wait SECONDS]
+    python -m ourvidz.migrate --await-schema --url-env JOBS_DATABASE_URL [--wait SECONDS]
+
+`--wait` retries the first connection until PostgreSQL answers (a Job that
+starts before the database). `--await-schema` migrates nothing: with a
+service's own login (the URL in the variable `--url-env` names) it waits
+until every migration this image holds is applied, so a pod of a new version
+never serves on the old schema (its init step, before the migration Job ran).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 from pydantic import SecretStr, model_validator
 
 from ourvidz import db, logs, operator
@@ -59,12 +74,81 @@ def migration_folders(root: Path = SERVICES) -> list[Path]:
     return sorted(p for p in root.glob("*/migrations") if p.is_dir())
 
 
-def main() -> None:
+def retrying(what: str, action: Callable[[], object], wait_seconds: float, poll: float = 2.0):
+    """`action()`, tried again while PostgreSQL cannot be reached, for up to
+    `wait_seconds` (0: once)."""
+    log = logging.getLogger(__name__)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return action()
+        except psycopg.OperationalError as exc:
+            if time.monotonic() + poll > deadline:
+                raise
+            log.info("%s: database not reachable yet (%s); retrying", what, str(exc).strip())
+            time.sleep(poll)
+
+
+def await_schema(url: str, wait_seconds: float, poll: float = 2.0) -> set[str]:
+    """Wait until the database at `url` has applied every migration of this
+    image; returns those still pending when the time is up (empty: ready)."""
+    log = logging.getLogger(__name__)
+    deadline = time.monotonic() + wait_seconds
+    folders = migration_folders()
+    while True:
+        try:
+            pending = db.pending_migrations(url, folders)
+        except psycopg.OperationalError as exc:
+            pending = {f"(database not reachable: {str(exc).strip()})"}
+        if not pending or time.monotonic() + poll > deadline:
+            return pending
+        log.info("waiting for the migration Job: %d pending", len(pending))
+        time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ourvidz.migrate")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep trying for this long while the database cannot be reached",
+    )
+    parser.add_argument(
+        "--await-schema",
+        action="store_true",
+        help="apply nothing; wait until this image's migrations are applied",
+    )
+    parser.add_argument(
+        "--url-env",
+        default="",
+        metavar="NAME",
+        help="with --await-schema: the variable that holds the service's own database URL",
+    )
+    args = parser.parse_args(argv)
+    if args.await_schema:
+        logs.setup("migrate", os.environ.get("LOG_LEVEL", "INFO"), True)
+        url = os.environ.get(args.url_env, "") if args.url_env else ""
+        if not url:
+            parser.error("--await-schema needs --url-env NAME of a set variable")
+        pending = await_schema(url, args.wait)
+        if pending:
+            print(f"migrations not applied: {', '.join(sorted(pending))}", file=sys.stderr)
+            return 1
+        logging.getLogger(__name__).info("schema ready")
+        return 0
     settings = MigrateSettings()
     logs.setup("migrate", settings.log_level, settings.log_json)
-    db.prepare(settings.database_url, settings.role_passwords(), migration_folders())
+    passwords = settings.role_passwords()
+    retrying(
+        "migrate",
+        lambda: db.prepare(settings.database_url, passwords, migration_folders()),
+        args.wait,
+    )
     logging.getLogger(__name__).info("database ready")
     bootstrap(settings.database_url, operator.OperatorSettings().bootstrap_admins)
+    return 0
 
 
 def bootstrap(owner_url: str, emails: list[str]) -> None:
@@ -84,4 +168,4 @@ def bootstrap(owner_url: str, emails: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -68,6 +68,10 @@ class CommonSettings(BaseSettings):
     s3_secret_key: SecretStr = SecretStr("")
     s3_secure: bool = False
     s3_region: str = "us-east-1"
+    # The S3 endpoint that users download from, when it is not S3_ENDPOINT
+    # (e.g. https://s3.example.com in front of a cluster-internal MinIO):
+    # signed URLs name it. "http://host" for plain HTTP; empty: S3_ENDPOINT.
+    s3_public_endpoint: str = ""
     storage_signing_key: SecretStr = SecretStr(DEV_SECRET)
     signed_url_ttl_seconds: int = 3600
     # Base of the gateway that serves local signed URLs.

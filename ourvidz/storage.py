@@ -214,6 +214,7 @@ class S3Store(BlobStore):
         secure: bool = False,
         region: str = "us-east-1",
         ttl_seconds: int = 3600,
+        public_endpoint: str = "",
     ):
         from minio import Minio
 
@@ -221,6 +222,19 @@ class S3Store(BlobStore):
         self.client = Minio(
             endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
         )
+        # Where clients download from, when that is not where the services
+        # reach the server (a cluster's internal Service behind a public
+        # name): URLs are presigned for it, with no request to it (the region
+        # is given, so the client never looks it up).
+        self.signer = self.client
+        if public_endpoint:
+            self.signer = Minio(
+                public_endpoint.removeprefix("http://").removeprefix("https://"),
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=not public_endpoint.startswith("http://"),
+                region=region,
+            )
         self.ttl_seconds = ttl_seconds
 
     async def ensure_buckets(self, buckets) -> None:
@@ -309,7 +323,7 @@ class S3Store(BlobStore):
         # S3's response overrides, signed into the URL: the object is served
         # with our type and disposition whatever it was stored with.
         headers = download_headers(key)
-        url = self.client.presigned_get_object(
+        url = self.signer.presigned_get_object(
             bucket,
             key,
             expires=timedelta(seconds=ttl),
@@ -331,6 +345,7 @@ def store_from_settings(settings) -> BlobStore:
             secure=settings.s3_secure,
             region=settings.s3_region,
             ttl_seconds=settings.signed_url_ttl_seconds,
+            public_endpoint=settings.s3_public_endpoint,
         )
     return LocalStore(
         settings.storage_root,

@@ -162,7 +162,8 @@ def test_each_role_reads_no_other_services_schema(base_env, infra, service):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"SELECT count(*) FROM {schema}.{table}")
     # And the catalogue agrees: outside its own schema the role may touch only
-    # the grants table that app_role() reads.
+    # the grants table that app_role() reads, and read the record of applied
+    # migrations (a pod waits for its image's migrations with its own login).
     role = db.SERVICE_ROLE[service]
     with psycopg.connect(infra.database_url) as conn:
         reachable = conn.execute(
@@ -186,7 +187,16 @@ def test_each_role_reads_no_other_services_schema(base_env, infra, service):
         create_public = conn.execute(
             "SELECT has_schema_privilege(%s, 'public', 'CREATE')", (role,)
         ).fetchone()
-    assert [r[0] for r in reachable] == ["public.app_role_grants"]
+        record_writable = conn.execute(
+            "SELECT has_table_privilege(%s, %s,"
+            " 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')",
+            (role, f"public.{db.MIGRATIONS_TABLE}"),
+        ).fetchone()
+    assert sorted(r[0] for r in reachable) == [
+        f"public.{db.MIGRATIONS_TABLE}",
+        "public.app_role_grants",
+    ]
+    assert record_writable == (False,)
     assert [r[0] for r in schemas] == [SCHEMA[service]]
     assert create_public == (False,)
 

@@ -1,13 +1,18 @@
 """The Kubernetes manifests hang together: every file a kustomization names
-exists, every workload runs hardened and is probed, and every service the
-supervisor starts has a Deployment."""
+exists, every overlay sets the namespace and pins both images, every workload
+runs hardened, probed, sized and under its own ServiceAccount with a
+disruption budget, and every service the supervisor starts has a Deployment.
+(tests/deploy renders the overlays with kubectl and checks the result.)"""
 
 from pathlib import Path
 
 import pytest
 import yaml
 
+from ourvidz import kube_secrets
+
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir())
 
 
 def kustomizations():
@@ -17,15 +22,30 @@ def kustomizations():
 @pytest.mark.parametrize("path", kustomizations(), ids=lambda p: str(p.relative_to(K8S)))
 def test_references_exist(path):
     doc = yaml.safe_load(path.read_text())
-    for ref in [*doc.get("resources", []), *doc.get("components", [])]:
+    refs = [*doc.get("resources", []), *doc.get("components", [])]
+    refs += [p["path"] for p in doc.get("patches", []) if "path" in p]
+    for ref in refs:
         assert (path.parent / ref).exists(), f"{path}: {ref} missing"
 
 
-def workloads():
+def base_docs():
     for path in sorted((K8S / "base").glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") in ("Deployment", "Job"):
+            if doc:
                 yield path.name, doc
+
+
+def workloads():
+    for name, doc in base_docs():
+        if doc.get("kind") in ("Deployment", "StatefulSet", "Job"):
+            yield name, doc
+
+
+def containers(doc):
+    pod = doc["spec"]["template"]["spec"]
+    return [*pod.get("initContainers", []), *pod["containers"]]
 
 
 @pytest.mark.parametrize(
@@ -34,11 +54,20 @@ def workloads():
 def test_workloads_are_hardened(name, doc):
     pod = doc["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    for container in pod["containers"]:
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # Only the secrets Job talks to the Kubernetes API.
+    assert pod["automountServiceAccountToken"] is (doc["metadata"]["name"] == "secrets")
+    assert pod["enableServiceLinks"] is False
+    for container in containers(doc):
         sc = container["securityContext"]
         assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
-        if doc["kind"] == "Deployment":
-            assert "readinessProbe" in container and "livenessProbe" in container
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    if doc["kind"] != "Job":
+        for container in pod["containers"]:
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert probe in container, (name, container["name"], probe)
 
 
 def test_every_service_has_a_deployment():
@@ -47,14 +76,62 @@ def test_every_service_has_a_deployment():
     assert services <= deployed, services - deployed
 
 
+def test_every_workload_has_its_own_service_account_and_a_disruption_budget():
+    docs = [doc for _, doc in base_docs()]
+    accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    budgets = {
+        d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        for d in docs
+        if d["kind"] == "PodDisruptionBudget"
+    }
+    used = []
+    for _, doc in workloads():
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] in accounts, doc["metadata"]["name"]
+        used.append(pod["serviceAccountName"])
+        if doc["kind"] != "Job":
+            assert doc["metadata"]["name"] in budgets, doc["metadata"]["name"]
+    assert len(used) == len(set(used)), "a ServiceAccount shared by two workloads"
+
+
+def test_every_service_exposes_its_metrics_port():
+    for _, doc in workloads():
+        if doc["kind"] == "Deployment":
+            ports = {
+                p["name"]: p["containerPort"]
+                for p in doc["spec"]["template"]["spec"]["containers"][0]["ports"]
+            }
+            assert ports.get("metrics") == 9464, doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_set_the_namespace_and_pin_both_images(overlay):
+    doc = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
+    assert doc["namespace"] == "ourvidz"
+    images = {i["name"]: i for i in doc["images"]}
+    assert set(images) == {"ourvidz", "ourvidz-gpu"}
+    for image in images.values():
+        assert image["newTag"] and image["newTag"] != "latest"
+    assert "secretGenerator" not in doc and "configMapGenerator" not in doc
+
+
+def test_the_gpu_image_runs_the_model_workers_and_the_slim_one_the_rest():
+    for _, doc in workloads():
+        name = doc["metadata"]["name"]
+        images = {c["image"] for c in containers(doc)}
+        if name in ("sdxl", "wan", "enhancer"):
+            assert images == {"ourvidz-gpu"}, name
+        elif name != "nats":
+            assert images == {"ourvidz"}, name
+
+
 DB_SERVICES = ("gateway", "jobs", "workspace", "enhancer")
 
 
 def secret_refs(doc) -> set[str]:
-    containers = doc["spec"]["template"]["spec"]["containers"]
     return {
         ref["secretRef"]["name"]
-        for c in containers
+        for c in containers(doc)
         for ref in c.get("envFrom", [])
         if "secretRef" in ref
     }
@@ -66,7 +143,7 @@ def test_each_service_gets_only_its_own_database_login():
     for _, doc in workloads():
         name, refs = doc["metadata"]["name"], secret_refs(doc)
         db_refs = {r for r in refs if r.startswith("ourvidz-db-")}
-        if doc["kind"] == "Job":
+        if name == "migrate":
             assert db_refs == {"ourvidz-db-migrate"}, name
         elif name in DB_SERVICES:
             assert db_refs == {f"ourvidz-db-{name}"}, name
@@ -74,26 +151,27 @@ def test_each_service_gets_only_its_own_database_login():
             assert db_refs == set(), name
 
 
-@pytest.mark.parametrize("overlay", sorted(p.name for p in (K8S / "overlays").iterdir()))
-def test_overlays_generate_every_database_secret_from_examples(overlay):
-    folder = K8S / "overlays" / overlay
-    doc = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    generated = {g["name"]: g.get("envs", []) for g in doc.get("secretGenerator", [])}
-    wanted = {"ourvidz-db-migrate", *(f"ourvidz-db-{s}" for s in DB_SERVICES)}
-    assert wanted <= set(generated)
-    for name in wanted:
-        for env_file in generated[name]:
-            example = (folder / f"{env_file}.example").read_text()
-            keys = {
-                line.split("=", 1)[0]
-                for line in example.splitlines()
-                if "=" in line and line[0] != "#"
-            }
-            if name == "ourvidz-db-migrate":
-                assert "DATABASE_URL" in keys
-            else:
-                assert keys == {f"{name.removeprefix('ourvidz-db-').upper()}_DATABASE_URL"}
-    assert not (folder / "secrets.env.example").exists()
+def test_the_secrets_job_may_touch_exactly_the_objects_it_fills():
+    docs = [doc for _, doc in base_docs()]
+    role = next(
+        d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "ourvidz-secrets"
+    )
+    allowed = {
+        f"{'Secret' if rule['resources'] == ['secrets'] else 'ConfigMap'}/{name}"
+        for rule in role["rules"]
+        for name in rule["resourceNames"]
+    }
+    for rule in role["rules"]:
+        assert set(rule["verbs"]) == {"get", "patch"}
+    assert allowed == set(kube_secrets.objects())
+    declared = {
+        f"{d['kind']}/{d['metadata']['name']}" for d in docs if d["kind"] in ("Secret", "ConfigMap")
+    }
+    assert allowed <= declared
+    # Declared empty: an apply never overwrites what the Job filled.
+    for d in docs:
+        if f"{d['kind']}/{d['metadata']['name']}" in allowed:
+            assert not d.get("data") and not d.get("stringData"), d["metadata"]["name"]
 
 
 def test_the_gateway_reads_client_addresses_through_the_ingress(base_env):

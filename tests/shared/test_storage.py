@@ -110,3 +110,24 @@ def test_local_signature_checks(tmp_path):
 def test_locations_are_checked(bucket, key):
     with pytest.raises(ValueError):
         check_location(bucket, key)
+
+
+async def test_s3_signed_urls_name_the_public_endpoint_without_reaching_it(infra):
+    """Behind a cluster the services reach S3 at an internal name and users at
+    a public one: the URL is signed for the public name, and signing it makes
+    no request there (this one does not even resolve)."""
+    s = S3Store(
+        infra.s3_endpoint,
+        "testing",
+        "testing",
+        ttl_seconds=60,
+        public_endpoint="https://s3.ourvidz.invalid",
+    )
+    await s.ensure_buckets(["thumbnails"])
+    await s.put("thumbnails", "u4/j4.png", b"payload", "image/png")
+    url, _ = s.signed_url("thumbnails", "u4/j4.png")
+    assert url.startswith("https://s3.ourvidz.invalid/thumbnails/u4/j4.png?")
+    assert "X-Amz-Signature=" in url
+    assert await s.get("thumbnails", "u4/j4.png") == b"payload"
+    plain = S3Store(infra.s3_endpoint, "testing", "testing", public_endpoint="http://s3.local:9000")
+    assert plain.signed_url("thumbnails", "u4/j4.png")[0].startswith("http://s3.local:9000/")
