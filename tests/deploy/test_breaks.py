@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy import manifests as m
+from tests.deploy import policies, validation
+from tests.deploy import render as kube
 
 KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 
@@ -111,7 +112,7 @@ def drop_namespace(root: Path) -> int:
 
 
 def gateway_db_secret() -> str:
-    return m.DB_LOGINS["gateway"]
+    return kube.DB_LOGINS["gateway"]
 
 
 def rename_secret(root: Path) -> int:
@@ -132,12 +133,12 @@ def rename_secret(root: Path) -> int:
 
 
 def gateway_pdbs(root: Path) -> set[str]:
-    objects = list(m.render_overlay("prod", root))
-    labels = m.pod_labels(m.named(objects, "Deployment")["gateway"])
+    objects = list(kube.render_overlay("prod", root))
+    labels = kube.pod_labels(kube.named(objects, "Deployment")["gateway"])
     return {
         name
-        for name, pdb in m.named(objects, "PodDisruptionBudget").items()
-        if m.selects(pdb["spec"].get("selector"), labels)
+        for name, pdb in kube.named(objects, "PodDisruptionBudget").items()
+        if kube.selects(pdb["spec"].get("selector"), labels)
     }
 
 
@@ -208,7 +209,7 @@ def remove_default_deny(root: Path) -> int:
 def dev_gets_a_gpu(root: Path) -> int:
     def gpu(doc):
         resources = first_container(doc).setdefault("resources", {})
-        resources.setdefault("limits", {})[m.GPU] = 1
+        resources.setdefault("limits", {})[kube.GPU] = 1
 
     return edit_objects(root, "Deployment", "sdxl", gpu)
 
@@ -221,40 +222,60 @@ def drop_scaled_object(root: Path) -> int:
 
 BREAKS = {
     # break: (how, the check that catches it, what its message names, overlay)
-    "namespace-dropped": (drop_namespace, m.check_namespace, "metadata.namespace", "prod"),
+    "namespace-dropped": (drop_namespace, policies.check_namespace, "metadata.namespace", "prod"),
     "secret-renamed": (
         rename_secret,
-        m.check_references,
+        policies.check_references,
         f"Secret/{gateway_db_secret()}",
         "prod",
     ),
-    "pdb-removed": (remove_gateway_pdb, m.check_disruption_budgets, "Deployment/gateway", "prod"),
-    "image-latest": (tag_latest, m.check_images, "is tagged latest", "prod"),
-    "cr-unknown-field": (unknown_cr_field, m.check_schemas, "ScaledObject/sdxl: spec", "prod"),
-    "worker-db-login": (worker_gets_db_login, m.check_database_logins, "Deployment/sdxl", "prod"),
-    "worker-service-image": (
-        worker_on_service_image,
-        m.check_image_split,
+    "pdb-removed": (
+        remove_gateway_pdb,
+        policies.check_disruption_budgets,
+        "Deployment/gateway",
+        "prod",
+    ),
+    "image-latest": (tag_latest, policies.check_images, "is tagged latest", "prod"),
+    "cr-unknown-field": (
+        unknown_cr_field,
+        validation.check_schemas,
+        "ScaledObject/sdxl: spec",
+        "prod",
+    ),
+    "worker-db-login": (
+        worker_gets_db_login,
+        policies.check_database_logins,
         "Deployment/sdxl",
         "prod",
     ),
-    "readiness-dropped": (drop_readiness, m.check_probes, "Deployment/gateway", "prod"),
-    "token-mounted": (mount_token, m.check_service_accounts, "Deployment/sdxl", "prod"),
-    "default-deny-removed": (remove_default_deny, m.check_default_deny, "NetworkPolicy", "prod"),
+    "worker-service-image": (
+        worker_on_service_image,
+        policies.check_image_split,
+        "Deployment/sdxl",
+        "prod",
+    ),
+    "readiness-dropped": (drop_readiness, policies.check_probes, "Deployment/gateway", "prod"),
+    "token-mounted": (mount_token, policies.check_service_accounts, "Deployment/sdxl", "prod"),
+    "default-deny-removed": (
+        remove_default_deny,
+        policies.check_default_deny,
+        "NetworkPolicy",
+        "prod",
+    ),
     "scaled-object-removed": (
         drop_scaled_object,
-        m.check_gpu_autoscaling,
+        policies.check_gpu_autoscaling,
         "Deployment/wan",
         "prod",
     ),
-    "dev-gpu": (dev_gets_a_gpu, m.check_dev_cpu_only, "Deployment/sdxl", "dev"),
+    "dev-gpu": (dev_gets_a_gpu, policies.check_dev_cpu_only, "Deployment/sdxl", "dev"),
 }
 
 
 @pytest.fixture
 def tree(tmp_path) -> Path:
     root = tmp_path / "k8s"
-    shutil.copytree(m.DEPLOY_ROOT, root)
+    shutil.copytree(kube.DEPLOY_ROOT, root)
     return root
 
 
@@ -262,14 +283,14 @@ def tree(tmp_path) -> Path:
 def test_a_broken_copy_is_caught(tree, name):
     breaker, check, names, overlay = BREAKS[name]
     try:
-        before = set(check(list(m.render_overlay(overlay))))
-    except m.RenderError:
+        before = set(check(list(kube.render_overlay(overlay))))
+    except kube.RenderError:
         pytest.skip(f"overlays/{overlay} does not render: see test_overlay_renders[{overlay}]")
     edits = breaker(tree)
-    assert edits, f"{name}: found nothing to break in {m.DEPLOY_ROOT} ({breaker.__name__})"
+    assert edits, f"{name}: found nothing to break in {kube.DEPLOY_ROOT} ({breaker.__name__})"
     try:
-        broken = m.render(tree / "overlays" / overlay)
-    except m.RenderError as e:
+        broken = kube.render(tree / "overlays" / overlay)
+    except kube.RenderError as e:
         pytest.fail(f"{name}: the broken copy no longer renders:\n{e}", pytrace=False)
     caught = set(check(broken)) - before
     assert caught, f"{name}: {check.__name__} did not catch it"

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy import manifests as m
+from tests.deploy import dockerfile
+from tests.deploy import render as kube
 
-DOCKERFILE = m.DOCKERFILE
+DOCKERFILE = kube.DOCKERFILE
 
 GOOD = """\
 FROM python:3.11-slim AS base
@@ -34,12 +35,12 @@ USER 10001:10001
 
 
 def test_the_dockerfile():
-    problems = m.check_dockerfile(DOCKERFILE.read_text())
+    problems = dockerfile.check_dockerfile(DOCKERFILE.read_text())
     assert not problems, f"{DOCKERFILE}:\n  " + "\n  ".join(problems)
 
 
 def test_a_good_dockerfile_passes():
-    assert m.check_dockerfile(GOOD) == []
+    assert dockerfile.check_dockerfile(GOOD) == []
 
 
 BREAKS = {
@@ -63,5 +64,5 @@ BREAKS = {
 def test_a_broken_dockerfile_is_caught(name):
     text, expected = BREAKS[name]
     assert text != GOOD, f"{name}: the break changed nothing"
-    problems = m.check_dockerfile(text)
+    problems = dockerfile.check_dockerfile(text)
     assert any(expected in p for p in problems), f"{name}: {problems}"
