@@ -5,7 +5,10 @@ that cannot fail shows up as a failing test."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+
+import yaml
 
 from tests.deploy.render import (
     CLUSTER_SCOPED,
@@ -701,6 +704,23 @@ def check_service_accounts(objects: Objects) -> list[str]:
     return problems
 
 
+def check_config_files(objects: Objects) -> list[str]:
+    """Every file a ConfigMap carries as JSON or YAML (a dashboard, a collector
+    or Prometheus configuration) parses."""
+    problems = []
+    for cm in named(objects, "ConfigMap").values():
+        for key, text in (cm.get("data") or {}).items():
+            try:
+                if key.endswith(".json"):
+                    json.loads(text)
+                elif key.endswith((".yaml", ".yml")):
+                    list(yaml.safe_load_all(text))
+            except (ValueError, yaml.YAMLError) as e:
+                first = str(e).splitlines()[0]
+                problems.append(f"{ref(cm)}: data[{key}] does not parse: {first}")
+    return problems
+
+
 # Every overlay: (name, check). Some only apply to one overlay.
 CHECKS: dict[str, Check] = {
     "schemas": check_schemas,
@@ -716,6 +736,7 @@ CHECKS: dict[str, Check] = {
     "signing_key": check_signing_key,
     "default_deny": check_default_deny,
     "service_accounts": check_service_accounts,
+    "config_files": check_config_files,
 }
 OVERLAY_CHECKS: dict[str, dict[str, Check]] = {
     "dev": {"cpu_only": check_dev_cpu_only},

@@ -220,6 +220,16 @@ def drop_scaled_object(root: Path) -> int:
     )
 
 
+def unparsable_config(root: Path) -> int:
+    path = root / "overlays" / "prod" / "kustomization.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc.setdefault("configMapGenerator", []).append(
+        {"name": "dashboards-broken", "literals": ['ourvidz.json={"panels": [']}
+    )
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return 1
+
+
 BREAKS = {
     # break: (how, the check that catches it, what its message names, overlay)
     "namespace-dropped": (drop_namespace, policies.check_namespace, "metadata.namespace", "prod"),
@@ -266,6 +276,12 @@ BREAKS = {
         drop_scaled_object,
         policies.check_gpu_autoscaling,
         "Deployment/wan",
+        "prod",
+    ),
+    "config-unparsable": (
+        unparsable_config,
+        policies.check_config_files,
+        "data[ourvidz.json] does not parse",
         "prod",
     ),
     "dev-gpu": (dev_gets_a_gpu, policies.check_dev_cpu_only, "Deployment/sdxl", "dev"),
