@@ -25,6 +25,26 @@ log = logging.getLogger(__name__)
 DOMAIN = "ourvidz.dev"
 
 
+# The codes a failed job carries (Job.error.code): the generation workers'
+# verdicts (ourvidz.genworker.errors) and the jobs service's own. Metrics label
+# failures with these; any other code a worker sends is counted as OTHER.
+JOB_ERROR_CODES = frozenset(
+    {
+        "INVALID_TASK",
+        "INVALID_REFERENCE",
+        "OUT_OF_MEMORY",
+        "UNAVAILABLE",
+        "STORAGE_UNAVAILABLE",
+        "REJECTED",
+        "INTERNAL",
+        "WORKER_SHUTDOWN",
+        "WORKER_ERROR",
+        "WORKER_LOST",
+        "ATTEMPTS_EXHAUSTED",
+    }
+)
+
+
 @dataclass
 class FieldViolation:
     field: str

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -19,6 +21,7 @@ from grpc._cython import cygrpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ourvidz import metrics
 from ourvidz.auth import TokenVerifier, bearer, reset_principal, set_principal
 from ourvidz.errors import Unauthenticated, abort_with
 
@@ -121,6 +124,94 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return call
 
 
+def _code_name(context, default: str) -> str:
+    """The status the call ended with, as its name ("OK", "NOT_FOUND", ...)."""
+    try:
+        code = context.code()
+    except Exception:
+        code = None
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return status.name
+    return default
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every call of the server's methods by service, method and status
+    code, and times it (a server stream: its whole lifetime). Outermost, so it
+    sees the status the other interceptors give (an abort, UNAUTHENTICATED).
+    Calls of methods the server does not have are not counted: their names
+    would be whatever a caller sends."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, _, name = handler_call_details.method.lstrip("/").rpartition("/")
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, service, name),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            inner = handler.unary_stream
+            wrap = self._wrap_generator if inspect.isasyncgenfunction(inner) else self._wrap_unary
+            return grpc.unary_stream_rpc_method_handler(
+                wrap(inner, service, name),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    @staticmethod
+    def _record(service: str, name: str, code: str, started: float) -> None:
+        metrics.GRPC_REQUESTS.labels(service, name, code).inc()
+        metrics.GRPC_LATENCY.labels(service, name).observe(time.perf_counter() - started)
+
+    def _wrap_unary(self, inner, service: str, name: str):
+        async def call(request, context):
+            started = time.perf_counter()
+            code = "UNKNOWN"
+            try:
+                result = await inner(request, context)
+                code = _code_name(context, "OK")
+                return result
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                code = _code_name(context, "UNKNOWN")
+                raise
+            finally:
+                self._record(service, name, code, started)
+
+        return call
+
+    def _wrap_generator(self, inner, service: str, name: str):
+        async def call(request, context):
+            started = time.perf_counter()
+            code = "UNKNOWN"
+            try:
+                async with contextlib.aclosing(inner(request, context)) as items:
+                    async for item in items:
+                        yield item
+                code = _code_name(context, "OK")
+            except (asyncio.CancelledError, GeneratorExit):
+                code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                code = _code_name(context, "UNKNOWN")
+                raise
+            finally:
+                self._record(service, name, code, started)
+
+        return call
+
+
 @dataclass
 class Served:
     server: grpc.aio.Server
@@ -146,7 +237,7 @@ def build_server(
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
 ) -> Served:
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(verifier), *interceptors],
+        interceptors=[MetricsInterceptor(), ServiceInterceptor(verifier), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -12,12 +12,21 @@
 - EVENTS: a limits stream on `events.>` with short retention; job events on
   `events.jobs.<user_id>.<job_id>` fan out to watchers (plain subscriptions) and
   to Workspace's durable consumer.
+
+Replicas: every service that declares a stream, a consumer or a key-value
+bucket reads QUEUE_REPLICAS (3 on a 3-node cluster). A stream is created with
+it; an existing one is brought to this version's configuration, but its
+replicas are never lowered (a service started without the setting must not
+shrink a replicated stream), and a service whose value differs from the
+stream's says so in a warning. Consumers are declared without replicas of
+their own (0: they follow their stream's, also when it is scaled up).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,8 +42,9 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,10 @@ ENHANCE_SUBJECT = "tasks.enhance"
 # The enhancer's durable consumer of ENHANCE_SUBJECT (the default of ENHANCER_CONSUMER).
 ENHANCE_CONSUMER = "enhancer"
 WORKSPACE_CONSUMER = "workspace-filer"
+# The setting every service reads for the replicas of what it declares.
+REPLICAS_SETTING = "QUEUE_REPLICAS"
+# JetStream's answer to adding a stream that exists with another configuration.
+_STREAM_NAME_IN_USE = 10058
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class QueueSettings:
     backoff_seconds: tuple[float, ...] = ()
     events_max_age_seconds: float = 24 * 3600
     duplicate_window_seconds: float = 3600
+    # Replicas of the streams and buckets this service creates (QUEUE_REPLICAS).
     replicas: int = 1
 
 
@@ -78,9 +93,20 @@ def event_subject(user_id: str, job_id: str) -> str:
     return f"events.jobs.{user_id}.{job_id}"
 
 
+def nats_servers(url: str) -> list[str]:
+    """The servers of NATS_URL, which may list several, comma separated
+    (`nats://a:4222,nats://b:4222`): the client connects to one and moves to
+    another when it is lost."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("NATS_URL names no server")
+    return servers
+
+
 async def connect(url: str, name: str) -> tuple[NATS, JetStreamContext]:
     """A connection that reconnects for ever, and says so in one line per
-    event (the client's default logs a traceback for every refused retry)."""
+    event (the client's default logs a traceback for every refused retry).
+    `url` may list several servers, comma separated."""
     state = {"down": False}
 
     async def on_error(exc: Exception) -> None:
@@ -100,7 +126,7 @@ async def connect(url: str, name: str) -> tuple[NATS, JetStreamContext]:
         state["down"] = False
 
     nc = await nats.connect(
-        url,
+        nats_servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -111,15 +137,82 @@ async def connect(url: str, name: str) -> tuple[NATS, JetStreamContext]:
     return nc, nc.jetstream()
 
 
-async def _upsert_stream(js: JetStreamContext, config: StreamConfig) -> None:
+def _same(current, wanted) -> bool:
+    if isinstance(wanted, list):
+        return sorted(current or []) == sorted(wanted)
+    if isinstance(wanted, float) and current is not None:
+        return abs(float(current) - wanted) < 1e-3
+    return current == wanted
+
+
+async def ensure_stream(
+    js: JetStreamContext, config: StreamConfig, fields: tuple[str, ...]
+) -> StreamInfo:
+    """Create the stream `config` describes, or bring the existing one to it:
+    only `fields` (the settings this code owns) and the replicas are compared
+    and changed, the rest of the stream's configuration is kept, and its
+    replicas are never lowered. A difference between `config.num_replicas` (QUEUE_REPLICAS) and
+    the stream's replicas is logged as a warning naming the setting."""
+    wanted = config.num_replicas or 1
     try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            return await js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                log.error(
+                    "stream %s could not be created with %s=%d: %s",
+                    config.name, REPLICAS_SETTING, wanted, exc.description,
+                )  # fmt: skip
+                raise
+        # Another service created it meanwhile, maybe with other settings.
+        info = await js.stream_info(config.name)
+    return await reconcile_stream(js, info, config, fields)
+
+
+async def reconcile_stream(
+    js: JetStreamContext, info: StreamInfo, config: StreamConfig, fields: tuple[str, ...]
+) -> StreamInfo:
+    """Bring the existing stream `info` to `config` (see `ensure_stream`)."""
+    current = info.config
+    wanted = config.num_replicas or 1
+    have = current.num_replicas or 1
+    changes = {
+        f: getattr(config, f) for f in fields if not _same(getattr(current, f), getattr(config, f))
+    }
+    if wanted > have:
+        changes["num_replicas"] = wanted
+        log.warning(
+            "stream %s has %d replica(s), %s is %d here: raising it to %d",
+            current.name, have, REPLICAS_SETTING, wanted, wanted,
+        )  # fmt: skip
+    elif wanted < have:
+        log.warning(
+            "stream %s has %d replicas, %s is %d here: kept at %d (replicas are never "
+            "lowered; set %s=%d on every service)",
+            current.name, have, REPLICAS_SETTING, wanted, have, REPLICAS_SETTING, have,
+        )  # fmt: skip
+    if not changes:
+        return info
+    try:
+        return await js.update_stream(dataclasses.replace(current, **changes))
+    except APIError as exc:
+        what = ", ".join(f"{k}={v}" for k, v in changes.items())
+        if "num_replicas" in changes:
+            what += f" from {REPLICAS_SETTING}"
+        log.error("stream %s could not be updated (%s): %s", current.name, what, exc.description)
+        raise
+
+
+_TASKS_FIELDS = ("subjects", "retention", "storage", "duplicate_window")
+_EVENTS_FIELDS = (*_TASKS_FIELDS, "max_age")
 
 
 async def declare_streams(js: JetStreamContext, qs: QueueSettings = QueueSettings()) -> None:
-    await _upsert_stream(
+    """TASKS and EVENTS, created or brought to this configuration (see
+    `ensure_stream`: their replicas are never lowered)."""
+    await ensure_stream(
         js,
         StreamConfig(
             name=TASKS_STREAM,
@@ -129,8 +222,9 @@ async def declare_streams(js: JetStreamContext, qs: QueueSettings = QueueSetting
             duplicate_window=qs.duplicate_window_seconds,
             num_replicas=qs.replicas,
         ),
+        _TASKS_FIELDS,
     )
-    await _upsert_stream(
+    await ensure_stream(
         js,
         StreamConfig(
             name=EVENTS_STREAM,
@@ -141,6 +235,7 @@ async def declare_streams(js: JetStreamContext, qs: QueueSettings = QueueSetting
             duplicate_window=min(qs.duplicate_window_seconds, qs.events_max_age_seconds),
             num_replicas=qs.replicas,
         ),
+        _EVENTS_FIELDS,
     )
 
 
@@ -148,7 +243,7 @@ async def declare_task_consumer(
     js: JetStreamContext, subject: str, durable: str, qs: QueueSettings = QueueSettings()
 ) -> None:
     """A durable pull consumer on the work-queue stream (explicit ack, bounded
-    ack wait and redeliveries)."""
+    ack wait and redeliveries). No replicas of its own: it has the stream's."""
     backoff = [b for b in qs.backoff_seconds if b >= qs.ack_wait_seconds] or None
     if backoff and 0 < qs.max_deliver < len(backoff):
         backoff = None

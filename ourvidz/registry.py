@@ -5,7 +5,11 @@ bucket's max age drops the card of a worker that died without saying so.
 
 Operators read it (the gateway's GET /v1/admin/workers). A registry problem is
 never a worker's problem: every KV error is logged as a warning and the
-worker carries on."""
+worker carries on.
+
+The bucket (its stream `KV_<bucket>`) is created with QUEUE_REPLICAS
+replicas; an existing one keeps its settings, but its replicas follow the
+rule of the queue's streams: raised to the setting, never lowered."""
 
 from __future__ import annotations
 
@@ -18,9 +22,11 @@ import time
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
+from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
+
+from ourvidz import queue
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +55,24 @@ async def declare_bucket(
     replicas: int = 1,
     bucket: str = WORKERS_BUCKET,
 ) -> KeyValue:
-    """The workers bucket (idempotent: an existing one is used as it is)."""
+    """The workers bucket (idempotent: an existing one is used with its
+    settings, its replicas raised to `replicas` and never lowered)."""
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except BucketNotFoundError:
-        pass
-    config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl_seconds, replicas=replicas)
-    try:
-        return await js.create_key_value(config)
-    except Exception:
-        # Another replica created it first (with its own settings): use that one.
-        return await js.key_value(bucket)
+        config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl_seconds, replicas=replicas)
+        try:
+            return await js.create_key_value(config)
+        except Exception as exc:
+            # Another replica created it first (with its own settings): use that one.
+            try:
+                kv = await js.key_value(bucket)
+            except BucketNotFoundError:
+                raise exc from None
+    stream = f"KV_{bucket}"
+    info = await js.stream_info(stream)
+    await queue.reconcile_stream(js, info, StreamConfig(name=stream, num_replicas=replicas), ())
+    return kv
 
 
 async def list_cards(js: JetStreamContext, bucket: str = WORKERS_BUCKET) -> list[dict]:
@@ -106,8 +119,10 @@ class Heartbeat:
         interval: float = HEARTBEAT_SECONDS,
         ttl_seconds: float = TTL_SECONDS,
         bucket: str = WORKERS_BUCKET,
+        replicas: int = 1,
     ) -> None:
         self.js = js
+        self.replicas = replicas
         self.bucket = bucket
         self.key = worker_key(family, worker_id)
         self.card = card
@@ -123,7 +138,9 @@ class Heartbeat:
         """One refresh (also the first declaration of the bucket)."""
         try:
             if self._kv is None:
-                self._kv = await declare_bucket(self.js, self.ttl_seconds, bucket=self.bucket)
+                self._kv = await declare_bucket(
+                    self.js, self.ttl_seconds, self.replicas, bucket=self.bucket
+                )
             body = {**self.card(), "last_seen": time.time(), "heartbeat_seconds": self.interval}
             await self._kv.put(self.key, json.dumps(body).encode())
         except Exception as exc:

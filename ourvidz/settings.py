@@ -58,7 +58,13 @@ class CommonSettings(BaseSettings):
     # "database unavailable" (keep it under grpc_deadline_seconds).
     db_pool_timeout_seconds: float = 5.0
 
+    # One server, or several of a cluster, comma separated
+    # (nats://a:4222,nats://b:4222): the client moves to another when one is lost.
     nats_url: str = "nats://127.0.0.1:4222"
+    # Replicas of the JetStream streams and key-value buckets a service creates
+    # (3 on a 3-node cluster; at most 5). Every service that declares them reads
+    # it; an existing stream's replicas are raised to it, never lowered.
+    queue_replicas: int = Field(1, ge=1, le=5)
 
     # Blob storage: "local" (a folder, URLs served by the gateway) or "s3".
     storage_backend: Literal["local", "s3"] = "local"
@@ -94,6 +100,12 @@ class CommonSettings(BaseSettings):
     enhancer_addr: str = "127.0.0.1:50053"
 
     grpc_deadline_seconds: float = 10.0
+
+    # Prometheus metrics (ourvidz.metrics): /metrics of this process on an
+    # internal address, never on the service's public port. 0 = off; the k8s
+    # deployment sets 0.0.0.0 and 9464 (the pods' `metrics` port).
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     # The prompt policy (ourvidz.policy): deny-listed terms, comma-separated,
     # and/or a file with one term per line. Checked by Jobs at submit and by the

@@ -58,15 +58,26 @@ _MODEL_SERVICES = {
 }
 
 
-async def _start_model_service(name: str, env: Mapping[str, str]):
-    import importlib
-
+def _own_env(name: str, env: Mapping[str, str], metrics: bool) -> dict[str, str]:
+    """Service `name`'s environment: its own database login, and with `metrics`
+    a free METRICS_PORT of its own."""
     from ourvidz.db import own_database_env
+
+    out = own_database_env(name, env)
+    if metrics:
+        from ourvidz_dev.embedded import free_port
+
+        out["METRICS_PORT"] = str(free_port())
+    return out
+
+
+async def _start_model_service(name: str, env: Mapping[str, str], metrics: bool = False):
+    import importlib
 
     package, settings_cls = _MODEL_SERVICES[name]
     main = importlib.import_module(f"{package}.main")
     settings = importlib.import_module(f"{package}.settings")
-    own_env = own_database_env(name, env)
+    own_env = _own_env(name, env, metrics)
     return await main.start(settings_from(getattr(settings, settings_cls), own_env), port=0)
 
 
@@ -76,11 +87,13 @@ async def running_stack(
     *,
     workers: tuple[str, ...] = ("sdxl",),
     enhancer: bool = False,
+    metrics: bool = False,
 ) -> AsyncIterator[Stack]:
     """Jobs, workspace and the gateway, plus the named generation workers
-    ("sdxl", "wan") and optionally the enhancer, each on a free port."""
+    ("sdxl", "wan") and optionally the enhancer, each on a free port. With
+    `metrics`, each also serves /metrics on a free port of its own (its
+    Running's `metrics.port`); they share this process's registry."""
     from ourvidz import logs
-    from ourvidz.db import own_database_env
     from services.gateway.main import start as start_gateway
     from services.gateway.settings import GatewaySettings
     from services.jobs.main import start as start_jobs
@@ -103,24 +116,24 @@ async def running_stack(
     parts: dict[str, object] = {}
     try:
         workspace = await start_workspace(
-            settings_from(WorkspaceSettings, own_database_env("workspace", env)), port=0
+            settings_from(WorkspaceSettings, _own_env("workspace", env, metrics)), port=0
         )
         started.append(workspace)
         env["WORKSPACE_ADDR"] = f"127.0.0.1:{workspace.port}"
-        jobs = await start_jobs(settings_from(JobsSettings, own_database_env("jobs", env)), port=0)
+        jobs = await start_jobs(settings_from(JobsSettings, _own_env("jobs", env, metrics)), port=0)
         started.append(jobs)
         env["JOBS_ADDR"] = f"127.0.0.1:{jobs.port}"
         if enhancer:
-            parts["enhancer"] = await _start_model_service("enhancer", env)
+            parts["enhancer"] = await _start_model_service("enhancer", env, metrics)
             started.append(parts["enhancer"])
             env["ENHANCER_ADDR"] = f"127.0.0.1:{parts['enhancer'].port}"
         gateway = await start_gateway(
-            settings_from(GatewaySettings, own_database_env("gateway", env)), port=gateway_port
+            settings_from(GatewaySettings, _own_env("gateway", env, metrics)), port=gateway_port
         )
         started.append(gateway)
         url = f"http://127.0.0.1:{gateway.port}"
         for name in workers:
-            parts[name] = await _start_model_service(name, env)
+            parts[name] = await _start_model_service(name, env, metrics)
             started.append(parts[name])
         for part in parts.values():
             await part.wait_ready()
@@ -173,6 +186,8 @@ class ServiceProcesses:
     root: Path = ROOT
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # Where each process serves /metrics (METRICS_PORT, a free port of its own).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -203,6 +218,8 @@ class ServiceProcesses:
         child_env = own_database_env(module, {**self.env, **(env or {})})
         child_env["PYTHONUNBUFFERED"] = "1"
         child_env[f"{module.upper()}_PORT"] = str(port)
+        metrics_port = free_port({port, *self.ports.values(), *self.metrics_ports.values()})
+        child_env["METRICS_PORT"] = str(metrics_port)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as log_file:
             proc = subprocess.Popen(
@@ -215,6 +232,7 @@ class ServiceProcesses:
                 start_new_session=True,
             )
         self.procs[name], self.ports[name] = proc, port
+        self.metrics_ports[name] = metrics_port
         if module == "gateway":
             ready = lambda: _http_ready(f"http://127.0.0.1:{port}/readyz")  # noqa: E731
         else:
@@ -235,6 +253,7 @@ class ServiceProcesses:
         SIGKILL after `grace` seconds. Returns the exit code."""
         proc = self.procs.pop(name, None)
         self.ports.pop(name, None)
+        self.metrics_ports.pop(name, None)
         if proc is None:
             return None
         if proc.poll() is None:

@@ -16,7 +16,10 @@ What it does, in order:
    every service's migrations), makes admins of the existing accounts in
    OURVIDZ_BOOTSTRAP_ADMINS and prints how to make one with
    `ourvidz admin grant EMAIL`;
-5. gives every gRPC service a free port, and runs every `services/<name>` that
+5. gives every gRPC service a free port, every service a metrics port of its
+   own (METRICS_PORT: 9464, 9465, ... in start order, or a free port where
+   one is taken; METRICS_PORT_BASE moves the range, 0 turns metrics off), and
+   says where each serves /metrics; then runs every `services/<name>` that
    has a `__main__.py`, in dependency order, under a `Supervisor` that restarts
    what dies, each with only the secrets it needs (`service_environment`): its
    own database URL (<NAME>_DATABASE_URL), never the owner's; the signing key
@@ -174,6 +177,30 @@ def assign_ports(services: list[str], env: MutableMapping[str, str]) -> dict[str
     return ports
 
 
+# Where the services' /metrics ports start (Prometheus's range for exporters).
+METRICS_PORT_BASE = 9464
+
+
+def assign_metrics_ports(
+    services: list[str], env: Mapping[str, str], avoid: set[int]
+) -> dict[str, int]:
+    """A metrics port (METRICS_PORT) for every service: METRICS_PORT_BASE + its
+    place in `services` when that port is free, else any free port; none at
+    all when METRICS_PORT_BASE is 0. Returns name -> port."""
+    base = int(env.get("METRICS_PORT_BASE") or METRICS_PORT_BASE)
+    if base == 0:
+        return {}
+    used = set(avoid)
+    ports: dict[str, int] = {}
+    for offset, name in enumerate(services):
+        port = base + offset
+        if port in used or not port_is_free("127.0.0.1", port):
+            port = free_port(used)
+        used.add(port)
+        ports[name] = port
+    return ports
+
+
 # --- secrets ------------------------------------------------------------------------------
 
 
@@ -295,15 +322,21 @@ def service_specs(
     root: Path,
     ports: Mapping[str, int],
     worker_keys: Mapping[str, str] | None = None,
+    metrics_ports: Mapping[str, int] | None = None,
 ) -> list[ServiceSpec]:
     specs = []
     for name in services:
         ready = listens("127.0.0.1", ports[name]) if name in DIALLED and name in ports else None
+        service_env = service_environment(name, env, worker_keys or {})
+        # Each process its own metrics port (a shared one would clash), or none.
+        service_env.pop("METRICS_PORT", None)
+        if metrics_ports and name in metrics_ports:
+            service_env["METRICS_PORT"] = str(metrics_ports[name])
         specs.append(
             ServiceSpec(
                 name=name,
                 argv=python_argv(f"services.{name}"),
-                env=service_environment(name, env, worker_keys or {}),
+                env=service_env,
                 cwd=str(root),
                 ready=ready,
             )
@@ -408,8 +441,14 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
         bootstrap(env["DATABASE_URL"], settings_from(OperatorSettings, env).bootstrap_admins)
 
         ports = assign_ports(services, env)
+        metrics_ports = assign_metrics_ports(services, env, {*ports.values(), port})
+        if metrics_ports:
+            where = ", ".join(
+                f"{name} http://127.0.0.1:{p}/metrics" for name, p in metrics_ports.items()
+            )
+            log.info("metrics: %s", where)
         supervisor = Supervisor(
-            service_specs(services, env, root, ports, worker_keys),
+            service_specs(services, env, root, ports, worker_keys, metrics_ports),
             spawner=process_spawner(LinePrefixer(sys.stdout), on_spawn=watchdog.service),
         )
         stop_polling = threading.Event()

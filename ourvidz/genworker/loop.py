@@ -101,6 +101,8 @@ class LoopConfig:
     # How long a stop waits for the job in hand before handing it back.
     shutdown_grace_seconds: float = 30.0
     grpc_deadline_seconds: float = 10.0
+    # Replicas of the streams and the worker registry's bucket (QUEUE_REPLICAS).
+    queue_replicas: int = 1
 
     @classmethod
     def from_settings(cls, family: str, settings) -> LoopConfig:
@@ -119,6 +121,7 @@ class LoopConfig:
             fetch_timeout_seconds=own("fetch_timeout_seconds"),
             shutdown_grace_seconds=own("shutdown_grace_seconds"),
             grpc_deadline_seconds=settings.grpc_deadline_seconds,
+            queue_replicas=settings.queue_replicas,
         )
 
 
@@ -204,12 +207,16 @@ class Worker:
     def queue_settings(self) -> queue.QueueSettings:
         # Deliveries are not limited: Jobs counts attempts, and a task is only
         # dropped once Jobs has recorded its job's outcome.
-        return queue.QueueSettings(ack_wait_seconds=self.config.ack_wait_seconds, max_deliver=-1)
+        return queue.QueueSettings(
+            ack_wait_seconds=self.config.ack_wait_seconds,
+            max_deliver=-1,
+            replicas=self.config.queue_replicas,
+        )
 
     async def declare(self) -> None:
         """Streams and this family's durable consumers (idempotent)."""
-        await queue.declare_streams(self.js)
         qs = self.queue_settings()
+        await queue.declare_streams(self.js, qs)
         family = self.config.family
         for quality in QUALITIES:
             # Tasks an earlier version published on the family's subject itself

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from ourvidz import grpcserver, queue, registry, runtime
 from ourvidz.auth import current_principal
 from ourvidz.genworker.loop import Family, LoopConfig, Stats, Worker
+from ourvidz.metrics import MetricsServer, start_metrics_server
 from ourvidz.storage import store_from_settings
 from ourvidz.v1 import job_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
 
@@ -78,6 +79,7 @@ class Running:
     _closers: list = field(default_factory=list)
     bundle: Any = None
     heartbeat: registry.Heartbeat | None = None
+    metrics: MetricsServer | None = None
 
     async def wait_ready(self, wait_seconds: float | None = None):
         """Until the model is loaded (raises what loading raised)."""
@@ -106,6 +108,8 @@ class Running:
         for close in self._closers:
             with contextlib.suppress(Exception):
                 await close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
 
 
 async def start_worker(
@@ -120,6 +124,7 @@ async def start_worker(
     then consume. Host, port and model come from `<family>_host`, `_port`,
     `_model`; `port=0` binds any free port (tests)."""
     config = LoopConfig.from_settings(family_name, settings)
+    metrics_server = start_metrics_server(settings, gpu=True)
     nc, js = await queue.connect(settings.nats_url, name=f"{family_name}-{config.worker_id}")
     store = store_from_settings(settings)
     jobs_channel = grpcserver.channel(settings.jobs_addr)
@@ -147,7 +152,9 @@ async def start_worker(
     )
     await served.start()
     await grpcserver.set_serving(served, SERVICE_NAMES, serving=False)
-    running = Running(port=served.port, worker=worker, served=served, config=config)
+    running = Running(
+        port=served.port, worker=worker, served=served, config=config, metrics=metrics_server
+    )
     model_setting = getattr(settings, f"{family_name}_model")
 
     def card() -> dict:
@@ -168,7 +175,9 @@ async def start_worker(
             "grpc_port": served.port,
         }
 
-    running.heartbeat = registry.Heartbeat(js, family_name, config.worker_id, card)
+    running.heartbeat = registry.Heartbeat(
+        js, family_name, config.worker_id, card, replicas=config.queue_replicas
+    )
     running.heartbeat.start()
 
     async def load_model() -> None:

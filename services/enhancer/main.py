@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ourvidz import db, grpcserver, queue, registry, runtime
+from ourvidz.metrics import MetricsServer, start_metrics_server
 from ourvidz.v1 import enhancer_service_pb2_grpc, job_service_pb2_grpc
 from services.enhancer import models
 from services.enhancer.service import EnhancerCore, TokenCounter
@@ -37,6 +38,7 @@ class Running:
     _closers: list = field(default_factory=list)
     _stopped: bool = False
     heartbeat: registry.Heartbeat | None = None
+    metrics: MetricsServer | None = None
 
     async def wait_ready(self, wait_seconds: float | None = None) -> models.LoadedModel:
         """Until the model is loaded (raises what loading raised)."""
@@ -67,11 +69,14 @@ class Running:
                 await asyncio.wait_for(close(), 10)
             except Exception as exc:
                 log.warning("stopping: %r", exc)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
 
 
 async def start(settings: EnhancerSettings, *, port: int | None = None) -> Running:
     """Start the service. `port=0` binds any free port (tests)."""
     role_url = settings.service_database_url()
+    metrics_server = start_metrics_server(settings, gpu=True)
     database = db.Database(
         role_url,
         max_size=settings.db_pool_size,
@@ -119,7 +124,14 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
     )
     await served.start()
     await grpcserver.set_serving(served, SERVICE_NAMES, serving=False)
-    running = Running(port=served.port, served=served, core=core, stage=stage, settings=settings)
+    running = Running(
+        port=served.port,
+        served=served,
+        core=core,
+        stage=stage,
+        settings=settings,
+        metrics=metrics_server,
+    )
 
     def card() -> dict:
         """This replica as GET /v1/admin/workers shows it."""
@@ -137,7 +149,9 @@ async def start(settings: EnhancerSettings, *, port: int | None = None) -> Runni
             "grpc_port": served.port,
         }
 
-    running.heartbeat = registry.Heartbeat(js, "enhancer", settings.enhancer_worker_id, card)
+    running.heartbeat = registry.Heartbeat(
+        js, "enhancer", settings.enhancer_worker_id, card, replicas=settings.queue_replicas
+    )
     running.heartbeat.start()
 
     async def load() -> None:

@@ -68,15 +68,15 @@ class EnhanceStage:
             ack_wait_seconds=self.settings.enhancer_ack_wait_seconds,
             max_deliver=self.settings.enhancer_max_attempts + 1,
             backoff_seconds=(),
+            replicas=self.settings.queue_replicas,
         )
 
     async def declare(self) -> None:
         """The streams and the durable consumer (idempotent), then bind to it."""
-        await queue.declare_streams(self.js)
+        qs = self.queue_settings()
+        await queue.declare_streams(self.js, qs)
         durable = self.settings.enhancer_consumer
-        await queue.declare_task_consumer(
-            self.js, queue.ENHANCE_SUBJECT, durable, self.queue_settings()
-        )
+        await queue.declare_task_consumer(self.js, queue.ENHANCE_SUBJECT, durable, qs)
         self._sub = await self.js.pull_subscribe_bind(durable=durable, stream=queue.TASKS_STREAM)
 
     def stop(self) -> None:

@@ -1,5 +1,6 @@
 """The FastAPI application: wiring (database pool, gRPC channels, blob store)
-owned by its lifespan, the routes, problem+json errors, body limits and metrics."""
+owned by its lifespan, the routes, problem+json errors, body limits and metrics
+(recorded here, served on the internal metrics port by `main.start`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from services.gateway.backends import Backends
 from services.gateway.headers import SecurityHeadersMiddleware
 from services.gateway.identity import Identity
 from services.gateway.limits import BodyLimitMiddleware
-from services.gateway.metrics import HttpMetrics, MetricsMiddleware
+from services.gateway.metrics import MetricsMiddleware
 from services.gateway.natslink import NatsLink
 from services.gateway.routes import (
     admin,
@@ -56,7 +57,6 @@ class Gateway:
     database: ourvidz_db.Database
     identity: Identity
     backends: Backends
-    metrics: HttpMetrics
     local_store: LocalStore | None
     # Abuse limits: sign-in lock-outs, sign-up and job rates, open streams.
     throttle: Throttle
@@ -76,7 +76,6 @@ def create_app(
     """The gateway app. What is passed in is the caller's to open and close;
     what is not is built from `settings` by the app's lifespan (so run it under
     uvicorn, or enter `app.router.lifespan_context(app)` in tests)."""
-    metrics = HttpMetrics()
     signer = settings.token_signer()
     verifier = settings.token_verifier()
     if not verifier.knows(signer.kid):
@@ -123,7 +122,6 @@ def create_app(
             database=db,
             identity=Identity(settings, db, signer),
             backends=bk,
-            metrics=metrics,
             local_store=local_store,
             throttle=Throttle(settings, db),
             stopping=asyncio.Event(),
@@ -178,6 +176,6 @@ def create_app(
         upload_limit=settings.gateway_max_upload_bytes,
         upload_overhead=settings.gateway_multipart_overhead_bytes,
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     return app

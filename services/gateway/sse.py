@@ -13,6 +13,7 @@ import grpc
 from fastapi.responses import StreamingResponse
 
 from ourvidz.errors import Unavailable
+from services.gateway.metrics import watched
 from services.gateway.problems import rpc_problem_body
 from services.gateway.throttle import StreamLease
 
@@ -106,7 +107,7 @@ async def opened(call, within: float) -> None:
 
 
 async def start(
-    gw, lease: StreamLease, call, events: AsyncIterator[bytes], interrupted: str
+    gw, lease: StreamLease, call, events: AsyncIterator[bytes], interrupted: str, *, stream: str
 ) -> StreamingResponse:
     """Wait for the service to take the stream on, then relay it; `lease`, the
     caller's open-stream lease, is released if the stream never starts."""
@@ -116,17 +117,18 @@ async def start(
         call.cancel()
         await lease.release()
         raise
-    return relay(gw, lease, call, events, interrupted)
+    return relay(gw, lease, call, events, interrupted, stream=stream)
 
 
 def relay(
-    gw, lease: StreamLease, call, events: AsyncIterator[bytes], interrupted: str
+    gw, lease: StreamLease, call, events: AsyncIterator[bytes], interrupted: str, *, stream: str
 ) -> StreamingResponse:
     """The SSE response of `events`, which read the gRPC server stream `call`:
     keep-alive comments, an early end at shutdown, an `error` event (a problem
     body saying `interrupted`) when the stream breaks after it started, and the
     call cancelled and `lease` released however the response ends (the client
-    may simply leave); the lease is refreshed while the stream is open."""
+    may simply leave); the lease is refreshed while the stream is open. It is
+    counted as open in the `stream` kind of the SSE watchers gauge."""
 
     async def guarded() -> AsyncIterator[bytes]:
         async with lease.held():
@@ -140,7 +142,10 @@ def relay(
                 call.cancel()
 
     return StreamingResponse(
-        with_keepalive(guarded(), gw.settings.gateway_sse_keepalive_seconds, gw.stopping),
+        watched(
+            stream,
+            with_keepalive(guarded(), gw.settings.gateway_sse_keepalive_seconds, gw.stopping),
+        ),
         media_type=MEDIA_TYPE,
         headers=HEADERS,
     )

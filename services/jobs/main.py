@@ -11,8 +11,10 @@ from nats.aio.client import Client as NATS
 
 from ourvidz import db, queue, runtime
 from ourvidz.grpcserver import Served, build_server, set_serving
+from ourvidz.metrics import MetricsServer, start_metrics_server
 from ourvidz.storage import store_from_settings
 from ourvidz.v1 import job_service_pb2_grpc
+from services.jobs.queue_metrics import QueueMetrics
 from services.jobs.reconciler import Reconciler
 from services.jobs.relay import OutboxRelay
 from services.jobs.service import JobsCore
@@ -38,6 +40,8 @@ class Running:
     core: JobsCore
     sweeper: EnhancementSweeper
     reconciler: Reconciler
+    queue_metrics: QueueMetrics
+    metrics: MetricsServer | None = None
     grace: float = 10.0
     _stopped: bool = field(default=False, repr=False)
 
@@ -57,6 +61,7 @@ class Running:
             ("enhancement sweeper", self.sweeper.stop, 10),
             ("reconciler", self.reconciler.stop, 10),
             ("outbox relay", self.relay.stop, 10),
+            ("queue metrics", self.queue_metrics.stop, 5),
             ("upload client", self.uploads.close, 5),
             ("nats", self.nc.drain, 10),
             ("database pool", self.database.close, 10),
@@ -66,6 +71,8 @@ class Running:
                 await asyncio.wait_for(step(), limit)
             except Exception as exc:
                 log.warning("stopping the %s: %r", name, exc)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
 
 
 async def start(
@@ -74,6 +81,7 @@ async def start(
     """Start the service. `port=0` binds any free port (tests); `uploads`
     replaces the workspace client that resolves reference images."""
     policy = settings.prompt_policy()  # a missing deny-list file stops the start here
+    metrics_server = start_metrics_server(settings)
     role_url = settings.service_database_url()
     database = db.Database(
         role_url,
@@ -115,8 +123,11 @@ async def start(
         listen_url=role_url,
         batch=settings.jobs_relay_batch,
         poll_seconds=settings.jobs_relay_poll_seconds,
+        backlog_seconds=settings.jobs_metrics_poll_seconds,
     )
     relay.start()
+    queue_metrics = QueueMetrics(js, interval_seconds=settings.jobs_metrics_poll_seconds)
+    queue_metrics.start()
     sweeper = EnhancementSweeper(
         core,
         timeout_seconds=settings.jobs_enhance_timeout_seconds,
@@ -160,6 +171,8 @@ async def start(
         core=core,
         sweeper=sweeper,
         reconciler=reconciler,
+        queue_metrics=queue_metrics,
+        metrics=metrics_server,
         grace=settings.jobs_shutdown_grace_seconds,
     )
 

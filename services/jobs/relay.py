@@ -9,6 +9,10 @@ publishing a row twice at once; a row published but not yet deleted when a
 relay dies is published again with the same `Nats-Msg-Id`, which JetStream's
 duplicate window drops. It wakes on `NOTIFY jobs_outbox` (a trigger on the
 outbox) and polls about once a second in case a notification is missed.
+
+Every `backlog_seconds` it counts the rows still waiting (the metric
+`ourvidz_outbox_backlog_rows`): every replica counts the same table, so
+dashboards take the max() of the replicas, not their sum().
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import psycopg
 from nats.js import JetStreamContext
 
+from ourvidz import metrics
 from ourvidz.db import Database
 from services.jobs import store
 
@@ -38,6 +44,7 @@ class OutboxRelay:
         listen_url: str,
         batch: int = 100,
         poll_seconds: float = 1.0,
+        backlog_seconds: float = 5.0,
     ) -> None:
         self._db = database
         self._js = js
@@ -46,6 +53,8 @@ class OutboxRelay:
         self._poll = poll_seconds
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._backlog_every = backlog_seconds
+        self._backlog_at = 0.0
 
     def start(self) -> None:
         self._tasks = [
@@ -89,6 +98,13 @@ class OutboxRelay:
                 await store.delete_outbox(conn, done)
         return len(done), ok
 
+    async def count_backlog(self) -> int:
+        """Count the unpublished rows and set the backlog gauge."""
+        async with self._db.tx(role="system") as conn:
+            rows = await store.count_outbox(conn)
+        metrics.OUTBOX_BACKLOG.set(rows)
+        return rows
+
     async def _run(self) -> None:
         backoff = self._poll
         while True:
@@ -98,6 +114,9 @@ class OutboxRelay:
                     count, ok = await self.drain_once()
                     if not ok or count < self._batch:
                         break
+                if time.monotonic() >= self._backlog_at:
+                    self._backlog_at = time.monotonic() + self._backlog_every
+                    await self.count_backlog()
                 backoff = self._poll if ok else min(backoff * 2, 30.0)
             except asyncio.CancelledError:
                 raise

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from ourvidz import catalog, queue
+from ourvidz import catalog, metrics, queue
 from ourvidz.db import Database
 from ourvidz.errors import (
     FailedPrecondition,
@@ -264,24 +264,35 @@ class JobsCore:
                     },
                     [Emit("failed")],
                 )
-                log.warning("job %s failed: no attempt left", job.id)
-                return job, False, "", False
-            # The delivery names the start; the random part makes its token
-            # one that only the worker StartJob answered can show.
-            token = f"{this_delivery}:{secrets.token_urlsafe(18)}"
-            changes = {
-                "state": domain.RUNNING,
-                "attempt": attempt,
-                "start_token": token,
-                "heartbeat_at": _now(),
-                "progress_step": 0,
-                "progress_stage": "",
-                "error_code": "",
-                "error_message": "",
-            }
-            if row["started_at"] is None:
-                changes["started_at"] = _now()
-            job = await self._apply(conn, row, changes, [Emit("state")])
+                token = ""
+            else:
+                # The delivery names the start; the random part makes its token
+                # one that only the worker StartJob answered can show.
+                token = f"{this_delivery}:{secrets.token_urlsafe(18)}"
+                changes = {
+                    "state": domain.RUNNING,
+                    "attempt": attempt,
+                    "start_token": token,
+                    "heartbeat_at": _now(),
+                    "progress_step": 0,
+                    "progress_stage": "",
+                    "error_code": "",
+                    "error_message": "",
+                }
+                if row["started_at"] is None:
+                    changes["started_at"] = _now()
+                job = await self._apply(conn, row, changes, [Emit("state")])
+        # Measured once the change is committed.
+        if not token:
+            metrics.JOB_FAILURES.labels(job.job_type, "ATTEMPTS_EXHAUSTED").inc()
+            log.warning("job %s failed: no attempt left", job.id)
+            return job, False, "", False
+        metrics.JOB_STARTS.labels(job.job_type).inc()
+        if state == domain.QUEUED:
+            # A queued job's row last changed when it became queued (submitted,
+            # enhanced, or given back for a retry).
+            waited = (_now() - row["updated_at"]).total_seconds()
+            metrics.JOB_QUEUE_SECONDS.labels(job.job_type).observe(max(waited, 0.0))
         log.info("job %s running (attempt %d)", job.id, job.attempt)
         return job, True, token, False
 
@@ -366,6 +377,10 @@ class JobsCore:
                 assets=rows,
             )
         log.info("job %s completed with %d assets", job.id, len(job.assets))
+        metrics.JOB_ATTEMPTS.labels(job.job_type).observe(row["attempt"])
+        if row["started_at"] is not None:
+            took = (_now() - row["started_at"]).total_seconds()
+            metrics.JOB_GENERATION_SECONDS.labels(job.job_type).observe(max(took, 0.0))
         return job
 
     async def fail(
@@ -393,23 +408,30 @@ class JobsCore:
             attempt = row["attempt"]
             if dependency_failure:
                 attempt = max(attempt - 1, 0)
-            if will_retry and (dependency_failure or attempt < self.max_attempts):
+            retried = will_retry and (dependency_failure or attempt < self.max_attempts)
+            if retried:
                 changes = {**error, "attempt": attempt}
                 if row["state"] == domain.RUNNING:
                     changes["state"] = domain.QUEUED
-                return await self._apply(conn, row, changes, [Emit("state")])
-            if will_retry:
-                error["error_message"] = f"{message} (the last of {self.max_attempts} attempts)"[
-                    :2000
-                ]
-            domain.transition(row["state"], domain.FAILED)
-            job = await self._apply(
-                conn,
-                row,
-                {**error, "state": domain.FAILED, "completed_at": _now()},
-                [Emit("failed")],
-            )
-        log.warning("job %s failed: %s %s", job.id, code, message)
+                job = await self._apply(conn, row, changes, [Emit("state")])
+            else:
+                if will_retry:
+                    error["error_message"] = (
+                        f"{message} (the last of {self.max_attempts} attempts)"[:2000]
+                    )
+                domain.transition(row["state"], domain.FAILED)
+                job = await self._apply(
+                    conn,
+                    row,
+                    {**error, "state": domain.FAILED, "completed_at": _now()},
+                    [Emit("failed")],
+                )
+        label = metrics.failure_code(code)
+        if not retried:
+            metrics.JOB_FAILURES.labels(job.job_type, label).inc()
+            log.warning("job %s failed: %s %s", job.id, code, message)
+        elif not dependency_failure:  # a dependency's fault costs the job nothing
+            metrics.JOB_ATTEMPT_FAILURES.labels(job.job_type, label).inc()
         return job
 
     # --- the reconciler ---------------------------------------------------------
@@ -436,6 +458,7 @@ class JobsCore:
                 for row in rows
             ]
         for job in jobs:
+            metrics.JOB_ATTEMPT_FAILURES.labels(job.job_type, "WORKER_LOST").inc()
             log.warning("job %s: its worker went silent; handed back", job.id)
         return jobs
 

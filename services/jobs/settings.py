@@ -48,8 +48,9 @@ class JobsSettings(CommonSettings):
     # older than the grace period; looked for every interval.
     jobs_gc_grace_seconds: float = Field(3600.0, ge=0)
     jobs_gc_interval_seconds: float = Field(600.0, gt=0)
-    # JetStream stream replicas (3 on a 3-node cluster).
-    jobs_stream_replicas: int = 1
+    # How often the queue depth (JetStream consumer info) and the outbox
+    # backlog are measured for the metrics.
+    jobs_metrics_poll_seconds: float = Field(5.0, gt=0)
 
     def queue_settings(self) -> QueueSettings:
-        return QueueSettings(replicas=self.jobs_stream_replicas)
+        return QueueSettings(replicas=self.queue_replicas)

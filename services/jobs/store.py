@@ -252,3 +252,9 @@ async def claim_outbox(conn: AsyncConnection, limit: int) -> list[dict]:
 
 async def delete_outbox(conn: AsyncConnection, ids: list[int]) -> None:
     await conn.execute("DELETE FROM jobs.outbox WHERE id = ANY(%s)", (ids,))
+
+
+async def count_outbox(conn: AsyncConnection) -> int:
+    """Rows waiting to be published."""
+    cur = await conn.execute("SELECT count(*) AS n FROM jobs.outbox")
+    return (await cur.fetchone())["n"]

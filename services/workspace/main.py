@@ -3,6 +3,7 @@ clean-up task and the gRPC server. The only module with side effects."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from nats.aio.client import Client as NATS
 from ourvidz import db, queue, runtime
 from ourvidz.catalog import ALL_BUCKETS
 from ourvidz.grpcserver import Served, build_server, set_serving
+from ourvidz.metrics import MetricsServer, start_metrics_server
 from ourvidz.storage import store_from_settings
 from ourvidz.v1 import workspace_service_pb2_grpc as pb_grpc
 from services.workspace.cleaner import Cleaner
@@ -36,6 +38,7 @@ class Running:
     cleaner: Cleaner
     watchers: Watchers
     grace_seconds: float = 10.0
+    metrics: MetricsServer | None = None
 
     async def stop(self) -> None:
         """NOT_SERVING, end the watch streams, stop the background tasks, stop
@@ -48,10 +51,13 @@ class Running:
         with contextlib.suppress(Exception):
             await self.nc.drain()
         await self.database.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
 
 
 async def start(settings: WorkspaceSettings, *, port: int | None = None) -> Running:
     """Start the service; `port` overrides settings.workspace_port (0: any free port)."""
+    metrics_server = start_metrics_server(settings)
     database = db.Database(
         settings.service_database_url(),
         max_size=settings.db_pool_size,
@@ -62,7 +68,7 @@ async def start(settings: WorkspaceSettings, *, port: int | None = None) -> Runn
     blobs = store_from_settings(settings)
     await blobs.ensure_buckets(ALL_BUCKETS)
     nc, js = await queue.connect(settings.nats_url, "workspace")
-    await queue.declare_streams(js)
+    await queue.declare_streams(js, queue.QueueSettings(replicas=settings.queue_replicas))
     await queue.declare_events_consumer(
         js,
         settings.workspace_events_durable,
@@ -105,6 +111,7 @@ async def start(settings: WorkspaceSettings, *, port: int | None = None) -> Runn
         cleaner=cleaner,
         watchers=watchers,
         grace_seconds=settings.workspace_shutdown_grace_seconds,
+        metrics=metrics_server,
     )
 
 

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -74,6 +75,27 @@ def test_ports_are_free_distinct_and_published_as_addresses():
     assert env["WORKSPACE_ADDR"] == "127.0.0.1:50999"
     assert env["SDXL_PORT"] == str(ports["sdxl"])
     assert "GATEWAY_PORT" not in env
+
+
+def test_metrics_ports_are_distinct_skip_taken_ones_and_reach_each_service(tmp_path: Path):
+    services = ["jobs", "sdxl", "gateway"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        base = taken.getsockname()[1]
+        ports = up.assign_metrics_ports(services, {"METRICS_PORT_BASE": str(base)}, {base + 1})
+    assert list(ports) == services
+    assert len(set(ports.values())) == 3
+    assert ports["jobs"] != base and ports["sdxl"] != base + 1  # taken, or to be avoided
+    assert ports["gateway"] == base + 2 or not up.port_is_free("127.0.0.1", base + 2)
+    assert up.assign_metrics_ports(services, {"METRICS_PORT_BASE": "0"}, set()) == {}
+    # A METRICS_PORT in the shared environment never reaches a service as is.
+    env = {"METRICS_PORT": "9999", "NATS_URL": "nats://x"}
+    specs = up.service_specs(services, env, tmp_path, {}, metrics_ports=ports)
+    assert {s.name: s.env["METRICS_PORT"] for s in specs} == {
+        name: str(port) for name, port in ports.items()
+    }
+    assert all("METRICS_PORT" not in s.env for s in up.service_specs(services, env, tmp_path, {}))
 
 
 def test_each_service_gets_only_its_own_database_login(tmp_path: Path):
@@ -258,13 +280,24 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer((os.environ["GATEWAY_HOST"], int(os.environ["GATEWAY_PORT"])), H).serve_forever()
 """
 
-# A model worker's stand-in: records its whole environment.
+# A model worker's stand-in: records its whole environment and serves
+# Prometheus metrics where it is told to, as a service does.
 WORKER = """
 import json, os, time
+from prometheus_client import start_http_server
 open(os.environ["PIDS_FILE"], "a").write(f"{os.getpid()}\\n")
 open(os.environ["WORKER_ENV_FILE"], "w").write(json.dumps(dict(os.environ)))
+start_http_server(int(os.environ["METRICS_PORT"]), addr="127.0.0.1")
 time.sleep(300)
 """
+
+
+def http_body(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read()
+    except OSError:
+        return b""
 
 
 def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
@@ -315,6 +348,10 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
         assert wait_until(lambda: len(read_pids(pids_file)) == 3, timeout=30)
         children = read_pids(pids_file)
         assert all(alive(p) for p in children)
+        # The worker serves Prometheus metrics on the port `up` gave it.
+        found = re.search(r"metrics: .*sdxl (http://127\.0\.0\.1:\d+/metrics)", "".join(lines))
+        assert found, "".join(lines)
+        assert wait_until(lambda: b"python_info" in http_body(found.group(1)), timeout=30)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
@@ -331,6 +368,13 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     assert "no account has nobody-up@example.com" in output
     assert "DATABASE_URL=<the owner's URL> .venv/bin/ourvidz admin grant EMAIL" in output
     assert "jobs      | jobs listening" in output
+    # Each process its own metrics port, said where; the worker serves there.
+    found = re.search(r"metrics: jobs http://127\.0\.0\.1:(\d+)/metrics, "
+                      r"sdxl http://127\.0\.0\.1:(\d+)/metrics, "
+                      r"gateway http://127\.0\.0\.1:(\d+)/metrics", output)  # fmt: skip
+    assert found, output
+    metrics_ports = [int(p) for p in found.groups()]
+    assert len(set(metrics_ports)) == 3
     assert f"ourvidz is serving on http://127.0.0.1:{gateway_port} (ready in" in output
     seen = json.loads(env_file.read_text())
     assert seen["OURVIDZ_ENV"] == "dev" and seen["LOG_JSON"] == "false"
@@ -341,6 +385,8 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     assert seen["PUBLIC_BASE_URL"] == f"http://127.0.0.1:{gateway_port}"
     # The model worker: its own key, the public keys, and no database or signing secret.
     worker = json.loads(worker_env_file.read_text())
+    assert int(worker["METRICS_PORT"]) == metrics_ports[1]
+    assert int(seen["METRICS_PORT"]) == metrics_ports[2]
     assert worker["WORKER_KEY_FILE"] == str(tmp_path / ".data" / "keys" / "sdxl.pem")
     assert worker["AUTH_JWKS_FILE"] == seen["AUTH_JWKS_FILE"]
     assert worker["NATS_URL"] == infra.nats_url and worker["JOBS_ADDR"] == seen["JOBS_ADDR"]

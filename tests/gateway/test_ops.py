@@ -1,11 +1,14 @@
-"""/healthz, /readyz, /metrics, the SSE keep-alive, and a real uvicorn from
+"""/healthz, /readyz, the HTTP metrics (on the internal metrics port, not the
+public one), the SSE keep-alive, and a real uvicorn from
 services.gateway.main.start on port 0."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import httpx
+from prometheus_client import REGISTRY, generate_latest
 
 from services.gateway.main import start
 from services.gateway.sse import KEEPALIVE, with_keepalive
@@ -51,14 +54,20 @@ async def test_readyz_with_the_database_down_while_healthz_answers(base_env, fak
 
 
 async def test_metrics_count_by_route_template(client, user_token):
+    labels = {"method": "GET", "route": "/v1/jobs/{job_id}", "status": "404"}
+    before = REGISTRY.get_sample_value("ourvidz_gateway_http_requests_total", labels) or 0
     await client.get("/v1/jobs/not-a-uuid", headers=auth(user_token[1]))
-    text = (await client.get("/metrics")).text
-    assert (
-        'ourvidz_gateway_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"}'
-        in text
-    )
+    after = REGISTRY.get_sample_value("ourvidz_gateway_http_requests_total", labels)
+    assert after == before + 1
+    text = generate_latest(REGISTRY).decode()
     assert "not-a-uuid" not in text
     assert "ourvidz_gateway_http_request_duration_seconds_bucket" in text
+
+
+async def test_the_public_port_serves_no_metrics(client):
+    r = await client.get("/metrics")
+    assert r.status_code == 404
+    assert "/metrics" not in (await client.get("/openapi.json")).json()["paths"]
 
 
 async def test_keepalive_while_the_source_is_idle():
@@ -80,6 +89,7 @@ async def test_start_serves_on_a_free_port_and_stops(settings):
     running = await start(settings, port=0)
     try:
         assert running.port > 0
+        assert running.metrics is None  # METRICS_PORT=0: metrics off
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.port}") as http:
             r = await http.get("/healthz")
             assert r.status_code == 200
@@ -89,6 +99,26 @@ async def test_start_serves_on_a_free_port_and_stops(settings):
     finally:
         await running.stop()
     assert running.task.done()
+
+
+async def test_metrics_are_served_on_the_internal_port_only(settings):
+    from ourvidz_dev.embedded import free_port
+
+    metrics_port = free_port()
+    running = await start(settings.model_copy(update={"metrics_port": metrics_port}), port=0)
+    try:
+        assert running.metrics is not None and running.metrics.port == metrics_port
+        async with httpx.AsyncClient() as http:
+            await http.get(f"http://127.0.0.1:{running.port}/healthz")
+            public = await http.get(f"http://127.0.0.1:{running.port}/metrics")
+            internal = await http.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert public.status_code == 404
+        assert internal.status_code == 200
+        assert 'route="/healthz"' in internal.text
+    finally:
+        await running.stop()
+    with socket.socket() as sock:  # the port is closed with the gateway
+        assert sock.connect_ex(("127.0.0.1", metrics_port)) != 0
 
 
 async def test_openapi_documents_the_prompt_routes(client):

@@ -4,6 +4,10 @@ tasks.enhance before their generation task."""
 
 from __future__ import annotations
 
+import uuid
+
+from prometheus_client import REGISTRY
+
 from ourvidz import queue
 from ourvidz.v1 import job_pb2, job_service_pb2, queue_pb2
 from tests.jobs.helpers import owner_query, pull_task
@@ -104,3 +108,26 @@ async def test_enhancement_fallback_uses_the_original_prompt(harness):
     assert done.job.state == job_pb2.JOB_STATE_QUEUED
     msg = await pull_task(harness, "tasks.wan.high", job.id)
     assert queue_pb2.GenerationTask.FromString(msg.data).prompt == "a river"
+
+
+async def test_the_backlog_gauge_counts_the_rows_not_yet_published(harness, base_env):
+    relay = harness.running.relay
+    await relay.stop()  # this test alone publishes, so the count stays put
+    try:
+        await harness.drain_relay()
+        assert await relay.count_backlog() == 0
+        for _ in range(2):
+            subject = queue.event_subject(str(uuid.uuid4()), str(uuid.uuid4()))
+            owner_query(
+                base_env["DATABASE_URL"],
+                "INSERT INTO jobs.outbox (subject, msg_id, payload) VALUES (%s, %s, %s) "
+                "RETURNING id",
+                (subject, f"backlog-{uuid.uuid4()}", b"x"),
+            )
+        assert await relay.count_backlog() == 2
+        assert REGISTRY.get_sample_value("ourvidz_outbox_backlog_rows") == 2
+        await harness.drain_relay()
+        assert await relay.count_backlog() == 0
+        assert REGISTRY.get_sample_value("ourvidz_outbox_backlog_rows") == 0
+    finally:
+        relay.start()

@@ -181,7 +181,6 @@ RULES: dict[str, Rule] = {
     "jwks__well_known_jwks_json_get": Rule(PUBLIC, frozenset({200})),
     "healthz_healthz_get": Rule(PUBLIC, frozenset({200})),
     "readyz_readyz_get": Rule(PUBLIC, frozenset({200})),
-    "metrics_metrics_get": Rule(PUBLIC, frozenset({200})),
 }
 
 

@@ -176,4 +176,6 @@ async def job_events(
                 data["job"] = mapping.job(got.job)
             yield sse.event(name, data, reply.event.sequence)
 
-    return await sse.start(gw, lease, call, events(), "the event stream was interrupted; reconnect")
+    return await sse.start(
+        gw, lease, call, events(), "the event stream was interrupted; reconnect", stream="job"
+    )

@@ -1,13 +1,13 @@
-"""/healthz (the process answers), /readyz (it can serve: database and backing
-services up) and /metrics (Prometheus)."""
+"""/healthz (the process answers) and /readyz (it can serve: database and
+backing services up). Prometheus metrics are not served here, on the public
+port, but on the internal metrics port (METRICS_PORT, ourvidz.metrics)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from fastapi import APIRouter, Depends, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, Depends
 
 from services.gateway.deps import gateway
 from services.gateway.models import problem_responses
@@ -51,17 +51,3 @@ async def _database(gw) -> str:
     except Exception as exc:
         log.warning("database check failed: %s", exc)
         return "down"
-
-
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={
-        200: {
-            "description": "Prometheus metrics (text exposition format)",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
-    },
-)
-async def metrics(gw=Depends(gateway)) -> Response:
-    return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)

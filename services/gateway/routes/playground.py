@@ -77,4 +77,6 @@ async def chat(body: ChatBody, caller: CallerDep, gw=Depends(gateway)) -> Stream
                 yield sse.event("done", mapping.chat_done(reply))
                 return
 
-    return sse.relay(gw, lease, call, events(), "the chat was interrupted; try again")
+    return sse.relay(
+        gw, lease, call, events(), "the chat was interrupted; try again", stream="chat"
+    )

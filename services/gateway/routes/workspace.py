@@ -112,7 +112,9 @@ async def session_events(session_id: str, caller: CallerDep, gw=Depends(gateway)
                 name, event_id, data = update
                 yield sse.event(name, data, event_id)
 
-    return await sse.start(gw, lease, call, events(), "the event stream was interrupted; reconnect")
+    return await sse.start(
+        gw, lease, call, events(), "the event stream was interrupted; reconnect", stream="session"
+    )
 
 
 @router.post("/v1/workspace/sessions/{session_id}/clear", response_model=ClearSessionOut)
