@@ -297,9 +297,16 @@ def check_references(objects: Objects) -> list[str]:
                         if selector and not (
                             selected(selector, objects) or selected(selector, component_workloads())
                         ):
+                            hint = ""
+                            if any(set(p) == {"namespaceSelector"} for p in rule[peers]):
+                                hint = (
+                                    " (a peer of its own selects pods in this namespace; for"
+                                    " pods of the other namespace, put namespaceSelector and"
+                                    " podSelector in one peer)"
+                                )
                             problems.append(
                                 f"{ref(policy)}: spec.{direction}[{i}].{peers}[{j}].podSelector "
-                                "matches no pod in the render nor in any component"
+                                f"matches no pod in the render nor in any component{hint}"
                             )
 
     for target_of, field in (
