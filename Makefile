@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos protos-check lint fmt up test test-api test-faults test-browser browser-deps test-slow bench clean
+.PHONY: help install protos protos-check lint fmt up test test-deploy test-api test-faults test-browser browser-deps test-slow bench clean
 
 help: ## Print every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ up: install ## Start everything (embedded PostgreSQL, NATS, storage) with tiny m
 
 test: install ## The whole fast suite against real PostgreSQL, NATS JetStream and S3, schemathesis included
 	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser and not faults" --ignore=tests/browser --ignore=tests/faults $(PYTEST_ARGS)
+
+test-deploy: install ## The Kubernetes overlays (also part of make test): rendered with the pinned kubectl, validated, policy-checked
+	$(BIN)/python -m pytest -q tests/deploy $(PYTEST_ARGS)
 
 test-api: install ## schemathesis alone (also part of make test): every operation of /openapi.json against the in-process mesh
 	$(BIN)/python -m pytest -q -m api tests/api $(PYTEST_ARGS)

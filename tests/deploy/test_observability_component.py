@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from ourvidz import metrics
+from tests.deploy.render import kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENT = ROOT / "deploy" / "k8s" / "components" / "observability"
@@ -28,10 +28,6 @@ COLLECTOR = "otel-collector"
 def built(request, tmp_path_factory) -> list[dict]:
     """The base or an overlay, with the component, as an overlay that sets the
     namespace and adds the component would build it."""
-    kubectl = shutil.which("kubectl")
-    kustomize = shutil.which("kustomize")
-    if not (kubectl or kustomize):
-        pytest.skip("neither kubectl nor kustomize is installed")
     source = ROOT / "deploy" / "k8s" / request.param
     listed = yaml.safe_load((source / "kustomization.yaml").read_text()).get("components", [])
     overlay = tmp_path_factory.mktemp("overlay")
@@ -49,8 +45,9 @@ def built(request, tmp_path_factory) -> list[dict]:
             }
         )
     )
-    argv = [kubectl, "kustomize", str(overlay)] if kubectl else [kustomize, "build", str(overlay)]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
