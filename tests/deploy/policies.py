@@ -728,6 +728,23 @@ def check_config_files(objects: Objects) -> list[str]:
     return problems
 
 
+def check_ingress_tls(objects: Objects) -> list[str]:
+    """Once an Ingress serves TLS, every public host does: the signed download
+    URLs and the studio's pages name https for both (S3_PUBLIC_ENDPOINT,
+    PUBLIC_BASE_URL), so a host left on plain HTTP answers them with the
+    controller's stand-in certificate."""
+    ingresses = named(objects, "Ingress").values()
+    covered = {h for i in ingresses for t in i["spec"].get("tls") or [] for h in t.get("hosts", [])}
+    if not covered:
+        return []
+    return [
+        f"{ref(i)}: host {rule['host']} has no TLS while {', '.join(sorted(covered))} has"
+        for i in ingresses
+        for rule in i["spec"].get("rules", [])
+        if rule.get("host") and rule["host"] not in covered
+    ]
+
+
 # Every overlay: (name, check). Some only apply to one overlay.
 CHECKS: dict[str, Check] = {
     "schemas": check_schemas,
@@ -744,6 +761,7 @@ CHECKS: dict[str, Check] = {
     "default_deny": check_default_deny,
     "service_accounts": check_service_accounts,
     "config_files": check_config_files,
+    "ingress_tls": check_ingress_tls,
 }
 OVERLAY_CHECKS: dict[str, dict[str, Check]] = {
     "dev": {"cpu_only": check_dev_cpu_only},
