@@ -270,3 +270,36 @@ def test_wait_exits_at_once_for_an_empty_variable_and_waits_for_files(tmp_path, 
     present.write_text("k")
     assert kube_secrets.wait(["OURVIDZ_TEST_SET"], [str(present)], timeout=0) == 0
     assert kube_secrets.wait([], [str(tmp_path / "absent.pem")], timeout=0, poll=0) == 1
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_the_jobs_role_grants_exactly_what_fill_touches(overlay):
+    """The secrets Job's ServiceAccount may GET and PATCH (Kube.get, Kube.add)
+    each object of objects() by name, and nothing else: no list, no create, no
+    other object."""
+    from tests.deploy.render import named, render_overlay, workloads
+
+    rendered = list(render_overlay(overlay))
+    (account,) = {
+        pod["serviceAccountName"]
+        for obj, pod in workloads(rendered)
+        if obj["kind"] == "Job" and obj["metadata"]["name"] == "secrets"
+    }
+    roles = named(rendered, "Role")
+    granted = set()
+    for binding in named(rendered, "RoleBinding").values():
+        if {"kind": "ServiceAccount", "name": account} not in [
+            {k: s.get(k) for k in ("kind", "name")} for s in binding["subjects"]
+        ]:
+            continue
+        assert binding["roleRef"]["kind"] == "Role", "a ClusterRole reaches other namespaces"
+        for rule in roles[binding["roleRef"]["name"]]["rules"]:
+            assert rule.get("apiGroups") == [""], rule
+            assert rule.get("resourceNames"), f"a rule without resourceNames: {rule}"
+            for resource in rule["resources"]:
+                kind = {"secrets": "Secret", "configmaps": "ConfigMap"}[resource]
+                for verb in rule["verbs"]:
+                    granted |= {(verb, f"{kind}/{n}") for n in rule["resourceNames"]}
+    assert not [b for b in named(rendered, "ClusterRoleBinding").values()]
+    want = {(verb, obj) for obj in objects() for verb in ("get", "patch")}
+    assert granted == want, (sorted(granted - want), sorted(want - granted))
