@@ -6,6 +6,7 @@ that cannot fail shows up as a failing test."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 
 import yaml
@@ -745,6 +746,44 @@ def check_ingress_tls(objects: Objects) -> list[str]:
     ]
 
 
+_NATS_UNITS = {"": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20}
+_NATS_UNITS |= {"G": 1 << 30, "GB": 1 << 30, "T": 1 << 40, "TB": 1 << 40}
+_KUBE_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+_KUBE_UNITS |= {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1}
+
+
+def _quantity(text: str, units: dict[str, int]) -> int:
+    found = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(text))
+    if not found or found.group(2) not in units:
+        raise ValueError(f"not a size: {text!r}")
+    return int(found.group(1)) * units[found.group(2)]
+
+
+def check_nats_store(objects: Objects) -> list[str]:
+    """JetStream's max_file_store (nats-config) fits in the NATS data volume,
+    with a tenth to spare: past it JetStream refuses new messages cleanly,
+    where a full disk fails its writes instead."""
+    conf = (named(objects, "ConfigMap").get("nats-config") or {}).get("data", {})
+    nats = named(objects, "StatefulSet").get("nats")
+    if not conf or not nats:
+        return []
+    found = re.search(r"max_file_store\s*[:=]?\s*([0-9]+\s*[A-Za-z]*)", conf.get("nats.conf", ""))
+    if not found:
+        return ["ConfigMap/nats-config: no max_file_store (JetStream would take most of the disk)"]
+    store = _quantity(found.group(1), _NATS_UNITS)
+    problems = []
+    for claim in nats["spec"].get("volumeClaimTemplates", []):
+        if claim["metadata"]["name"] != "data":
+            continue
+        size = _quantity(claim["spec"]["resources"]["requests"]["storage"], _KUBE_UNITS)
+        if store > size * 0.9:
+            problems.append(
+                f"ConfigMap/nats-config: max_file_store {found.group(1)} does not fit the "
+                f"{claim['spec']['resources']['requests']['storage']} volume of {ref(nats)}"
+            )
+    return problems
+
+
 # Every overlay: (name, check). Some only apply to one overlay.
 CHECKS: dict[str, Check] = {
     "schemas": check_schemas,
@@ -762,6 +801,7 @@ CHECKS: dict[str, Check] = {
     "service_accounts": check_service_accounts,
     "config_files": check_config_files,
     "ingress_tls": check_ingress_tls,
+    "nats_store": check_nats_store,
 }
 OVERLAY_CHECKS: dict[str, dict[str, Check]] = {
     "dev": {"cpu_only": check_dev_cpu_only},
