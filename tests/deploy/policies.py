@@ -47,6 +47,19 @@ def check_namespace(objects: Objects) -> list[str]:
     return problems
 
 
+def check_pod_security(objects: Objects) -> list[str]:
+    """The namespace enforces at least the baseline Pod Security Standard: a
+    pod with host namespaces, host paths or privileges is refused."""
+    found = [o for o in objects if o.get("kind") == "Namespace"]
+    if not found:
+        return ["Namespace: not in the render"]
+    labels = found[0]["metadata"].get("labels") or {}
+    level = labels.get("pod-security.kubernetes.io/enforce")
+    if level not in ("baseline", "restricted"):
+        return [f"{ref(found[0])}: pod-security.kubernetes.io/enforce is {level!r}"]
+    return []
+
+
 def operator_secrets(objects: Objects) -> set[str]:
     """Secrets an operator makes from a custom resource in the render."""
     names = set()
@@ -802,6 +815,7 @@ CHECKS: dict[str, Check] = {
     "config_files": check_config_files,
     "ingress_tls": check_ingress_tls,
     "nats_store": check_nats_store,
+    "pod_security": check_pod_security,
 }
 OVERLAY_CHECKS: dict[str, dict[str, Check]] = {
     "dev": {"cpu_only": check_dev_cpu_only},
