@@ -159,6 +159,33 @@ def _find(overlay: str, workload: str, name: str):
     raise LookupError(f"{overlay}: {workload} has no container {name}")
 
 
+def _check_listening(where: str, module: str, settings, container: dict) -> None:
+    """The process listens, on every interface, on the port its probes and
+    its Service's named port point at; its metrics on the `metrics` port."""
+    family = module.removeprefix("services.")
+    port = getattr(settings, f"{family}_port")
+    host = getattr(settings, f"{family}_host")
+    assert host in ("0.0.0.0", "::"), f"{where}: listens on {host} only"
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+    served = ports.get("http" if family == "gateway" else "grpc")
+    assert served == port, f"{where}: listens on {port}, container port {served}"
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container.get(kind)
+        assert probe, f"{where}: no {kind}"
+        action = probe.get("grpc") or probe.get("httpGet") or probe.get("tcpSocket")
+        target = ports.get(action["port"], action["port"])
+        assert target == port, f"{where}: {kind} on {action['port']}, the process on {port}"
+        if "httpGet" in probe:
+            from services.gateway.routes.ops import router
+
+            path = probe["httpGet"]["path"].split("?")[0]
+            assert path in {r.path for r in router.routes}, f"{where}: no route {path}"
+    assert settings.metrics_port == ports.get("metrics"), f"{where}: metrics port"
+    assert settings.metrics_host in ("0.0.0.0", "::"), (
+        f"{where}: metrics on {settings.metrics_host}"
+    )
+
+
 @pytest.fixture
 def environ(monkeypatch):
     """Replace the process environment with the one a test sets."""
@@ -224,6 +251,7 @@ def test_container_starts_with_its_environment(
             settings.token_signer()
         if module != "services.enhancer":
             store_from_settings(settings)
+        _check_listening(where, module, settings, container)
         if settings.env == "prod" and module not in ("services.gateway", "services.enhancer"):
             assert settings.storage_backend == "s3", f"{where}: prod keeps blobs in S3"
             assert settings.s3_access_key.get_secret_value(), f"{where}: no S3_ACCESS_KEY"
