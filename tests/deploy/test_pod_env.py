@@ -186,6 +186,29 @@ def _check_listening(where: str, module: str, settings, container: dict) -> None
     )
 
 
+# Where the processes write on a read-only root: the image's HOME and working
+# directory (/tmp: Python's tempfile, torch's and triton's caches, matplotlib's
+# config) and the Hugging Face cache.
+WRITTEN = ("/tmp", "HF_HOME")
+
+
+def _check_writable(where: str, pod: dict, container: dict, env: dict[str, str]) -> None:
+    if not (container.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+        return
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    writable = [
+        m["mountPath"]
+        for m in container.get("volumeMounts", [])
+        if "emptyDir" in volumes[m["name"]] and not m.get("readOnly")
+    ]
+    for item in WRITTEN:
+        path = env.get(item, item)
+        assert path.startswith("/"), f"{where}: {item} is not set"
+        assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in writable), (
+            f"{where}: writes {path} on a read-only root, no emptyDir there"
+        )
+
+
 @pytest.fixture
 def environ(monkeypatch):
     """Replace the process environment with the one a test sets."""
@@ -252,6 +275,7 @@ def test_container_starts_with_its_environment(
         if module != "services.enhancer":
             store_from_settings(settings)
         _check_listening(where, module, settings, container)
+        _check_writable(where, pod, container, pod_env(objects, filled, container))
         if settings.env == "prod" and module not in ("services.gateway", "services.enhancer"):
             assert settings.storage_backend == "s3", f"{where}: prod keeps blobs in S3"
             assert settings.s3_access_key.get_secret_value(), f"{where}: no S3_ACCESS_KEY"
