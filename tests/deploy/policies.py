@@ -47,6 +47,29 @@ def check_namespace(objects: Objects) -> list[str]:
     return problems
 
 
+def check_public_names(objects: Objects) -> list[str]:
+    """The public URLs of ourvidz-config name the hosts the Ingresses serve:
+    PUBLIC_BASE_URL the gateway's, S3_PUBLIC_ENDPOINT the downloads' (the
+    signed URLs carry it; a presigned URL is only valid for its host)."""
+    from urllib.parse import urlsplit
+
+    config = (named(objects, "ConfigMap").get("ourvidz-config") or {}).get("data", {})
+    ingresses = named(objects, "Ingress")
+    problems = []
+    for key, ingress in (("PUBLIC_BASE_URL", "gateway"), ("S3_PUBLIC_ENDPOINT", "s3")):
+        if key not in config or ingress not in ingresses:
+            continue
+        value = config[key]
+        host = urlsplit(value if "://" in value else f"https://{value}").hostname
+        served = {r.get("host") for r in ingresses[ingress]["spec"].get("rules", [])}
+        if host not in served:
+            problems.append(
+                f"ConfigMap/ourvidz-config: {key} names {host}, Ingress/{ingress} serves "
+                f"{', '.join(sorted(h for h in served if h))}"
+            )
+    return problems
+
+
 def check_pod_security(objects: Objects) -> list[str]:
     """The namespace enforces at least the baseline Pod Security Standard: a
     pod with host namespaces, host paths or privileges is refused."""
@@ -816,6 +839,7 @@ CHECKS: dict[str, Check] = {
     "ingress_tls": check_ingress_tls,
     "nats_store": check_nats_store,
     "pod_security": check_pod_security,
+    "public_names": check_public_names,
 }
 OVERLAY_CHECKS: dict[str, dict[str, Check]] = {
     "dev": {"cpu_only": check_dev_cpu_only},
