@@ -47,6 +47,25 @@ def check_namespace(objects: Objects) -> list[str]:
     return problems
 
 
+def check_go_memory_limits(objects: Objects) -> list[str]:
+    """A container given GOMEMLIMIT (NATS, the collector) keeps it under its
+    memory limit, or the Go runtime lets the heap grow into the OOM killer."""
+    problems = []
+    for obj, pod in workloads(objects):
+        for c in pod.get("containers", []):
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+            if "GOMEMLIMIT" not in env or not limit:
+                continue
+            soft = _quantity(env["GOMEMLIMIT"].replace("B", ""), _KUBE_UNITS)
+            if soft >= _quantity(limit, _KUBE_UNITS):
+                problems.append(
+                    f"{ref(obj)} container {c['name']}: GOMEMLIMIT {env['GOMEMLIMIT']} "
+                    f"is not under its memory limit {limit}"
+                )
+    return problems
+
+
 def check_public_names(objects: Objects) -> list[str]:
     """The public URLs of ourvidz-config name the hosts the Ingresses serve:
     PUBLIC_BASE_URL the gateway's, S3_PUBLIC_ENDPOINT the downloads' (the
@@ -840,6 +859,7 @@ CHECKS: dict[str, Check] = {
     "nats_store": check_nats_store,
     "pod_security": check_pod_security,
     "public_names": check_public_names,
+    "go_memory_limits": check_go_memory_limits,
 }
 OVERLAY_CHECKS: dict[str, dict[str, Check]] = {
     "dev": {"cpu_only": check_dev_cpu_only},
