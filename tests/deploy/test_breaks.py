@@ -230,6 +230,42 @@ def unparsable_config(root: Path) -> int:
     return 1
 
 
+def host_drifts(root: Path) -> int:
+    def rename(doc):
+        doc["spec"]["rules"][0]["host"] = "downloads.example.org"
+
+    return edit_objects(root, "Ingress", "s3", rename)
+
+
+def store_outgrows_volume(root: Path) -> int:
+    def grow(doc):
+        doc["data"]["nats.conf"] = doc["data"]["nats.conf"].replace(
+            "max_file_store: 900MB", "max_file_store: 4GB"
+        )
+
+    return edit_objects(root, "ConfigMap", "nats-config", grow)
+
+
+def pod_security_dropped(root: Path) -> int:
+    return edit_objects(root, "Namespace", None, lambda d: d["metadata"].pop("labels", None))
+
+
+def tls_on_one_host(root: Path) -> int:
+    def tls(doc):
+        doc["spec"]["tls"] = [{"hosts": [doc["spec"]["rules"][0]["host"]], "secretName": "x"}]
+
+    return edit_objects(root, "Ingress", "gateway", tls)
+
+
+def gomemlimit_over_limit(root: Path) -> int:
+    def over(doc):
+        for item in first_container(doc).get("env", []):
+            if item["name"] == "GOMEMLIMIT":
+                item["value"] = "600MiB"
+
+    return edit_objects(root, "StatefulSet", "nats", over)
+
+
 BREAKS = {
     # break: (how, the check that catches it, what its message names, overlay)
     "namespace-dropped": (drop_namespace, policies.check_namespace, "metadata.namespace", "prod"),
@@ -285,6 +321,31 @@ BREAKS = {
         "prod",
     ),
     "dev-gpu": (dev_gets_a_gpu, policies.check_dev_cpu_only, "Deployment/sdxl", "dev"),
+    "public-host-drift": (
+        host_drifts,
+        policies.check_public_names,
+        "S3_PUBLIC_ENDPOINT",
+        "prod",
+    ),
+    "nats-store-outgrows-volume": (
+        store_outgrows_volume,
+        policies.check_nats_store,
+        "max_file_store 4GB",
+        "dev",
+    ),
+    "pod-security-dropped": (
+        pod_security_dropped,
+        policies.check_pod_security,
+        "Namespace/ourvidz",
+        "dev",
+    ),
+    "tls-on-one-host": (tls_on_one_host, policies.check_ingress_tls, "Ingress/s3", "dev"),
+    "gomemlimit-over-limit": (
+        gomemlimit_over_limit,
+        policies.check_go_memory_limits,
+        "StatefulSet/nats",
+        "dev",
+    ),
 }
 
 
