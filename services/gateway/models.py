@@ -526,6 +526,17 @@ class ClearSessionOut(BaseModel):
     deleted_items: int
 
 
+RENDERED_PROMPT = (
+    "The prompt the output was rendered from: the enhanced prompt where the job was "
+    "enhanced, else the prompt as typed"
+)
+ORIGINAL_PROMPT = "The prompt as the user typed it; equal to prompt for a job not enhanced"
+RENDERED_NEGATIVE_PROMPT = (
+    "The negative prompt rendered (the job type's default where none was given); "
+    "empty for outputs filed before it was recorded"
+)
+
+
 class WorkspaceItemOut(BaseModel):
     id: str
     session_id: str
@@ -535,7 +546,9 @@ class WorkspaceItemOut(BaseModel):
     content_type: str
     url: str | None
     thumbnail_url: str | None
-    prompt: str
+    prompt: str = Field(description=RENDERED_PROMPT)
+    original_prompt: str = Field(description=ORIGINAL_PROMPT)
+    negative_prompt: str = Field(description=RENDERED_NEGATIVE_PROMPT)
     seed: int
     width: int
     height: int
@@ -555,7 +568,9 @@ class LibraryAssetOut(BaseModel):
     job_type: str
     content_type: str
     title: str
-    prompt: str
+    prompt: str = Field(description=RENDERED_PROMPT)
+    original_prompt: str = Field(description=ORIGINAL_PROMPT)
+    negative_prompt: str = Field(description=RENDERED_NEGATIVE_PROMPT)
     seed: int
     width: int
     height: int

@@ -55,6 +55,8 @@ class Item:
     job_type: str
     content_type: str
     prompt: str
+    original_prompt: str
+    negative_prompt: str
     seed: int
     width: int
     height: int
@@ -81,6 +83,8 @@ class Asset:
     content_type: str
     title: str
     prompt: str
+    original_prompt: str
+    negative_prompt: str
     seed: int
     width: int
     height: int
@@ -131,12 +135,16 @@ class Output:
 
 @dataclass(frozen=True)
 class Completion:
-    """What the filer needs from a completed job."""
+    """What the filer needs from a completed job. `prompt` is the prompt the
+    worker rendered (the enhanced one where the job was enhanced),
+    `original_prompt` the one the user typed."""
 
     job_id: str
     user_id: uuid.UUID
     job_type: str
     prompt: str
+    original_prompt: str
+    negative_prompt: str
     to_library: bool
     session_id: uuid.UUID | None
     outputs: tuple[Output, ...]
@@ -198,6 +206,8 @@ def default_title(prompt: str) -> str:
 
 
 def title_for_save(title: str, prompt: str) -> str:
+    """The title asked for, else a default from `prompt` (the typed prompt:
+    the user's own words name the asset better than an enhancer's)."""
     return check_title(title) if (title or "").strip() else default_title(prompt)
 
 

@@ -208,8 +208,10 @@ class Workspace:
                 user_id=user_id,
                 job_id=item.job_id,
                 job_type=item.job_type,
-                title=title_for_save(title, item.prompt),
+                title=title_for_save(title, item.original_prompt or item.prompt),
                 prompt=item.prompt,
+                original_prompt=item.original_prompt,
+                negative_prompt=item.negative_prompt,
                 output=_output_of(item),
             ) or await store.find_asset(conn, user_id, item.job_id, item.index)
             await store.set_item_asset(conn, item.id, asset_row["id"])
@@ -242,7 +244,7 @@ class Workspace:
         # refuses a row written for anyone else.
         async with self.database.tx(user_id=str(user_id), role="system") as conn:
             if completion.to_library:
-                title = default_title(completion.prompt)
+                title = default_title(completion.original_prompt)
                 for output in completion.outputs:
                     await store.insert_asset(
                         conn,
@@ -251,6 +253,8 @@ class Workspace:
                         job_type=completion.job_type,
                         title=title,
                         prompt=completion.prompt,
+                        original_prompt=completion.original_prompt,
+                        negative_prompt=completion.negative_prompt,
                         output=output,
                     )
                 return []
@@ -268,6 +272,8 @@ class Workspace:
                     job_id=completion.job_id,
                     job_type=completion.job_type,
                     prompt=completion.prompt,
+                    original_prompt=completion.original_prompt,
+                    negative_prompt=completion.negative_prompt,
                     output=output,
                 )
                 if row is not None:

@@ -17,12 +17,14 @@ _SESSION_COLUMNS = """
     (SELECT count(*) FROM workspace.items i WHERE i.session_id = s.id)::int AS item_count
 """
 _ITEM_COLUMNS = """
-    id, session_id, user_id, job_id, index, job_type, content_type, prompt, seed, width, height,
-    bucket, key, thumbnail_bucket, thumbnail_key, size_bytes, library_asset_id, created_at
+    id, session_id, user_id, job_id, index, job_type, content_type, prompt, original_prompt,
+    negative_prompt, seed, width, height, bucket, key, thumbnail_bucket, thumbnail_key, size_bytes,
+    library_asset_id, created_at
 """
 _ASSET_COLUMNS = """
-    id, user_id, job_id, index, job_type, content_type, title, prompt, seed, width, height,
-    bucket, key, thumbnail_bucket, thumbnail_key, size_bytes, created_at
+    id, user_id, job_id, index, job_type, content_type, title, prompt, original_prompt,
+    negative_prompt, seed, width, height, bucket, key, thumbnail_bucket, thumbnail_key, size_bytes,
+    created_at
 """
 
 
@@ -148,14 +150,17 @@ async def insert_item(
     job_id: str,
     job_type: str,
     prompt: str,
+    original_prompt: str,
+    negative_prompt: str,
     output: Output,
 ) -> dict | None:
     """File one output; None when it was filed before (a redelivered event)."""
     cur = await conn.execute(
         f"""INSERT INTO workspace.items
-              (id, session_id, user_id, job_id, index, job_type, content_type, prompt, seed,
-               width, height, bucket, key, thumbnail_bucket, thumbnail_key, size_bytes)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+              (id, session_id, user_id, job_id, index, job_type, content_type, prompt,
+               original_prompt, negative_prompt, seed, width, height, bucket, key,
+               thumbnail_bucket, thumbnail_key, size_bytes)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (job_id, index) DO NOTHING
             RETURNING {_ITEM_COLUMNS}""",
         (
@@ -167,6 +172,8 @@ async def insert_item(
             job_type,
             output.content_type,
             prompt,
+            original_prompt,
+            negative_prompt,
             output.seed,
             output.width,
             output.height,
@@ -247,14 +254,17 @@ async def insert_asset(
     job_type: str,
     title: str,
     prompt: str,
+    original_prompt: str,
+    negative_prompt: str,
     output: Output,
 ) -> dict | None:
     """A library asset; None when this output is in the library already."""
     cur = await conn.execute(
         f"""INSERT INTO workspace.library_assets
-              (id, user_id, job_id, index, job_type, content_type, title, prompt, seed,
-               width, height, bucket, key, thumbnail_bucket, thumbnail_key, size_bytes)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+              (id, user_id, job_id, index, job_type, content_type, title, prompt,
+               original_prompt, negative_prompt, seed, width, height, bucket, key,
+               thumbnail_bucket, thumbnail_key, size_bytes)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (user_id, job_id, index) DO NOTHING
             RETURNING {_ASSET_COLUMNS}""",
         (
@@ -266,6 +276,8 @@ async def insert_asset(
             output.content_type,
             title,
             prompt,
+            original_prompt,
+            negative_prompt,
             output.seed,
             output.width,
             output.height,

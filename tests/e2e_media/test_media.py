@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import signup
-from tests.e2e.test_generate import download, run_job
+from tests.e2e.test_generate import download, run_job, wait_for
 from tests.e2e_media.conftest import DENIED
 
 W, H, FRAMES = 64, 48, 9  # small sizes keep the tiny model fast; the defaults run in `make bench`
@@ -121,6 +121,49 @@ async def test_the_enhanced_prompt_is_the_one_rendered(http):
     first = await download(enhanced["assets"][0]["url"])
     second = await download(plain["assets"][0]["url"])
     assert first == second
+
+
+async def filed_item(user, job: dict) -> dict:
+    """The job's (one) workspace item, once the filer has filed it."""
+    session_id = job["workspace_session_id"]
+
+    async def item():
+        response = await user.get(f"/v1/workspace/sessions/{session_id}/items")
+        assert response.status_code == 200, response.text
+        mine = [i for i in response.json()["items"] if i["job_id"] == job["id"]]
+        return mine[0] if mine else None
+
+    return await wait_for(item)
+
+
+async def test_workspace_and_library_carry_the_rendered_prompt_and_the_typed_one(http):
+    user = await signup(http)
+    typed = "a red kite over a windy beach, camera tracking left"
+    job, _ = await run_job(user, wan_body("image7b_fast_enhanced", prompt=typed))
+    assert job["state"] == "completed" and job["enhancement_fallback"] is False, job
+    enhanced = job["enhanced_prompt"]
+    assert enhanced and enhanced != typed, job
+
+    item = await filed_item(user, job)
+    assert (item["prompt"], item["original_prompt"]) == (enhanced, typed)
+    assert item["negative_prompt"] == job["negative_prompt"] != ""
+    saved = await user.post(f"/v1/workspace/items/{item['id']}/save")
+    assert saved.status_code == 201, saved.text
+    asset = (await user.get(f"/v1/library/assets/{saved.json()['id']}")).json()
+    assert (asset["prompt"], asset["original_prompt"]) == (enhanced, typed)
+    assert asset["negative_prompt"] == job["negative_prompt"]
+
+
+async def test_a_plain_job_carries_the_typed_prompt_as_both(http):
+    user = await signup(http)
+    job, _ = await run_job(user, wan_body("image_fast"))
+    assert job["state"] == "completed" and job["enhanced_prompt"] is None, job
+    item = await filed_item(user, job)
+    assert item["prompt"] == item["original_prompt"] == job["prompt"]
+    assert item["negative_prompt"] == job["negative_prompt"]
+    saved = await user.post(f"/v1/workspace/items/{item['id']}/save")
+    assert saved.status_code == 201, saved.text
+    assert saved.json()["prompt"] == saved.json()["original_prompt"] == job["prompt"]
 
 
 BAD_WAN_JOBS = [

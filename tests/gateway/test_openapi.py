@@ -158,3 +158,13 @@ async def test_library_times_are_rfc3339(client, user_token):
         "/v1/library/assets", params={"created_before": "0.5"}, headers=auth(user_token[1])
     )
     assert assert_problem(r, 422)["errors"][0]["field"] == "created_before"
+
+
+@pytest.mark.parametrize("name", ["WorkspaceItemOut", "LibraryAssetOut"])
+def test_items_and_assets_document_the_rendered_and_the_typed_prompt(doc, name):
+    schema = doc["components"]["schemas"][name]
+    for field in ("prompt", "original_prompt", "negative_prompt"):
+        assert field in schema["required"], field
+        assert schema["properties"][field]["type"] == "string"
+    assert "enhanced" in schema["properties"]["prompt"]["description"]
+    assert "typed" in schema["properties"]["original_prompt"]["description"]

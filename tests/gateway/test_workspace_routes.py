@@ -15,6 +15,8 @@ ITEM_KEYS = {
     "url",
     "thumbnail_url",
     "prompt",
+    "original_prompt",
+    "negative_prompt",
     "seed",
 }
 ASSET_KEYS = {
@@ -24,6 +26,8 @@ ASSET_KEYS = {
     "thumbnail_url",
     "title",
     "prompt",
+    "original_prompt",
+    "negative_prompt",
     "job_id",
     "created_at",
 }
@@ -53,6 +57,11 @@ async def test_sessions_items_and_clear(client, fakes, user_token):
     (item,) = items.json()["items"]
     assert ITEM_KEYS <= item.keys()
     assert item["session_id"] == sid and item["thumbnail_url"] is None
+    assert (item["prompt"], item["original_prompt"], item["negative_prompt"]) == (
+        "a cat asleep on a sunny windowsill, soft light",
+        "a cat",
+        "blurry",
+    )
     assert workspace.last("ListSessionItems")[1].page_size == 10
 
     cleared = await client.post(f"/v1/workspace/sessions/{sid}/clear", headers=auth(token))
@@ -97,6 +106,7 @@ async def test_save_and_delete_item(client, fakes, user_token):
     assert r.status_code == 201
     assert ASSET_KEYS <= r.json().keys()
     assert r.json()["title"] == "keeper"
+    assert (r.json()["original_prompt"], r.json()["negative_prompt"]) == ("a wave", "static")
     assert workspace.last("SaveItem")[1].item_id == item_id
     no_body = await client.post(f"/v1/workspace/items/{item_id}/save", headers=auth(user_token[1]))
     assert no_body.status_code == 201

@@ -125,6 +125,78 @@ async def test_library_destination_files_assets_directly(workspace, js, stub, ne
     assert all(i.job_id != job_id for i in await items_of(stub, user, active.id))
 
 
+TYPED = "a fox in the snow"
+ENHANCED = "a red fox leaping through deep fresh snow at dawn, soft golden light, photograph"
+NEGATIVE = "blurry, low quality"
+
+
+async def test_an_enhanced_job_files_the_rendered_prompt_beside_the_typed_one(
+    workspace, js, stub, new_user
+):
+    user = new_user()
+    _, (item,) = await file_job(
+        workspace,
+        js,
+        stub,
+        user,
+        count=1,
+        prompt=TYPED,
+        enhanced_prompt=ENHANCED,
+        negative_prompt=NEGATIVE,
+    )
+    assert (item.prompt, item.original_prompt, item.negative_prompt) == (ENHANCED, TYPED, NEGATIVE)
+    asset = (await stub.SaveItem(pb.SaveItemRequest(item_id=item.id), **user.kw())).asset
+    assert (asset.prompt, asset.original_prompt, asset.negative_prompt) == (
+        ENHANCED,
+        TYPED,
+        NEGATIVE,
+    )
+    assert asset.title == TYPED  # the user's words name it, not the enhancer's
+    got = (await stub.GetAsset(pb.GetAssetRequest(asset_id=asset.id), **user.kw())).asset
+    assert (got.prompt, got.original_prompt) == (ENHANCED, TYPED)
+
+
+async def test_an_enhanced_job_to_the_library_files_both_prompts(workspace, js, stub, new_user):
+    user = new_user()
+    job_id = str(uuid.uuid4())
+    outputs = await put_outputs(workspace, user.id, job_id, 1)
+    await publish(
+        js,
+        completed_event(
+            user.id,
+            job_id,
+            outputs,
+            destination=job_pb2.DESTINATION_LIBRARY,
+            prompt=TYPED,
+            enhanced_prompt=ENHANCED,
+            negative_prompt=NEGATIVE,
+        ),
+    )
+
+    async def filed():
+        return [a for a in await _assets(stub, user) if a.job_id == job_id]
+
+    (asset,) = await eventually(filed)
+    assert (asset.prompt, asset.original_prompt, asset.negative_prompt) == (
+        ENHANCED,
+        TYPED,
+        NEGATIVE,
+    )
+    assert asset.title == TYPED
+
+
+async def test_a_plain_job_files_the_typed_prompt_as_both(workspace, js, stub, new_user):
+    """Not enhanced, or enhanced but fallen back to the original (no enhanced
+    prompt in the job): the prompt rendered is the one typed."""
+    user = new_user()
+    _, (item,) = await file_job(
+        workspace, js, stub, user, count=1, prompt=TYPED, negative_prompt=NEGATIVE
+    )
+    assert (item.prompt, item.original_prompt, item.negative_prompt) == (TYPED, TYPED, NEGATIVE)
+    asset = (await stub.SaveItem(pb.SaveItemRequest(item_id=item.id), **user.kw())).asset
+    assert (asset.prompt, asset.original_prompt) == (TYPED, TYPED)
+
+
 async def test_list_filter_rename_and_paginate(workspace, js, stub, new_user):
     user = new_user()
     image_job = str(uuid.uuid4())

@@ -77,6 +77,8 @@ def completed_event(
     session_id: str = "",
     destination: int = job_pb2.DESTINATION_WORKSPACE,
     prompt: str = "a red fox in the snow",
+    enhanced_prompt: str = "",
+    negative_prompt: str = "",
     job_type: str = "sdxl_image_fast",
     sequence: int = 9,
 ) -> events_pb2.JobEvent:
@@ -92,6 +94,8 @@ def completed_event(
             job_type=job_type,
             state=job_pb2.JOB_STATE_COMPLETED,
             prompt=prompt,
+            enhanced_prompt=enhanced_prompt,
+            negative_prompt=negative_prompt,
             destination=destination,
             workspace_session_id=session_id,
             num_images=len(assets),

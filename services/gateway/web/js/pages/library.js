@@ -170,6 +170,10 @@ function openViewer(asset, actions) {
         h("dt", {}, "Size"), h("dd", {}, `${asset.width}×${asset.height}`),
         h("dt", {}, "Seed"), h("dd", {}, String(asset.seed)),
         h("dt", {}, "Job type"), h("dd", {}, asset.job_type),
+        ...(asset.original_prompt && asset.original_prompt !== asset.prompt
+          ? [h("dt", {}, "Typed prompt"), h("dd", {}, asset.original_prompt)] : []),
+        ...(asset.negative_prompt
+          ? [h("dt", {}, "Negative prompt"), h("dd", {}, asset.negative_prompt)] : []),
         h("dt", {}, "Created"), h("dd", {}, formatTime(asset.created_at))),
       rename,
       h("div", { class: "row" }, download, remove),

@@ -26,6 +26,13 @@ export function createResults({ actions }) {
     return h("img", { src: item.url, alt, loading: "lazy", width: item.width, height: item.height });
   }
 
+  /** The prompt as typed, under the rendered one, where an enhancer rewrote it. */
+  function typed(item) {
+    if (!item.original_prompt || item.original_prompt === item.prompt) return null;
+    return h("p", { class: "ws-result-original", title: item.original_prompt },
+      h("span", { class: "muted" }, "Typed: "), item.original_prompt);
+  }
+
   function tile(item) {
     const isImage = item.content_type.startsWith("image/");
     const save = h("button", { type: "button" }, item.library_asset_id ? "Saved" : "Save to library");
@@ -38,6 +45,7 @@ export function createResults({ actions }) {
       media(item),
       h("p", { class: "ws-seed-text" }, h("span", { class: "muted" }, "Seed "), h("span", { class: "ws-seed-value" }, String(item.seed))),
       h("p", { class: "ws-result-prompt", title: item.prompt }, item.prompt),
+      typed(item),
       h("div", { class: "ws-actions" }, save, remove, asReference, same, fresh),
     );
 
