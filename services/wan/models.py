@@ -122,7 +122,8 @@ def count_full_parameters() -> dict[str, int]:
 
 def load_local(path: str | Path, dtype: str):
     """A WAN diffusers folder (model_index.json with transformer, vae,
-    text_encoder, tokenizer, scheduler), from local files only."""
+    text_encoder, tokenizer and, optionally, scheduler), from local files
+    only; the VAE in float32, the rest in `dtype`."""
     from diffusers import WanPipeline
 
     path = Path(path)
