@@ -31,6 +31,55 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def use_tf32(device: str) -> bool:
+    """On CUDA, let float32 matrix products and convolutions run on the
+    TensorFloat-32 tensor cores (torch leaves matmuls at full float32 by
+    default). The modules that stay float32 on a GPU (the WAN VAE, SDXL's VAE
+    while upcast, schedulers' arithmetic) then run at tensor-core speed, with
+    float32's range and a 10-bit mantissa in the products. Process-wide;
+    returns whether it was set (never on a CPU, whose results stay as they
+    were)."""
+    if not str(device).startswith("cuda"):
+        return False
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    return True
+
+
+def fp32_names(module: torch.nn.Module, dtype: str) -> frozenset[str]:
+    """The submodule names whose weights `module`'s class keeps in float32
+    when loaded in `dtype`, as `from_pretrained` keeps them: diffusers'
+    `_keep_in_fp32_modules` for any lower precision (the WAN transformer's
+    time embedder, modulation tables, affine norms and RoPE tables);
+    transformers' for float16 only, its `_strict` list for bf16 too."""
+    if dtype == "float32":
+        return frozenset()
+    if hasattr(module, "_keep_in_fp32_modules_strict"):  # a transformers model
+        names = set(module._keep_in_fp32_modules_strict or ())
+        if dtype == "float16":
+            names |= set(module._keep_in_fp32_modules or ())
+        return frozenset(names)
+    return frozenset(getattr(module, "_keep_in_fp32_modules", None) or ())
+
+
+def cast_like_loading(module: torch.nn.Module, dtype: str) -> int:
+    """Cast the floating parameters and buffers of `module` to `dtype`, except
+    those under a name of `fp32_names`, which go to float32: a model built in
+    memory (a preset) ends in the precision `from_pretrained(dtype=...)` gives
+    the same model from a folder. Returns how many tensors changed."""
+    keep = fp32_names(module, dtype)
+    changed = 0
+    with torch.no_grad():
+        for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
+            if not tensor.is_floating_point():
+                continue
+            target = torch.float32 if keep.intersection(name.split(".")) else DTYPES[dtype]
+            if tensor.dtype != target:
+                tensor.data = tensor.data.to(target)
+                changed += 1
+    return changed
+
+
 @contextlib.contextmanager
 def default_dtype(dtype: str):
     """Modules built inside get parameters of `dtype` (a name of DTYPES)."""

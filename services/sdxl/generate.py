@@ -4,6 +4,11 @@ when the job carries a reference, all images of the job in one batch.
 Seeds: image `i` of a job with seed `s` uses seed `(s + i) mod 2**32`, through its
 own `torch.Generator`. Image 0 therefore has the job's seed, and re-running any
 image as a one-image job with its recorded seed draws the same starting noise.
+The generators live on the CPU (`ourvidz.seeds`): text-to-image gets its
+starting latents drawn there in float32 (`latents=`), image-to-image (whose
+latents are the reference's encoding plus noise) the CPU generators, from which
+diffusers draws on the CPU too. A seed therefore starts from the same noise on
+a CPU and on a GPU, in float32 and in bfloat16.
 
 Progress and cancellation go through `callback_on_step_end`: it reports each
 finished denoising step and raises `Cancelled` when asked to stop, which ends
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from ourvidz import catalog, telemetry
+from ourvidz import catalog, seeds, telemetry
 from ourvidz.genworker.errors import Cancelled
 from ourvidz.genworker.progress import ENCODING_TEXT, no_stage, step_callback
 from ourvidz.v1 import job_pb2, queue_pb2
@@ -120,8 +125,8 @@ def render(
     job_plan = plan(task, reference_image is not None)
     if should_cancel():
         raise Cancelled()
-    seeds = [image_seed(task.seed, i) for i in range(task.num_images)]
-    generators = [torch.Generator(device=pipe_bundle.device).manual_seed(s) for s in seeds]
+    image_seeds = [image_seed(task.seed, i) for i in range(task.num_images)]
+    generators = seeds.cpu_generators(image_seeds)
 
     callback = step_callback(on_step, should_cancel, stage)
 
@@ -162,6 +167,14 @@ def render(
                     pipe, task.prompt, negative, task.num_images, job_plan.guidance_scale
                 )
             with telemetry.stage("sdxl.denoise"):
+                if job_plan.strength is None:
+                    dtype = embeds["prompt_embeds"].dtype  # what the pipeline draws in
+                    call["latents"] = seeds.initial_noise(
+                        generators,
+                        latent_shape(pipe, task.width, task.height),
+                        dtype,
+                        pipe._execution_device,
+                    )
                 # The embeddings hold every image of the batch already.
                 latents = pipe(
                     num_images_per_prompt=1, output_type="latent", **embeds, **call
@@ -170,7 +183,9 @@ def render(
                 images = decode(pipe, latents)
                 pngs = [encode_png(img) for img in images]
     return [
-        RenderedImage(index=i, png_bytes=png, seed=seeds[i], width=img.width, height=img.height)
+        RenderedImage(
+            index=i, png_bytes=png, seed=image_seeds[i], width=img.width, height=img.height
+        )
         for i, (img, png) in enumerate(zip(images, pngs, strict=True))
     ]
 
@@ -179,6 +194,13 @@ def stages_apart(pipe) -> bool:
     """Whether the pipeline's text encoding and decoding can be run apart
     from its denoising (a diffusers SDXL pipeline; not a stand-in)."""
     return callable(getattr(pipe, "encode_prompt", None)) and getattr(pipe, "vae", None) is not None
+
+
+def latent_shape(pipe, width: int, height: int) -> tuple[int, int, int]:
+    """One image's starting latents, as the text-to-image pipeline's
+    `prepare_latents` shapes them (diffusers 0.42)."""
+    scale = pipe.vae_scale_factor
+    return (pipe.unet.config.in_channels, int(height) // scale, int(width) // scale)
 
 
 def encode_text(

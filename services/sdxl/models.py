@@ -18,6 +18,7 @@ Hub access is always off: nothing here may reach the network.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -29,11 +30,13 @@ import torch
 from ourvidz import tokenizers
 from ourvidz.devices import (
     DTYPES,
+    cast_like_loading,
     default_dtype,
     modules_of,
     own_aligned_memory,
     resolve_device,
     resolve_dtype,
+    use_tf32,
 )
 from services.sdxl import configs
 from services.sdxl.presets import CONTROL_PLANE, FULL_RANDOM, TINY
@@ -227,6 +230,20 @@ def load_local(path: str | Path, dtype: str, config_dir: str | None = None):
     )
 
 
+def img2img_of(pipe, img2img_class):
+    """The image-to-image pipeline on the very modules of `pipe`, cast to
+    nothing. (`from_pipe` casts the shared modules to its `dtype` argument,
+    float32 unless given: a bf16 bundle's UNet, VAE and text encoders would
+    all end up float32, for both pipelines.)"""
+    wanted = set(inspect.signature(img2img_class.__init__).parameters)
+    components = {k: v for k, v in pipe.components.items() if k in wanted}
+    return img2img_class(
+        **components,
+        force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt,
+        add_watermarker=False,
+    )
+
+
 def load(
     preset: str = TINY,
     *,
@@ -252,10 +269,12 @@ def load(
         pipe = load_local(preset, dtype, config_dir)
     if pipe.unet.device.type != torch.device(device).type:
         pipe.to(device)
-    if pipe.unet.dtype != DTYPES[dtype]:
-        pipe.to(dtype=DTYPES[dtype])
-    if pipe.vae.config.force_upcast and dtype == "float16":
-        pipe.vae.to(torch.float32)
+    for module in modules_of(pipe):
+        cast_like_loading(module, dtype)
+    # Every module stays in the bundle's dtype, the VAE too: a VAE whose config
+    # asks for `force_upcast` is upcast for the decode only (`generate.decode`,
+    # the pipelines' own decode and img2img's encode do it and cast it back).
+    use_tf32(device)
     own_aligned_memory(*modules_of(pipe))  # a folder's output = the same weights' in memory
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
@@ -264,7 +283,7 @@ def load(
     pipe.set_progress_bar_config(disable=True)
     if compile:
         pipe.unet = torch.compile(pipe.unet)
-    img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+    img2img = img2img_of(pipe, StableDiffusionXLImg2ImgPipeline)
     img2img.set_progress_bar_config(disable=True)
     log.info("sdxl model loaded", extra={"preset": preset, "device": device, "dtype": dtype})
     return PipeBundle(txt2img=pipe, img2img=img2img, preset=preset, device=device, dtype=dtype)

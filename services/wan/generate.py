@@ -1,8 +1,11 @@
 """One WAN job on the loaded pipeline: a video (MP4 plus a PNG thumbnail) or
 a single-frame image (PNG).
 
-Seeds: the job's seed (mod 2**32) seeds a `torch.Generator`, so the same seed
-gives the same frames. Steps and guidance come from the task, the catalog's
+Seeds: the job's seed (mod 2**32) seeds a CPU `torch.Generator`, from which the
+starting latents are drawn on the CPU in float32 (as `WanPipeline` draws them)
+and then moved to the pipeline's device (`ourvidz.seeds`): the same seed gives
+the same starting noise on a CPU and on a GPU, and the same frames on one
+machine. Steps and guidance come from the task, the catalog's
 values where the task leaves them at zero; the negative prompt comes in the
 task (Jobs fills WAN's default).
 
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ourvidz import catalog, telemetry
+from ourvidz import catalog, seeds, telemetry
 from ourvidz.genworker.errors import Cancelled, InvalidReference, InvalidTask
 from ourvidz.genworker.progress import ENCODING_TEXT, ENCODING_VIDEO, no_stage, step_callback
 from ourvidz.settings import CatalogLimits
@@ -188,7 +191,7 @@ def render(
     if should_cancel():
         raise Cancelled()
     seed = job_seed(task)
-    generator = torch.Generator(device=pipe_bundle.device).manual_seed(seed)
+    generators = seeds.cpu_generators([seed])
 
     callback = step_callback(on_step, should_cancel, stage)
 
@@ -200,13 +203,16 @@ def render(
                 pipe, task.prompt, task.negative_prompt or None, job_plan.guidance_scale
             )
         with telemetry.stage("wan.denoise"):
+            shape = latent_shape(pipe, job_plan.width, job_plan.height, job_plan.num_frames)
+            noise = seeds.initial_noise(generators, shape, torch.float32, pipe._execution_device)
             latents = pipe(
                 height=job_plan.height,
                 width=job_plan.width,
                 num_frames=job_plan.num_frames,
                 num_inference_steps=job_plan.steps,
                 guidance_scale=job_plan.guidance_scale,
-                generator=generator,
+                generator=generators[0],
+                latents=noise,
                 callback_on_step_end=callback,
                 output_type="latent",
                 **embeds,
@@ -230,6 +236,18 @@ def render(
             thumbnail_png=encode_png(thumbnail_frame(frames)),
             **common,
         )
+
+
+def latent_shape(pipe, width: int, height: int, num_frames: int) -> tuple[int, int, int, int]:
+    """One video's starting latents, as `WanPipeline.prepare_latents` shapes
+    them (diffusers 0.42): channels, latent frames, height, width."""
+    spatial = pipe.vae_scale_factor_spatial
+    return (
+        pipe.transformer.config.in_channels,
+        (num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
+        int(height) // spatial,
+        int(width) // spatial,
+    )
 
 
 # The pipeline's default prompt length (`WanPipeline.__call__`), which its

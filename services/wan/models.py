@@ -9,12 +9,16 @@
   benchmarks: the same compute as the real model).
 - a path: a diffusers folder (`WanPipeline.from_pretrained`, local files only).
 
-Every preset runs UniPC with flow matching and flow shift 5.0. Hub access is
-always off: nothing here may reach the network.
+The presets run UniPC with flow matching and flow shift 5.0; a folder runs the
+scheduler it ships (that one where it has none). The transformer and the text
+encoder run in the bundle's dtype, the VAE in float32 as diffusers recommends
+for the WAN VAE (in bf16 its decode loses detail; it is a small share of the
+weights). Hub access is always off: nothing here may reach the network.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -24,11 +28,13 @@ import torch
 
 from ourvidz.devices import (
     DTYPES,
+    cast_like_loading,
     default_dtype,
     modules_of,
     own_aligned_memory,
     resolve_device,
     resolve_dtype,
+    use_tf32,
 )
 from services.wan import configs, tokenizer
 
@@ -40,7 +46,8 @@ FULL_RANDOM = "full-random"
 
 @dataclass
 class PipeBundle:
-    """The loaded pipeline; `lock` keeps one generation at a time on the device."""
+    """The loaded pipeline; `lock` keeps one generation at a time on the device.
+    `dtype` is the transformer's and the text encoder's; the VAE is float32."""
 
     pipe: object  # WanPipeline
     preset: str
@@ -85,15 +92,17 @@ def build_tiny(seed: int = 0):
 
 def build_full_random(device: str, dtype: str):
     """WAN 2.1 T2V 1.3B with the UMT5-XXL encoder, random weights initialised
-    directly on `device` in `dtype` (no host copy, no meta tensors left behind)."""
+    directly on `device` in `dtype`, the VAE in float32 (no host copy, no meta
+    tensors left behind)."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(0)
     with torch.device(device), default_dtype(dtype):
         transformer = WanTransformer3DModel(**configs.full_transformer_kwargs())
-        vae = AutoencoderKLWan(**configs.full_vae_kwargs())
         text_encoder = UMT5EncoderModel(UMT5Config(**configs.full_text_kwargs()))
+    with torch.device(device), default_dtype("float32"):
+        vae = AutoencoderKLWan(**configs.full_vae_kwargs())
     return _assemble(transformer, vae, text_encoder.eval())
 
 
@@ -113,7 +122,8 @@ def count_full_parameters() -> dict[str, int]:
 
 def load_local(path: str | Path, dtype: str):
     """A WAN diffusers folder (model_index.json with transformer, vae,
-    text_encoder, tokenizer, scheduler), from local files only."""
+    text_encoder, tokenizer and, optionally, scheduler), from local files
+    only; the VAE in float32, the rest in `dtype`."""
     from diffusers import WanPipeline
 
     path = Path(path)
@@ -122,10 +132,23 @@ def load_local(path: str | Path, dtype: str):
             f"model {str(path)!r} is neither a preset (tiny, full-random) nor a diffusers "
             "folder with a model_index.json"
         )
-    pipe = WanPipeline.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True)
-    # WAN 2.1 at 480p: UniPC with flow shift 5.0, whatever the folder ships.
-    pipe.scheduler = scheduler()
-    return pipe
+    # The folder's own scheduler where it ships one (its sampler and flow
+    # shift go with its weights); WAN 2.1 at 480p's UniPC otherwise.
+    kwargs = {} if has_scheduler(path) else {"scheduler": scheduler()}
+    return WanPipeline.from_pretrained(
+        path,
+        dtype={"default": DTYPES[dtype], "vae": torch.float32},
+        local_files_only=True,
+        **kwargs,
+    )
+
+
+def has_scheduler(path: Path) -> bool:
+    """Whether a diffusers folder names a scheduler and has its config."""
+    index = json.loads((path / "model_index.json").read_text())
+    entry = index.get("scheduler")
+    named = isinstance(entry, list) and len(entry) == 2 and entry[1] is not None
+    return named and (path / "scheduler" / "scheduler_config.json").is_file()
 
 
 def load(
@@ -151,8 +174,10 @@ def load(
         pipe = load_local(preset, dtype)
     if pipe.transformer.device.type != torch.device(device).type:
         pipe.to(device)
-    if pipe.transformer.dtype != DTYPES[dtype]:
-        pipe.to(dtype=DTYPES[dtype])
+    cast_like_loading(pipe.transformer, dtype)
+    cast_like_loading(pipe.text_encoder, dtype)
+    cast_like_loading(pipe.vae, "float32")
+    use_tf32(device)
     own_aligned_memory(*modules_of(pipe))  # a folder's output = the same weights' in memory
     if vae_tiling:
         pipe.vae.enable_tiling()

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from ourvidz.devices import CPU_ALIGNMENT, own_aligned_memory
+from ourvidz.devices import (
+    CPU_ALIGNMENT,
+    cast_like_loading,
+    fp32_names,
+    own_aligned_memory,
+    use_tf32,
+)
 
 
 def misaligned_copy(t: torch.Tensor, offset_bytes: int) -> torch.Tensor:
@@ -49,3 +55,44 @@ def test_one_row_through_loaded_weights_matches_the_built_ones_bit_for_bit():
         own_aligned_memory(loaded)
         with torch.inference_mode():
             assert torch.equal(loaded(x), built(x)), offset
+
+
+def test_tf32_is_turned_on_for_cuda_only():
+    matmul = torch.get_float32_matmul_precision()
+    conv = torch.backends.cudnn.conv.fp32_precision
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert use_tf32("cpu") is False
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert use_tf32("cuda:0") is True  # the settings exist on a CPU-only torch too
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.conv.fp32_precision = conv
+
+
+class KeepsNorm(torch.nn.Module):
+    """A diffusers-style model that keeps its `norm` in float32."""
+
+    _keep_in_fp32_modules = ("norm",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+        self.norm = torch.nn.LayerNorm(4)
+        self.normal = torch.nn.Linear(4, 4)  # "norm" as a substring only: cast
+        self.register_buffer("steps", torch.arange(3))
+
+
+def test_cast_like_loading_keeps_the_fp32_modules_as_from_pretrained_does():
+    model = KeepsNorm()
+    assert fp32_names(model, "bfloat16") == {"norm"}
+    assert fp32_names(model, "float32") == frozenset()
+    assert cast_like_loading(model, "bfloat16") == 4
+    assert model.proj.weight.dtype == model.normal.bias.dtype == torch.bfloat16
+    assert model.norm.weight.dtype == model.norm.bias.dtype == torch.float32
+    assert model.steps.dtype == torch.int64
+    assert isinstance(model.proj.weight, torch.nn.Parameter)
+    assert cast_like_loading(model, "bfloat16") == 0
