@@ -239,3 +239,36 @@ async def test_tasks_on_an_earlier_versions_subject_are_cleared_at_declare(infra
         for quality in ("fast", "high"):
             await js.delete_consumer(queue.TASKS_STREAM, queue.consumer_name("legacytest", quality))
         await nc.close()
+
+
+async def test_a_service_that_ends_on_its_own_exits_with_its_status():
+    # A worker whose device failed ends its task with a non-zero `exit_code`:
+    # the process stops the service and exits with that status.
+    import signal
+
+    from ourvidz import runtime
+
+    class Service:
+        exit_code = 70
+        stopped = False
+
+        def __init__(self) -> None:
+            self.task = asyncio.create_task(asyncio.sleep(0))
+
+        async def stop(self) -> None:
+            self.stopped = True
+
+    service = None
+
+    async def start(settings):
+        nonlocal service
+        service = Service()
+        return service
+
+    try:
+        assert await runtime.serve_until_signalled(start, None, "svc") == 70
+    finally:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    assert service.stopped
