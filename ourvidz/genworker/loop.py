@@ -535,13 +535,13 @@ class Worker:
             except Exception as exc:
                 if not out_of_memory(exc) or device_broken(exc):
                     raise
-                if len(tried) > len(ladder):
-                    log.warning("out of GPU memory with every fallback (%s)", _short(exc))
-                    raise OutOfMemory(tried) from None
                 failure = _short(exc)
             # Out of the handler: the failed attempt's frames, and the tensors
             # they hold, are released before the cache is emptied.
             await asyncio.to_thread(free_device_memory)
+            if len(tried) > len(ladder):
+                log.warning("out of GPU memory with every fallback (%s)", failure)
+                raise OutOfMemory(tried)
             run.memory = ladder[len(tried) - 1]
             tried.append(run.memory.describe())
             log.warning(
