@@ -38,6 +38,7 @@ JOB_ERROR_CODES = frozenset(
         "REJECTED",
         "INTERNAL",
         "WORKER_SHUTDOWN",
+        "DEVICE_FAILED",
         "WORKER_ERROR",
         "WORKER_LOST",
         "ATTEMPTS_EXHAUSTED",

@@ -41,7 +41,9 @@ async def load_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> A
 
 async def serve_until_signalled(
     start: Callable[[Any], Awaitable[Any]], settings: Any, name: str
-) -> None:
+) -> int:
+    """Serve until SIGTERM/SIGINT or the service's own task ends; the exit
+    status (the service's `exit_code`, 0 when it has none)."""
     running = await start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -56,15 +58,16 @@ async def serve_until_signalled(
     await running.stop()
     for task in pending:
         task.cancel()
-    log.info("%s stopped", name)
+    code = int(getattr(running, "exit_code", 0) or 0)
+    log.info("%s stopped (status %d)", name, code)
+    return code
 
 
 def run(name: str, settings_cls: type, start: Callable[[Any], Awaitable[Any]]) -> None:
     settings = settings_cls()
     logs.setup(name, settings.log_level, settings.log_json)
     telemetry.setup(name, settings)
-    asyncio.run(serve_until_signalled(start, settings, name))
-    exit_now()
+    exit_now(asyncio.run(serve_until_signalled(start, settings, name)))
 
 
 def exit_now(code: int = 0) -> None:

@@ -1,6 +1,7 @@
 """The generation workers' shared machinery: one JetStream loop (`loop`),
-progress by stage and step (`progress`), failure triage (`errors`) and the
-service wiring (`service`). A model family (sdxl, wan) supplies its render."""
+progress by stage and step (`progress`), failure triage (`errors`), the
+fallbacks after running out of GPU memory (`memory`) and the service wiring
+(`service`). A model family (sdxl, wan) supplies its render."""
 
 from ourvidz.genworker.errors import (
     Cancelled,
@@ -9,12 +10,25 @@ from ourvidz.genworker.errors import (
     PermanentError,
     Verdict,
     classify,
+    device_broken,
+    out_of_memory,
 )
-from ourvidz.genworker.loop import Blob, Family, JobRun, LoopConfig, Output, Stats, Worker
+from ourvidz.genworker.loop import (
+    EXIT_DEVICE_FAILED,
+    Blob,
+    Family,
+    JobRun,
+    LoopConfig,
+    Output,
+    Stats,
+    Worker,
+)
+from ourvidz.genworker.memory import MemoryFallback, low_memory_decode, memory_fallbacks
 from ourvidz.genworker.progress import ProgressReporter
 from ourvidz.genworker.service import Running, WorkerServicer, start_worker
 
 __all__ = [
+    "EXIT_DEVICE_FAILED",
     "Blob",
     "Cancelled",
     "Family",
@@ -22,6 +36,7 @@ __all__ = [
     "InvalidTask",
     "JobRun",
     "LoopConfig",
+    "MemoryFallback",
     "Output",
     "PermanentError",
     "ProgressReporter",
@@ -31,5 +46,9 @@ __all__ = [
     "Worker",
     "WorkerServicer",
     "classify",
+    "device_broken",
+    "low_memory_decode",
+    "memory_fallbacks",
+    "out_of_memory",
     "start_worker",
 ]

@@ -1,10 +1,18 @@
 """How a generation worker sorts failures: retry later (transient) or give up
 (permanent).
 
-Transient: out of GPU memory, a peer service or the blob store unreachable,
-anything unexpected (bounded by the attempt limit, so a poison message still
-ends). Permanent: a task the model cannot run or a reference it cannot use;
-retrying would give the same answer.
+Transient: a peer service or the blob store unreachable, anything unexpected
+(bounded by the attempt limit, so a poison message still ends). Permanent: a
+task the model cannot run or a reference it cannot use; retrying would give
+the same answer.
+
+Two failures of the device itself are told apart before that sorting:
+- out of memory (`out_of_memory`): the loop retries the job in the same
+  process with less memory (`MemoryFallback`) before it reports a failure;
+- a broken device (`device_broken`): an error CUDA keeps returning to every
+  later call of the process (an illegal memory access, a device-side assert,
+  a failed launch). Nothing in the process can run on the device again: the
+  job goes back to the queue at no cost and the worker exits.
 
 torch is imported lazily: the shared library does not depend on it, and a
 torch error can only reach here once a model worker has imported it.
@@ -71,9 +79,60 @@ def _storage_transient(exc: BaseException) -> bool:
     return isinstance(exc, urllib3.exceptions.HTTPError | ServerError)
 
 
-def _out_of_memory(exc: BaseException) -> bool:
+# What CUDA and its libraries say for a "sticky" error: the context is lost and
+# every later call in the process fails (the driver's own texts, as PyTorch
+# passes them on in `torch.AcceleratorError` or a `RuntimeError`).
+_STICKY_TEXTS = (
+    "illegal memory access",
+    "illegal instruction",
+    "misaligned address",
+    "device-side assert",
+    "unspecified launch failure",
+    "cudaerrorlaunchfailure",
+    "cudaerrorillegaladdress",
+    "cudaerrorassert",
+    "cudaerrorecc",
+    "uncorrectable ecc error",
+    "cublas_status_execution_failed",
+    "cublas_status_internal_error",
+    "cudnn_status_execution_failed",
+    "cudnn_status_internal_error",
+    "cuda error: unknown error",
+    "hardware stack error",
+    "device has fallen off the bus",
+)
+_OOM_TEXTS = ("cuda out of memory", "out of memory", "cudaerrormemoryallocation")
+
+
+def _chain(exc: BaseException):
+    """`exc` and the exceptions it was raised from (a pipeline may wrap)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """The device ran out of memory (`torch.OutOfMemoryError`, which
+    `torch.cuda.OutOfMemoryError` names too, or its text in a RuntimeError)."""
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+    for e in _chain(exc):
+        if torch is not None and isinstance(e, torch.OutOfMemoryError):
+            return True
+        if isinstance(e, RuntimeError) and any(t in str(e).lower() for t in _OOM_TEXTS):
+            return True
+    return False
+
+
+def device_broken(exc: BaseException) -> bool:
+    """A sticky device error: the process cannot use the device again."""
+    for e in _chain(exc):
+        if isinstance(e, RuntimeError) and not out_of_memory(e):
+            text = str(e).lower()
+            if any(t in text for t in _STICKY_TEXTS):
+                return True
+    return False
 
 
 def dependency_error(exc: BaseException) -> bool:
@@ -88,8 +147,12 @@ def dependency_error(exc: BaseException) -> bool:
 def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, PermanentError):
         return Verdict(False, exc.code, exc.message)
-    if _out_of_memory(exc):
-        return Verdict(True, "OUT_OF_MEMORY", "the worker ran out of GPU memory")
+    if device_broken(exc):
+        return Verdict(
+            True, "DEVICE_FAILED", "the worker's GPU failed; another worker runs the job"
+        )
+    if out_of_memory(exc):
+        return Verdict(False, "OUT_OF_MEMORY", "the job does not fit in the GPU's memory")
     if isinstance(exc, grpc.aio.AioRpcError):
         if exc.code() in _TRANSIENT_GRPC:
             return Verdict(True, "UNAVAILABLE", "a service the worker needs did not answer")

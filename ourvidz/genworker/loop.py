@@ -32,10 +32,19 @@ headers carry the context of the call that queued it), and every call to Jobs
 about the job runs inside it; the render's stages and the upload are spans
 of it (`telemetry.stage`).
 
-Failures of the job itself: transient ones (out of memory, anything
-unexpected) are reported with `will_retry` and the message is nak'ed with a
-backoff; Jobs decides whether an attempt is left. Permanent ones (bad task,
-bad reference) fail the job and terminate the message.
+Failures of the job itself: transient ones (anything unexpected) are
+reported with `will_retry` and the message is nak'ed with a backoff; Jobs
+decides whether an attempt is left. Permanent ones (bad task, bad reference)
+fail the job and terminate the message.
+
+Failures of the device: out of GPU memory, the render runs again in this
+process with less memory (`memory_fallbacks`: the decode in slices and tiles,
+then the batch split in halves down to one image; each image keeps its seed),
+and only when the last fallback runs out too the job fails with
+`OUT_OF_MEMORY`, naming what was tried. A broken device (a sticky CUDA error,
+`device_broken`) hands the task back at no cost to the job and stops the loop
+with `EXIT_DEVICE_FAILED`: the service reports NOT_SERVING and the process
+exits for its supervisor to restart it on a fresh CUDA context.
 """
 
 from __future__ import annotations
@@ -63,8 +72,11 @@ from ourvidz.genworker.errors import (
     PermanentError,
     classify,
     dependency_error,
+    device_broken,
     free_device_memory,
+    out_of_memory,
 )
+from ourvidz.genworker.memory import FULL_MEMORY, MemoryFallback, memory_fallbacks
 from ourvidz.genworker.progress import UPLOADING, ProgressReporter
 from ourvidz.storage import BlobStore
 from ourvidz.v1 import events_pb2, job_pb2, job_service_pb2, job_service_pb2_grpc, queue_pb2
@@ -78,6 +90,9 @@ _ENDED_WITHOUT_OUTPUTS = ("JOB_CANCELLED", "JOB_FAILED")
 # (another delivery of its task started it since).
 _NOT_HOLDER = "NOT_JOB_HOLDER"
 T = TypeVar("T")
+# The process's exit status once its device failed (EX_SOFTWARE of sysexits):
+# non-zero, so the supervisor restarts it.
+EXIT_DEVICE_FAILED = 70
 
 
 class DependencyAway(Exception):
@@ -151,6 +166,16 @@ class Output:
     thumbnail: Blob | None = None
 
 
+class OutOfMemory(PermanentError):
+    """Every memory fallback ran out of memory too."""
+
+    def __init__(self, tried: list[str]) -> None:
+        super().__init__(
+            "OUT_OF_MEMORY",
+            "the job does not fit in the GPU's memory (tried: " + "; ".join(tried) + ")",
+        )
+
+
 @dataclass
 class JobRun:
     """What a family's render gets: the task, the progress reporter, the store
@@ -161,6 +186,8 @@ class JobRun:
     store: BlobStore
     cancel: threading.Event
     abort: threading.Event
+    # Set by the loop when the render is retried after running out of memory.
+    memory: MemoryFallback = FULL_MEMORY
 
     def should_cancel(self) -> bool:
         """True once the job was cancelled or the worker must hand it back;
@@ -171,7 +198,9 @@ class JobRun:
 class Family(Protocol):
     """A model family: renders a task into outputs (heavy work off the event
     loop); raises `Cancelled` when `run.should_cancel()` turns true, a
-    `PermanentError` (or ValueError) for a task it cannot run."""
+    `PermanentError` (or ValueError) for a task it cannot run. It follows
+    `run.memory` where it can (a retry after an out-of-memory error); the
+    outputs must not depend on it beyond the decode's rounding."""
 
     async def render(self, run: JobRun) -> list[Output]: ...
 
@@ -206,6 +235,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._abort = threading.Event()  # set at shutdown when the grace ran out
         self._subs: list = []
+        # Non-zero once the device failed: the loop ends and the process exits with it.
+        self.exit_code = 0
 
     # --- set-up -------------------------------------------------------------------
 
@@ -284,7 +315,9 @@ class Worker:
             await fetch
         return None
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Fetch and run tasks until stopped; the exit status the process
+        should end with (`EXIT_DEVICE_FAILED` after a device failure, else 0)."""
         if not self._subs:
             await self.declare()
         fast, high = self._subs
@@ -313,6 +346,7 @@ class Worker:
                 log.warning("settling a task failed (%s); it is redelivered", _short(exc))
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=self._backoff(msg.metadata.num_delivered))
+        return self.exit_code
 
     # --- one message ------------------------------------------------------------------
 
@@ -445,7 +479,7 @@ class Worker:
         beat = asyncio.create_task(self._beat(task, token, cancel, superseded))
         try:
             run = JobRun(task, reporter, self.store, cancel, self._abort)
-            outputs = await self.family.render(run)
+            outputs = await self._render(run)
             if cancel.is_set():  # a finished render at shutdown is still delivered
                 raise Cancelled()
             reporter.stage(UPLOADING)
@@ -476,7 +510,10 @@ class Worker:
         except DependencyAway as away:
             await self._hand_back(msg, f"{away} unreachable")
         except Exception as exc:
-            await self._on_error(msg, task, token, exc)
+            if device_broken(exc):
+                await self._device_failed(msg, task, token, exc)
+            else:
+                await self._on_error(msg, task, token, exc)
         finally:
             beat.cancel()
             with contextlib.suppress(BaseException):
@@ -486,6 +523,57 @@ class Worker:
             if events is not None:
                 with contextlib.suppress(Exception):
                     await events.unsubscribe()
+
+    async def _render(self, run: JobRun) -> list[Output]:
+        """The family's render; after an out-of-memory error, again with the
+        next memory fallback, until one fits or none is left (`OutOfMemory`)."""
+        ladder = memory_fallbacks(run.task.num_images)
+        tried = [run.memory.describe()]
+        while True:
+            try:
+                return await self.family.render(run)
+            except Exception as exc:
+                if not out_of_memory(exc) or device_broken(exc):
+                    raise
+                failure = _short(exc)
+            # Out of the handler: the failed attempt's frames, and the tensors
+            # they hold, are released before the cache is emptied.
+            await asyncio.to_thread(free_device_memory)
+            if len(tried) > len(ladder):
+                log.warning("out of GPU memory with every fallback (%s)", failure)
+                raise OutOfMemory(tried)
+            run.memory = ladder[len(tried) - 1]
+            tried.append(run.memory.describe())
+            log.warning(
+                "out of GPU memory with %s; retrying with %s (%s)",
+                tried[-2],
+                tried[-1],
+                failure,
+            )
+
+    async def _device_failed(self, msg, task, token: str, exc: Exception) -> None:
+        """A sticky device error: nothing in this process can use the device
+        again. The job goes back to the queue at no cost (a dependency of the
+        job failed, not the job), and the loop stops with `EXIT_DEVICE_FAILED`."""
+        log.critical(
+            "the GPU failed (%s); the job is handed back and the worker exits with status %d",
+            _short(exc),
+            EXIT_DEVICE_FAILED,
+        )
+        if (job_span := telemetry.current_job()) is not None:
+            job_span.failed(exc, "DEVICE_FAILED")
+        self.exit_code = EXIT_DEVICE_FAILED
+        self._stopping.set()
+        await self._fail_once(
+            task,
+            token,
+            "DEVICE_FAILED",
+            "the worker's GPU failed; the job waits for another worker",
+        )
+        try:
+            await msg.nak()  # at once: another worker takes it
+        except Exception as failed:  # redelivered after the ack wait instead
+            log.warning("the task could not be handed back (%s)", _short(failed))
 
     async def _complete(self, msg, task, token: str, assets: list[job_pb2.Asset], uploaded) -> None:
         """CompleteJob, asked again while its outcome is unknown (it is
@@ -657,7 +745,7 @@ class Worker:
             log.error("job attempt failed (%s)", verdict.code, exc_info=exc)
         if (job_span := telemetry.current_job()) is not None:
             job_span.failed(exc, verdict.code)
-        if verdict.code == "OUT_OF_MEMORY":
+        if out_of_memory(exc):
             free_device_memory()
         request = job_service_pb2.FailJobRequest(
             job_id=task.job_id,

@@ -2,6 +2,11 @@
 JetStream loop, the operators' gRPC server (`WorkerService` plus health and
 reflection) and a graceful stop.
 
+When the device fails (a sticky CUDA error) the loop ends by itself: health
+turns NOT_SERVING at once, `Running.task` ends, and `runtime` stops the rest
+(gRPC, NATS drained) and exits with `Running.exit_code` so that the
+supervisor starts a fresh process.
+
 A service's `main.start` calls `start_worker` with its settings, its family's
 name, a blocking `load()` that returns the model bundle and a `make_family`
 that turns the bundle getter into its `Family`.
@@ -80,6 +85,9 @@ class Running:
     bundle: Any = None
     heartbeat: registry.Heartbeat | None = None
     metrics: MetricsServer | None = None
+    # Ends when the worker cannot go on (its device failed); `exit_code` is then non-zero.
+    task: asyncio.Task | None = None
+    exit_code: int = 0
 
     async def wait_ready(self, wait_seconds: float | None = None):
         """Until the model is loaded (raises what loading raised)."""
@@ -100,7 +108,7 @@ class Running:
             if not done:
                 self.worker.abort_current()
                 await asyncio.wait({loop_task}, timeout=grace)
-        for task in self._tasks:
+        for task in [*self._tasks, *([self.task] if self.task else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -197,9 +205,24 @@ async def start_worker(
 
     async def consume() -> None:
         await load_task
-        await worker.run()
+        code = await worker.run()
+        if code:
+            running.exit_code = code
+            await grpcserver.set_serving(served, SERVICE_NAMES, serving=False)
+            log.error("the worker cannot go on; stopping with status %d", code)
 
-    running._tasks = [load_task, asyncio.create_task(consume())]
+    consuming = asyncio.create_task(consume())
+
+    async def until_unable() -> None:
+        # Ends only when the loop ended on its own with a failure: a stop
+        # cancels this task, and a failed load keeps the process up NOT_SERVING.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(consuming)
+        if not running.exit_code:
+            await asyncio.Event().wait()
+
+    running._tasks = [load_task, consuming]
+    running.task = asyncio.create_task(until_unable())
 
     async def close_nats() -> None:
         await worker.unsubscribe()

@@ -10,6 +10,12 @@ latents are the reference's encoding plus noise) the CPU generators, from which
 diffusers draws on the CPU too. A seed therefore starts from the same noise on
 a CPU and on a GPU, in float32 and in bfloat16.
 
+After an out-of-memory error the job runs again with less memory
+(`MemoryFallback`): the VAE decodes in slices and tiles, and the images go
+through the pipeline in batches of at most `max_batch`, each with its own
+seed as above, so the images are the ones the whole batch gives. Progress
+then counts the steps of all batches.
+
 Progress and cancellation go through `callback_on_step_end`: it reports each
 finished denoising step and raises `Cancelled` when asked to stop, which ends
 the call at once (nothing is decoded) and leaves the pipeline reusable. The
@@ -37,6 +43,7 @@ from PIL import Image
 
 from ourvidz import catalog, seeds, telemetry
 from ourvidz.genworker.errors import Cancelled
+from ourvidz.genworker.memory import FULL_MEMORY, MemoryFallback, low_memory_decode
 from ourvidz.genworker.progress import ENCODING_TEXT, no_stage, step_callback
 from ourvidz.v1 import job_pb2, queue_pb2
 from services.sdxl.models import PipeBundle
@@ -114,8 +121,10 @@ def render(
     on_step: Callable[[int, int], None],
     should_cancel: Callable[[], bool],
     on_stage: Callable[..., None] | None = None,
+    memory: MemoryFallback = FULL_MEMORY,
 ) -> list[RenderedImage]:
-    """Run the job's images as one batch; blocking (call it from a thread).
+    """Run the job's images as one batch (or in batches of `memory.max_batch`);
+    blocking (call it from a thread).
 
     `on_step(step, total)` follows each denoising step (1-based); `should_cancel`
     is polled after each step and raises `Cancelled` when true; `on_stage(name,
@@ -126,68 +135,85 @@ def render(
     if should_cancel():
         raise Cancelled()
     image_seeds = [image_seed(task.seed, i) for i in range(task.num_images)]
-    generators = seeds.cpu_generators(image_seeds)
-
-    callback = step_callback(on_step, should_cancel, stage)
-
-    call = {
-        "num_inference_steps": job_plan.steps,
-        "guidance_scale": job_plan.guidance_scale,
-        "generator": generators,
-        "callback_on_step_end": callback,
-    }
+    size = min(memory.max_batch or len(image_seeds), len(image_seeds))
+    batches = [image_seeds[i : i + size] for i in range(0, len(image_seeds), size)]
     if reference_image is None:
         pipe = pipe_bundle.txt2img
-        call.update(width=task.width, height=task.height)
+        call = {"width": task.width, "height": task.height}
     else:
         pipe = pipe_bundle.img2img
         image = reference_image.convert("RGB").resize(
             (task.width, task.height), Image.Resampling.LANCZOS
         )
-        call.update(image=image, strength=job_plan.strength)
+        call = {"image": image, "strength": job_plan.strength}
     negative = task.negative_prompt or None
-    with pipe_bundle.lock, torch.inference_mode():
+    images: list[Image.Image] = []
+    pngs: list[bytes] = []
+    with (
+        pipe_bundle.lock,
+        torch.inference_mode(),
+        low_memory_decode(getattr(pipe, "vae", None), memory.low_memory_decode),
+    ):
         # img2img runs a share of the steps that diffusers settles; its first step tells.
         stage(ENCODING_TEXT, job_plan.steps if job_plan.strength is None else None)
-        if not stages_apart(pipe):
-            with telemetry.stage("sdxl.denoise"):
-                out = pipe(
-                    prompt=task.prompt,
-                    negative_prompt=negative,
-                    num_images_per_prompt=task.num_images,
-                    output_type="pil",
-                    **call,
-                )
-            with telemetry.stage("sdxl.decode"):
-                pngs = [encode_png(img) for img in out.images]
-                images = out.images
-        else:
-            with telemetry.stage("sdxl.encode_text"):
-                embeds = encode_text(
-                    pipe, task.prompt, negative, task.num_images, job_plan.guidance_scale
-                )
-            with telemetry.stage("sdxl.denoise"):
-                if job_plan.strength is None:
-                    dtype = embeds["prompt_embeds"].dtype  # what the pipeline draws in
-                    call["latents"] = seeds.initial_noise(
-                        generators,
-                        latent_shape(pipe, task.width, task.height),
-                        dtype,
-                        pipe._execution_device,
-                    )
-                # The embeddings hold every image of the batch already.
-                latents = pipe(
-                    num_images_per_prompt=1, output_type="latent", **embeds, **call
-                ).images
-            with telemetry.stage("sdxl.decode"):
-                images = decode(pipe, latents)
-                pngs = [encode_png(img) for img in images]
+        for done, batch in enumerate(batches):
+
+            def batch_step(step: int, total: int, done: int = done) -> None:
+                on_step(done * total + step, len(batches) * total)
+
+            def batch_stage(name: str, total: int | None = None, done: int = done) -> None:
+                if done == len(batches) - 1:  # "decoding" once, after the last batch
+                    stage(name, total)
+
+            call["generator"] = seeds.cpu_generators(batch)
+            call["callback_on_step_end"] = step_callback(batch_step, should_cancel, batch_stage)
+            call["num_inference_steps"] = job_plan.steps
+            call["guidance_scale"] = job_plan.guidance_scale
+            batch_images, batch_pngs = _render_batch(pipe, task.prompt, negative, len(batch), call)
+            images += batch_images
+            pngs += batch_pngs
     return [
         RenderedImage(
             index=i, png_bytes=png, seed=image_seeds[i], width=img.width, height=img.height
         )
         for i, (img, png) in enumerate(zip(images, pngs, strict=True))
     ]
+
+
+def _render_batch(
+    pipe, prompt: str, negative: str | None, count: int, call: dict
+) -> tuple[list[Image.Image], list[bytes]]:
+    """One pipeline call of `count` images: the images and their PNGs."""
+    if not stages_apart(pipe):
+        with telemetry.stage("sdxl.denoise"):
+            out = pipe(
+                prompt=prompt,
+                negative_prompt=negative,
+                num_images_per_prompt=count,
+                output_type="pil",
+                **call,
+            )
+        with telemetry.stage("sdxl.decode"):
+            return out.images, [encode_png(img) for img in out.images]
+    with telemetry.stage("sdxl.encode_text"):
+        embeds = encode_text(pipe, prompt, negative, count, call["guidance_scale"])
+    with telemetry.stage("sdxl.denoise"):
+        if "image" not in call:  # text-to-image: the starting noise, drawn on the CPU
+            dtype = embeds["prompt_embeds"].dtype  # what the pipeline draws in
+            call = {
+                **call,
+                "latents": seeds.initial_noise(
+                    call["generator"],
+                    latent_shape(pipe, call["width"], call["height"]),
+                    dtype,
+                    pipe._execution_device,
+                ),
+            }
+        # The embeddings hold every image of the batch already.
+        latents = pipe(num_images_per_prompt=1, output_type="latent", **embeds, **call).images
+    with telemetry.stage("sdxl.decode"):
+        images = decode(pipe, latents)
+        return images, [encode_png(img) for img in images]
 
 
 def stages_apart(pipe) -> bool:
@@ -259,8 +285,9 @@ async def render_async(
     on_step: Callable[[int, int], None],
     should_cancel: Callable[[], bool],
     on_stage: Callable[..., None] | None = None,
+    memory: MemoryFallback = FULL_MEMORY,
 ) -> list[RenderedImage]:
     """`render` in a worker thread, never on the event loop."""
     return await asyncio.to_thread(
-        render, pipe_bundle, task, reference_image, on_step, should_cancel, on_stage
+        render, pipe_bundle, task, reference_image, on_step, should_cancel, on_stage, memory
     )

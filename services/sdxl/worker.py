@@ -42,6 +42,7 @@ class SdxlFamily:
             run.progress.step,
             run.should_cancel,
             on_stage=run.progress.stage,
+            memory=run.memory,
         )
         return [
             Output(

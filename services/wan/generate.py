@@ -41,6 +41,7 @@ from PIL import Image
 
 from ourvidz import catalog, seeds, telemetry
 from ourvidz.genworker.errors import Cancelled, InvalidReference, InvalidTask
+from ourvidz.genworker.memory import FULL_MEMORY, MemoryFallback, low_memory_decode
 from ourvidz.genworker.progress import ENCODING_TEXT, ENCODING_VIDEO, no_stage, step_callback
 from ourvidz.settings import CatalogLimits
 from ourvidz.v1 import queue_pb2
@@ -179,8 +180,11 @@ def render(
     *,
     crf: int = 18,
     limits: CatalogLimits | None = None,
+    memory: MemoryFallback = FULL_MEMORY,
 ) -> Rendered:
-    """Run the job; blocking (call it from a thread).
+    """Run the job; blocking (call it from a thread). With
+    `memory.low_memory_decode` (a retry after running out of GPU memory) the
+    VAE decodes in tiles where it can.
 
     `on_step(step, total)` follows each denoising step (1-based); `should_cancel`
     is polled before the run and after each step and raises `Cancelled` when
@@ -217,7 +221,10 @@ def render(
                 output_type="latent",
                 **embeds,
             ).frames
-        with telemetry.stage("wan.decode"):
+        with (
+            telemetry.stage("wan.decode"),
+            low_memory_decode(pipe.vae, memory.low_memory_decode),
+        ):
             frames = to_uint8(decode(pipe, latents)[0])
             png = None if job_plan.video else encode_png(frames[0])
     common = {
@@ -295,8 +302,17 @@ async def render_async(
     *,
     crf: int = 18,
     limits: CatalogLimits | None = None,
+    memory: MemoryFallback = FULL_MEMORY,
 ) -> Rendered:
     """`render` in a worker thread, never on the event loop."""
     return await asyncio.to_thread(
-        render, pipe_bundle, task, on_step, should_cancel, on_stage, crf=crf, limits=limits
+        render,
+        pipe_bundle,
+        task,
+        on_step,
+        should_cancel,
+        on_stage,
+        crf=crf,
+        limits=limits,
+        memory=memory,
     )

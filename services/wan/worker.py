@@ -54,6 +54,7 @@ class WanFamily:
             run.progress.stage,
             crf=self._crf,
             limits=self._limits,
+            memory=run.memory,
         )
         if out.thumbnail_png is None:
             file = Blob(task.output_bucket, image_key(task), out.data, out.content_type)

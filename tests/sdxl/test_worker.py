@@ -5,7 +5,9 @@ service is exercised by the end-to-end tests)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
 import uuid
 
 import grpc
@@ -523,3 +525,171 @@ async def test_worker_info_and_health(sdxl, base_env):
     )
     assert (info.device, info.dtype) == ("cpu", "float32")
     assert info.jobs_completed >= 1 and info.jobs_failed >= 1
+
+
+class FailingPipe:
+    """The real pipeline behind a device that fails: `fail(call)` returns the
+    exception a call raises (the real torch classes, CUDA's own messages),
+    or None to run it."""
+
+    def __init__(self, pipe, fail) -> None:
+        self._pipe = pipe
+        self._fail = fail
+        self.batches: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __call__(self, **call):
+        self.batches.append(len(call["generator"]))
+        if (exc := self._fail(self, call)) is not None:
+            raise exc
+        return self._pipe(**call)
+
+
+def _oom() -> Exception:
+    import torch
+
+    return torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of "
+        "139.72 GiB of which 1.06 GiB is free."
+    )
+
+
+def _fits(images: int):
+    """Out of memory for a batch of more than `images`, or a decode without slicing."""
+
+    def fail(pipe, call):
+        sliced = pipe.vae.use_slicing and pipe.vae.use_tiling
+        return _oom() if len(call["generator"]) > images or not sliced else None
+
+    return fail
+
+
+@contextlib.contextmanager
+def _device(running, fail):
+    bundle = running.bundle
+    real = bundle.txt2img
+    bundle.txt2img = FailingPipe(real, fail)
+    try:
+        yield bundle.txt2img
+    finally:
+        bundle.txt2img = real
+
+
+def _pixels(data: bytes):
+    import numpy as np
+
+    return np.asarray(Image.open(io.BytesIO(data)), dtype=np.int16)
+
+
+async def test_out_of_memory_retries_in_smaller_batches_with_the_same_images(
+    sdxl, double, make_task, caplog
+):
+    running, store = sdxl
+    user, plain_job = _ids()
+    _, job = _ids()
+    await _publish(running, make_task(job_id=plain_job, user_id=user, num_images=3, seed=77))
+    (plain,) = await double.wait_for("CompleteJob")
+    caplog.set_level(logging.WARNING, logger="ourvidz.genworker.loop")
+    with _device(running, _fits(images=1)) as pipe:
+        await _publish(running, make_task(job_id=job, user_id=user, num_images=3, seed=77))
+        complete = (await double.wait_for("CompleteJob", 2))[1]
+        await _drained(running)
+    assert pipe.batches == [3, 3, 2, 1, 1, 1]  # full, sliced, halves (2 fails), ones
+    assert not double.of("FailJob")
+    assert [a.seed for a in complete.assets] == [a.seed for a in plain.assets] == [77, 78, 79]
+    for before, after in zip(plain.assets, complete.assets, strict=True):
+        want = _pixels(await store.get(before.bucket, before.key))
+        got = _pixels(await store.get(after.bucket, after.key))
+        # The same images, up to the rounding of another batch size.
+        assert abs(want - got).max() <= 2
+    retries = [r.getMessage() for r in caplog.records if "out of GPU memory" in r.getMessage()]
+    assert [m.split(" (")[0] for m in retries] == [
+        "out of GPU memory with the full batch; retrying with VAE slicing and tiling",
+        "out of GPU memory with VAE slicing and tiling; "
+        "retrying with VAE slicing and tiling + batches of 2",
+        "out of GPU memory with VAE slicing and tiling + batches of 2; "
+        "retrying with VAE slicing and tiling + batches of 1",
+    ]
+    # Later jobs decode at full speed again.
+    assert not running.bundle.txt2img.vae.use_slicing
+    assert not running.bundle.txt2img.vae.use_tiling
+
+
+async def test_out_of_memory_with_every_fallback_fails_the_job(sdxl, double, make_task):
+    running, _ = sdxl
+    user, job = _ids()
+    with _device(running, lambda pipe, call: _oom()) as pipe:
+        await _publish(running, make_task(job_id=job, user_id=user, num_images=3))
+        (fail,) = await double.wait_for("FailJob")
+        await _drained(running)
+    assert pipe.batches == [3, 3, 2, 1]  # each fallback fails at its first batch
+    assert (fail.will_retry, fail.dependency_failure) == (False, False)
+    assert fail.error.code == "OUT_OF_MEMORY"
+    assert fail.error.message == (
+        "the job does not fit in the GPU's memory (tried: the full batch; VAE slicing and "
+        "tiling; VAE slicing and tiling + batches of 2; VAE slicing and tiling + batches of 1)"
+    )
+    assert not double.of("CompleteJob")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "accelerator: CUDA error: an illegal memory access was encountered",
+        "runtime: CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx( handle, "
+        "opa, opb, m, n, k, &falpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &fbeta, c, "
+        "CUDA_R_16BF, ldc, compute_type, CUBLAS_GEMM_DEFAULT_TENSOR_OP)`",
+    ],
+)
+async def test_a_broken_gpu_hands_the_job_back_and_ends_the_worker(
+    sdxl, double, make_task, base_env, jobs_double, caplog, error
+):
+    import torch
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from ourvidz.genworker.loop import EXIT_DEVICE_FAILED
+
+    running, _ = sdxl
+    await _pause(running)
+    settings = make_settings(
+        SdxlSettings,
+        base_env,
+        jobs_addr=f"127.0.0.1:{jobs_double[1]}",
+        sdxl_progress_interval_seconds=0,
+        sdxl_fetch_timeout_seconds=0.3,
+        sdxl_worker_id="sdxl-broken",
+    )
+    broken = await start(settings, port=0)
+    try:
+        await broken.wait_ready(120)
+        kind, message = error.split(": ", 1)
+        cls = torch.AcceleratorError if kind == "accelerator" else RuntimeError
+        caplog.set_level(logging.WARNING, logger="ourvidz.genworker.loop")
+        with _device(broken, lambda pipe, call: cls(message)) as pipe:
+            user, job = _ids()
+            await _publish(running, make_task(job_id=job, user_id=user))
+            await asyncio.wait_for(broken.task, 60)  # the worker ends by itself
+            assert broken.exit_code == EXIT_DEVICE_FAILED
+            async with grpcserver.channel(f"127.0.0.1:{broken.port}") as ch:
+                health = await health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service="")
+                )
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert pipe.batches == [1]  # no retry on a broken device
+        (fail,) = double.of("FailJob")
+        assert (fail.will_retry, fail.dependency_failure) == (True, True)  # no attempt spent
+        assert fail.error.code == "DEVICE_FAILED"
+        (line,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+        assert line.getMessage().startswith(f"the GPU failed ({cls.__name__}: {message[:20]}")
+        assert "exits with status 70" in line.getMessage()
+    finally:
+        await broken.stop()
+
+    _resume(running)  # a healthy replica takes the job over at once
+    (complete,) = await double.wait_for("CompleteJob")
+    await _drained(running)
+    starts = double.of("StartJob")
+    assert [(s.worker_id, s.delivery) for s in starts] == [("sdxl-broken", 1), ("sdxl-test", 2)]
+    assert complete.assets[0].key == f"{user}/{job}_0.png"

@@ -8,10 +8,13 @@ import threading
 
 import grpc
 import pytest
+import torch
 
 from ourvidz import keys, queue
 from ourvidz.genworker import InvalidReference, ProgressReporter, classify
+from ourvidz.genworker.errors import device_broken, out_of_memory
 from ourvidz.genworker.loop import LoopConfig, Worker
+from ourvidz.genworker.memory import low_memory_decode, memory_fallbacks
 from ourvidz.settings import WorkerKeySettings
 from ourvidz.v1 import queue_pb2
 from tests.conftest import WORKER_KEY, WORKER_SIGNER
@@ -84,6 +87,78 @@ class _RpcError(grpc.aio.AioRpcError):
 def test_failures_are_sorted_into_retry_or_give_up(exc, retry, code):
     verdict = classify(exc)
     assert (verdict.retry, verdict.code) == (retry, code)
+
+
+_STICKY = [
+    torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
+    RuntimeError("CUDA error: device-side assert triggered\nCompile with TORCH_USE_CUDA_DSA"),
+    RuntimeError("CUDA error: unspecified launch failure (cudaErrorLaunchFailure)"),
+    RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx(...)`"),
+]
+_OOM = [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"),
+    torch.cuda.OutOfMemoryError("CUDA out of memory."),
+    RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+]
+
+
+@pytest.mark.parametrize("exc", _STICKY)
+def test_a_sticky_cuda_error_is_a_broken_device(exc):
+    assert device_broken(exc) and not out_of_memory(exc)
+    assert classify(exc).code == "DEVICE_FAILED"
+    wrapped = RuntimeError("the pipeline failed")
+    wrapped.__cause__ = exc
+    assert device_broken(wrapped)
+
+
+@pytest.mark.parametrize("exc", _OOM)
+def test_out_of_memory_is_told_apart(exc):
+    assert out_of_memory(exc) and not device_broken(exc)
+    assert (classify(exc).retry, classify(exc).code) == (False, "OUT_OF_MEMORY")
+
+
+def test_other_errors_are_neither():
+    for exc in (RuntimeError("boom"), ValueError("memory access"), ConnectionError("down")):
+        assert not device_broken(exc) and not out_of_memory(exc)
+
+
+def test_the_memory_fallbacks_slice_the_decode_then_halve_the_batch():
+    described = [m.describe() for m in memory_fallbacks(6)]
+    assert described == [
+        "VAE slicing and tiling",
+        "VAE slicing and tiling + batches of 3",
+        "VAE slicing and tiling + batches of 2",
+        "VAE slicing and tiling + batches of 1",
+    ]
+    assert [m.max_batch for m in memory_fallbacks(1)] == [None]
+    assert [m.max_batch for m in memory_fallbacks(0)] == [None]
+
+
+def test_low_memory_decode_restores_the_vae():
+    class Vae:
+        use_slicing = False
+        use_tiling = True  # already on: stays on
+
+        def enable_slicing(self):
+            self.use_slicing = True
+
+        def disable_slicing(self):
+            self.use_slicing = False
+
+        def enable_tiling(self):
+            self.use_tiling = True
+
+        def disable_tiling(self):
+            self.use_tiling = False
+
+    vae = Vae()
+    with low_memory_decode(vae):
+        assert (vae.use_slicing, vae.use_tiling) == (True, True)
+    assert (vae.use_slicing, vae.use_tiling) == (False, True)
+    with low_memory_decode(vae, enabled=False):
+        assert not vae.use_slicing
+    with low_memory_decode(None):  # a stand-in pipeline without a VAE
+        pass
 
 
 def test_loop_config_reads_the_family_prefixed_settings():
@@ -164,3 +239,36 @@ async def test_tasks_on_an_earlier_versions_subject_are_cleared_at_declare(infra
         for quality in ("fast", "high"):
             await js.delete_consumer(queue.TASKS_STREAM, queue.consumer_name("legacytest", quality))
         await nc.close()
+
+
+async def test_a_service_that_ends_on_its_own_exits_with_its_status():
+    # A worker whose device failed ends its task with a non-zero `exit_code`:
+    # the process stops the service and exits with that status.
+    import signal
+
+    from ourvidz import runtime
+
+    class Service:
+        exit_code = 70
+        stopped = False
+
+        def __init__(self) -> None:
+            self.task = asyncio.create_task(asyncio.sleep(0))
+
+        async def stop(self) -> None:
+            self.stopped = True
+
+    service = None
+
+    async def start(settings):
+        nonlocal service
+        service = Service()
+        return service
+
+    try:
+        assert await runtime.serve_until_signalled(start, None, "svc") == 70
+    finally:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    assert service.stopped

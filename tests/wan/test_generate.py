@@ -181,3 +181,34 @@ def test_each_stage_is_a_span(tiny_wan, make_task, overrides, stages):
         generate.render(tiny_wan, make_task(**overrides), _noop, _never)
         names = [s.name for s in exporter.get_finished_spans()]
     assert names == stages
+
+
+def test_a_low_memory_retry_decodes_in_tiles_and_restores_the_vae(tiny_wan, make_task):
+    from ourvidz.genworker.memory import MemoryFallback
+
+    vae = tiny_wan.pipe.vae
+    seen = []
+    real_decode = vae.decode
+
+    def decode(*args, **kwargs):
+        seen.append((vae.use_slicing, vae.use_tiling))
+        return real_decode(*args, **kwargs)
+
+    vae.decode = decode
+    try:
+        plain = generate.render(
+            tiny_wan, make_task(seed=5, job_type="image_fast", num_frames=1), _noop, _never
+        )
+        low = generate.render(
+            tiny_wan,
+            make_task(seed=5, job_type="image_fast", num_frames=1),
+            _noop,
+            _never,
+            memory=MemoryFallback(low_memory_decode=True),
+        )
+    finally:
+        del vae.decode
+    assert seen == [(False, False), (True, True)]
+    assert (vae.use_slicing, vae.use_tiling) == (False, False)
+    # Below the VAE's tile size the tiled decode is the plain one.
+    assert low.data == plain.data and low.seed == plain.seed == 5
