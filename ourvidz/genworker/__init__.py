@@ -1,8 +1,9 @@
 """The generation workers' shared machinery: one JetStream loop (`loop`),
-progress by stage and step (`progress`), failure triage (`errors`), the
+progress by stage and step (`progress`), failure triage (`errors`), live previews of the latents (`previews`), the
 fallbacks after running out of GPU memory (`memory`) and the service wiring
 (`service`). A model family (sdxl, wan) supplies its render."""
 
+from ourvidz.genworker import previews
 from ourvidz.genworker.errors import (
     Cancelled,
     InvalidReference,
@@ -24,6 +25,7 @@ from ourvidz.genworker.loop import (
     Worker,
 )
 from ourvidz.genworker.memory import MemoryFallback, low_memory_decode, memory_fallbacks
+from ourvidz.genworker.previews import Previews
 from ourvidz.genworker.progress import ProgressReporter
 from ourvidz.genworker.service import Running, WorkerServicer, start_worker
 
@@ -39,6 +41,7 @@ __all__ = [
     "MemoryFallback",
     "Output",
     "PermanentError",
+    "Previews",
     "ProgressReporter",
     "Running",
     "Stats",
@@ -50,5 +53,6 @@ __all__ = [
     "low_memory_decode",
     "memory_fallbacks",
     "out_of_memory",
+    "previews",
     "start_worker",
 ]

@@ -77,6 +77,7 @@ from ourvidz.genworker.errors import (
     out_of_memory,
 )
 from ourvidz.genworker.memory import FULL_MEMORY, MemoryFallback, memory_fallbacks
+from ourvidz.genworker.previews import DEFAULT_MAX_BYTES, Previews
 from ourvidz.genworker.progress import UPLOADING, ProgressReporter
 from ourvidz.storage import BlobStore
 from ourvidz.v1 import events_pb2, job_pb2, job_service_pb2, job_service_pb2_grpc, queue_pb2
@@ -116,6 +117,11 @@ class LoopConfig:
     dependency_wait_seconds: float = 600.0
     dependency_nak_seconds: float = 30.0
     progress_interval_seconds: float = 0.5
+    # A preview image every this many denoising steps (0: none), at most one
+    # per preview_min_seconds, each a PNG of at most preview_max_bytes.
+    preview_every_steps: int = 0
+    preview_min_seconds: float = 1.0
+    preview_max_bytes: int = DEFAULT_MAX_BYTES
     # How long a fetch waits for work before checking the other queue again.
     fetch_timeout_seconds: float = 1.0
     # How long a stop waits for the job in hand before handing it back.
@@ -138,6 +144,9 @@ class LoopConfig:
             dependency_wait_seconds=own("dependency_wait_seconds"),
             dependency_nak_seconds=own("dependency_nak_seconds"),
             progress_interval_seconds=own("progress_interval_seconds"),
+            preview_every_steps=own("preview_every_steps"),
+            preview_min_seconds=own("preview_min_seconds"),
+            preview_max_bytes=own("preview_max_bytes"),
             fetch_timeout_seconds=own("fetch_timeout_seconds"),
             shutdown_grace_seconds=own("shutdown_grace_seconds"),
             grpc_deadline_seconds=settings.grpc_deadline_seconds,
@@ -188,6 +197,8 @@ class JobRun:
     abort: threading.Event
     # Set by the loop when the render is retried after running out of memory.
     memory: MemoryFallback = FULL_MEMORY
+    # When to make a preview of the denoising latents (none by default).
+    previews: Previews = field(default_factory=lambda: Previews(0))
 
     def should_cancel(self) -> bool:
         """True once the job was cancelled or the worker must hand it back;
@@ -470,7 +481,7 @@ class Worker:
         superseded = threading.Event()  # another start holds the job now
         uploaded: list[tuple[str, str]] = []
         reporter = ProgressReporter(
-            lambda progress: self._report(task, token, progress, superseded),
+            lambda progress, preview=b"": self._report(task, token, progress, superseded, preview),
             cancel,
             self.config.progress_interval_seconds,
             asyncio.get_running_loop(),
@@ -478,7 +489,12 @@ class Worker:
         events = await self._watch_cancel(task, cancel)
         beat = asyncio.create_task(self._beat(task, token, cancel, superseded))
         try:
-            run = JobRun(task, reporter, self.store, cancel, self._abort)
+            previews = Previews(
+                self.config.preview_every_steps,
+                self.config.preview_min_seconds,
+                self.config.preview_max_bytes,
+            )
+            run = JobRun(task, reporter, self.store, cancel, self._abort, previews=previews)
             outputs = await self._render(run)
             if cancel.is_set():  # a finished render at shutdown is still delivered
                 raise Cancelled()
@@ -660,10 +676,12 @@ class Worker:
         token: str,
         progress: job_pb2.Progress,
         superseded: threading.Event,
+        preview: bytes = b"",
     ) -> bool:
-        """Send one progress report; True when the job must stop."""
+        """Send one progress report (with a preview image where given); True
+        when the job must stop."""
         request = job_service_pb2.ReportProgressRequest(
-            job_id=task.job_id, progress=progress, start_token=token
+            job_id=task.job_id, progress=progress, start_token=token, preview_png=preview
         )
         try:
             response = await self._call(self.jobs.ReportProgress, request)

@@ -7,7 +7,9 @@ what is worth sending and hand it to a single task on the loop, which sends
 the reports in order:
 
 - a change of stage is sent at once;
-- denoising steps at most one per interval, the first and the last always.
+- denoising steps at most one per interval, the first and the last always;
+- a preview (`preview`, a small PNG of the current latents) at once, with the
+  step it shows.
 
 Each report carries the latest step and total, so a client's step count never
 goes backwards when the stage changes. A report's answer may ask to cancel:
@@ -43,15 +45,19 @@ def step_callback(
     on_step: Callable[[int, int], None],
     should_cancel: Callable[[], bool],
     on_stage: Callable[..., None] = no_stage,
+    on_latents: Callable[[int, int, object], None] | None = None,
 ):
     """A diffusers `callback_on_step_end`: stops the run at the next step when
     `should_cancel()` (raising `Cancelled` decodes nothing and leaves the
-    pipeline reusable), reports each step 1-based, and announces "decoding"
-    after the last one."""
+    pipeline reusable), reports each step 1-based, hands the step's latents
+    to `on_latents(step, total, latents)` where given (previews), and
+    announces "decoding" after the last one."""
 
     def callback(pipe, i, t, kwargs):
         if should_cancel():
             raise Cancelled()
+        if on_latents is not None and kwargs.get("latents") is not None:
+            on_latents(i + 1, pipe.num_timesteps, kwargs["latents"])
         on_step(i + 1, pipe.num_timesteps)
         if i + 1 == pipe.num_timesteps:
             on_stage(DECODING)
@@ -66,7 +72,8 @@ _DONE = None
 class ProgressReporter:
     def __init__(
         self,
-        send: Callable[[job_pb2.Progress], Awaitable[bool]],
+        # send(progress) or, with a preview, send(progress, preview_png)
+        send: Callable[..., Awaitable[bool]],
         cancel: threading.Event,
         interval_seconds: float,
         loop: asyncio.AbstractEventLoop,
@@ -98,20 +105,31 @@ class ProgressReporter:
         """A finished denoising step (1-based), from the pipeline's thread."""
         now = time.monotonic()
         with self._lock:
+            if (self._stage, self._step) == (DENOISING, step):
+                return  # sent with its preview already
             changed = self._stage != DENOISING
             self._stage, self._step, self._total = DENOISING, step, total
             if changed or step in (1, total) or now - self._last >= self._interval:
                 self._last = now
                 self._enqueue()
 
-    def _enqueue(self) -> None:
+    def preview(self, step: int, total: int, png: bytes) -> None:
+        """A preview image of denoising step `step`, sent at once with that
+        step (which `step` then does not send again)."""
+        with self._lock:
+            self._stage, self._step, self._total = DENOISING, step, total
+            self._last = time.monotonic()
+            self._enqueue(png)
+
+    def _enqueue(self, preview: bytes = b"") -> None:
         progress = job_pb2.Progress(step=self._step, total=self._total, stage=self._stage)
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, progress)
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (progress, preview))
 
     async def _run(self) -> None:
-        while (progress := await self._queue.get()) is not _DONE:
+        while (item := await self._queue.get()) is not _DONE:
+            progress, preview = item
             try:
-                if await self._send(progress):
+                if await (self._send(progress, preview) if preview else self._send(progress)):
                     self._cancel.set()
             except Exception as exc:  # progress is best effort; the job goes on
                 log.warning("progress report failed: %s", exc)

@@ -122,6 +122,7 @@ def render(
     should_cancel: Callable[[], bool],
     on_stage: Callable[..., None] | None = None,
     memory: MemoryFallback = FULL_MEMORY,
+    on_latents: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> list[RenderedImage]:
     """Run the job's images as one batch (or in batches of `memory.max_batch`);
     blocking (call it from a thread).
@@ -129,7 +130,8 @@ def render(
     `on_step(step, total)` follows each denoising step (1-based); `should_cancel`
     is polled after each step and raises `Cancelled` when true; `on_stage(name,
     total=None)` hears "encoding_text" before the pipeline starts and "decoding"
-    after the last step."""
+    after the last step; `on_latents(step, total, latents)` gets each step's
+    latents (previews), counted like `on_step`."""
     stage = on_stage or no_stage
     job_plan = plan(task, reference_image is not None)
     if should_cancel():
@@ -165,8 +167,13 @@ def render(
                 if done == len(batches) - 1:  # "decoding" once, after the last batch
                     stage(name, total)
 
+            def batch_latents(step: int, total: int, latents, done: int = done) -> None:
+                on_latents(done * total + step, len(batches) * total, latents)
+
             call["generator"] = seeds.cpu_generators(batch)
-            call["callback_on_step_end"] = step_callback(batch_step, should_cancel, batch_stage)
+            call["callback_on_step_end"] = step_callback(
+                batch_step, should_cancel, batch_stage, batch_latents if on_latents else None
+            )
             call["num_inference_steps"] = job_plan.steps
             call["guidance_scale"] = job_plan.guidance_scale
             batch_images, batch_pngs = _render_batch(pipe, task.prompt, negative, len(batch), call)
@@ -286,8 +293,17 @@ async def render_async(
     should_cancel: Callable[[], bool],
     on_stage: Callable[..., None] | None = None,
     memory: MemoryFallback = FULL_MEMORY,
+    on_latents: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> list[RenderedImage]:
     """`render` in a worker thread, never on the event loop."""
     return await asyncio.to_thread(
-        render, pipe_bundle, task, reference_image, on_step, should_cancel, on_stage, memory
+        render,
+        pipe_bundle,
+        task,
+        reference_image,
+        on_step,
+        should_cancel,
+        on_stage,
+        memory,
+        on_latents,
     )

@@ -39,6 +39,12 @@ class SdxlSettings(WorkerKeySettings):
     sdxl_dependency_wait_seconds: float = 600.0
     sdxl_dependency_nak_seconds: float = 30.0
     sdxl_progress_interval_seconds: float = 0.5
+    # A preview of the denoising latents every this many steps (0: none),
+    # at most one per sdxl_preview_min_seconds, each a PNG of at most
+    # sdxl_preview_max_bytes (smaller images until it fits).
+    sdxl_preview_every_steps: int = Field(5, ge=0)
+    sdxl_preview_min_seconds: float = Field(1.0, ge=0)
+    sdxl_preview_max_bytes: int = Field(64 * 1024, ge=1024)
     # How long a fetch waits for work before checking the other queue again.
     sdxl_fetch_timeout_seconds: float = 1.0
     # How long SIGTERM waits for the job in hand before handing it back.

@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ourvidz import catalog
 from ourvidz.errors import NotFound
-from ourvidz.genworker import Blob, InvalidReference, JobRun, Output
+from ourvidz.genworker import Blob, InvalidReference, JobRun, Output, previews
 from ourvidz.v1 import queue_pb2
 from services.sdxl import generate
 from services.sdxl.models import PipeBundle
@@ -43,6 +43,7 @@ class SdxlFamily:
             run.should_cancel,
             on_stage=run.progress.stage,
             memory=run.memory,
+            on_latents=run.previews.hook(previews.sdxl_project, run.progress.preview),
         )
         return [
             Output(

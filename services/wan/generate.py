@@ -181,6 +181,7 @@ def render(
     crf: int = 18,
     limits: CatalogLimits | None = None,
     memory: MemoryFallback = FULL_MEMORY,
+    on_latents: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> Rendered:
     """Run the job; blocking (call it from a thread). With
     `memory.low_memory_decode` (a retry after running out of GPU memory) the
@@ -189,7 +190,8 @@ def render(
     `on_step(step, total)` follows each denoising step (1-based); `should_cancel`
     is polled before the run and after each step and raises `Cancelled` when
     true; `on_stage(name, total=None)` hears encoding_text, decoding and, for a
-    video, encoding_video."""
+    video, encoding_video; `on_latents(step, total, latents)` gets each step's
+    latents (previews)."""
     stage = on_stage or no_stage
     job_plan = plan(task, pipe_bundle.preset, limits)
     if should_cancel():
@@ -197,7 +199,7 @@ def render(
     seed = job_seed(task)
     generators = seeds.cpu_generators([seed])
 
-    callback = step_callback(on_step, should_cancel, stage)
+    callback = step_callback(on_step, should_cancel, stage, on_latents)
 
     pipe = pipe_bundle.pipe
     with pipe_bundle.lock, torch.inference_mode():
@@ -303,6 +305,7 @@ async def render_async(
     crf: int = 18,
     limits: CatalogLimits | None = None,
     memory: MemoryFallback = FULL_MEMORY,
+    on_latents: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> Rendered:
     """`render` in a worker thread, never on the event loop."""
     return await asyncio.to_thread(
@@ -315,4 +318,5 @@ async def render_async(
         crf=crf,
         limits=limits,
         memory=memory,
+        on_latents=on_latents,
     )

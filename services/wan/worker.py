@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ourvidz import catalog
-from ourvidz.genworker import Blob, JobRun, Output
+from ourvidz.genworker import Blob, JobRun, Output, previews
 from ourvidz.settings import CatalogLimits
 from ourvidz.v1 import queue_pb2
 from services.wan import generate
@@ -55,6 +55,7 @@ class WanFamily:
             crf=self._crf,
             limits=self._limits,
             memory=run.memory,
+            on_latents=run.previews.hook(previews.wan_project, run.progress.preview),
         )
         if out.thumbnail_png is None:
             file = Blob(task.output_bucket, image_key(task), out.data, out.content_type)
