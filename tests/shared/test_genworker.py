@@ -171,6 +171,9 @@ def test_loop_config_reads_the_family_prefixed_settings():
         fam_progress_interval_seconds: float = 0.25
         fam_fetch_timeout_seconds: float = 0.5
         fam_shutdown_grace_seconds: float = 9.0
+        fam_preview_every_steps: int = 3
+        fam_preview_min_seconds: float = 0.75
+        fam_preview_max_bytes: int = 5000
 
     config = LoopConfig.from_settings(
         "fam", FamSettings(worker_key=keys.private_pem(WORKER_KEY).decode())
@@ -179,6 +182,8 @@ def test_loop_config_reads_the_family_prefixed_settings():
     assert (config.dependency_wait_seconds, config.dependency_nak_seconds) == (42.0, 3.0)
     assert config.retry_backoff_seconds == (1.0,) and config.shutdown_grace_seconds == 9.0
     assert config.signer.kid == WORKER_SIGNER.kid
+    assert (config.preview_every_steps, config.preview_min_seconds) == (3, 0.75)
+    assert config.preview_max_bytes == 5000
 
 
 async def test_a_failure_while_handling_a_task_neither_ends_the_loop_nor_loses_the_task(infra):
