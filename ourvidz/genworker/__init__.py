@@ -1,7 +1,8 @@
 """The generation workers' shared machinery: one JetStream loop (`loop`),
-progress by stage and step (`progress`), failure triage (`errors`), live previews of the latents (`previews`), the
-fallbacks after running out of GPU memory (`memory`) and the service wiring
-(`service`). A model family (sdxl, wan) supplies its render."""
+progress by stage and step (`progress`), live previews of the latents
+(`previews`), failure triage (`errors`), the fallbacks after running out of
+GPU memory (`memory`) and the service wiring (`service`). A model family
+(sdxl, wan) supplies its render."""
 
 from ourvidz.genworker import previews
 from ourvidz.genworker.errors import (

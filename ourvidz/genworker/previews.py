@@ -158,9 +158,6 @@ class Previews:
         return on_latents
 
 
-OFF = Previews(0)
-
-
 def sdxl_project(latents: torch.Tensor) -> np.ndarray:
     """The first image of an SDXL batch (batch, 4, h, w)."""
     return latents_to_rgb(latents[0], SDXL_RGB_FACTORS, SDXL_RGB_BIAS)
