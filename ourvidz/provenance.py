@@ -135,8 +135,9 @@ def _config_dict(module) -> dict:
     if config is None:
         return {}
     data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    # Private keys record how a module was loaded or run, not what it is.
-    return {k: v for k, v in data.items() if not k.startswith("_")}
+    # Private keys record how a module was loaded or run, not what it is; the
+    # library version that wrote a configuration is reported apart.
+    return {k: v for k, v in data.items() if not k.startswith("_") and k != "transformers_version"}
 
 
 def modules_config(pipe, names: tuple[str, ...]) -> dict[str, dict]:
