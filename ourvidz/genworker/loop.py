@@ -199,6 +199,9 @@ class JobRun:
     memory: MemoryFallback = FULL_MEMORY
     # When to make a preview of the denoising latents (none by default).
     previews: Previews = field(default_factory=lambda: Previews(0))
+    # Set by the family's render: what rendered the job (`ourvidz.provenance`);
+    # the loop adds the worker id and sends it with CompleteJob.
+    provenance: job_pb2.Provenance | None = None
 
     def should_cancel(self) -> bool:
         """True once the job was cancelled or the worker must hand it back;
@@ -507,7 +510,7 @@ class Worker:
                     )
             await reporter.close()  # every report reaches Jobs before the completion
             # No cancellation check here: Jobs says whether these outputs are wanted.
-            await self._complete(msg, task, token, assets, uploaded)
+            await self._complete(msg, task, token, assets, uploaded, run.provenance)
         except Cancelled:
             if superseded.is_set():
                 await self._superseded(msg)
@@ -591,13 +594,24 @@ class Worker:
         except Exception as failed:  # redelivered after the ack wait instead
             log.warning("the task could not be handed back (%s)", _short(failed))
 
-    async def _complete(self, msg, task, token: str, assets: list[job_pb2.Asset], uploaded) -> None:
+    async def _complete(
+        self,
+        msg,
+        task,
+        token: str,
+        assets: list[job_pb2.Asset],
+        uploaded,
+        provenance: job_pb2.Provenance | None = None,
+    ) -> None:
         """CompleteJob, asked again while its outcome is unknown (it is
         idempotent); blobs are removed only when Jobs says the job ended
         without them."""
         request = job_service_pb2.CompleteJobRequest(
             job_id=task.job_id, assets=assets, start_token=token
         )
+        if provenance is not None:
+            request.provenance.CopyFrom(provenance)
+            request.provenance.worker_id = self.config.worker_id
         try:
             await self._persist(
                 "the jobs service", lambda: self._call(self.jobs.CompleteJob, request)

@@ -120,6 +120,31 @@ def asset(a: job_pb2.Asset) -> dict:
     }
 
 
+def provenance(j: job_pb2.Job) -> dict | None:
+    """What rendered the job; None when its worker reported nothing."""
+    if not j.HasField("provenance"):
+        return None
+    p = j.provenance
+    return {
+        "weights_digest": p.weights_digest,
+        "preset": p.preset,
+        "scheduler": p.scheduler,
+        "scheduler_config": p.scheduler_config_json or None,
+        "dtype": p.dtype,
+        "device": p.device,
+        "worker_id": p.worker_id,
+        "diffusers_version": p.diffusers_version,
+        "transformers_version": p.transformers_version,
+        "torch_version": p.torch_version,
+        "ourvidz_version": p.ourvidz_version,
+        "steps": p.steps,
+        "guidance_scale": round(p.guidance_scale, 4),
+        "img2img_strength": (
+            round(p.img2img_strength, 4) if p.HasField("img2img_strength") else None
+        ),
+    }
+
+
 def job(j: job_pb2.Job) -> dict:
     ref = j.reference if j.HasField("reference") and j.reference.upload_id else None
     return {
@@ -157,6 +182,7 @@ def job(j: job_pb2.Job) -> dict:
         ),
         "enhancement_fallback": j.enhancement_fallback,
         "enhancement_fallback_reason": _opt(j.enhancement_fallback_reason),
+        "provenance": provenance(j),
         "created_at": _ts(j, "create_time"),
         "started_at": _ts(j, "start_time"),
         "completed_at": _ts(j, "complete_time"),

@@ -209,6 +209,31 @@ class JobErrorOut(BaseModel):
     message: str
 
 
+class ProvenanceOut(BaseModel):
+    """What rendered a completed job, as its worker reported it."""
+
+    weights_digest: str = Field(
+        description="sha256 (hex) of the weights: over the model folder's manifest (each "
+        "file's relative path, size and sha256), or over a built-in random preset's name, "
+        "seed and configuration"
+    )
+    preset: str = Field(description="The model preset, or the model folder's name")
+    scheduler: str = Field(description="The scheduler's class name")
+    scheduler_config: str | None = Field(None, description="The scheduler's configuration (JSON)")
+    dtype: str
+    device: str = Field(description="cpu, cuda or mps")
+    worker_id: str
+    diffusers_version: str
+    transformers_version: str
+    torch_version: str
+    ourvidz_version: str
+    steps: int = Field(description="Denoising steps the render used")
+    guidance_scale: float = Field(description="Guidance scale the render used")
+    img2img_strength: float | None = Field(
+        None, description="img2img denoising strength; null without a reference image"
+    )
+
+
 class JobOut(BaseModel):
     id: str
     job_type: str
@@ -234,6 +259,11 @@ class JobOut(BaseModel):
     error: JobErrorOut | None
     enhancement_fallback: bool = False
     enhancement_fallback_reason: str | None = None
+    provenance: ProvenanceOut | None = Field(
+        None,
+        description="What rendered the job; null until it is completed, and for a job "
+        "completed by a worker that reports none",
+    )
     created_at: str | None
     started_at: str | None
     completed_at: str | None

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+from psycopg.types.json import Jsonb
 
 from ourvidz import catalog
 from ourvidz.errors import InvalidArgument
@@ -111,6 +113,23 @@ def asset_row(asset: job_pb2.Asset) -> dict:
     }
 
 
+# Longest string a worker's provenance may carry in one field (a scheduler's
+# configuration is the longest, about 1 kB); longer ones are cut.
+MAX_PROVENANCE_CHARS = 8192
+
+
+def provenance_row(provenance: job_pb2.Provenance | None) -> Jsonb | None:
+    """A worker's provenance as the jobs.jobs column stores it (None: none)."""
+    if provenance is None:
+        return None
+    kept = job_pb2.Provenance()
+    kept.CopyFrom(provenance)
+    for field, value in kept.ListFields():
+        if isinstance(value, str) and len(value) > MAX_PROVENANCE_CHARS:
+            setattr(kept, field.name, value[:MAX_PROVENANCE_CHARS])
+    return Jsonb(json_format.MessageToDict(kept, preserving_proto_field_name=True))
+
+
 def job_proto(row: dict, assets: list[dict] = ()) -> job_pb2.Job:
     """The whole job as stored: assets carry bucket and key, never URLs."""
     job = job_pb2.Job(
@@ -140,6 +159,8 @@ def job_proto(row: dict, assets: list[dict] = ()) -> job_pb2.Job:
         request_id=row["request_id"] or "",
         last_sequence=row["last_sequence"],
     )
+    if row.get("provenance"):
+        json_format.ParseDict(row["provenance"], job.provenance, ignore_unknown_fields=True)
     if row["reference_upload_id"]:
         job.reference.CopyFrom(
             job_pb2.Reference(

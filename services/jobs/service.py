@@ -346,10 +346,16 @@ class JobsCore:
             return bool(row["cancel_requested"])
 
     async def complete(
-        self, job_id: str, start_token: str, assets: list[job_pb2.Asset]
+        self,
+        job_id: str,
+        start_token: str,
+        assets: list[job_pb2.Asset],
+        provenance: job_pb2.Provenance | None = None,
     ) -> job_pb2.Job:
         """The holder's outputs make the job completed. Only the job's own
-        objects are accepted, as many and of the kind its job type makes."""
+        objects are accepted, as many and of the kind its job type makes.
+        `provenance` (what rendered them) is stored as the worker sent it;
+        None (a worker that reports none) leaves the job without one."""
         async with self.db.tx(role="worker") as conn:
             row = await self._locked(conn, job_id)
             _check_holder(row, start_token)
@@ -372,6 +378,7 @@ class JobsCore:
                     "progress_stage": "done",
                     "error_code": "",
                     "error_message": "",
+                    "provenance": convert.provenance_row(provenance),
                 },
                 [Emit("completed")],
                 assets=rows,

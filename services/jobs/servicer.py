@@ -98,7 +98,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def CompleteJob(self, request, context):
         _worker()
         return pb.CompleteJobResponse(
-            job=await self._core.complete(request.job_id, request.start_token, list(request.assets))
+            job=await self._core.complete(
+                request.job_id,
+                request.start_token,
+                list(request.assets),
+                request.provenance if request.HasField("provenance") else None,
+            )
         )
 
     async def FailJob(self, request, context):

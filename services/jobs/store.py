@@ -20,7 +20,7 @@ _JOB_COLUMNS = (
     "workspace_session_id, progress_step, progress_total, progress_stage, attempt, "
     "cancel_requested, error_code, error_message, enhancement_fallback, "
     "enhancement_fallback_reason, last_sequence, start_token, heartbeat_at, checked_at, "
-    "created_at, started_at, completed_at, updated_at"
+    "created_at, started_at, completed_at, updated_at, provenance"
 )
 _ASSET_COLUMNS = (
     "job_id, index, bucket, key, content_type, width, height, seed, thumbnail_bucket, "

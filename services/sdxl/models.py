@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ourvidz import tokenizers
+from ourvidz import provenance, tokenizers
 from ourvidz.devices import (
     DTYPES,
     cast_like_loading,
@@ -57,6 +57,8 @@ class PipeBundle:
     device: str
     dtype: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # What every job of this load is rendered with (`ourvidz.provenance`).
+    provenance: object = None  # job_pb2.Provenance
 
 
 def _sdpa(text_encoder) -> None:
@@ -193,7 +195,18 @@ def load_control_plane() -> PipeBundle:
         CONTROL_PLANE,
     )
     return PipeBundle(
-        txt2img=pipe, img2img=pipe, preset=CONTROL_PLANE, device="cpu", dtype="float32"
+        txt2img=pipe,
+        img2img=pipe,
+        preset=CONTROL_PLANE,
+        device="cpu",
+        dtype="float32",
+        provenance=provenance.model_provenance(
+            weights_digest=provenance.preset_digest(CONTROL_PLANE, 0, {}),
+            preset=CONTROL_PLANE,
+            pipe=pipe,
+            dtype="float32",
+            device="cpu",
+        ),
     )
 
 
@@ -263,10 +276,13 @@ def load(
     dtype = resolve_dtype(dtype, device)
     if preset == TINY:
         pipe = build_tiny(seed)
+        digest = provenance.preset_digest(TINY, seed, _config(pipe))
     elif preset == FULL_RANDOM:
         pipe = build_full_random(device, dtype)
+        digest = provenance.preset_digest(FULL_RANDOM, 0, _config(pipe))
     else:
         pipe = load_local(preset, dtype, config_dir)
+        digest = provenance.folder_digest(preset)
     if pipe.unet.device.type != torch.device(device).type:
         pipe.to(device)
     for module in modules_of(pipe):
@@ -285,5 +301,25 @@ def load(
         pipe.unet = torch.compile(pipe.unet)
     img2img = img2img_of(pipe, StableDiffusionXLImg2ImgPipeline)
     img2img.set_progress_bar_config(disable=True)
-    log.info("sdxl model loaded", extra={"preset": preset, "device": device, "dtype": dtype})
-    return PipeBundle(txt2img=pipe, img2img=img2img, preset=preset, device=device, dtype=dtype)
+    log.info(
+        "sdxl model loaded",
+        extra={"preset": preset, "device": device, "dtype": dtype, "weights_digest": digest},
+    )
+    return PipeBundle(
+        txt2img=pipe,
+        img2img=img2img,
+        preset=preset,
+        device=device,
+        dtype=dtype,
+        provenance=provenance.model_provenance(
+            weights_digest=digest, preset=preset, pipe=pipe, dtype=dtype, device=device
+        ),
+    )
+
+
+def _config(pipe) -> dict:
+    """What fixes a random preset's weights besides its seed: its modules'
+    configurations, read before loading casts or tunes them."""
+    return provenance.modules_config(
+        pipe, ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")
+    )

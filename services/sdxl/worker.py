@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from ourvidz import catalog
+from ourvidz import catalog, provenance
 from ourvidz.errors import NotFound
 from ourvidz.genworker import Blob, InvalidReference, JobRun, Output, previews
 from ourvidz.v1 import queue_pb2
@@ -44,6 +44,10 @@ class SdxlFamily:
             on_stage=run.progress.stage,
             memory=run.memory,
             on_latents=run.previews.hook(previews.sdxl_project, run.progress.preview),
+        )
+        used = generate.plan(task, reference is not None)
+        run.provenance = provenance.for_job(
+            bundle.provenance, "", used.steps, used.guidance_scale, used.strength
         )
         return [
             Output(

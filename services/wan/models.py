@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ourvidz import provenance
 from ourvidz.devices import (
     DTYPES,
     cast_like_loading,
@@ -54,6 +55,8 @@ class PipeBundle:
     device: str
     dtype: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # What every job of this load is rendered with (`ourvidz.provenance`).
+    provenance: object = None  # job_pb2.Provenance
 
 
 def scheduler():
@@ -168,10 +171,13 @@ def load(
     dtype = resolve_dtype(dtype, device)
     if preset == TINY:
         pipe = build_tiny(seed)
+        digest = provenance.preset_digest(TINY, seed, _config(pipe))
     elif preset == FULL_RANDOM:
         pipe = build_full_random(device, dtype)
+        digest = provenance.preset_digest(FULL_RANDOM, 0, _config(pipe))
     else:
         pipe = load_local(preset, dtype)
+        digest = provenance.folder_digest(preset)
     if pipe.transformer.device.type != torch.device(device).type:
         pipe.to(device)
     cast_like_loading(pipe.transformer, dtype)
@@ -187,5 +193,22 @@ def load(
     pipe.set_progress_bar_config(disable=True)
     if compile:
         pipe.transformer = torch.compile(pipe.transformer)
-    log.info("wan model loaded", extra={"preset": preset, "device": device, "dtype": dtype})
-    return PipeBundle(pipe=pipe, preset=preset, device=device, dtype=dtype)
+    log.info(
+        "wan model loaded",
+        extra={"preset": preset, "device": device, "dtype": dtype, "weights_digest": digest},
+    )
+    return PipeBundle(
+        pipe=pipe,
+        preset=preset,
+        device=device,
+        dtype=dtype,
+        provenance=provenance.model_provenance(
+            weights_digest=digest, preset=preset, pipe=pipe, dtype=dtype, device=device
+        ),
+    )
+
+
+def _config(pipe) -> dict:
+    """What fixes a random preset's weights besides its seed: its modules'
+    configurations, read before loading casts or tunes them."""
+    return provenance.modules_config(pipe, ("transformer", "vae", "text_encoder", "scheduler"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ourvidz import catalog
+from ourvidz import catalog, provenance
 from ourvidz.genworker import Blob, JobRun, Output, previews
 from ourvidz.settings import CatalogLimits
 from ourvidz.v1 import queue_pb2
@@ -57,6 +57,8 @@ class WanFamily:
             memory=run.memory,
             on_latents=run.previews.hook(previews.wan_project, run.progress.preview),
         )
+        used = generate.plan(task, bundle.preset, self._limits)
+        run.provenance = provenance.for_job(bundle.provenance, "", used.steps, used.guidance_scale)
         if out.thumbnail_png is None:
             file = Blob(task.output_bucket, image_key(task), out.data, out.content_type)
             thumbnail = None

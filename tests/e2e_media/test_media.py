@@ -188,3 +188,17 @@ async def test_bad_wan_jobs_are_refused_and_nothing_is_queued(http, change, fiel
     assert field in [e["field"] for e in problem.get("errors", [])], problem
     assert "Traceback" not in response.text
     assert (await user.get("/v1/jobs")).json()["items"] == []
+
+
+async def test_a_completed_wan_job_names_what_rendered_it(http):
+    from tests.e2e.test_provenance import check_common
+
+    user = await signup(http)
+    job, _ = await run_job(user, wan_body("video_fast", num_frames=5))
+    assert job["state"] == "completed", job
+    p = job["provenance"]
+    check_common(p)
+    assert p["scheduler"] == "UniPCMultistepScheduler"
+    assert '"flow_shift"' in p["scheduler_config"]
+    assert (p["steps"], p["guidance_scale"]) == (job["steps"], job["guidance_scale"])
+    assert p["img2img_strength"] is None

@@ -58,12 +58,15 @@ class Worker:
         )
         return response.cancel_requested
 
-    async def complete(self, job: job_pb2.Job, n: int = 1) -> job_pb2.Job:
+    async def complete(
+        self, job: job_pb2.Job, n: int = 1, provenance: job_pb2.Provenance | None = None
+    ) -> job_pb2.Job:
         response = await self.stub.CompleteJob(
             pb.CompleteJobRequest(
                 job_id=job.id,
                 assets=[asset(job, i) for i in range(n)],
                 start_token=self.token(job.id),
+                provenance=provenance,
             ),
             metadata=self.md,
         )
@@ -276,3 +279,51 @@ def test_legal_transitions(current, target, changes):
 def test_illegal_transitions(current, target):
     with pytest.raises(FailedPrecondition):
         domain.transition(current, target)
+
+
+async def test_a_completion_provenance_is_stored_and_returned(harness, worker, base_env):
+    from services.gateway import mapping
+
+    _, md = harness.user()
+    job = await harness.create(md)
+    await worker.start(job.id)
+    sent = job_pb2.Provenance(
+        weights_digest="ab" * 32,
+        preset="tiny",
+        scheduler="EulerDiscreteScheduler",
+        scheduler_config_json='{"num_train_timesteps": 1000}',
+        dtype="float32",
+        device="cpu",
+        worker_id="w1",
+        diffusers_version="1.0",
+        transformers_version="2.0",
+        torch_version="3.0",
+        ourvidz_version="0.1.0",
+        steps=3,
+        guidance_scale=6.5,
+        img2img_strength=0.5,
+    )
+    done = await worker.complete(job, provenance=sent)
+    assert done.provenance == sent
+    got = (await harness.stub.GetJob(pb.GetJobRequest(job_id=job.id), metadata=md)).job
+    assert got.provenance == sent
+    stored = owner_query(
+        base_env["DATABASE_URL"], "SELECT provenance FROM jobs.jobs WHERE id = %s", (job.id,)
+    )
+    assert stored[0][0]["weights_digest"] == "ab" * 32
+    shown = mapping.job(got)["provenance"]
+    assert shown["weights_digest"] == "ab" * 32 and shown["img2img_strength"] == 0.5
+    assert shown["scheduler_config"] == '{"num_train_timesteps": 1000}'
+
+
+async def test_a_completion_without_provenance_leaves_it_null(harness, worker):
+    from services.gateway import mapping
+
+    _, md = harness.user()
+    job = await harness.create(md)
+    await worker.start(job.id)
+    done = await worker.complete(job)
+    assert not done.HasField("provenance")
+    got = (await harness.stub.GetJob(pb.GetJobRequest(job_id=job.id), metadata=md)).job
+    assert not got.HasField("provenance")
+    assert mapping.job(got)["provenance"] is None

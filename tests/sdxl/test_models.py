@@ -95,3 +95,33 @@ def test_unknown_model_path_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="neither a preset"):
         models.load(str(tmp_path / "missing.bin"), device="cpu")
+
+
+def test_load_names_the_weights_scheduler_and_versions(tiny_bundle):
+    import re
+
+    p = tiny_bundle.provenance
+    assert re.fullmatch(r"[0-9a-f]{64}", p.weights_digest)
+    assert p.preset == "tiny" and p.scheduler == "EulerDiscreteScheduler"
+    assert '"num_train_timesteps"' in p.scheduler_config_json
+    assert (p.dtype, p.device) == ("float32", "cpu")
+    assert p.diffusers_version and p.transformers_version and p.torch_version
+    # A second load of the same preset names the same weights; another seed others.
+    assert models.load("tiny", device="cpu", dtype="float32").provenance == p
+    other = models.load("tiny", device="cpu", dtype="float32", seed=1).provenance
+    assert other.weights_digest != p.weights_digest
+
+
+def test_a_saved_folder_digest_changes_with_a_file(tiny_bundle, tmp_path):
+    from ourvidz import provenance
+
+    folder = tmp_path / "sdxl"
+    tiny_bundle.txt2img.save_pretrained(folder)
+    loaded = models.load(str(folder), device="cpu", dtype="float32")
+    digest = loaded.provenance.weights_digest
+    assert digest == provenance.folder_digest(folder) != tiny_bundle.provenance.weights_digest
+    assert loaded.provenance.preset == "sdxl"
+    assert models.load(str(folder), device="cpu", dtype="float32").provenance == loaded.provenance
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace("}", ', "note": 1}', 1))
+    assert provenance.folder_digest(folder) != digest

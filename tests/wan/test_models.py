@@ -78,3 +78,14 @@ def test_full_random_architecture_parameter_counts():
     assert round(counts["vae"] / 1e6, 1) == 126.9
     assert counts["text_encoder"] == 5_680_910_336
     assert configs.full_text_kwargs()["vocab_size"] == configs.UMT5_VOCAB
+
+
+def test_load_names_the_weights_and_a_second_load_the_same(tiny_wan):
+    import re
+
+    p = tiny_wan.provenance
+    assert re.fullmatch(r"[0-9a-f]{64}", p.weights_digest)
+    assert (p.preset, p.scheduler) == ("tiny", "UniPCMultistepScheduler")
+    assert '"flow_shift": 5.0' in p.scheduler_config_json
+    assert (p.dtype, p.device) == ("float32", "cpu")
+    assert models.load("tiny", device="cpu", dtype="float32").provenance == p
