@@ -103,6 +103,14 @@ OUTBOX_BACKLOG = Gauge(
     "counted them (a shared value: aggregate replicas with max(), not sum()).",
 )
 
+JOBS_WAITING = Gauge(
+    "ourvidz_jobs_waiting",
+    "Queued jobs of a worker family not yet started, waiting in Jobs' line or on the "
+    "queue, as this replica's dispatcher last counted them (a shared value: aggregate "
+    "replicas with max(), not sum()).",
+    ["family"],
+)
+
 # --- the gateway ---------------------------------------------------------------------------
 
 HTTP_REQUESTS = Counter(

@@ -85,8 +85,23 @@ def job_task_subject(queue_subject: str, job_id: str) -> str:
     return f"{queue_subject}.{job_id}"
 
 
-def consumer_name(worker: str, quality: str) -> str:
-    return f"{worker}-{quality}"
+# A message of several tasks (a `GenerationBatch`) says so in this header.
+TASK_KIND_HEADER = "Ourvidz-Task"
+BATCH_KIND = "batch"
+
+
+def batch_headers() -> dict[str, str]:
+    return {TASK_KIND_HEADER: BATCH_KIND}
+
+
+def consumer_name(family: str) -> str:
+    """The durable consumer every worker of `family` shares."""
+    return family
+
+
+def family_subject(family: str) -> str:
+    """Every task of a worker family, both priorities: `tasks.sdxl.>`."""
+    return f"tasks.{family}.>"
 
 
 def event_subject(user_id: str, job_id: str) -> str:

@@ -63,6 +63,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from ourvidz import logs, queue, telemetry
 from ourvidz.auth import TokenSigner, TokenSource
@@ -84,7 +85,8 @@ from ourvidz.v1 import events_pb2, job_pb2, job_service_pb2, job_service_pb2_grp
 
 log = logging.getLogger(__name__)
 
-QUALITIES = ("fast", "high")  # fetched in this order: fast presets first
+# Earlier versions had a consumer per priority, `<family>-fast` and `-high`.
+LEGACY_QUALITIES = ("fast", "high")
 # Jobs' reasons for refusing a completion of a job that ended without it.
 _ENDED_WITHOUT_OUTPUTS = ("JOB_CANCELLED", "JOB_FAILED")
 # Jobs' reason for refusing a call of a start that no longer holds the job
@@ -122,8 +124,10 @@ class LoopConfig:
     preview_every_steps: int = 0
     preview_min_seconds: float = 1.0
     preview_max_bytes: int = DEFAULT_MAX_BYTES
-    # How long a fetch waits for work before checking the other queue again.
-    fetch_timeout_seconds: float = 1.0
+    # How long one pull request waits for a task before the next is made (a
+    # stop ends it at once). A request NATS lost in a reconnect is replaced
+    # after this long at most.
+    fetch_timeout_seconds: float = 5.0
     # How long a stop waits for the job in hand before handing it back.
     shutdown_grace_seconds: float = 30.0
     grpc_deadline_seconds: float = 10.0
@@ -264,28 +268,31 @@ class Worker:
         )
 
     async def declare(self) -> None:
-        """Streams and this family's durable consumers (idempotent)."""
+        """Streams and this family's durable consumer (idempotent). The jobs
+        service chooses which task goes out when (fast before high, users in
+        turn), so one consumer takes both priorities in the order they come.
+        The per-priority consumers of earlier versions are removed first (a
+        work-queue stream refuses overlapping consumers); the tasks they held
+        stay on the stream and reach the new consumer."""
         qs = self.queue_settings()
         await queue.declare_streams(self.js, qs)
         family = self.config.family
-        for quality in QUALITIES:
+        for quality in LEGACY_QUALITIES:
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(queue.TASKS_STREAM, f"{family}-{quality}")
             # Tasks an earlier version published on the family's subject itself
             # match no consumer now; their jobs are still queued, and Jobs'
             # reconciler publishes them again on their own subjects.
             await self.js.purge_stream(
                 queue.TASKS_STREAM, subject=queue.task_subject(family, quality)
             )
-            await queue.declare_task_consumer(
-                self.js,
-                queue.job_task_subject(queue.task_subject(family, quality), ">"),
-                queue.consumer_name(family, quality),
-                qs,
-            )
+        await queue.declare_task_consumer(
+            self.js, queue.family_subject(family), queue.consumer_name(family), qs
+        )
         self._subs = [
             await self.js.pull_subscribe_bind(
-                durable=queue.consumer_name(family, quality), stream=queue.TASKS_STREAM
+                durable=queue.consumer_name(family), stream=queue.TASKS_STREAM
             )
-            for quality in QUALITIES
         ]
 
     # --- the loop -------------------------------------------------------------------
@@ -334,20 +341,19 @@ class Worker:
         should end with (`EXIT_DEVICE_FAILED` after a device failure, else 0)."""
         if not self._subs:
             await self.declare()
-        fast, high = self._subs
+        (tasks,) = self._subs
         wait = self.config.fetch_timeout_seconds
         failing = False
         while not self._stopping.is_set():
             try:
-                msg = await self._fetch_one(fast, min(0.1, wait))
-                if msg is None:
-                    msg = await self._fetch_unless_stopped(high, wait)
+                # One long poll: a task published while it waits arrives at once.
+                msg = await self._fetch_unless_stopped(tasks, wait)
             except Exception as exc:  # a broken connection: nats reconnects, we retry
                 if not failing:
                     log.warning("fetch failed: %s; retrying until NATS answers", exc)
                 failing = True
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), wait)
+                    await asyncio.wait_for(self._stopping.wait(), min(wait, 1.0))
                 continue
             if failing:
                 log.info("fetching again")

@@ -145,6 +145,18 @@ def provenance(j: job_pb2.Job) -> dict | None:
     }
 
 
+def queue_estimate(j: job_pb2.Job) -> dict | None:
+    """Where a queued job stands in line; None for a job in any other state."""
+    if not j.HasField("queue"):
+        return None
+    q = j.queue
+    return {
+        "position": q.position,
+        "dispatched": q.dispatched,
+        "estimated_start_at": _ts(q, "estimated_start_time"),
+    }
+
+
 def job(j: job_pb2.Job) -> dict:
     ref = j.reference if j.HasField("reference") and j.reference.upload_id else None
     return {
@@ -183,6 +195,7 @@ def job(j: job_pb2.Job) -> dict:
         "enhancement_fallback": j.enhancement_fallback,
         "enhancement_fallback_reason": _opt(j.enhancement_fallback_reason),
         "provenance": provenance(j),
+        "queue": queue_estimate(j),
         "created_at": _ts(j, "create_time"),
         "started_at": _ts(j, "start_time"),
         "completed_at": _ts(j, "complete_time"),

@@ -234,6 +234,23 @@ class ProvenanceOut(BaseModel):
     )
 
 
+class QueueEstimateOut(BaseModel):
+    """A queued job's place in line."""
+
+    position: int = Field(
+        description="Jobs of its worker family expected to start before it, users taking "
+        "turns (0: it is next)"
+    )
+    dispatched: bool = Field(
+        description="Its task is on the queue: the next free worker of its family takes it"
+    )
+    estimated_start_at: str | None = Field(
+        None,
+        description="When it is expected to start, from the job times measured in this "
+        "deployment and the workers there are now; null while unknown",
+    )
+
+
 class JobOut(BaseModel):
     id: str
     job_type: str
@@ -263,6 +280,9 @@ class JobOut(BaseModel):
         None,
         description="What rendered the job; null until it is completed, and for a job "
         "completed by a worker that reports none",
+    )
+    queue: QueueEstimateOut | None = Field(
+        None, description="Where the job stands in line while it is queued; null otherwise"
     )
     created_at: str | None
     started_at: str | None

@@ -14,6 +14,7 @@ from ourvidz.grpcserver import Served, build_server, set_serving
 from ourvidz.metrics import MetricsServer, start_metrics_server
 from ourvidz.storage import store_from_settings
 from ourvidz.v1 import job_service_pb2_grpc
+from services.jobs.dispatch import Dispatcher
 from services.jobs.queue_metrics import QueueMetrics
 from services.jobs.reconciler import Reconciler
 from services.jobs.relay import OutboxRelay
@@ -41,6 +42,7 @@ class Running:
     sweeper: EnhancementSweeper
     reconciler: Reconciler
     queue_metrics: QueueMetrics
+    dispatcher: Dispatcher
     metrics: MetricsServer | None = None
     grace: float = 10.0
     _stopped: bool = field(default=False, repr=False)
@@ -60,6 +62,7 @@ class Running:
             ("grpc server", lambda: self.served.stop(self.grace), self.grace + 5),
             ("enhancement sweeper", self.sweeper.stop, 10),
             ("reconciler", self.reconciler.stop, 10),
+            ("dispatcher", self.dispatcher.stop, 10),
             ("outbox relay", self.relay.stop, 10),
             ("queue metrics", self.queue_metrics.stop, 5),
             ("upload client", self.uploads.close, 5),
@@ -105,6 +108,7 @@ async def start(
     blobs = store_from_settings(settings)
     uploads = uploads or WorkspaceUploads(settings.workspace_addr, settings.grpc_deadline_seconds)
     limits = settings.limits()
+    dispatcher = Dispatcher(database, js, settings.dispatch_settings())
     core = JobsCore(
         database,
         limits=limits,
@@ -115,6 +119,7 @@ async def start(
         policy=policy,
         max_attempts=settings.jobs_max_attempts,
         silent_seconds=settings.jobs_worker_silent_seconds,
+        dispatcher=dispatcher,
     )
     watcher = Watcher(database, nc, blobs, settings.jobs_watch_poll_seconds)
     relay = OutboxRelay(
@@ -126,13 +131,16 @@ async def start(
         backlog_seconds=settings.jobs_metrics_poll_seconds,
     )
     relay.start()
+    # A dispatched task goes out at once, not at the relay's next notification.
+    dispatcher.on_dispatched = relay.wake
+    dispatcher.start()
     queue_metrics = QueueMetrics(js, interval_seconds=settings.jobs_metrics_poll_seconds)
     queue_metrics.start()
     sweeper = EnhancementSweeper(
         core,
         timeout_seconds=settings.jobs_enhance_timeout_seconds,
         check_seconds=settings.jobs_enhance_check_seconds,
-        on_expired=relay.wake,
+        on_expired=dispatcher.wake,
     )
     sweeper.start()
     reconciler = Reconciler(
@@ -144,7 +152,7 @@ async def start(
         interval_seconds=settings.jobs_reconcile_seconds,
         gc_grace_seconds=settings.jobs_gc_grace_seconds,
         gc_interval_seconds=settings.jobs_gc_interval_seconds,
-        on_requeued=relay.wake,
+        on_requeued=dispatcher.wake,
     )
     reconciler.start()
 
@@ -173,6 +181,7 @@ async def start(
         sweeper=sweeper,
         reconciler=reconciler,
         queue_metrics=queue_metrics,
+        dispatcher=dispatcher,
         metrics=metrics_server,
         grace=settings.jobs_shutdown_grace_seconds,
     )

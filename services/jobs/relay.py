@@ -100,7 +100,7 @@ class OutboxRelay:
     async def _publish(self, row: dict) -> None:
         """One row as a message. A row written inside a trace is published in
         a producer span of that trace, whose context the message carries."""
-        headers = {"Nats-Msg-Id": row["msg_id"]}
+        headers = {**(row.get("headers") or {}), "Nats-Msg-Id": row["msg_id"]}
         carried = row.get("trace_headers") or {}
         if not carried:
             await self._publish_with(row, headers)

@@ -25,6 +25,7 @@ from ourvidz.settings import CatalogLimits
 from ourvidz.storage import BlobStore, check_location
 from ourvidz.v1 import job_pb2
 from services.jobs import convert, domain, store
+from services.jobs.dispatch import Dispatcher
 from services.jobs.uploads import UploadResolver
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,12 @@ class JobsCore:
         policy: PromptPolicy | None = None,
         max_attempts: int = 3,
         silent_seconds: float = 15.0,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.db = database
+        # Publishes queued jobs' tasks when workers have room (None: tests
+        # that read the line themselves).
+        self.dispatcher = dispatcher
         self.policy = policy or PromptPolicy()
         self.limits = limits
         self.blobs = blobs
@@ -77,6 +82,22 @@ class JobsCore:
         self.max_preview = max_preview_bytes
         self.max_attempts = max(max_attempts, 1)
         self.silent_seconds = silent_seconds
+
+    # --- the line ------------------------------------------------------------------
+
+    def _wake_dispatch(self) -> None:
+        """After a commit that queued a job or freed or took a worker."""
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    async def _with_queue(self, job: job_pb2.Job) -> job_pb2.Job:
+        """A queued job with where it stands in line and when it should start."""
+        if self.dispatcher is None or job.state != job_pb2.JOB_STATE_QUEUED:
+            return job
+        estimate = await self.dispatcher.estimate(job)
+        if estimate is not None:
+            job.queue.CopyFrom(estimate)
+        return job
 
     # --- writing a change -------------------------------------------------------
 
@@ -164,23 +185,26 @@ class JobsCore:
             row = await store.insert_job(conn, _job_row(valid, user_id, request_id))
             job = convert.job_proto(row)
             await self._write_events(conn, job, 1, [Emit("state")])
-            now = _now()
             if valid.job_type.enhanced:
-                task = convert.enhance_task(job, now=now)
-                subject, msg_id = queue.ENHANCE_SUBJECT, job.id + ENHANCE_MSG_SUFFIX
-            else:
-                task = convert.generation_task(job, now=now)
-                subject, msg_id = task_subject(job), job.id
-            await store.insert_outbox(conn, subject, msg_id, task.SerializeToString())
+                task = convert.enhance_task(job, now=_now())
+                await store.insert_outbox(
+                    conn,
+                    queue.ENHANCE_SUBJECT,
+                    job.id + ENHANCE_MSG_SUFFIX,
+                    task.SerializeToString(),
+                )
+            # A generation job waits in line for the dispatcher.
+        self._wake_dispatch()
         log.info("job %s created (%s, %s)", job.id, job.job_type, convert.state_name(job.state))
-        return job, False
+        return await self._with_queue(job), False
 
     async def get(self, user_id: str, job_id: str) -> job_pb2.Job:
         async with self.db.tx(user_id=user_id) as conn:
             row = await store.get_job(conn, domain.parse_id(job_id))
             if row is None:
                 raise NotFound("job not found")
-            return convert.sign_assets(await self._job(conn, row), self.blobs)
+            job = await self._job(conn, row)
+        return convert.sign_assets(await self._with_queue(job), self.blobs)
 
     async def list(
         self, user_id: str, page_size: int, page_token: str, state: str
@@ -192,7 +216,9 @@ class JobsCore:
             page = rows[:size]
             assets = await store.assets_of(conn, [r["id"] for r in page])
         jobs = [
-            convert.sign_assets(convert.job_proto(r, assets[str(r["id"])]), self.blobs)
+            convert.sign_assets(
+                await self._with_queue(convert.job_proto(r, assets[str(r["id"])])), self.blobs
+            )
             for r in page
         ]
         token = ""
@@ -212,6 +238,7 @@ class JobsCore:
                     {"state": domain.CANCELLED, "cancel_requested": True, "completed_at": _now()},
                     [Emit("cancelled")],
                 )
+        self._wake_dispatch()
         log.info("job %s cancelled", job.id)
         return convert.sign_assets(job, self.blobs)
 
@@ -282,6 +309,7 @@ class JobsCore:
                 if row["started_at"] is None:
                     changes["started_at"] = _now()
                 job = await self._apply(conn, row, changes, [Emit("state")])
+        self._wake_dispatch()  # its task left the queue: room for the next
         # Measured once the change is committed.
         if not token:
             metrics.JOB_FAILURES.labels(job.job_type, "ATTEMPTS_EXHAUSTED").inc()
@@ -383,6 +411,7 @@ class JobsCore:
                 [Emit("completed")],
                 assets=rows,
             )
+        self._wake_dispatch()
         log.info("job %s completed with %d assets", job.id, len(job.assets))
         metrics.JOB_ATTEMPTS.labels(job.job_type).observe(row["attempt"])
         if row["started_at"] is not None:
@@ -433,6 +462,7 @@ class JobsCore:
                     {**error, "state": domain.FAILED, "completed_at": _now()},
                     [Emit("failed")],
                 )
+        self._wake_dispatch()
         label = metrics.failure_code(code)
         if not retried:
             metrics.JOB_FAILURES.labels(job.job_type, label).inc()
@@ -475,32 +505,31 @@ class JobsCore:
         limit: int,
         present: Callable[[list[str]], Awaitable[set[str]]],
     ) -> tuple[int, list[job_pb2.Job]]:
-        """Queued jobs unchanged for `older_than_seconds` whose task is neither
-        in the outbox nor on the queue (`present` answers which task subjects
-        JetStream holds) get their task published again, under a new message
-        id (the old one may still be in the duplicate window). Returns how many
-        were checked and the jobs re-published. Raises when `present` does (NATS
-        away): nothing is changed then."""
+        """Dispatched queued jobs unchanged for `older_than_seconds` whose task
+        is neither in the outbox nor on the queue (`present` answers which task
+        subjects JetStream holds; a batch's members look for the batch's task)
+        go back in line, where the dispatcher publishes them again under new
+        message ids. Returns how many were checked and the jobs put back.
+        Raises when `present` does (NATS away): nothing is changed then."""
         async with self.db.tx(role="system") as conn:
             rows = await store.claim_queued_to_check(conn, older_than_seconds, limit)
             if not rows:
                 return 0, []
-            by_subject = {task_subject(row): row for row in rows}
+            by_subject: dict[str, list[dict]] = {}
+            for row in rows:
+                by_subject.setdefault(task_subject(row), []).append(row)
             waiting = await store.outbox_subjects(conn, list(by_subject))
             candidates = [subject for subject in by_subject if subject not in waiting]
             held = await present(candidates) if candidates else set()
             await store.mark_checked(conn, [str(row["id"]) for row in rows])
-            lost = []
-            for subject in candidates:
-                if subject in held:
-                    continue
-                job = await self._job(conn, by_subject[subject])
-                task = convert.generation_task(job, now=_now())
-                msg_id = f"{job.id}:requeue:{uuid.uuid4().hex[:12]}"
-                await store.insert_outbox(conn, subject, msg_id, task.SerializeToString())
-                lost.append(job)
+            lost_rows = [row for s in candidates if s not in held for row in by_subject[s]]
+            if lost_rows:
+                await store.undispatch(conn, [str(row["id"]) for row in lost_rows])
+            lost = [await self._job(conn, row) for row in lost_rows]
+        if lost:
+            self._wake_dispatch()
         for job in lost:
-            log.warning("job %s: its task was not on the queue; published again", job.id)
+            log.warning("job %s: its task was not on the queue; back in line", job.id)
         return len(rows), lost
 
     async def orphan_blobs(self, candidates: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
@@ -536,6 +565,7 @@ class JobsCore:
                     )
                 return await self._job(conn, row)  # a repeat, or cancelled meanwhile
             job = await self._finish_enhancement(conn, row, enhanced_prompt, fallback, reason)
+        self._wake_dispatch()
         if job.enhancement_fallback:
             log.warning(
                 "job %s: enhancement fell back to the original prompt: %s",
@@ -554,6 +584,8 @@ class JobsCore:
         async with self.db.tx(role="system") as conn:
             rows = await store.claim_stale_enhancing(conn, timeout_seconds, limit)
             jobs = [await self._finish_enhancement(conn, row, "", True, reason) for row in rows]
+        if jobs:
+            self._wake_dispatch()
         for job in jobs:
             log.warning("job %s: %s; generating with the original prompt", job.id, reason)
         return jobs
@@ -561,7 +593,7 @@ class JobsCore:
     async def _finish_enhancement(
         self, conn, row: dict, enhanced_prompt: str, fallback: bool, reason: str
     ) -> job_pb2.Job:
-        """enhancing -> queued with the prompt to render, and the generation task."""
+        """enhancing -> queued with the prompt to render, in line for the dispatcher."""
         domain.transition(row["state"], domain.QUEUED)
         enhanced = enhanced_prompt.strip()
         reason = reason.strip()
@@ -587,20 +619,16 @@ class JobsCore:
             },
             [Emit("state")],
         )
-        task = convert.generation_task(job, now=_now())
-        await store.insert_outbox(conn, task_subject(job), job.id, task.SerializeToString())
         return job
 
 
-def task_subject(job: job_pb2.Job | dict) -> str:
-    """The subject a job's generation task is published on: its family and
-    priority, then its own id, so JetStream can be asked whether it holds
-    the task (`tasks.sdxl.fast.<job id>`)."""
-    if isinstance(job, dict):
-        job_type, job_id = job["job_type"], str(job["id"])
-    else:
-        job_type, job_id = job.job_type, job.id
-    return queue.job_task_subject(catalog.CATALOG[job_type].subject, job_id)
+def task_subject(row: dict) -> str:
+    """The subject a dispatched job's generation task was published on: its
+    family and priority, then its own id or, for a member of a batch, the
+    batch's (`tasks.sdxl.fast.<id>`), so JetStream can be asked whether it
+    holds the task."""
+    task_id = row.get("batch_id") or row["id"]
+    return queue.job_task_subject(catalog.CATALOG[row["job_type"]].subject, str(task_id))
 
 
 def _job_row(valid: domain.ValidJob, user_id: str, request_id: str | None) -> dict:

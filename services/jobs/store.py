@@ -20,7 +20,7 @@ _JOB_COLUMNS = (
     "workspace_session_id, progress_step, progress_total, progress_stage, attempt, "
     "cancel_requested, error_code, error_message, enhancement_fallback, "
     "enhancement_fallback_reason, last_sequence, start_token, heartbeat_at, checked_at, "
-    "created_at, started_at, completed_at, updated_at, provenance"
+    "created_at, started_at, completed_at, updated_at, provenance, dispatched_at, batch_id"
 )
 _ASSET_COLUMNS = (
     "job_id, index, bucket, key, content_type, width, height, seed, thumbnail_bucket, "
@@ -112,14 +112,15 @@ async def claim_silent_running(
 async def claim_queued_to_check(
     conn: AsyncConnection, older_than_seconds: float, limit: int
 ) -> list[dict]:
-    """Queued jobs unchanged for `older_than_seconds` and not confirmed within
-    that time either, least recently confirmed first, locked."""
+    """Queued jobs dispatched and unchanged for `older_than_seconds` and not
+    confirmed within that time either, least recently confirmed first, locked."""
     cur = await conn.execute(
         f"SELECT {_JOB_COLUMNS} FROM jobs.jobs WHERE state = 'queued' "
+        "AND dispatched_at < now() - make_interval(secs => %s) "
         "AND updated_at < now() - make_interval(secs => %s) "
         "AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => %s)) "
         "ORDER BY checked_at NULLS FIRST, updated_at FOR UPDATE SKIP LOCKED LIMIT %s",
-        (older_than_seconds, older_than_seconds, limit),
+        (older_than_seconds, older_than_seconds, older_than_seconds, limit),
     )
     return await cur.fetchall()
 
@@ -235,19 +236,27 @@ async def events_after(conn: AsyncConnection, job_id: str, after: int) -> list[d
     return await cur.fetchall()
 
 
-async def insert_outbox(conn: AsyncConnection, subject: str, msg_id: str, payload: bytes) -> None:
+async def insert_outbox(
+    conn: AsyncConnection,
+    subject: str,
+    msg_id: str,
+    payload: bytes,
+    headers: dict[str, str] | None = None,
+) -> None:
     """A message to publish once the transaction commits, with the trace
-    context of the call that caused it (published as its headers)."""
+    context of the call that caused it and any `headers` of its own
+    (published as its headers)."""
     await conn.execute(
-        "INSERT INTO jobs.outbox (subject, msg_id, payload, trace_headers) VALUES (%s, %s, %s, %s)",
-        (subject, msg_id, payload, Jsonb(telemetry.inject())),
+        "INSERT INTO jobs.outbox (subject, msg_id, payload, trace_headers, headers) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (subject, msg_id, payload, Jsonb(telemetry.inject()), Jsonb(headers or {})),
     )
 
 
 async def claim_outbox(conn: AsyncConnection, limit: int) -> list[dict]:
     """Rows no other relay holds, oldest first; locked until the transaction ends."""
     cur = await conn.execute(
-        "SELECT id, subject, msg_id, payload, trace_headers FROM jobs.outbox "
+        "SELECT id, subject, msg_id, payload, trace_headers, headers FROM jobs.outbox "
         "ORDER BY id FOR UPDATE SKIP LOCKED LIMIT %s",
         (limit,),
     )
@@ -262,3 +271,125 @@ async def count_outbox(conn: AsyncConnection) -> int:
     """Rows waiting to be published."""
     cur = await conn.execute("SELECT count(*) AS n FROM jobs.outbox")
     return (await cur.fetchone())["n"]
+
+
+# --- dispatch (services/jobs/dispatch.py) ---------------------------------------
+
+# A job's place in its user's line: fast job types are pulled forward by a head
+# start (seconds), so a fast job goes before a high one submitted less than the
+# head start earlier, and a high job that waited longer goes first (ageing).
+_RANK_TIME = (
+    "CASE WHEN job_type = ANY(%(fast)s) "
+    "THEN created_at - make_interval(secs => %(head_start)s) ELSE created_at END"
+)
+_WAITING = "state = 'queued' AND dispatched_at IS NULL AND job_type = ANY(%(types)s)"
+_IN_FLIGHT = (
+    "state IN ('queued', 'running') AND dispatched_at IS NOT NULL AND job_type = ANY(%(types)s)"
+)
+
+
+def _line_params(types: list[str], fast: list[str], head_start: float) -> dict:
+    return {"types": types, "fast": fast, "head_start": head_start}
+
+
+async def lock_dispatch(conn: AsyncConnection, family: str) -> None:
+    """Serialises the dispatch of one family across Jobs replicas (until the
+    transaction ends)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 11))", (family,))
+
+
+async def dispatch_candidates(
+    conn: AsyncConnection, types: list[str], fast: list[str], head_start: float, per_user: int
+) -> list[dict]:
+    """The first `per_user` waiting jobs of each user in their line order
+    (`rank_time`, then submission), with that order's `user_rank` (1 first)."""
+    cur = await conn.execute(
+        f"SELECT * FROM (SELECT {_JOB_COLUMNS}, {_RANK_TIME} AS rank_time, "
+        f"row_number() OVER (PARTITION BY user_id ORDER BY {_RANK_TIME}, created_at, id) "
+        f"AS user_rank FROM jobs.jobs WHERE {_WAITING}) AS line "
+        "WHERE user_rank <= %(per_user)s ORDER BY rank_time, created_at, id",
+        {**_line_params(types, fast, head_start), "per_user": per_user},
+    )
+    return await cur.fetchall()
+
+
+async def in_flight_by_user(
+    conn: AsyncConnection, types: list[str], user_ids: list[str]
+) -> dict[str, int]:
+    """Each user's jobs of these types on the queue or running."""
+    cur = await conn.execute(
+        f"SELECT user_id, count(*) AS n FROM jobs.jobs WHERE {_IN_FLIGHT} "
+        "AND user_id = ANY(%(users)s::uuid[]) GROUP BY user_id",
+        {"types": types, "users": user_ids},
+    )
+    return {str(row["user_id"]): row["n"] for row in await cur.fetchall()}
+
+
+async def outbox_tasks(conn: AsyncConnection, family: str) -> int:
+    """Tasks of `family` written but not yet published."""
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM jobs.outbox WHERE subject LIKE %s", (f"tasks.{family}.%",)
+    )
+    return (await cur.fetchone())["n"]
+
+
+async def mark_dispatched(conn: AsyncConnection, job_ids: list[str], batch_id: str | None) -> None:
+    await conn.execute(
+        "UPDATE jobs.jobs SET dispatched_at = now(), batch_id = %s WHERE id = ANY(%s::uuid[])",
+        (batch_id, job_ids),
+    )
+
+
+async def undispatch(conn: AsyncConnection, job_ids: list[str]) -> None:
+    """Back to waiting in Jobs (their task is gone from the queue)."""
+    await conn.execute(
+        "UPDATE jobs.jobs SET dispatched_at = NULL, batch_id = NULL WHERE id = ANY(%s::uuid[])",
+        (job_ids,),
+    )
+
+
+async def family_waiting(conn: AsyncConnection, types: list[str]) -> int:
+    """Queued jobs of these types not yet started: waiting in Jobs or on the queue."""
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM jobs.jobs WHERE state = 'queued' AND job_type = ANY(%s)",
+        (types,),
+    )
+    return (await cur.fetchone())["n"]
+
+
+async def jobs_ahead(
+    conn: AsyncConnection, job_id: str, types: list[str], fast: list[str], head_start: float
+) -> int | None:
+    """How many jobs are expected to start before the waiting job `job_id` if
+    users take turns: every job on the queue, then of each other user as many
+    as stand before it in its own user's line, and its own user's jobs before
+    it. None when the job is not waiting in Jobs."""
+    cur = await conn.execute(
+        f"WITH line AS (SELECT id, user_id, row_number() OVER (PARTITION BY user_id "
+        f"ORDER BY {_RANK_TIME}, created_at, id) AS r FROM jobs.jobs WHERE {_WAITING}), "
+        "me AS (SELECT user_id, r FROM line WHERE id = %(id)s) "
+        "SELECT (SELECT count(*) FROM me) AS found, "
+        "(SELECT count(*) FROM line, me WHERE (line.user_id = me.user_id AND line.r < me.r) "
+        "OR (line.user_id <> me.user_id AND line.r <= me.r)) AS waiting, "
+        "(SELECT count(*) FROM jobs.jobs WHERE state = 'queued' AND dispatched_at IS NOT NULL "
+        "AND job_type = ANY(%(types)s)) AS on_queue",
+        {**_line_params(types, fast, head_start), "id": job_id},
+    )
+    row = await cur.fetchone()
+    if not row["found"]:
+        return None
+    return row["waiting"] + row["on_queue"]
+
+
+async def typical_seconds(conn: AsyncConnection, job_type: str, last: int) -> float | None:
+    """The median time from start to completion of the last `last` completed
+    jobs of `job_type` (None before any)."""
+    cur = await conn.execute(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY took) AS median FROM ("
+        "SELECT extract(epoch FROM completed_at - started_at) AS took FROM jobs.jobs "
+        "WHERE job_type = %s AND state = 'completed' AND started_at IS NOT NULL "
+        "ORDER BY completed_at DESC LIMIT %s) AS recent",
+        (job_type, last),
+    )
+    row = await cur.fetchone()
+    return None if row["median"] is None else float(row["median"])

@@ -45,8 +45,8 @@ class SdxlSettings(WorkerKeySettings):
     sdxl_preview_every_steps: int = Field(5, ge=0)
     sdxl_preview_min_seconds: float = Field(1.0, ge=0)
     sdxl_preview_max_bytes: int = Field(64 * 1024, ge=1024)
-    # How long a fetch waits for work before checking the other queue again.
-    sdxl_fetch_timeout_seconds: float = 1.0
+    # How long one pull request waits for a task before the next one.
+    sdxl_fetch_timeout_seconds: float = 5.0
     # How long SIGTERM waits for the job in hand before handing it back.
     sdxl_shutdown_grace_seconds: float = 30.0
 

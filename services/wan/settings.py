@@ -46,8 +46,8 @@ class WanSettings(WorkerKeySettings):
     wan_preview_every_steps: int = Field(2, ge=0)
     wan_preview_min_seconds: float = Field(1.0, ge=0)
     wan_preview_max_bytes: int = Field(64 * 1024, ge=1024)
-    # How long a fetch waits for work before checking the other queue again.
-    wan_fetch_timeout_seconds: float = 1.0
+    # How long one pull request waits for a task before the next one.
+    wan_fetch_timeout_seconds: float = 5.0
     # How long SIGTERM waits for the job in hand before handing it back (a
     # video_high job takes about a minute on a GPU).
     wan_shutdown_grace_seconds: float = 90.0

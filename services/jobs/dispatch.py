@@ -1,0 +1,336 @@
+"""The dispatcher: Jobs holds queued generation jobs and publishes a job's task
+to its family's queue only when a worker of that family can take it, choosing
+which job fairly.
+
+Why not publish at submit: the queue is first in, first out, so one user's
+backlog would run before another user's first job, and a stream of fast jobs
+would hold back every high one. Holding the line in PostgreSQL lets Jobs
+choose; the queue stays short and keeps what it is good at (delivery to
+whichever worker is free, redelivery when one dies).
+
+Capacity, from JetStream's info on the family's consumer: every idle worker
+waits in a pull request (`num_waiting`), every busy one holds one message
+(`num_ack_pending`, a batch is one message). A family has room for one task
+per waiting worker and `prefetch` per busy one (so a worker that finishes
+finds its next task at once), less the tasks already on the queue
+(`num_pending`) or written to the outbox and not yet published.
+
+The choice, for each free slot: among users under their concurrency limit
+(`per_user`, jobs on the queue or running; 0: none), the one with the fewest
+jobs in flight; between equals, the job that has waited longest in its
+line order, where a fast job type gets a head start of `fast_head_start`
+seconds over a high one (fast goes first, but a high job that has waited
+longer than the head start goes before a new fast one: nothing starves). So
+one user's backlog delays another user's first job by at most the jobs the
+workers hold (one running and `prefetch` waiting per worker).
+
+Batches (families that render several jobs in one denoising batch, SDXL): a
+chosen job that can share a batch takes compatible waiting jobs (the same
+`ourvidz.batching.batch_key`) along, in the same fair order, up to the
+family's image budget; they go out as one `GenerationBatch` message named by
+the first job's id, which each member records as its `batch_id`.
+
+Every replica runs one; a pass holds the family's advisory lock, so replicas
+take turns and never count the same slot twice. A pass runs when a job is
+queued, starts or ends on this replica, and every `interval` in any case (a
+worker that just became idle, another replica's change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from ourvidz import batching, catalog, metrics, queue
+from ourvidz.db import Database
+from ourvidz.v1 import job_pb2, queue_pb2
+from services.jobs import convert, store
+
+log = logging.getLogger(__name__)
+
+# Recent completed jobs a job type's typical duration is the median of.
+TYPICAL_OF_LAST = 20
+# How long a measured typical duration is reused before it is read again.
+TYPICAL_CACHE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    # Tasks a busy worker may have waiting for it on the queue.
+    prefetch: int = 1
+    # Jobs of one family one user may have on the queue or running (0: no limit).
+    per_user: int = 4
+    # Seconds a fast job type is pulled forward in the line over a high one.
+    fast_head_start_seconds: float = 60.0
+    # A pass at least this often, whatever happened.
+    interval_seconds: float = 0.5
+    # Images one batch may hold, per family that batches (0: no batches).
+    batch_images: int = batching.DEFAULT_BATCH_IMAGES
+
+
+@dataclass
+class Capacity:
+    """A family's workers as JetStream last described its consumer."""
+
+    idle: int = 0
+    busy: int = 0
+    pending: int = 0
+    at: float = 0.0
+
+    @property
+    def workers(self) -> int:
+        return self.idle + self.busy
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    types: list[str]
+    fast: list[str]
+
+
+def families() -> list[Family]:
+    by_worker: dict[str, list[catalog.JobType]] = {}
+    for jt in catalog.CATALOG.values():
+        by_worker.setdefault(jt.worker, []).append(jt)
+    return [
+        Family(
+            name=worker,
+            types=sorted(jt.name for jt in types),
+            fast=sorted(jt.name for jt in types if jt.quality == "fast"),
+        )
+        for worker, types in sorted(by_worker.items())
+    ]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        database: Database,
+        js: JetStreamContext,
+        settings: DispatchSettings,
+        *,
+        on_dispatched: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._db = database
+        self._js = js
+        self.settings = settings
+        self.on_dispatched = on_dispatched
+        self.families = {f.name: f for f in families()}
+        self._family_of = {t: f for f in self.families.values() for t in f.types}
+        self.capacity: dict[str, Capacity] = {name: Capacity() for name in self.families}
+        self._typical: dict[str, tuple[float, float | None]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._failing = False
+
+    # --- running -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="dispatcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.dispatch_all()
+                if self._failing:
+                    log.info("dispatch: running again")
+                self._failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database or NATS is away: the next pass retries
+                if not self._failing:
+                    log.warning("dispatch failed (%s: %s); retrying", type(exc).__name__, exc)
+                self._failing = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.interval_seconds)
+
+    async def dispatch_all(self) -> int:
+        """One pass over every family; how many tasks went out."""
+        sent = 0
+        for family in self.families.values():
+            sent += await self.dispatch(family)
+        if sent:
+            self.on_dispatched()
+        return sent
+
+    # --- one family ----------------------------------------------------------------
+
+    async def _capacity(self, family: Family) -> Capacity:
+        try:
+            info = await self._js.consumer_info(
+                queue.TASKS_STREAM, queue.consumer_name(family.name), timeout=2.0
+            )
+        except NotFoundError:  # no worker of this family ever started
+            cap = Capacity(at=time.monotonic())
+        else:
+            cap = Capacity(
+                idle=info.num_waiting or 0,
+                busy=info.num_ack_pending or 0,
+                pending=info.num_pending or 0,
+                at=time.monotonic(),
+            )
+        self.capacity[family.name] = cap
+        return cap
+
+    async def dispatch(self, family: Family) -> int:
+        """Publish (through the outbox) as many of the family's waiting jobs as
+        its workers have room for; how many tasks were written."""
+        s = self.settings
+        async with self._db.tx(role="system") as conn:
+            await store.lock_dispatch(conn, family.name)
+            cap = await self._capacity(family)
+            unpublished = await store.outbox_tasks(conn, family.name)
+            slots = cap.idle + s.prefetch * cap.busy - cap.pending - unpublished
+            metrics.JOBS_WAITING.labels(family.name).set(
+                await store.family_waiting(conn, family.types)
+            )
+            if slots <= 0:
+                return 0
+            budget = s.batch_images if batching.batches(family.name) else 0
+            per_user = slots + (budget if budget else 0)
+            rows = await store.dispatch_candidates(
+                conn, family.types, family.fast, s.fast_head_start_seconds, per_user
+            )
+            if not rows:
+                return 0
+            users = sorted({str(r["user_id"]) for r in rows})
+            in_flight = await store.in_flight_by_user(conn, family.types, users)
+            groups = choose(rows, in_flight, slots, s.per_user, budget)
+            now = datetime.now(UTC)
+            for group in groups:
+                await self._publish(conn, group, now)
+        if groups:
+            log.debug("dispatched %d task(s) of %s", len(groups), family.name)
+        return len(groups)
+
+    async def _publish(self, conn, group: list[dict], now: datetime) -> None:
+        lead = group[0]
+        subject = store_subject(lead)
+        msg_id = f"{lead['id']}:{uuid.uuid4().hex[:12]}"
+        tasks = [convert.generation_task(convert.job_proto(row), now=now) for row in group]
+        if len(group) == 1:
+            await store.insert_outbox(conn, subject, msg_id, tasks[0].SerializeToString())
+            await store.mark_dispatched(conn, [str(lead["id"])], None)
+            return
+        batch = queue_pb2.GenerationBatch(tasks=tasks)
+        await store.insert_outbox(
+            conn, subject, msg_id, batch.SerializeToString(), queue.batch_headers()
+        )
+        await store.mark_dispatched(conn, [str(r["id"]) for r in group], str(lead["id"]))
+
+    # --- where a queued job stands ----------------------------------------------------
+
+    async def estimate(self, job: job_pb2.Job) -> job_pb2.QueueEstimate | None:
+        """The queued job's position and expected start (None for a job not
+        queued or of no known family)."""
+        family = self._family_of.get(job.job_type)
+        if job.state != job_pb2.JOB_STATE_QUEUED or family is None:
+            return None
+        s = self.settings
+        async with self._db.tx(role="system") as conn:
+            ahead = await store.jobs_ahead(
+                conn, job.id, family.types, family.fast, s.fast_head_start_seconds
+            )
+            typical = await self._typical_seconds(conn, job.job_type)
+        out = job_pb2.QueueEstimate(dispatched=ahead is None, position=ahead or 0)
+        cap = self.capacity[family.name]
+        if cap.workers and typical is not None:
+            start = datetime.now(UTC) + timedelta(seconds=expected_wait(out.position, cap, typical))
+            out.estimated_start_time.FromDatetime(start)
+        return out
+
+    async def _typical_seconds(self, conn, job_type: str) -> float | None:
+        at, value = self._typical.get(job_type, (0.0, None))
+        if time.monotonic() - at > TYPICAL_CACHE_SECONDS:
+            value = await store.typical_seconds(conn, job_type, TYPICAL_OF_LAST)
+            self._typical[job_type] = (time.monotonic(), value)
+        return value
+
+
+def store_subject(row: dict) -> str:
+    return queue.job_task_subject(catalog.CATALOG[row["job_type"]].subject, str(row["id"]))
+
+
+def expected_wait(position: int, cap: Capacity, typical: float) -> float:
+    """Seconds until a job with `position` jobs ahead starts: at once while an
+    idle worker is left for it, else when enough running jobs end, each
+    worker finishing one every `typical` seconds, the first halfway through."""
+    if position < cap.idle:
+        return 0.0
+    return typical * ((position - cap.idle) / max(cap.workers, 1) + 0.5)
+
+
+def choose(
+    rows: list[dict], in_flight: dict[str, int], slots: int, per_user: int, budget: int
+) -> list[list[dict]]:
+    """The tasks to publish, each a list of jobs (one, or a batch), from the
+    candidates `rows` (each user's line, in line order), taking turns between
+    users: the user with the fewest jobs in flight first, then the job that
+    has waited longest in line order."""
+    lines: dict[str, list[dict]] = {}
+    for row in rows:
+        lines.setdefault(str(row["user_id"]), []).append(row)
+    flying = {user: in_flight.get(user, 0) for user in lines}
+
+    def room(user: str) -> bool:
+        return bool(lines[user]) and (per_user <= 0 or flying[user] < per_user)
+
+    def turn_order() -> list[str]:
+        return sorted(
+            (u for u in lines if room(u)), key=lambda u: (flying[u], lines[u][0]["rank_time"])
+        )
+
+    groups: list[list[dict]] = []
+    while len(groups) < slots:
+        order = turn_order()
+        if not order:
+            break
+        user = order[0]
+        head = lines[user].pop(0)
+        flying[user] += 1
+        group = [head]
+        key = batching.batch_key_of_row(head) if budget else None
+        if key is not None:
+            images = head["num_images"]
+            while True:  # fill the batch in turn order too
+                mate = _next_mate(lines, turn_order(), key, budget - images)
+                if mate is None:
+                    break
+                mate_user, row = mate
+                lines[mate_user].remove(row)
+                flying[mate_user] += 1
+                images += row["num_images"]
+                group.append(row)
+        groups.append(group)
+    return groups
+
+
+def _next_mate(
+    lines: dict[str, list[dict]], order: list[str], key: tuple, images_left: int
+) -> tuple[str, dict] | None:
+    for user in order:
+        for row in lines[user]:
+            if row["num_images"] <= images_left and batching.batch_key_of_row(row) == key:
+                return user, row
+    return None
