@@ -9,8 +9,9 @@ Every metric the mesh exports is defined here, once per process, on the
 default registry: several services started in one process (the tests' mesh)
 share them, and their labels tell the services apart. Names start with
 `ourvidz_`, carry their unit, and every label takes a bounded set of values
-(job types of the catalog, consumer names, gRPC methods, error codes of
-`ourvidz.errors.JOB_ERROR_CODES`). docs/OBSERVABILITY.md lists them.
+(job types of the catalog, worker families, consumer names, gRPC methods,
+error codes of `ourvidz.errors.JOB_ERROR_CODES`). docs/OBSERVABILITY.md lists
+them.
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ QUEUE_WAITING_PULLS = Gauge(
 )
 QUEUE_GAUGES = (QUEUE_PENDING, QUEUE_ACK_PENDING, QUEUE_REDELIVERED, QUEUE_WAITING_PULLS)
 
+# --- the backlog (set by Jobs' dispatcher) -------------------------------------------
+
+# Jobs holds queued jobs back and publishes a task only when a worker can take
+# it, so the consumers' lag is not the backlog: this is, and KEDA scales the
+# model workers on it (deploy/k8s/components/queue-autoscaling).
+JOBS_WAITING = Gauge(
+    "ourvidz_jobs_waiting",
+    "Queued jobs of the worker family not yet started, held back by Jobs or waiting on "
+    "the queue (a shared value: every Jobs replica sets the same; aggregate with max()).",
+    ["family"],
+)
+
 # --- jobs (measured by Jobs at StartJob, CompleteJob, FailJob) ----------------------------
 
 JOB_QUEUE_SECONDS = Histogram(
@@ -101,14 +114,6 @@ OUTBOX_BACKLOG = Gauge(
     "ourvidz_outbox_backlog_rows",
     "Outbox rows not yet published to JetStream, as the relay of this replica last "
     "counted them (a shared value: aggregate replicas with max(), not sum()).",
-)
-
-JOBS_WAITING = Gauge(
-    "ourvidz_jobs_waiting",
-    "Queued jobs of a worker family not yet started, waiting in Jobs' line or on the "
-    "queue, as this replica's dispatcher last counted them (a shared value: aggregate "
-    "replicas with max(), not sum()).",
-    ["family"],
 )
 
 # --- the gateway ---------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 - TASKS: a work-queue stream (file storage) on `tasks.>`; generation tasks on
   `tasks.<family>.<priority>.<job id>` (`tasks.sdxl.fast.<id>`,
   `tasks.wan.high.<id>`), enhance tasks on `tasks.enhance`. One durable pull
-  consumer per family and priority (`tasks.sdxl.fast.>`), shared by every
-  replica of that worker. The job id in the subject lets Jobs' reconciler ask
+  consumer per worker family, named by it (`sdxl` on `tasks.sdxl.>`, both
+  priorities), shared by every replica of that worker: Jobs publishes a task
+  only when a worker can take it, so the order (fast before high, fair across
+  users) is Jobs', and the backlog is its `ourvidz_jobs_waiting`, not the
+  consumers' lag. The job id in the subject lets Jobs' reconciler ask
   JetStream whether a job's task is still held (`task_held`). Publishes carry
   `Nats-Msg-Id` = job id, so a retried publish is stored once within the
   duplicate window. Consumers redeliver without limit: Jobs counts attempts
@@ -94,14 +97,15 @@ def batch_headers() -> dict[str, str]:
     return {TASK_KIND_HEADER: BATCH_KIND}
 
 
-def consumer_name(family: str) -> str:
-    """The durable consumer every worker of `family` shares."""
-    return family
-
-
 def family_subject(family: str) -> str:
-    """Every task of a worker family, both priorities: `tasks.sdxl.>`."""
+    """Every task of a worker family, whatever its priority: `tasks.sdxl.>`."""
     return f"tasks.{family}.>"
+
+
+def consumer_name(family: str) -> str:
+    """The durable consumer of a worker family's tasks (on `family_subject`):
+    the family's name, `sdxl`."""
+    return family
 
 
 def event_subject(user_id: str, job_id: str) -> str:

@@ -1,6 +1,8 @@
 """The queue's depth as metrics: every few seconds, JetStream's info on each
-task consumer (one per worker family and priority, and the enhancer's) sets
-the `ourvidz_queue_*` gauges (ourvidz.metrics).
+task consumer (one per worker family, and the enhancer's) sets the
+`ourvidz_queue_*` gauges (ourvidz.metrics). Jobs holds queued jobs back until
+a worker can take them, so these show the tasks handed to the workers, not the
+backlog: that is `ourvidz_jobs_waiting`, set by the dispatcher.
 
 Every Jobs replica polls the same consumers, so each reports the same shared
 values: dashboards take the max() of the replicas, not their sum(). A consumer
@@ -24,9 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def task_consumers() -> tuple[str, ...]:
-    """The durable consumers of the TASKS stream: each worker family's per
-    priority (sdxl-fast, ...), then the enhancer's."""
-    names = sorted({queue.consumer_name(jt.worker, jt.quality) for jt in catalog.CATALOG.values()})
+    """The durable consumers of the TASKS stream: each worker family's (sdxl,
+    wan), then the enhancer's."""
+    names = sorted({queue.consumer_name(jt.worker) for jt in catalog.CATALOG.values()})
     return (*names, queue.ENHANCE_CONSUMER)
 
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 
 import yaml
 
+from ourvidz import metrics, queue
+from ourvidz.catalog import CATALOG
 from tests.deploy.render import (
     CLUSTER_SCOPED,
     DB_LOGINS,
@@ -596,6 +598,88 @@ def check_gpu_autoscaling(objects: Objects) -> list[str]:
     return problems
 
 
+# max(ourvidz_jobs_waiting{...}): every Jobs replica reports the same value.
+_WAITING_QUERY = re.compile(
+    rf"max\s*\(\s*{metrics.JOBS_WAITING._name}\s*\{{(?P<labels>[^}}]*)\}}\s*\)"
+)
+_MATCHER = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
+
+
+def _family_trigger_problems(scaler: dict, family: str) -> list[str]:
+    """Problems of the triggers of a model worker family's ScaledObject."""
+    problems = []
+    triggers = scaler["spec"].get("triggers", [])
+    if not any(t.get("type") == "prometheus" for t in triggers):
+        problems.append(
+            f"{ref(scaler)}: spec.triggers has no prometheus trigger on "
+            f'{metrics.JOBS_WAITING._name}{{family="{family}"}}'
+        )
+    for i, trigger in enumerate(triggers):
+        meta, where = trigger.get("metadata") or {}, f"{ref(scaler)}: spec.triggers[{i}]"
+        if trigger.get("type") == "nats-jetstream":
+            problems.append(
+                f"{where}: scales on consumer {meta.get('consumer')!r}'s lag, which is no longer "
+                "the backlog (Jobs holds queued jobs back until a worker can take one)"
+            )
+        if trigger.get("type") != "prometheus":
+            continue
+        query = meta.get("query", "")
+        found = _WAITING_QUERY.fullmatch(query.strip())
+        labels = dict(_MATCHER.findall(found["labels"])) if found else {}
+        if not found:
+            problems.append(
+                f"{where}.metadata.query {query!r} is not max({metrics.JOBS_WAITING._name}{{...}})"
+            )
+        elif labels.get("family") != family:
+            problems.append(
+                f"{where}.metadata.query reads family {labels.get('family')!r}, not {family!r}"
+            )
+        elif labels.get("namespace", NAMESPACE) != NAMESPACE:
+            problems.append(
+                f"{where}.metadata.query reads namespace {labels['namespace']!r}, not {NAMESPACE!r}"
+            )
+        if not str(meta.get("serverAddress", "")).startswith(("http://", "https://")):
+            problems.append(f"{where}.metadata.serverAddress is not a Prometheus URL")
+        try:
+            positive = float(meta.get("threshold", "")) > 0
+        except ValueError:
+            positive = False
+        if not positive:
+            problems.append(f"{where}.metadata.threshold is not a number of jobs above 0")
+    return problems
+
+
+def check_queue_scaling(objects: Objects) -> list[str]:
+    """Each model worker family scales on its own jobs waiting (Jobs' gauge
+    ourvidz_jobs_waiting, max() of its replicas) read from one Prometheus; a
+    JetStream trigger (the enhancer's) names a consumer that exists."""
+    problems = []
+    families = sorted({job_type.worker for job_type in CATALOG.values()})
+    addresses: dict[str, list[str]] = {}
+    for scaler in named(objects, "ScaledObject").values():
+        target = scaler["spec"]["scaleTargetRef"]["name"]
+        if target in families:
+            problems += _family_trigger_problems(scaler, target)
+        for i, trigger in enumerate(scaler["spec"].get("triggers", [])):
+            meta = trigger.get("metadata") or {}
+            if trigger.get("type") == "prometheus" and meta.get("serverAddress"):
+                addresses.setdefault(meta["serverAddress"], []).append(ref(scaler))
+            if trigger.get("type") == "nats-jetstream" and target not in families:
+                wanted = (queue.TASKS_STREAM, queue.ENHANCE_CONSUMER)
+                if (meta.get("stream"), meta.get("consumer")) != wanted:
+                    problems.append(
+                        f"{ref(scaler)}: spec.triggers[{i}] reads consumer "
+                        f"{meta.get('stream')}/{meta.get('consumer')}, not {'/'.join(wanted)}"
+                    )
+    if len(addresses) > 1:
+        problems.append(
+            "ScaledObject: the prometheus triggers name several servers ("
+            + "; ".join(f"{a}: {', '.join(sorted(s))}" for a, s in sorted(addresses.items()))
+            + "); set the address in one place (components/queue-autoscaling)"
+        )
+    return problems
+
+
 def check_gateway_autoscaling(objects: Objects) -> list[str]:
     """The gateway is scaled by a HorizontalPodAutoscaler."""
     for hpa in named(objects, "HorizontalPodAutoscaler").values():
@@ -865,6 +949,7 @@ OVERLAY_CHECKS: dict[str, dict[str, Check]] = {
     "dev": {"cpu_only": check_dev_cpu_only},
     "prod": {
         "gpu_autoscaling": check_gpu_autoscaling,
+        "queue_scaling": check_queue_scaling,
         "gateway_autoscaling": check_gateway_autoscaling,
         "gpus": check_prod_gpus,
     },

@@ -220,6 +220,38 @@ def drop_scaled_object(root: Path) -> int:
     )
 
 
+def wan_scales_on_a_consumers_lag(root: Path) -> int:
+    def lag(doc):
+        doc["spec"]["triggers"] = [
+            {
+                "type": "nats-jetstream",
+                "metadata": {
+                    "natsServerMonitoringEndpoint": "nats-headless.ourvidz.svc:8222",
+                    "stream": "TASKS",
+                    "consumer": "wan-fast",
+                    "lagThreshold": "2",
+                },
+            }
+        ]
+
+    return edit_objects(root, "ScaledObject", "wan", lag)
+
+
+def wan_reads_sdxls_backlog(root: Path) -> int:
+    def other(doc):
+        meta = doc["spec"]["triggers"][0]["metadata"]
+        meta["query"] = meta["query"].replace('family="wan"', 'family="sdxl"')
+
+    return edit_objects(root, "ScaledObject", "wan", other)
+
+
+def enhancer_on_a_gone_consumer(root: Path) -> int:
+    def gone(doc):
+        doc["spec"]["triggers"][0]["metadata"]["consumer"] = "enhance-fast"
+
+    return edit_objects(root, "ScaledObject", "enhancer", gone)
+
+
 def unparsable_config(root: Path) -> int:
     path = root / "overlays" / "prod" / "kustomization.yaml"
     doc = yaml.safe_load(path.read_text())
@@ -312,6 +344,24 @@ BREAKS = {
         drop_scaled_object,
         policies.check_gpu_autoscaling,
         "Deployment/wan",
+        "prod",
+    ),
+    "scaling-on-consumer-lag": (
+        wan_scales_on_a_consumers_lag,
+        policies.check_queue_scaling,
+        "ScaledObject/wan: spec.triggers has no prometheus trigger",
+        "prod",
+    ),
+    "scaling-on-another-family": (
+        wan_reads_sdxls_backlog,
+        policies.check_queue_scaling,
+        "ScaledObject/wan: spec.triggers[0].metadata.query reads family 'sdxl'",
+        "prod",
+    ),
+    "enhancer-on-a-gone-consumer": (
+        enhancer_on_a_gone_consumer,
+        policies.check_queue_scaling,
+        "ScaledObject/enhancer",
         "prod",
     ),
     "config-unparsable": (

@@ -31,7 +31,6 @@ import pytest
 from psycopg.rows import dict_row
 
 from ourvidz import queue, registry
-from ourvidz.genworker.loop import QUALITIES
 from ourvidz_dev.stack import running_stack
 from tests.e2e.conftest import mesh_env, signup
 from tests.jetstream.natscluster import NatsCluster
@@ -109,7 +108,7 @@ async def test_replicas_are_raised_to_the_setting_and_never_lowered(cluster, cap
         # A service started without the setting creates everything with one replica.
         one = queue.QueueSettings(replicas=1)
         await queue.declare_streams(js, one)
-        await queue.declare_task_consumer(js, "tasks.sdxl.fast.>", "sdxl-fast", one)
+        await queue.declare_task_consumer(js, queue.family_subject("sdxl"), "sdxl", one)
         await queue.declare_events_consumer(js)
         await registry.declare_bucket(js, replicas=1, bucket=bucket)
         for stream in (queue.TASKS_STREAM, queue.EVENTS_STREAM, f"KV_{bucket}"):
@@ -132,23 +131,23 @@ async def test_replicas_are_raised_to_the_setting_and_never_lowered(cluster, cap
             info = await js.consumer_info(stream, durable)
             return not info.config.num_replicas and replicated(info.cluster)
 
-        await eventually(lambda: consumer_replicated(queue.TASKS_STREAM, "sdxl-fast"))
+        await eventually(lambda: consumer_replicated(queue.TASKS_STREAM, "sdxl"))
         await eventually(lambda: consumer_replicated(queue.EVENTS_STREAM, queue.WORKSPACE_CONSUMER))
         # Declared again, by a service with the setting, they keep following it.
-        await queue.declare_task_consumer(js, "tasks.sdxl.fast.>", "sdxl-fast", three)
-        assert await consumer_replicated(queue.TASKS_STREAM, "sdxl-fast")
+        await queue.declare_task_consumer(js, queue.family_subject("sdxl"), "sdxl", three)
+        assert await consumer_replicated(queue.TASKS_STREAM, "sdxl")
 
         # A service started without the setting again: nothing shrinks, and it says so.
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="ourvidz.queue"):
             await queue.declare_streams(js, one)
-            await queue.declare_task_consumer(js, "tasks.sdxl.fast.>", "sdxl-fast", one)
+            await queue.declare_task_consumer(js, queue.family_subject("sdxl"), "sdxl", one)
             await registry.declare_bucket(js, replicas=1, bucket=bucket)
         said = warnings_naming_the_setting(caplog)
         assert len(said) == 3 and all("never" in line for line in said), said
         for stream in (queue.TASKS_STREAM, queue.EVENTS_STREAM, f"KV_{bucket}"):
             assert await stream_replicas(js, stream) == (REPLICAS, True), stream
-        assert await consumer_replicated(queue.TASKS_STREAM, "sdxl-fast")
+        assert await consumer_replicated(queue.TASKS_STREAM, "sdxl")
 
         # The mesh test starts from nothing: its services create what they need.
         await js.delete_key_value(bucket)
@@ -208,7 +207,7 @@ async def test_the_mesh_loses_a_follower_then_the_leader_and_no_job_is_lost_or_d
     )
     truth = Truth(base_env["DATABASE_URL"])
     consumers = [
-        *((queue.TASKS_STREAM, queue.consumer_name("sdxl", q)) for q in QUALITIES),
+        (queue.TASKS_STREAM, queue.consumer_name("sdxl")),
         (queue.EVENTS_STREAM, queue.WORKSPACE_CONSUMER),
     ]
     figures: dict = {"jobs": 0}

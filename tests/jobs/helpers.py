@@ -21,9 +21,10 @@ def owner_query(owner_url: str, query: str, params=()) -> list[tuple]:
 async def pull_task(harness, subject: str, msg_id: str, wait: float = 15.0):
     """The message with `msg_id` from the family's durable pull consumer."""
     parts = subject.split(".")
-    durable = queue.consumer_name(*parts[1:]) if len(parts) == 3 else "enhancer"
-    # Generation tasks travel on `<queue subject>.<job id>`.
-    filter_subject = queue.job_task_subject(subject, ">") if len(parts) == 3 else subject
+    if len(parts) == 3:  # a family's queue: its consumer takes every priority's tasks
+        durable, filter_subject = queue.consumer_name(parts[1]), queue.family_subject(parts[1])
+    else:
+        durable, filter_subject = queue.ENHANCE_CONSUMER, subject
     try:
         await harness.js.consumer_info(queue.TASKS_STREAM, durable)
     except NotFoundError:

@@ -179,16 +179,15 @@ async def _publish(running, task, subject="tasks.sdxl.fast") -> None:
 
 
 async def _drained(running) -> None:
-    """Until both consumers hold nothing: no pending, nothing awaiting an ack."""
+    """Until the family's consumer holds nothing: no pending, nothing awaiting an ack."""
     for _ in range(200):
-        infos = [
-            await running.worker.js.consumer_info(queue.TASKS_STREAM, name)
-            for name in ("sdxl-fast", "sdxl-high")
-        ]
-        if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
+        info = await running.worker.js.consumer_info(
+            queue.TASKS_STREAM, queue.consumer_name("sdxl")
+        )
+        if info.num_pending == 0 and info.num_ack_pending == 0:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"messages left: {infos}")
+    raise AssertionError(f"messages left: {info}")
 
 
 def _ids() -> tuple[str, str]:

@@ -241,8 +241,7 @@ async def test_tasks_on_an_earlier_versions_subject_are_cleared_at_declare(infra
     finally:
         await worker.unsubscribe()
         await js.purge_stream(queue.TASKS_STREAM, subject="tasks.legacytest.>")
-        for quality in ("fast", "high"):
-            await js.delete_consumer(queue.TASKS_STREAM, queue.consumer_name("legacytest", quality))
+        await js.delete_consumer(queue.TASKS_STREAM, queue.consumer_name("legacytest"))
         await nc.close()
 
 

@@ -147,7 +147,7 @@ async def test_a_job_through_the_mesh_shows_in_the_job_metrics(stack, http):
 async def test_queue_gauges_for_each_consumer_and_the_outbox_backlog(stack):
     consumers = task_consumers()
     # The workers of this mesh declared their consumers: sdxl's and the enhancer's.
-    running = ("sdxl-fast", "sdxl-high", "enhancer")
+    running = (queue.consumer_name("sdxl"), queue.ENHANCE_CONSUMER)
     assert set(running) <= set(consumers)
 
     def polled(samples: Samples) -> bool:
@@ -168,7 +168,7 @@ async def test_queue_gauges_for_each_consumer_and_the_outbox_backlog(stack):
             present = (gauge, frozenset({("consumer", consumer)})) in samples
             assert present == bool(declared), (gauge, consumer)
     # A real value: the idle workers' fetches show as waiting pull requests
-    # (the SDXL worker fetches from its two consumers in turn).
+    # (the SDXL worker fetches from its family's consumer).
     await until(
         stack.jobs.metrics.port,
         lambda s: any(value(s, "ourvidz_queue_waiting_pulls", consumer=c) >= 1 for c in running),

@@ -32,7 +32,7 @@ from tests.conftest import GATEWAY_SIGNER, make_settings, token
 from tests.wan.test_generate import decode_mp4, decode_png
 
 ACK_WAIT = 1.0
-CONSUMERS = ("wan-fast", "wan-high")
+CONSUMERS = (queue.consumer_name("wan"),)
 # Long enough on a CPU that a missing heartbeat would let the ack wait run out.
 SLOW = {"width": 256, "height": 256, "num_frames": 33}
 
