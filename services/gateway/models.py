@@ -666,7 +666,8 @@ class Problem(BaseModel):
 
 class QueueOut(BaseModel):
     family: str  # sdxl | wan | enhance
-    priority: str | None  # fast | high; none for enhance
+    # Always null: a family's one consumer takes both priorities (kept for clients).
+    priority: str | None
     subject: str
     consumer: str
     # False until a worker of this family declared its consumer (then all zeros).

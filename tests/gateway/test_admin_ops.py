@@ -43,17 +43,16 @@ async def test_for_admins_only(client, user_token, path):
     assert (await client.get(path, headers=auth(user_token[1]))).status_code == 403
 
 
-async def test_queues_per_family_and_priority(client, admin_token, js, monkeypatch):
+async def test_queues_per_family(client, admin_token, js, monkeypatch):
     r = await _get(client, "/v1/admin/queues", admin_token[1])
     assert r.status_code == 200, r.text
     rows = r.json()["queues"]
-    assert [(q["family"], q["priority"], q["consumer"]) for q in rows] == [
-        ("sdxl", "fast", "sdxl-fast"),
-        ("sdxl", "high", "sdxl-high"),
-        ("wan", "fast", "wan-fast"),
-        ("wan", "high", "wan-high"),
-        ("enhance", None, "enhancer"),
+    assert [(q["family"], q["subject"], q["consumer"]) for q in rows] == [
+        ("sdxl", "tasks.sdxl.>", "sdxl"),
+        ("wan", "tasks.wan.>", "wan"),
+        ("enhance", "tasks.enhance", "enhancer"),
     ]
+    assert {q["priority"] for q in rows} == {None}
     assert r.json()["checked_at"].endswith("Z")
 
     # A consumer of its own (so other tests' queues do not matter): three tasks,

@@ -21,11 +21,12 @@ from services.gateway.models import QueuesOut, WorkersOut
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 # (family, priority, subject, durable consumer), in the order operators read them.
+# A worker family has one consumer for both priorities: Jobs publishes its
+# tasks in the order they should run.
 QUEUES = (
     *(
-        (family, quality, queue.task_subject(family, quality), queue.consumer_name(family, quality))
+        (family, "", queue.family_subject(family), queue.consumer_name(family))
         for family in ("sdxl", "wan")
-        for quality in ("fast", "high")
     ),
     ("enhance", "", queue.ENHANCE_SUBJECT, queue.ENHANCE_CONSUMER),
 )
@@ -50,7 +51,7 @@ def _iso(seconds: float | None) -> str | None:
 
 @router.get("/queues", response_model=QueuesOut)
 async def queues(caller: AdminDep, gw=Depends(gateway)) -> dict:
-    """Per worker family and priority: waiting messages, messages in flight
+    """Per worker family (and the enhancer): waiting messages, messages in flight
     (delivered, not yet acked), redeliveries and pulls waiting for work."""
     js = _jetstream(gw)
     out = []

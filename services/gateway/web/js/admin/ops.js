@@ -17,7 +17,7 @@ function table(caption, headers, rows, empty) {
 function queueRows(queues) {
   return queues.map((q) => h("tr", {},
     h("th", { scope: "row" }, q.family),
-    h("td", {}, q.priority || "—"),
+    h("td", { class: "mono" }, q.subject),
     h("td", {}, q.declared ? q.consumer : h("span", { class: "muted" }, `${q.consumer} (not declared)`)),
     h("td", { class: "num" }, q.pending),
     h("td", { class: "num" }, q.in_flight),
@@ -53,7 +53,7 @@ export function opsSection() {
       const [q, w] = await Promise.all([api.get("/v1/admin/queues"), api.get("/v1/admin/workers")]);
       if (stopped) return;
       mount(queues, table("Queue depth per worker family",
-        ["Family", "Priority", "Consumer", "Pending", "In flight", "Redelivered", "Waiting pulls"],
+        ["Family", "Subject", "Consumer", "Pending", "In flight", "Redelivered", "Waiting pulls"],
         queueRows(q.queues), "No queues."));
       mount(workers, table("Workers and enhancer replicas",
         ["Worker", "Family", "Model", "Device", "Ready", "Current job", "Completed", "Failed", "Last seen", "Health"],
