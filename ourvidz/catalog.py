@@ -223,3 +223,23 @@ def size_limits(job_type: JobType, limits: CatalogLimits) -> tuple[int, int]:
     if job_type.worker == "sdxl":
         return limits.sdxl_min_size, limits.sdxl_max_size
     return limits.wan_min_size, limits.wan_max_size
+
+
+def plain_twin(job_type: JobType) -> JobType:
+    """The job type that renders `job_type`'s prompt as it is given: itself,
+    or for an enhanced type the plain one of the same worker, output and
+    quality (`image7b_fast_enhanced` -> `image_fast`)."""
+    if not job_type.enhanced:
+        return job_type
+    return next(
+        jt
+        for jt in CATALOG.values()
+        if not jt.enhanced
+        and (jt.worker, jt.output, jt.quality)
+        == (job_type.worker, job_type.output, job_type.quality)
+    )
+
+
+def worker_job_types(worker: str) -> list[str]:
+    """The job types one worker family renders, all with the model it runs."""
+    return [jt.name for jt in CATALOG.values() if jt.worker == worker]

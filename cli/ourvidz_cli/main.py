@@ -2,6 +2,7 @@
 
     ourvidz signup you@example.com
     ourvidz generate "a lighthouse at dusk" --num-images 3 --seed 42 --out out/
+    ourvidz rerun JOB_ID --wait --out out/   # the same model, prompt, seed and settings
     ourvidz jobs
     ourvidz job-types
     ourvidz admin grant you@example.com   # an operator's command (ourvidz.operator)
@@ -192,9 +193,14 @@ def cmd_generate(api: Api, args: argparse.Namespace) -> int:
     job = api.request(
         "POST", "/v1/jobs", json=job_body(args, reference_id), headers={"Idempotency-Key": key}
     ).json()
-    job_id = job["id"]
-    err(f"job {job_id} ({job.get('job_type', args.type)}) {job.get('state', 'queued')}")
+    err(f"job {job['id']} ({job.get('job_type', args.type)}) {job.get('state', 'queued')}")
+    return finish(api, job, args)
 
+
+def finish(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
+    """Follow a submitted job to its end, then download its outputs into
+    `args.out` (their paths on stdout). Fails when the job does not complete."""
+    job_id = job["id"]
     progress = ProgressLine(sys.stderr)
     progress.update(job.get("state", "queued"))
     try:
@@ -303,6 +309,24 @@ def cmd_job_types(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rerun(api: Api, args: argparse.Namespace) -> int:
+    """Submit a completed job again with exactly its recorded parameters (the
+    server refuses when the model changed since). Prints the new job as JSON,
+    or with --wait follows it and downloads its outputs as `generate` does."""
+    key = args.idempotency_key or str(uuid.uuid4())
+    job = api.request(
+        "POST", f"/v1/jobs/{args.job_id}/rerun", headers={"Idempotency-Key": key}
+    ).json()
+    err(
+        f"job {job['id']} ({job.get('job_type', '')}) {job.get('state', 'queued')}: "
+        f"a re-run of {job.get('rerun_of') or args.job_id}"
+    )
+    if args.wait:
+        return finish(api, job, args)
+    out(json.dumps(job, indent=2))
+    return 0
+
+
 def cmd_cancel(api: Api, args: argparse.Namespace) -> int:
     job = api.request("POST", f"/v1/jobs/{args.job_id}/cancel").json()
     err(f"job {job.get('id', args.job_id)} {job.get('state', 'cancelling')}")
@@ -356,14 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reference", help="a reference image file to upload and use")
     g.add_argument("--reference-type", choices=("style", "composition", "character"))
     g.add_argument("--reference-strength", type=float, help="0.1 to 1.0")
-    g.add_argument("--idempotency-key", help="default: a new random one")
-    g.add_argument(
-        "--wait-timeout",
-        type=float,
-        default=60.0,
-        help="seconds to poll after the stream ends (default: %(default)s)",
+    _following(g)
+
+    r = sub.add_parser(
+        "rerun", help="re-run a completed job exactly (same model, prompt, seed and settings)"
     )
-    g.add_argument("--out", default=".", help="folder for the outputs (default: the current one)")
+    r.add_argument("job_id")
+    r.add_argument(
+        "--wait", action="store_true", help="follow the new job and download its outputs"
+    )
+    _following(r)
 
     j = sub.add_parser("jobs", help="list your recent jobs")
     j.add_argument("--limit", type=int, default=20)
@@ -377,10 +403,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _following(p: argparse.ArgumentParser) -> None:
+    """The options of a command that submits a job and may follow it."""
+    p.add_argument("--idempotency-key", help="default: a new random one")
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to poll after the stream ends (default: %(default)s)",
+    )
+    p.add_argument("--out", default=".", help="folder for the outputs (default: the current one)")
+
+
 COMMANDS = {
     "signup": cmd_signup,
     "login": cmd_login,
     "generate": cmd_generate,
+    "rerun": cmd_rerun,
     "jobs": cmd_jobs,
     "job-types": cmd_job_types,
     "cancel": cmd_cancel,

@@ -3,12 +3,12 @@
 
 Per message: parse the `EnhanceTask`, enhance its prompt for its target while
 `in_progress` heartbeats keep the message ours, record the analytics under the
-job, tell Jobs (`CompleteEnhancement`, with the fallback and its reason when
-the model failed or timed out), then ack. Jobs then queues the generation
-stage. A job that is no longer `enhancing` (cancelled, or a repeat) is acked
-and left alone. When Jobs cannot be reached the message is nak'ed with a
-backoff; after the last attempt it is terminated (Jobs times out jobs stuck in
-`enhancing`).
+job, tell Jobs (`CompleteEnhancement`: the enhanced prompt and the template
+version that wrote it, or the fallback and its reason when the model failed
+or timed out), then ack. Jobs then queues the generation stage. A job that
+is no longer `enhancing` (cancelled, or a repeat) is acked and left alone.
+When Jobs cannot be reached the message is nak'ed with a backoff; after the
+last attempt it is terminated (Jobs times out jobs stuck in `enhancing`).
 
 Each task is a span of its job's trace (the message's headers carry the
 context of the CreateJob that queued it), with the enhancement itself as the
@@ -203,7 +203,10 @@ class EnhanceStage:
                 job_id=task.job_id, fallback=True, fallback_reason=reason
             )
         return job_service_pb2.CompleteEnhancementRequest(
-            job_id=task.job_id, enhanced_prompt=result.enhanced_prompt
+            job_id=task.job_id,
+            enhanced_prompt=result.enhanced_prompt,
+            template_id=result.template_id,
+            template_version=result.template_version,
         )
 
     def _backoff(self, delivery: int) -> float:

@@ -185,6 +185,15 @@ class CreateJobBody(RequestBody):
     workspace_session_id: str | None = Field(None, pattern=OPTIONAL_UUID_PATTERN)
 
 
+class RerunJobBody(RequestBody):
+    """Where a re-run's outputs go when its job filed them in the workspace:
+    the session named here (the caller's), else the caller's active one."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    workspace_session_id: str | None = Field(None, pattern=OPTIONAL_UUID_PATTERN)
+
+
 class ProgressOut(BaseModel):
     step: int
     total: int
@@ -276,6 +285,14 @@ class JobOut(BaseModel):
     error: JobErrorOut | None
     enhancement_fallback: bool = False
     enhancement_fallback_reason: str | None = None
+    enhancement_template_id: str | None = Field(
+        None,
+        description="The prompt template whose enhancement the job rendered; null for a "
+        "job that is not enhanced (yet) or fell back to its own prompt",
+    )
+    enhancement_template_version: int | None = Field(
+        None, description="The version of that template; null with it"
+    )
     provenance: ProvenanceOut | None = Field(
         None,
         description="What rendered the job; null until it is completed, and for a job "
@@ -283,6 +300,11 @@ class JobOut(BaseModel):
     )
     queue: QueueEstimateOut | None = Field(
         None, description="Where the job stands in line while it is queued; null otherwise"
+    )
+    rerun_of: str | None = Field(
+        None,
+        description="The job this one re-runs (POST /v1/jobs/{id}/rerun); null for a job "
+        "submitted anew",
     )
     created_at: str | None
     started_at: str | None

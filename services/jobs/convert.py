@@ -158,6 +158,9 @@ def job_proto(row: dict, assets: list[dict] = ()) -> job_pb2.Job:
         enhancement_fallback_reason=row["enhancement_fallback_reason"],
         request_id=row["request_id"] or "",
         last_sequence=row["last_sequence"],
+        enhancement_template_id=row["enhancement_template_id"],
+        enhancement_template_version=row["enhancement_template_version"],
+        rerun_of=str(row["rerun_of"] or ""),
     )
     if row.get("provenance"):
         json_format.ParseDict(row["provenance"], job.provenance, ignore_unknown_fields=True)

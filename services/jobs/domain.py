@@ -263,6 +263,87 @@ def validate(
     )
 
 
+# --- re-runs -------------------------------------------------------------------
+
+# Why a job cannot be re-run exactly (the FailedPrecondition's reason).
+RERUN_NOT_COMPLETED = "JOB_NOT_COMPLETED"
+RERUN_NO_PROVENANCE = "NO_PROVENANCE"
+RERUN_MODEL_CHANGED = "MODEL_CHANGED"
+RERUN_SETTINGS_CHANGED = "SETTINGS_CHANGED"
+_GUIDANCE_EPS = 1e-4  # guidance_scale is stored as a float32
+
+
+def _model(provenance: dict) -> tuple[str, str]:
+    """(preset, weights digest) of a stored provenance."""
+    return provenance.get("preset", ""), provenance.get("weights_digest", "")
+
+
+def _model_name(model: tuple[str, str]) -> str:
+    preset, digest = model
+    return f"{preset or 'an unnamed preset'} (weights {digest[:12] or 'unknown'})"
+
+
+def check_rerun(row: dict, rerun_type: catalog.JobType, current: dict | None) -> None:
+    """A job can be re-run exactly when it completed with a provenance, its
+    worker family still runs the model that rendered it (the preset and
+    weights digest of `current`, the provenance that family recorded last),
+    and `rerun_type` (the type it re-runs as) still renders with its steps
+    and guidance. FailedPrecondition names what stands in the way."""
+    if row["state"] != COMPLETED:
+        raise FailedPrecondition(
+            f"only a completed job can be re-run; this one is {row['state']}",
+            reason=RERUN_NOT_COMPLETED,
+        )
+    recorded = row["provenance"]
+    if not recorded:
+        raise FailedPrecondition(
+            "the job has no provenance (its worker recorded none), so the model "
+            "that rendered it is unknown",
+            reason=RERUN_NO_PROVENANCE,
+        )
+    then, now = _model(recorded), _model(current or {})
+    if then != now:
+        raise FailedPrecondition(
+            f"the model changed: the job was rendered by {_model_name(then)}, the "
+            f"{rerun_type.worker} workers now run {_model_name(now)}",
+            reason=RERUN_MODEL_CHANGED,
+        )
+    if (
+        row["steps"] != rerun_type.steps
+        or abs(row["guidance_scale"] - rerun_type.guidance_scale) > _GUIDANCE_EPS
+    ):
+        raise FailedPrecondition(
+            f"{rerun_type.name} now renders with {rerun_type.steps} steps and guidance "
+            f"{rerun_type.guidance_scale:g}; the job used {row['steps']} and "
+            f"{row['guidance_scale']:g}",
+            reason=RERUN_SETTINGS_CHANGED,
+        )
+
+
+def rerun_submission(
+    row: dict, rerun_type: catalog.JobType, workspace_session_id: str
+) -> Submission:
+    """The submission that repeats a job: the prompt it rendered (for an
+    enhanced job its enhanced prompt, as the plain `rerun_type`, so it is not
+    enhanced again) and every recorded parameter. Its outputs go where the
+    job's went: the same destination, and `workspace_session_id` when given."""
+    return Submission(
+        job_type=rerun_type.name,
+        prompt=row["enhanced_prompt"] or row["prompt"],
+        negative_prompt=row["negative_prompt"],
+        seed=row["seed"],
+        num_images=row["num_images"],
+        width=row["width"],
+        height=row["height"],
+        num_frames=row["num_frames"],
+        reference_image_id=row["reference_upload_id"] or "",
+        reference_type=row["reference_type"] or "",
+        reference_strength=row["reference_strength"],
+        destination=row["destination"],
+        workspace_session_id=workspace_session_id or str(row["workspace_session_id"] or ""),
+    )
+
+
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)

@@ -34,6 +34,7 @@ ENHANCE_MSG_SUFFIX = ":enhance"
 # Starts the fallback reason of an enhancement that timed out in Jobs.
 ENHANCE_TIMEOUT_CODE = "ENHANCER_TIMEOUT"
 MAX_REASON_CHARS = 500
+MAX_TEMPLATE_ID_CHARS = 64
 # The reason of a worker call refused because another start holds the job (or
 # none ever did): the worker stops and leaves the job to that start.
 NOT_JOB_HOLDER = "NOT_JOB_HOLDER"
@@ -149,7 +150,13 @@ class JobsCore:
     # --- client operations ------------------------------------------------------
 
     async def create(
-        self, user_id: str, sub: domain.Submission, request_id: str, metadata
+        self,
+        user_id: str,
+        sub: domain.Submission,
+        request_id: str,
+        metadata,
+        *,
+        rerun_of: str | None = None,
     ) -> tuple[job_pb2.Job, bool]:
         valid = domain.validate(sub, self.limits, self.policy)
         request_id = domain.check_request_id(request_id)
@@ -182,7 +189,7 @@ class JobsCore:
                     limit_description=f"{self.max_active} active jobs per user",
                     reason="TOO_MANY_ACTIVE_JOBS",
                 )
-            row = await store.insert_job(conn, _job_row(valid, user_id, request_id))
+            row = await store.insert_job(conn, _job_row(valid, user_id, request_id, rerun_of))
             job = convert.job_proto(row)
             await self._write_events(conn, job, 1, [Emit("state")])
             if valid.job_type.enhanced:
@@ -197,6 +204,37 @@ class JobsCore:
         self._wake_dispatch()
         log.info("job %s created (%s, %s)", job.id, job.job_type, convert.state_name(job.state))
         return await self._with_queue(job), False
+
+    async def rerun(
+        self, user_id: str, job_id: str, request_id: str, workspace_session_id: str, metadata
+    ) -> tuple[job_pb2.Job, bool]:
+        """A new job with exactly the recorded parameters of the caller's job
+        `job_id` (domain.rerun_submission), through `create` and its checks
+        and limits. Refused unless the job completed and its worker family
+        still runs the model that rendered it: "now" is the provenance that
+        family's workers recorded last, read across every user's jobs (only
+        the preset and digest leave that transaction). A repeated
+        `request_id` answers the job it made, whatever changed since."""
+        key = domain.check_request_id(request_id)
+        async with self.db.tx(user_id=user_id) as conn:
+            if key and (found := await store.find_by_request_id(conn, user_id, key)):
+                return await self._job(conn, found), True
+            row = await store.get_job(conn, domain.parse_id(job_id))
+        if row is None:
+            raise NotFound("job not found")
+        rerun_type = catalog.plain_twin(catalog.CATALOG[row["job_type"]])
+        async with self.db.tx(role="system") as conn:
+            current = await store.latest_provenance(
+                conn, catalog.worker_job_types(rerun_type.worker)
+            )
+        domain.check_rerun(row, rerun_type, current)
+        sub = domain.rerun_submission(row, rerun_type, workspace_session_id)
+        job, existing = await self.create(
+            user_id, sub, request_id, metadata, rerun_of=str(row["id"])
+        )
+        if not existing:
+            log.info("job %s re-runs job %s", job.id, job.rerun_of)
+        return job, existing
 
     async def get(self, user_id: str, job_id: str) -> job_pb2.Job:
         async with self.db.tx(user_id=user_id) as conn:
@@ -549,8 +587,15 @@ class JobsCore:
         return orphans
 
     async def complete_enhancement(
-        self, job_id: str, enhanced_prompt: str, fallback: bool, reason: str
+        self,
+        job_id: str,
+        enhanced_prompt: str,
+        fallback: bool,
+        reason: str,
+        template: tuple[str, int] = ("", 0),
     ) -> job_pb2.Job:
+        """The enhancer's answer for an enhancing job: its enhanced prompt and
+        the `template` (id, version) that wrote it, or a fallback."""
         async with self.db.tx(role="worker") as conn:
             row = await self._locked(conn, job_id)
             jt = catalog.CATALOG[row["job_type"]]
@@ -564,7 +609,9 @@ class JobsCore:
                         reason="ENHANCEMENT_TIMED_OUT",
                     )
                 return await self._job(conn, row)  # a repeat, or cancelled meanwhile
-            job = await self._finish_enhancement(conn, row, enhanced_prompt, fallback, reason)
+            job = await self._finish_enhancement(
+                conn, row, enhanced_prompt, fallback, reason, template
+            )
         self._wake_dispatch()
         if job.enhancement_fallback:
             log.warning(
@@ -591,9 +638,16 @@ class JobsCore:
         return jobs
 
     async def _finish_enhancement(
-        self, conn, row: dict, enhanced_prompt: str, fallback: bool, reason: str
+        self,
+        conn,
+        row: dict,
+        enhanced_prompt: str,
+        fallback: bool,
+        reason: str,
+        template: tuple[str, int] = ("", 0),
     ) -> job_pb2.Job:
-        """enhancing -> queued with the prompt to render, in line for the dispatcher."""
+        """enhancing -> queued with the prompt to render and the template that
+        wrote it (none with a fallback), in line for the dispatcher."""
         domain.transition(row["state"], domain.QUEUED)
         enhanced = enhanced_prompt.strip()
         reason = reason.strip()
@@ -608,6 +662,8 @@ class JobsCore:
                 fallback, reason = True, f"PROMPT_POLICY: the enhanced prompt contains {listed}"
         elif not reason:
             reason = "UNSPECIFIED: the enhancer gave no reason"
+        template_id = template[0].strip()[:MAX_TEMPLATE_ID_CHARS]
+        template_version = max(template[1], 0)
         job = await self._apply(
             conn,
             row,
@@ -616,6 +672,8 @@ class JobsCore:
                 "enhanced_prompt": "" if fallback else enhanced,
                 "enhancement_fallback": fallback,
                 "enhancement_fallback_reason": reason[:MAX_REASON_CHARS] if fallback else "",
+                "enhancement_template_id": "" if fallback else template_id,
+                "enhancement_template_version": 0 if fallback else template_version,
             },
             [Emit("state")],
         )
@@ -631,7 +689,9 @@ def task_subject(row: dict) -> str:
     return queue.job_task_subject(catalog.CATALOG[row["job_type"]].subject, str(task_id))
 
 
-def _job_row(valid: domain.ValidJob, user_id: str, request_id: str | None) -> dict:
+def _job_row(
+    valid: domain.ValidJob, user_id: str, request_id: str | None, rerun_of: str | None
+) -> dict:
     ref = valid.reference
     return {
         "id": str(uuid.uuid4()),
@@ -655,6 +715,7 @@ def _job_row(valid: domain.ValidJob, user_id: str, request_id: str | None) -> di
         "reference_key": ref.key if ref else None,
         "destination": valid.destination,
         "workspace_session_id": valid.workspace_session_id,
+        "rerun_of": rerun_of,
         "last_sequence": 1,
     }
 

@@ -49,6 +49,18 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         convert.sign_assets(job, self._core.blobs)
         return pb.CreateJobResponse(job=job, existing=existing)
 
+    async def RerunJob(self, request, context):
+        caller = _client()
+        job, existing = await self._core.rerun(
+            caller.user_id,
+            request.job_id,
+            request.request_id,
+            request.workspace_session_id,
+            _forwarded_auth(context),
+        )
+        convert.sign_assets(job, self._core.blobs)
+        return pb.RerunJobResponse(job=job, existing=existing)
+
     async def GetJob(self, request, context):
         caller = _client()
         return pb.GetJobResponse(job=await self._core.get(caller.user_id, request.job_id))
@@ -121,6 +133,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def CompleteEnhancement(self, request, context):
         _worker()
         job = await self._core.complete_enhancement(
-            request.job_id, request.enhanced_prompt, request.fallback, request.fallback_reason
+            request.job_id,
+            request.enhanced_prompt,
+            request.fallback,
+            request.fallback_reason,
+            (request.template_id, request.template_version),
         )
         return pb.CompleteEnhancementResponse(job=job)

@@ -20,7 +20,8 @@ _JOB_COLUMNS = (
     "workspace_session_id, progress_step, progress_total, progress_stage, attempt, "
     "cancel_requested, error_code, error_message, enhancement_fallback, "
     "enhancement_fallback_reason, last_sequence, start_token, heartbeat_at, checked_at, "
-    "created_at, started_at, completed_at, updated_at, provenance, dispatched_at, batch_id"
+    "created_at, started_at, completed_at, updated_at, provenance, enhancement_template_id, "
+    "enhancement_template_version, rerun_of, dispatched_at, batch_id"
 )
 _ASSET_COLUMNS = (
     "job_id, index, bucket, key, content_type, width, height, seed, thumbnail_bucket, "
@@ -50,6 +51,22 @@ async def find_by_request_id(conn: AsyncConnection, user_id: str, request_id: st
         (user_id, request_id),
     )
     return await cur.fetchone()
+
+
+async def latest_provenance(conn: AsyncConnection, job_types: list[str]) -> dict | None:
+    """The provenance of the job of `job_types` completed last (with one), as
+    stored: what their worker family rendered with most recently. One index
+    probe per job type."""
+    cur = await conn.execute(
+        "SELECT last.provenance FROM unnest(%s::text[]) AS t(job_type) "
+        "CROSS JOIN LATERAL (SELECT provenance, completed_at FROM jobs.jobs j "
+        "WHERE j.job_type = t.job_type AND state = 'completed' AND provenance IS NOT NULL "
+        "ORDER BY completed_at DESC LIMIT 1) AS last "
+        "ORDER BY last.completed_at DESC LIMIT 1",
+        (job_types,),
+    )
+    row = await cur.fetchone()
+    return row["provenance"] if row else None
 
 
 async def lock_user(conn: AsyncConnection, user_id: str) -> None:

@@ -114,15 +114,21 @@ class FakeGateway:
                 "the job is not valid",
                 [{"field": "job_type", "message": f"unknown job type {body.get('job_type')!r}"}],
             )
+        job = self.store_job(
+            body["job_type"], body["prompt"], body.get("seed"), body.get("num_images", 1)
+        )
+        return JSONResponse({**job, "state": "queued", "assets": []}, status_code=202)
+
+    def store_job(self, job_type: str, prompt: str, seed: Any, n: int, **extra: Any) -> dict:
+        """A new job as it will be once it ran (a "doomed" one fails)."""
         job_id = f"job{len(self.jobs) + 1}"
-        n = body.get("num_images", 1)
-        failed = body["job_type"] == "doomed"
+        failed = job_type == "doomed"
         self.jobs[job_id] = {
             "id": job_id,
-            "job_type": body["job_type"],
+            "job_type": job_type,
             "state": "failed" if failed else "completed",
-            "prompt": body["prompt"],
-            "seed": body.get("seed"),
+            "prompt": prompt,
+            "seed": seed,
             "num_images": n,
             "progress": {"step": 4, "total": 4},
             "assets": []
@@ -139,8 +145,28 @@ class FakeGateway:
             if failed
             else None,
             "created_at": "2025-01-01T00:00:00Z",
+            **extra,
         }
-        return JSONResponse({**self.jobs[job_id], "state": "queued", "assets": []}, status_code=202)
+        return self.jobs[job_id]
+
+    async def rerun(self, request: Request) -> Response:
+        if not self.authorised(request):
+            return problem(401, "Unauthorized")
+        self.record(request, None)
+        source = self.jobs.get(request.path_params["job_id"])
+        if source is None:
+            return problem(404, "Not found", "job not found")
+        if source["state"] != "completed":
+            detail = f"only a completed job can be re-run; this one is {source['state']}"
+            return problem(409, "Conflict", detail)
+        job = self.store_job(
+            source["job_type"],
+            source["prompt"],
+            source["seed"],
+            source["num_images"],
+            rerun_of=source["id"],
+        )
+        return JSONResponse({**job, "state": "queued", "assets": []}, status_code=202)
 
     async def get_job(self, request: Request) -> Response:
         if not self.authorised(request):
@@ -224,6 +250,7 @@ class FakeGateway:
                 Route("/v1/jobs", self.list_jobs, methods=["GET"]),
                 Route("/v1/jobs/{job_id}", self.get_job, methods=["GET"]),
                 Route("/v1/jobs/{job_id}/cancel", self.cancel, methods=["POST"]),
+                Route("/v1/jobs/{job_id}/rerun", self.rerun, methods=["POST"]),
                 Route("/v1/jobs/{job_id}/events", self.events, methods=["GET"]),
                 Route("/v1/job-types", self.job_types, methods=["GET"]),
                 Route("/files/{name}", self.file, methods=["GET"]),

@@ -1,5 +1,5 @@
 """The `ourvidz` CLI against a stand-in gateway: sign up, generate (upload,
-submit, follow the events, download), token refresh, errors."""
+submit, follow the events, download), rerun, token refresh, errors."""
 
 from __future__ import annotations
 
@@ -189,3 +189,38 @@ def test_cancel_reports_the_new_state_and_a_missing_job_is_an_error(
     assert gateway.jobs["job1"]["state"] == "cancelled"
     assert run(gateway, creds, "cancel", "job9") == 1
     assert "Not found (404): no such job" in capsys.readouterr().err
+
+
+def test_rerun_prints_the_new_job(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    run(gateway, creds, "generate", "a red fox", "--seed", "7", "--out", str(tmp_path))
+    capsys.readouterr()
+    assert run(gateway, creds, "rerun", "job1", "--idempotency-key", "again-1") == 0
+    captured = capsys.readouterr()
+    job = json.loads(captured.out)
+    assert (job["id"], job["rerun_of"], job["seed"], job["state"]) == ("job2", "job1", 7, "queued")
+    assert "job job2 (sdxl_image_fast) queued: a re-run of job1" in captured.err
+    (_, _, headers, _) = next(r for r in gateway.requests if r[1] == "/v1/jobs/job1/rerun")
+    assert headers["idempotency-key"] == "again-1"
+    assert not list(tmp_path.glob("job2_*"))  # not followed without --wait
+
+
+def test_rerun_wait_follows_and_downloads(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    run(gateway, creds, "generate", "a red fox", "--num-images", "3", "--out", str(tmp_path))
+    capsys.readouterr()
+    out_dir = tmp_path / "again"
+    assert run(gateway, creds, "rerun", "job1", "--wait", "--out", str(out_dir)) == 0
+    paths = capsys.readouterr().out.split()
+    assert paths == [str(out_dir / f"job2_{i}.png") for i in range(3)]
+    assert any(r[1] == "/v1/jobs/job2/events" for r in gateway.requests)
+
+
+def test_a_refused_rerun_exits_non_zero_with_the_reason(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    run(gateway, creds, "generate", "x", "--type", "doomed", "--out", str(tmp_path))
+    capsys.readouterr()
+    assert run(gateway, creds, "rerun", "job1") == 1
+    assert "Conflict (409): only a completed job can be re-run; this one is failed" in (
+        capsys.readouterr().err
+    )

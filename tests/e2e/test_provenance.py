@@ -1,17 +1,18 @@
 """A completed SDXL job's JSON names what rendered it: the weights' digest,
 the scheduler, the parameters the render used, the dtype, the device and the
-software versions."""
+software versions; a re-run on the same model renders the same image."""
 
 from __future__ import annotations
 
 import io
 import re
+import uuid
 from importlib import metadata
 
 from PIL import Image
 
 from tests.e2e.conftest import signup
-from tests.e2e.test_generate import job_body, run_job
+from tests.e2e.test_generate import download, job_body, run_job
 
 
 def check_common(p: dict) -> None:
@@ -64,3 +65,22 @@ async def test_an_img2img_job_names_its_strength(http):
     check_common(p)
     assert 0 < p["img2img_strength"] <= 1
     assert p["steps"] == job["steps"]
+
+
+async def test_a_rerun_renders_the_same_image_with_the_same_model(http):
+    user = await signup(http)
+    job, _ = await run_job(user, job_body(num_images=1, negative_prompt="fog", seed=77))
+    assert job["state"] == "completed", job
+    response = await user.post(
+        f"/v1/jobs/{job['id']}/rerun", headers={"Idempotency-Key": uuid.uuid4().hex}
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["rerun_of"] == job["id"]
+    await user.events(f"/v1/jobs/{response.json()['id']}/events")
+    again = (await user.get(f"/v1/jobs/{response.json()['id']}")).json()
+    assert again["state"] == "completed", again
+    for name in ("prompt", "negative_prompt", "seed", "width", "height", "steps"):
+        assert again[name] == job[name], name
+    assert again["provenance"]["weights_digest"] == job["provenance"]["weights_digest"]
+    first, second = job["assets"][0], again["assets"][0]
+    assert await download(second["url"]) == await download(first["url"])

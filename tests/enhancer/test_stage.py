@@ -89,6 +89,17 @@ async def mesh(base_env, infra):
         await remove_enhance_consumer(infra.nats_url)
 
 
+def enhancement_template(infra, job_id: str) -> tuple[str, int]:
+    """(template id, version) the enhancer recorded for the job's enhancement."""
+    [(template_id, version)] = owner_query(
+        infra.database_url,
+        "SELECT coalesce(template_id::text, ''), template_version "
+        "FROM enhancer.enhancements WHERE job_id = %s",
+        (job_id,),
+    )
+    return template_id, version
+
+
 def enhancement_rows(infra, job_id: str) -> list[tuple]:
     return owner_query(
         infra.database_url,
@@ -116,6 +127,9 @@ async def test_enhanced_job_is_queued_with_its_enhanced_prompt(mesh, infra, job_
     assert not job.enhancement_fallback
     assert job.enhanced_prompt and job.prompt == "a fox running through snow"
     assert enhancement_rows(infra, job.id) == [(user_id, job.enhanced_prompt, False, "", "wan")]
+    # The job names the template version that wrote its prompt.
+    template = (job.enhancement_template_id, job.enhancement_template_version)
+    assert template == enhancement_template(infra, job.id) and template[1] >= 1
 
 
 async def test_a_failing_model_queues_the_job_as_a_fallback(mesh, infra):
@@ -131,6 +145,7 @@ async def test_a_failing_model_queues_the_job_as_a_fallback(mesh, infra):
         mesh.enh.core.generate = models.generate
     assert job.state == job_pb2.JOB_STATE_QUEUED
     assert job.enhancement_fallback and job.enhanced_prompt == ""
+    assert (job.enhancement_template_id, job.enhancement_template_version) == ("", 0)
     [(owner, prompt, fallback, reason, _)] = enhancement_rows(infra, job.id)
     assert (owner, prompt, fallback) == (user_id, "a lighthouse at dusk", True)
     assert reason.startswith("model_error")

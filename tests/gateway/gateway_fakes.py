@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 from ourvidz.auth import TokenVerifier, current_principal
 from ourvidz.errors import (
     AlreadyExists,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -118,6 +119,37 @@ class FakeJobs(job_service_pb2_grpc.JobServiceServicer):
         if request.request_id:
             self.by_request_id[request.request_id] = job.id
         return job_service_pb2.CreateJobResponse(job=job)
+
+    # The weights digest of the model the fake's workers run "now".
+    CURRENT_DIGEST = "d1" * 32
+
+    async def RerunJob(self, request, context):
+        """As Jobs: the caller's completed job, rendered by the current model,
+        submitted again with its parameters (idempotent per request id)."""
+        self._record("RerunJob", request)
+        source = self._own(request.job_id)
+        if request.request_id in self.by_request_id:
+            job = self.jobs[self.by_request_id[request.request_id]]
+            return job_service_pb2.RerunJobResponse(job=job, existing=True)
+        if source.state != job_pb2.JOB_STATE_COMPLETED:
+            raise FailedPrecondition(
+                "only a completed job can be re-run", reason="JOB_NOT_COMPLETED"
+            )
+        if source.provenance.weights_digest != self.CURRENT_DIGEST:
+            raise FailedPrecondition("the model changed", reason="MODEL_CHANGED")
+        job = self.make_job(
+            user_id=source.user_id,
+            job_type=source.job_type,
+            prompt=source.enhanced_prompt or source.prompt,
+            seed=source.seed,
+            destination=source.destination,
+            workspace_session_id=request.workspace_session_id or source.workspace_session_id,
+            request_id=request.request_id,
+            rerun_of=source.id,
+        )
+        if request.request_id:
+            self.by_request_id[request.request_id] = job.id
+        return job_service_pb2.RerunJobResponse(job=job)
 
     def make_job(self, **fields) -> job_pb2.Job:
         job = job_pb2.Job(

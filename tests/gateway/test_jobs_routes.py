@@ -317,3 +317,105 @@ async def test_job_events_of_another_users_job_is_404(client, fakes, user_token)
     job = jobs.make_job(user_id=str(uuid.uuid4()), job_type="image_fast", prompt="theirs")
     r = await client.get(f"/v1/jobs/{job.id}/events", headers=auth(user_token[1]))
     assert_problem(r, 404)
+
+
+def _completed(jobs, user_id: str, digest: str = "", **fields) -> job_pb2.Job:
+    """A completed job of the double's, rendered by the weights `digest`
+    (the model its workers run now by default)."""
+    job = jobs.make_job(user_id=user_id, **{"job_type": "sdxl_image_fast", "prompt": "p", **fields})
+    job.state = job_pb2.JOB_STATE_COMPLETED
+    job.provenance.CopyFrom(
+        job_pb2.Provenance(weights_digest=digest or jobs.CURRENT_DIGEST, preset="tiny")
+    )
+    return job
+
+
+async def test_rerun_submits_into_the_active_session_and_honours_the_idempotency_key(
+    client, fakes, user_token
+):
+    _, jobs, workspace = fakes
+    user_id, token = user_token
+    source = _completed(
+        jobs,
+        user_id,
+        job_type="image7b_fast_enhanced",
+        prompt="a moth",
+        enhanced_prompt="a luna moth on birch bark",
+        enhancement_template_id="7f1c0d3e-0000-4000-8000-000000000001",
+        enhancement_template_version=3,
+        seed=99,
+        destination=job_pb2.DESTINATION_WORKSPACE,
+    )
+    shown = (await client.get(f"/v1/jobs/{source.id}", headers=auth(token))).json()
+    assert shown["enhancement_template_id"] == source.enhancement_template_id
+    assert shown["enhancement_template_version"] == 3 and shown["rerun_of"] is None
+
+    headers = {**auth(token), "Idempotency-Key": "rerun-1"}
+    r = await client.post(f"/v1/jobs/{source.id}/rerun", headers=headers)
+    assert r.status_code == 202, r.text  # as POST /v1/jobs answers
+    job = r.json()
+    assert JOB_KEYS <= job.keys()
+    assert job["rerun_of"] == source.id and job["id"] != source.id
+    assert (job["prompt"], job["seed"]) == ("a luna moth on birch bark", 99)
+    assert r.headers["location"] == f"/v1/jobs/{job['id']}"
+    _, request, caller = jobs.last("RerunJob")
+    assert (caller, request.job_id, request.request_id) == (user_id, source.id, "rerun-1")
+    assert workspace.last("GetActiveSession")[2] == user_id
+    assert request.workspace_session_id == job["workspace_session_id"]
+    assert workspace.sessions[request.workspace_session_id].active
+
+    again = await client.post(f"/v1/jobs/{source.id}/rerun", headers=headers)
+    assert again.status_code == 202 and again.json()["id"] == job["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_rerun_into_a_named_session_checks_it_and_a_library_job_skips_it(
+    client, fakes, user_token
+):
+    _, jobs, workspace = fakes
+    user_id, token = user_token
+    source = _completed(jobs, user_id, destination=job_pb2.DESTINATION_WORKSPACE)
+    mine = (await client.post("/v1/workspace/sessions", json={}, headers=auth(token))).json()
+    r = await client.post(
+        f"/v1/jobs/{source.id}/rerun",
+        json={"workspace_session_id": mine["id"]},
+        headers=auth(token),
+    )
+    assert r.status_code == 202, r.text
+    assert jobs.last("RerunJob")[1].workspace_session_id == mine["id"]
+    foreign = {"workspace_session_id": str(uuid.uuid4())}
+    r = await client.post(f"/v1/jobs/{source.id}/rerun", json=foreign, headers=auth(token))
+    assert_problem(r, 404)
+
+    library = _completed(jobs, user_id, destination=job_pb2.DESTINATION_LIBRARY)
+    before = len(workspace.calls)
+    r = await client.post(f"/v1/jobs/{library.id}/rerun", headers=auth(token))
+    assert r.status_code == 202 and r.json()["destination"] == "library"
+    assert len(workspace.calls) == before
+    assert jobs.last("RerunJob")[1].workspace_session_id == ""
+
+
+async def test_rerun_refusals_are_409_with_their_reason(client, fakes, user_token):
+    _, jobs, _ = fakes
+    user_id, token = user_token
+    queued = jobs.make_job(user_id=user_id, job_type="sdxl_image_fast", prompt="not yet")
+    problem = assert_problem(
+        await client.post(f"/v1/jobs/{queued.id}/rerun", headers=auth(token)), 409
+    )
+    assert problem["reason"] == "JOB_NOT_COMPLETED" and "completed" in problem["detail"]
+    stale = _completed(jobs, user_id, digest="0e" * 32)
+    problem = assert_problem(
+        await client.post(f"/v1/jobs/{stale.id}/rerun", headers=auth(token)), 409
+    )
+    assert problem["reason"] == "MODEL_CHANGED" and "model changed" in problem["detail"]
+
+
+async def test_rerun_of_another_users_or_no_job_is_404(client, fakes, user_token):
+    _, jobs, _ = fakes
+    theirs = _completed(jobs, str(uuid.uuid4()))
+    calls = len(jobs.calls)
+    for job_id in (theirs.id, str(uuid.uuid4()), "not-a-uuid"):
+        r = await client.post(f"/v1/jobs/{job_id}/rerun", headers=auth(user_token[1]))
+        assert_problem(r, 404)
+    assert "RerunJob" not in [c[0] for c in jobs.calls[calls:]]
+    assert_problem(await client.post(f"/v1/jobs/{theirs.id}/rerun"), 401)

@@ -39,6 +39,11 @@ def _validator(doc: dict, name: str) -> jsonschema.Validator:
         ("/v1/jobs", "post", {"400", "401", "404", "413", "422", "429", "503"}),
         ("/v1/jobs", "get", {"401", "422", "503"}),
         ("/v1/jobs/{job_id}", "get", {"401", "404", "503"}),
+        (
+            "/v1/jobs/{job_id}/rerun",
+            "post",
+            {"400", "401", "404", "409", "413", "422", "429", "503"},
+        ),
         ("/v1/library/assets/{asset_id}", "patch", {"400", "401", "404", "413", "422", "503"}),
         ("/v1/uploads", "post", {"400", "401", "413", "422", "503"}),
         ("/v1/admin/queues", "get", {"401", "403", "503"}),
@@ -168,3 +173,18 @@ def test_items_and_assets_document_the_rendered_and_the_typed_prompt(doc, name):
         assert schema["properties"][field]["type"] == "string"
     assert "enhanced" in schema["properties"]["prompt"]["description"]
     assert "typed" in schema["properties"]["original_prompt"]["description"]
+
+
+def test_rerun_and_its_fields_are_documented(doc):
+    rerun = doc["paths"]["/v1/jobs/{job_id}/rerun"]["post"]
+    assert rerun["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/JobOut"
+    }
+    assert "Idempotency-Key" in [p["name"] for p in rerun["parameters"]]
+    assert not rerun["requestBody"].get("required", False)  # a body is optional
+    body = _validator(doc, "RerunJobBody")
+    assert body.is_valid({}) and body.is_valid({"workspace_session_id": str(uuid.uuid4())})
+    assert not body.is_valid({"workspace_session_id": "not-a-session"})
+    job = doc["components"]["schemas"]["JobOut"]["properties"]
+    for name in ("rerun_of", "enhancement_template_id", "enhancement_template_version"):
+        assert name in job and job[name].get("description"), name

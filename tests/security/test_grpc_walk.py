@@ -120,6 +120,13 @@ METHODS: dict[str, Method] = {
         ],
     ),
     f"{J}/WatchJob": Method(USERS, foreign=lambda w, t: [jobs.WatchJobRequest(job_id=w.job_id)]),
+    f"{J}/RerunJob": Method(
+        USERS,
+        foreign=lambda w, t: [
+            jobs.RerunJobRequest(job_id=w.job_id),
+            jobs.RerunJobRequest(job_id=w.job_id, workspace_session_id=w.session_id),
+        ],
+    ),
     # --- JobService: workers only
     f"{J}/StartJob": Method(WORKER, probe=lambda w, t: jobs.StartJobRequest(job_id=w.job_id)),
     f"{J}/ReportProgress": Method(

@@ -117,6 +117,9 @@ RULES: dict[str, Rule] = {
     "list_jobs_v1_jobs_get": Rule(USER, OWN),
     "get_job_v1_jobs__job_id__get": Rule(USER, FOREIGN),
     "cancel_job_v1_jobs__job_id__cancel_post": Rule(USER, FOREIGN),
+    "rerun_job_v1_jobs__job_id__rerun_post": Rule(
+        USER, FOREIGN, bodies=lambda w: [{}, {"workspace_session_id": w.session_id}]
+    ),
     "job_events_v1_jobs__job_id__events_get": Rule(USER, FOREIGN),
     "rate_job_v1_jobs__job_id__rating_put": Rule(USER, FOREIGN, bodies=lambda w: [{"rating": 1}]),
     # --- prompts and the playground: B's own, nothing of A's in them

@@ -1,4 +1,5 @@
-"""/v1/job-types and /v1/jobs: submitting, reading, cancelling and watching jobs."""
+"""/v1/job-types and /v1/jobs: submitting, re-running, reading, cancelling and
+watching jobs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
 from ourvidz.errors import InvalidArgument, NotFound
-from ourvidz.v1 import job_service_pb2, workspace_service_pb2
+from ourvidz.v1 import job_pb2, job_service_pb2, workspace_service_pb2
 from services.gateway import mapping, sse
 from services.gateway.deps import CallerDep, gateway, resource_id
 from services.gateway.models import (
@@ -20,6 +21,7 @@ from services.gateway.models import (
     JobTypesOut,
     Page,
     PageToken,
+    RerunJobBody,
     problem_responses,
 )
 
@@ -55,11 +57,7 @@ async def create_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     gw=Depends(gateway),
 ) -> dict:
-    key = (idempotency_key or "").strip()
-    if len(key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidArgument.field(
-            "Idempotency-Key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters"
-        )
+    key = _idempotency_key(idempotency_key)
     await gw.throttle.submit_job(caller.user_id)
     session_id = ""
     if body.destination == "workspace":
@@ -70,6 +68,62 @@ async def create_job(
         job_service_pb2.CreateJobRequest(job=spec, request_id=key),
         caller.token,
     )
+    return _created(response, reply)
+
+
+@router.post(
+    "/v1/jobs/{job_id}/rerun",
+    status_code=202,
+    response_model=JobOut,
+    # 404: the job or the workspace session is not the caller's; 409: the job
+    # cannot be re-run exactly (`reason`: JOB_NOT_COMPLETED, NO_PROVENANCE,
+    # MODEL_CHANGED, SETTINGS_CHANGED); 429: as a submit.
+    responses=problem_responses(404, 409, 429),
+)
+async def rerun_job(
+    job_id: str,
+    caller: CallerDep,
+    response: Response,
+    body: RerunJobBody | None = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    gw=Depends(gateway),
+) -> dict:
+    """A new job with exactly the recorded parameters of a completed job of
+    the caller's (an enhanced job's rendered prompt, not enhanced again),
+    answered as a submit. Outputs go to the job's destination; in the
+    workspace, to the session in the body or the caller's active one."""
+    key = _idempotency_key(idempotency_key)
+    job_id = resource_id(job_id, "job")
+    await gw.throttle.submit_job(caller.user_id)
+    source = await gw.backends.call(
+        gw.backends.jobs.GetJob, job_service_pb2.GetJobRequest(job_id=job_id), caller.token
+    )
+    session_id = ""
+    if source.job.destination == job_pb2.DESTINATION_WORKSPACE:
+        requested = body.workspace_session_id if body else None
+        session_id = await _workspace_session(gw, caller, requested)
+    reply = await gw.backends.call(
+        gw.backends.jobs.RerunJob,
+        job_service_pb2.RerunJobRequest(
+            job_id=job_id, request_id=key, workspace_session_id=session_id
+        ),
+        caller.token,
+    )
+    return _created(response, reply)
+
+
+def _idempotency_key(header: str | None) -> str:
+    key = (header or "").strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidArgument.field(
+            "Idempotency-Key", f"must be at most {MAX_IDEMPOTENCY_KEY} characters"
+        )
+    return key
+
+
+def _created(response: Response, reply) -> dict:
+    """The answer to a submit: the job, where it lives, and whether the
+    Idempotency-Key named a job made before."""
     response.headers["Location"] = f"/v1/jobs/{reply.job.id}"
     if reply.existing:
         response.headers["Idempotent-Replayed"] = "true"
