@@ -26,7 +26,3 @@ CREATE INDEX jobs_in_flight ON jobs.jobs (job_type, user_id)
 ALTER TABLE jobs.jobs NO FORCE ROW LEVEL SECURITY;
 UPDATE jobs.jobs SET dispatched_at = updated_at WHERE state IN ('queued', 'running');
 ALTER TABLE jobs.jobs FORCE ROW LEVEL SECURITY;
-
--- The measured time of a job type's recent jobs (queue estimates).
-CREATE INDEX jobs_completed_by_type ON jobs.jobs (job_type, completed_at DESC)
-    WHERE state = 'completed';
