@@ -378,16 +378,19 @@ async def jobs_ahead(
     conn: AsyncConnection, job_id: str, types: list[str], fast: list[str], head_start: float
 ) -> int | None:
     """How many jobs are expected to start before the waiting job `job_id` if
-    users take turns: every job on the queue, then of each other user as many
-    as stand before it in its own user's line, and its own user's jobs before
-    it. None when the job is not waiting in Jobs."""
+    users take turns: every job on the queue, its own user's jobs before it,
+    and of each other user the jobs in an earlier turn (a lower place in that
+    user's line) or in the same turn and longer in line. None when the job is
+    not waiting in Jobs."""
     cur = await conn.execute(
-        f"WITH line AS (SELECT id, user_id, row_number() OVER (PARTITION BY user_id "
-        f"ORDER BY {_RANK_TIME}, created_at, id) AS r FROM jobs.jobs WHERE {_WAITING}), "
-        "me AS (SELECT user_id, r FROM line WHERE id = %(id)s) "
+        f"WITH line AS (SELECT id, user_id, created_at, {_RANK_TIME} AS t, "
+        f"row_number() OVER (PARTITION BY user_id ORDER BY {_RANK_TIME}, created_at, id) AS r "
+        f"FROM jobs.jobs WHERE {_WAITING}), "
+        "me AS (SELECT * FROM line WHERE id = %(id)s) "
         "SELECT (SELECT count(*) FROM me) AS found, "
         "(SELECT count(*) FROM line, me WHERE (line.user_id = me.user_id AND line.r < me.r) "
-        "OR (line.user_id <> me.user_id AND line.r <= me.r)) AS waiting, "
+        "OR (line.user_id <> me.user_id AND (line.r < me.r OR (line.r = me.r AND "
+        "(line.t, line.created_at, line.id) < (me.t, me.created_at, me.id))))) AS waiting, "
         "(SELECT count(*) FROM jobs.jobs WHERE state = 'queued' AND dispatched_at IS NOT NULL "
         "AND job_type = ANY(%(types)s)) AS on_queue",
         {**_line_params(types, fast, head_start), "id": job_id},

@@ -18,9 +18,15 @@ def owner_query(owner_url: str, query: str, params=()) -> list[tuple]:
         return conn.execute(query, params).fetchall()
 
 
-async def pull_task(harness, subject: str, msg_id: str, wait: float = 15.0):
-    """The message with `msg_id` from the family's durable pull consumer."""
+async def pull_task(harness, subject: str, msg_id: str, wait: float = 15.0, *, ack: bool = True):
+    """The message with `msg_id` from the family's durable pull consumer; on a
+    family's queue `msg_id` is the job id (the dispatcher names each
+    publication `<job id>:<random>`; the task's subject ends with the job id).
+    Waiting in a pull request gives the dispatcher the room to publish it.
+    Every other message taken is acked; the one found too unless `ack` is
+    False (then it stays on the stream, delivered and held)."""
     parts = subject.split(".")
+    wanted_subject = queue.job_task_subject(subject, msg_id) if len(parts) == 3 else None
     if len(parts) == 3:  # a family's queue: its consumer takes every priority's tasks
         durable, filter_subject = queue.consumer_name(parts[1]), queue.family_subject(parts[1])
     else:
@@ -35,13 +41,20 @@ async def pull_task(harness, subject: str, msg_id: str, wait: float = 15.0):
     try:
         while asyncio.get_running_loop().time() < deadline:
             try:
-                msgs = await sub.fetch(batch=50, timeout=1)
+                # One task per request: no request is left open for the
+                # dispatcher to fill once this returns.
+                msgs = await sub.fetch(batch=1, timeout=1)
             except TimeoutError:
                 continue
             found = None
             for msg in msgs:
-                await msg.ack()  # every task here belongs to these tests
-                if msg.headers and msg.headers.get("Nats-Msg-Id") == msg_id:
+                if wanted_subject is not None:
+                    match = msg.subject == wanted_subject
+                else:
+                    match = bool(msg.headers) and msg.headers.get("Nats-Msg-Id") == msg_id
+                if ack or not match:
+                    await msg.ack()  # every task here belongs to these tests
+                if match:
                     found = msg
             if found is not None:
                 return found

@@ -1,4 +1,4 @@
-"""The outbox relay: tasks reach the TASKS stream with Nats-Msg-Id = job id,
+"""The outbox relay: tasks reach the TASKS stream on their job's subject,
 a row published twice is stored once, and enhanced jobs go through
 tasks.enhance before their generation task."""
 
@@ -29,6 +29,8 @@ async def test_generation_task_is_published_with_the_job_id(harness):
 async def test_a_row_published_twice_is_stored_once(harness, base_env):
     _, md = harness.user()
     job = await harness.create(md, job_type="sdxl_image_high")
+    # Its task published (a worker took it and holds it, unacked).
+    held = await pull_task(harness, "tasks.sdxl.high", job.id, ack=False)
     await harness.drain_relay()
     info = await harness.js.stream_info(queue.TASKS_STREAM)
     before = info.state.messages
@@ -37,14 +39,14 @@ async def test_a_row_published_twice_is_stored_once(harness, base_env):
     owner_query(
         base_env["DATABASE_URL"],
         "INSERT INTO jobs.outbox (subject, msg_id, payload) VALUES (%s, %s, %s) RETURNING id",
-        ("tasks.sdxl.high", job.id, task),
+        (held.subject, held.headers["Nats-Msg-Id"], task),
     )
     await harness.drain_relay()
     assert (await harness.js.stream_info(queue.TASKS_STREAM)).state.messages == before
     left = owner_query(base_env["DATABASE_URL"], "SELECT count(*) FROM jobs.outbox")
     assert left[0][0] == 0
-    msg = await pull_task(harness, "tasks.sdxl.high", job.id)
-    assert queue_pb2.GenerationTask.FromString(msg.data).steps == 25  # the first one
+    assert queue_pb2.GenerationTask.FromString(held.data).steps == 25  # the first one
+    await held.ack()
 
 
 async def test_events_reach_the_events_stream(harness):
