@@ -4,7 +4,7 @@ Jobs of the same key run as one SDXL pipeline call with per-image prompts,
 negative prompts and seeds, and each image equals its one-job rerun within
 the rounding of the batch size: the same job type (so the same queue and
 bucket), size, steps and guidance, text-to-image only (a reference is an
-img2img call of its own) and no frames (WAN renders one job at a time). The
+img2img call of its own); never a WAN job (it renders one job at a time). The
 jobs service groups queued jobs by this key, up to `SDXL_BATCH_MAX_IMAGES`
 images (the setting `sdxl_batch_max_images`), and publishes each group as
 one `GenerationBatch` (`ourvidz.queue.batch_message`).
@@ -27,17 +27,17 @@ def batch_key_of(
     steps: int,
     guidance_scale: float,
     has_reference: bool,
-    num_frames: int = 0,
+    num_frames: int = 1,
 ) -> tuple | None:
     """The key of jobs that may share a batch, from the fields a job row
     holds; None for a job that runs alone. Steps and guidance left at zero
     mean the catalog's, so a job with them filled in groups with one without;
     guidance is rounded to 4 places (a float32 on the queue, a double in the
-    database)."""
+    database). An image's frame count is 0 or 1 (Jobs records 1)."""
     kind = catalog.CATALOG.get(job_type)
     if kind is None or kind.worker != "sdxl" or kind.output != "image":
         return None
-    if has_reference or num_frames or width <= 0 or height <= 0:
+    if has_reference or num_frames > 1 or width <= 0 or height <= 0:
         return None
     guidance = round(float(guidance_scale or kind.guidance_scale), 4)
     return (job_type, int(width), int(height), int(steps or kind.steps), guidance)
