@@ -9,6 +9,20 @@ render while two heartbeats run (`in_progress` keeps the message ours,
 keys, then `CompleteJob`, then ack. A redelivered task gives the same outputs
 at the same keys, so a crash anywhere loses nothing and duplicates nothing.
 
+A batch message (`GenerationBatch`, the header `Ourvidz-Task: batch`: several
+compatible jobs that Jobs put together) is run the same way for each of its
+jobs: each is started (a job that must not run drops out, the others go on),
+beats, reports, is cancelled, uploads and completes or fails with its own
+start token. The jobs that proceed render together where the family can
+(`render_batch`: one denoising batch, every job hearing the shared step
+count), else one after another. A job cancelled meanwhile is settled at once
+(its heartbeat and reports stop; its images, still computed with the others'
+so that theirs do not change, are dropped); the render stops only once every
+job is cancelled. Each job asks something of the message (`Settle`): the
+message is acked once every job is settled, and nak'ed when one must run
+again (a retry, a hand-back); its redelivery finds the others settled, and
+Jobs refuses to start them again. The message is one span, `<family>.batch`.
+
 Cancellation reaches a running job three ways: the answer to a progress report
 or a heartbeat (`cancel_requested`) and the job's `CANCELLED` event on
 `events.jobs.<user>.<job>`; any of them stops the pipeline at its next step.
@@ -442,7 +456,7 @@ class Worker:
             await msg.term()
             return
         batch = queue.is_batch(msg.headers)
-        if not all(task.job_id for task in tasks) or not tasks:
+        if not tasks or not all(task.job_id for task in tasks):
             log.error("task without a job id dropped")
             await msg.term()
             return

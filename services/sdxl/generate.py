@@ -16,6 +16,13 @@ through the pipeline in batches of at most `max_batch`, each with its own
 seed as above, so the images are the ones the whole batch gives. Progress
 then counts the steps of all batches.
 
+Several text-to-image jobs of one batch key (`ourvidz.batching`) run as one
+batch (`render_batch`): each image with its own job's prompt, negative prompt
+(each job's encoded as its one-job run encodes it, then stacked) and seed as
+above, so each job's images are the ones it gets alone, within the rounding
+of the batch size; the memory fallback and the image budget cut the batch's
+image list, never a seed.
+
 Progress and cancellation go through `callback_on_step_end`: it reports each
 finished denoising step and raises `Cancelled` when asked to stop, which ends
 the call at once (nothing is decoded) and leaves the pipeline reusable. The
