@@ -16,7 +16,7 @@ from ourvidz import catalog
 from ourvidz.settings import SDXL_BATCH_MAX_IMAGES
 from ourvidz.v1 import queue_pb2
 
-__all__ = ["SDXL_BATCH_MAX_IMAGES", "batch_key", "batch_key_of"]
+__all__ = ["SDXL_BATCH_MAX_IMAGES", "batch_key", "batch_key_of", "groups"]
 
 
 def batch_key_of(
@@ -54,3 +54,24 @@ def batch_key(task: queue_pb2.GenerationTask) -> tuple | None:
         has_reference=task.HasField("reference") and bool(task.reference.key),
         num_frames=task.num_frames,
     )
+
+
+def groups(
+    tasks: list[queue_pb2.GenerationTask], max_images: int = SDXL_BATCH_MAX_IMAGES
+) -> list[list[queue_pb2.GenerationTask]]:
+    """`tasks` put together by batch key, in the order given: a task joins
+    the last group of its key while that stays within `max_images` images,
+    else starts a new one; a task without a key (or with more images than
+    that) is a group of its own. Each group is one message."""
+    out: list[list[queue_pb2.GenerationTask]] = []
+    open_groups: dict[tuple, tuple[list[queue_pb2.GenerationTask], int]] = {}
+    for task in tasks:
+        key = batch_key(task)
+        group, images = open_groups.get(key, ([], 0)) if key is not None else ([], 0)
+        if not group or images + task.num_images > max_images:
+            group, images = [], 0
+            out.append(group)
+        group.append(task)
+        if key is not None:
+            open_groups[key] = (group, images + task.num_images)
+    return out

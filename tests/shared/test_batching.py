@@ -76,6 +76,22 @@ def test_the_key_works_from_a_job_rows_fields():
     assert key == batching.batch_key(_task())
 
 
+def test_groups_hold_jobs_of_one_key_up_to_the_image_budget():
+    a, b, c, d = (_task(job_id=f"a{i}", num_images=n) for i, n in enumerate((1, 3, 3, 1)))
+    high = _task(job_id="h", job_type="sdxl_image_high", steps=25, guidance_scale=7.5)
+    big = _task(job_id="big", num_images=6)
+    ref = _task(job_id="r", reference=job_pb2.Reference(key="u/r.png"))
+    grouped = batching.groups([a, high, b, ref, c, d, big], max_images=6)
+    assert [[t.job_id for t in g] for g in grouped] == [
+        ["a0", "a1"],  # 1 + 3 images; a2's 3 more would be 7
+        ["h"],
+        ["r"],
+        ["a2", "a3"],
+        ["big"],
+    ]
+    assert batching.groups([big], max_images=4) == [[big]]  # too big alone: still runs
+
+
 def test_the_image_budget_is_a_shared_setting():
     assert batching.SDXL_BATCH_MAX_IMAGES == 6
     assert CommonSettings().sdxl_batch_max_images == 6
