@@ -12,6 +12,9 @@
   `Nats-Msg-Id` = job id, so a retried publish is stored once within the
   duplicate window. Consumers redeliver without limit: Jobs counts attempts
   (renders that started), so a dependency that is away never uses them up.
+  A batch of compatible SDXL jobs (`GenerationBatch`) is one message on the
+  first task's subject with the header `Ourvidz-Task: batch`
+  (`batch_headers`, `is_batch`); a single task has no such header.
 - EVENTS: a limits stream on `events.>` with short retention; job events on
   `events.jobs.<user_id>.<job_id>` fan out to watchers (plain subscriptions) and
   to Workspace's durable consumer.
@@ -49,6 +52,9 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError
 
+from ourvidz import catalog
+from ourvidz.v1 import queue_pb2
+
 log = logging.getLogger(__name__)
 
 TASKS_STREAM = "TASKS"
@@ -57,6 +63,10 @@ ENHANCE_SUBJECT = "tasks.enhance"
 # The enhancer's durable consumer of ENHANCE_SUBJECT (the default of ENHANCER_CONSUMER).
 ENHANCE_CONSUMER = "enhancer"
 WORKSPACE_CONSUMER = "workspace-filer"
+# The header that marks a message of several tasks, and its value for a
+# `GenerationBatch`; a message without it holds one `GenerationTask`.
+TASK_KIND_HEADER = "Ourvidz-Task"
+BATCH_KIND = "batch"
 # The setting every service reads for the replicas of what it declares.
 REPLICAS_SETTING = "QUEUE_REPLICAS"
 # JetStream's answer to adding a stream that exists with another configuration.
@@ -88,13 +98,31 @@ def job_task_subject(queue_subject: str, job_id: str) -> str:
     return f"{queue_subject}.{job_id}"
 
 
-# A message of several tasks (a `GenerationBatch`) says so in this header.
-TASK_KIND_HEADER = "Ourvidz-Task"
-BATCH_KIND = "batch"
+def batch_message(
+    tasks: list[queue_pb2.GenerationTask], headers: dict[str, str] | None = None
+) -> tuple[str, bytes, dict[str, str]]:
+    """A batch's message: its subject (the first task's, on the family and
+    quality of its job type), payload and headers (`headers`, e.g.
+    `Nats-Msg-Id` and the trace context, plus the batch's kind)."""
+    if not tasks:
+        raise ValueError("a batch holds at least one task")
+    first = tasks[0]
+    subject = job_task_subject(catalog.CATALOG[first.job_type].subject, first.job_id)
+    payload = queue_pb2.GenerationBatch(tasks=tasks).SerializeToString()
+    return subject, payload, {**(headers or {}), TASK_KIND_HEADER: BATCH_KIND}
 
 
-def batch_headers() -> dict[str, str]:
-    return {TASK_KIND_HEADER: BATCH_KIND}
+def is_batch(headers: dict[str, str] | None) -> bool:
+    """Whether a task message holds a `GenerationBatch` (else one `GenerationTask`)."""
+    return (headers or {}).get(TASK_KIND_HEADER) == BATCH_KIND
+
+
+def decode_tasks(data: bytes, headers: dict[str, str] | None) -> list[queue_pb2.GenerationTask]:
+    """The tasks of a task message: a batch's, or the single one. Raises
+    `DecodeError` for a payload that is not one."""
+    if is_batch(headers):
+        return list(queue_pb2.GenerationBatch.FromString(data).tasks)
+    return [queue_pb2.GenerationTask.FromString(data)]
 
 
 def family_subject(family: str) -> str:

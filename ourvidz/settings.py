@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEV_SECRET = "ourvidz-dev-secret-change-me-0123456789"
 
 
+# Images one SDXL denoising batch may hold when Jobs groups compatible jobs
+# into one message (SDXL_BATCH_MAX_IMAGES; `ourvidz.batching`).
+SDXL_BATCH_MAX_IMAGES = 6
 # The shortest database role password accepted outside dev/test.
 MIN_DB_PASSWORD = 16
 
@@ -112,6 +115,10 @@ class CommonSettings(BaseSettings):
     # enhancer on its input and its output.
     prompt_deny_list: str = ""
     prompt_deny_list_file: str = ""
+    # The image budget of a batch of SDXL jobs: Jobs puts jobs of at most this
+    # many images together in one message, and the SDXL worker runs a batch
+    # in pipeline calls of at most this many images (a single job runs whole).
+    sdxl_batch_max_images: int = Field(SDXL_BATCH_MAX_IMAGES, ge=1)
 
     def token_verifier(self):
         from ourvidz.auth import TokenVerifier

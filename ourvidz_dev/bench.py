@@ -9,6 +9,9 @@ that their ratios are comparable (CPU timings on a shared machine swing ±50 %).
   PostgreSQL, NATS, S3): a 1-image `sdxl_image_fast` job at its default size,
   a `video_fast` job at 256×144×17 and an `image7b_fast_enhanced` job at
   256×144 (enhance stage included);
+- batch: the tiny SDXL worker with 8 one-image 64² jobs on its queue, one
+  message per job, then batch messages of at most SDXL_BATCH_MAX_IMAGES
+  images: seconds to every job completed, and jobs/s;
 - up: `python -m ourvidz_dev.up` from start to a 200 on /readyz;
 - control-plane: the load bench of `ourvidz_dev.loadbench` (the services as
   processes, the SDXL `control-plane` preset, no model): submit→start
@@ -19,7 +22,7 @@ that their ratios are comparable (CPU timings on a shared machine swing ±50 %).
   architectures (`full-random`): SDXL at 1024², batch 1 and 6; WAN 2.1 1.3B
   `video_fast` (81 frames at 832×480, 25 steps); Qwen2.5-7B, 200 new tokens.
 
-Options: --only render,job,up,control-plane,gpu (or the parts as arguments:
+Options: --only render,job,batch,up,control-plane,gpu (or the parts as arguments:
 `python -m ourvidz_dev.bench control-plane`)   --repeat N
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -121,11 +125,13 @@ def bench_render(repeat: int) -> None:
     report("tiny Qwen2 200 new tokens", times)
 
 
-async def _bench_job(repeat: int) -> None:
+@contextlib.asynccontextmanager
+async def _embedded_env():
+    """Embedded PostgreSQL, NATS and S3 in a fresh folder, migrated: the
+    environment of a stack on them."""
     from ourvidz import db
     from ourvidz.migrate import migration_folders
     from ourvidz_dev.embedded import Embedded, start_nats, start_postgres, start_s3
-    from ourvidz_dev.stack import running_stack
     from ourvidz_dev.up import dev_keys
 
     tmp = Path(tempfile.mkdtemp(prefix="ovb"))
@@ -138,7 +144,7 @@ async def _bench_job(repeat: int) -> None:
         db.prepare(emb.database_url, passwords, migration_folders())
         secret = "bench-secret-0123456789-0123456789-0123"
         key_settings, worker_keys = dev_keys(tmp / "keys", ("worker",))
-        env = {
+        yield {
             "OURVIDZ_ENV": "dev", **db.service_url_env(emb.database_url, passwords),
             "NATS_URL": emb.nats_url, "STORAGE_BACKEND": "s3", "S3_ENDPOINT": emb.s3_endpoint,
             "S3_ACCESS_KEY": "bench", "S3_SECRET_KEY": "bench", **key_settings,
@@ -146,14 +152,27 @@ async def _bench_job(repeat: int) -> None:
             "STORAGE_SIGNING_KEY": secret, "SDXL_MODEL": "tiny", "WAN_MODEL": "tiny",
             "ENHANCER_MODEL": "tiny", "LOG_LEVEL": "WARNING", "LOG_JSON": "false",
         }  # fmt: skip
+    finally:
+        emb.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _signed_in(http: httpx.AsyncClient, email: str) -> dict[str, str]:
+    account = {"email": email, "password": "bench password"}
+    await http.post("/v1/auth/signup", json=account)
+    login = await http.post("/v1/auth/login", json=account)
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+async def _bench_job(repeat: int) -> None:
+    from ourvidz_dev.stack import running_stack
+
+    async with _embedded_env() as env:
         async with (
             running_stack(env, workers=("sdxl", "wan"), enhancer=True) as stack,
             httpx.AsyncClient(base_url=stack.url, timeout=120) as http,
         ):
-            account = {"email": "bench@example.com", "password": "bench password"}
-            await http.post("/v1/auth/signup", json=account)
-            login = await http.post("/v1/auth/login", json=account)
-            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            headers = await _signed_in(http, "bench@example.com")
             small = {"width": 256, "height": 144}
             jobs = (
                 ("sdxl_image_fast 1024² ×1", {"job_type": "sdxl_image_fast", "num_images": 1}),
@@ -180,9 +199,93 @@ async def _bench_job(repeat: int) -> None:
                     if i:  # the first job warms the worker up
                         times.append(elapsed)
                 report(f"tiny job {name}, submit → completed", times)
-    finally:
-        emb.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+BATCH_JOBS = 8
+
+
+async def _bench_batch(repeat: int) -> None:
+    """8 one-image `sdxl_image_fast` jobs at 64² waiting on the queue, run by
+    the tiny SDXL worker one message per job, then as batch messages of at
+    most SDXL_BATCH_MAX_IMAGES images (as Jobs groups them,
+    `ourvidz.batching.groups`): seconds from the worker ready to every job
+    completed, and jobs/s. The jobs are made through Jobs; their tasks are
+    taken off the queue before the worker starts and published again as the
+    messages of each way."""
+    from ourvidz import batching, queue
+    from ourvidz.settings import SDXL_BATCH_MAX_IMAGES
+    from ourvidz.v1 import queue_pb2
+    from ourvidz_dev.stack import running_stack, settings_from
+    from services.sdxl.main import start as start_sdxl
+    from services.sdxl.settings import SdxlSettings
+
+    async with (
+        _embedded_env() as env,
+        running_stack(env, workers=()) as stack,
+        httpx.AsyncClient(base_url=stack.url, timeout=120) as http,
+    ):
+        nc, js = await queue.connect(env["NATS_URL"], name="bench-batch")
+        body = {"job_type": "sdxl_image_fast", "num_images": 1, "width": 64, "height": 64}
+
+        async def queued(headers: dict[str, str]) -> list:
+            tasks = []
+            for i in range(BATCH_JOBS):
+                job = await http.post(
+                    "/v1/jobs", headers=headers, json={**body, "prompt": f"a lighthouse {i}"}
+                )
+                if job.status_code != 202:
+                    raise RuntimeError(f"bench job refused: {job.text}")
+                subject = queue.job_task_subject("tasks.sdxl.fast", job.json()["id"])
+                for _ in range(600):  # the outbox relay publishes within its poll
+                    if await queue.task_held(js, [subject]):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise RuntimeError("Jobs did not publish a bench job's task")
+                msg = await js.get_last_msg(queue.TASKS_STREAM, subject)
+                await js.purge_stream(queue.TASKS_STREAM, subject=subject)
+                tasks.append(queue_pb2.GenerationTask.FromString(msg.data))
+            return tasks
+
+        async def run(tasks: list, batched: bool, round_: int, headers: dict[str, str]) -> float:
+            for group in batching.groups(tasks, SDXL_BATCH_MAX_IMAGES if batched else 1):
+                msg_id = {"Nats-Msg-Id": f"bench-{round_}-{batched}-{group[0].job_id}"}
+                if batched:
+                    subject, payload, more = queue.batch_message(group, msg_id)
+                else:
+                    subject = queue.job_task_subject("tasks.sdxl.fast", group[0].job_id)
+                    payload, more = group[0].SerializeToString(), msg_id
+                await js.publish(subject, payload, headers=more)
+            settings = settings_from(SdxlSettings, {**stack.env, "SDXL_WORKER_ID": "bench"})
+            worker = await start_sdxl(settings, port=0)
+            try:
+                await worker.wait_ready(120)
+                start = time.perf_counter()
+                for task in tasks:
+                    path = f"/v1/jobs/{task.job_id}/events"
+                    async with http.stream("GET", path, headers=headers) as stream:
+                        async for _ in stream.aiter_lines():
+                            pass
+                elapsed = time.perf_counter() - start
+            finally:
+                await worker.stop()
+            for task in tasks:
+                job = (await http.get(f"/v1/jobs/{task.job_id}", headers=headers)).json()
+                if job["state"] != "completed":
+                    raise RuntimeError(f"bench job ended {job['state']}")
+            return elapsed
+
+        try:
+            for batched in (False, True):
+                times = []
+                for i in range(repeat):  # a user per round: the submission limits are per user
+                    headers = await _signed_in(http, f"batch-{batched}-{i}@example.com")
+                    times.append(await run(await queued(headers), batched, i, headers))
+                way = f"batched (≤ {SDXL_BATCH_MAX_IMAGES} images)" if batched else "one at a time"
+                rate = BATCH_JOBS / statistics.median(times)
+                report(f"tiny worker {BATCH_JOBS} jobs 64² ×1, {way}", times, f"{rate:.2f} jobs/s")
+        finally:
+            await nc.close()
 
 
 def bench_up(repeat: int) -> None:
@@ -305,20 +408,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("parts", nargs="*", help="the parts to run (default: --only's)")
-    parser.add_argument("--only", default="render,job,up,control-plane,gpu")
+    parser.add_argument("--only", default="render,job,batch,up,control-plane,gpu")
     parser.add_argument("--repeat", type=int, default=3)
     from ourvidz_dev import loadbench
 
     loadbench.add_arguments(parser.add_argument_group("control-plane"))
     opts = parser.parse_args()
     parts = opts.parts or opts.only.split(",")
-    unknown = set(parts) - {"render", "job", "up", "control-plane", "gpu"}
+    unknown = set(parts) - {"render", "job", "batch", "up", "control-plane", "gpu"}
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if "render" in parts:
         bench_render(opts.repeat)
     if "job" in parts:
         asyncio.run(_bench_job(opts.repeat))
+    if "batch" in parts:
+        asyncio.run(_bench_batch(opts.repeat))
     if "up" in parts:
         bench_up(max(1, opts.repeat - 1))
     if "control-plane" in parts:

@@ -9,6 +9,20 @@ render while two heartbeats run (`in_progress` keeps the message ours,
 keys, then `CompleteJob`, then ack. A redelivered task gives the same outputs
 at the same keys, so a crash anywhere loses nothing and duplicates nothing.
 
+A batch message (`GenerationBatch`, the header `Ourvidz-Task: batch`: several
+compatible jobs that Jobs put together) is run the same way for each of its
+jobs: each is started (a job that must not run drops out, the others go on),
+beats, reports, is cancelled, uploads and completes or fails with its own
+start token. The jobs that proceed render together where the family can
+(`render_batch`: one denoising batch, every job hearing the shared step
+count), else one after another. A job cancelled meanwhile is settled at once
+(its heartbeat and reports stop; its images, still computed with the others'
+so that theirs do not change, are dropped); the render stops only once every
+job is cancelled. Each job asks something of the message (`Settle`): the
+message is acked once every job is settled, and nak'ed when one must run
+again (a retry, a hand-back); its redelivery finds the others settled, and
+Jobs refuses to start them again. The message is one span, `<family>.batch`.
+
 Cancellation reaches a running job three ways: the answer to a progress report
 or a heartbeat (`cancel_requested`) and the job's `CANCELLED` event on
 `events.jobs.<user>.<job>`; any of them stops the pipeline at its next step.
@@ -218,9 +232,73 @@ class Family(Protocol):
     loop); raises `Cancelled` when `run.should_cancel()` turns true, a
     `PermanentError` (or ValueError) for a task it cannot run. It follows
     `run.memory` where it can (a retry after an out-of-memory error); the
-    outputs must not depend on it beyond the decode's rounding."""
+    outputs must not depend on it beyond the decode's rounding.
+
+    A family may also render the jobs of a batch message together, with an
+    async `render_batch(runs) -> list[list[Output] | Exception]`: each run's
+    outputs (the same as its `render` gives, within the rounding of the batch
+    size), or the exception of a job it could not run (a bad task). It
+    reports the shared step count to every run that is not cancelled, raises
+    `Cancelled` only once every run should cancel, and raises for the whole
+    batch what fails them all. Without it, a batch's jobs render one after
+    another."""
 
     async def render(self, run: JobRun) -> list[Output]: ...
+
+
+ACK, TERM, NAK = "ack", "term", "nak"
+
+
+@dataclass(frozen=True)
+class Settle:
+    """What a job asks of its message: `ACK` (done with it), `TERM` (done,
+    and dropped for good) or `NAK` (run it again, after `delay` seconds)."""
+
+    action: str
+    delay: float | None = None
+
+
+def combine(settles: list[Settle]) -> Settle:
+    """What a batch's message gets from its jobs' asks: nak'ed (with the
+    shortest delay) when one must run again, since the others' redelivery
+    finds them settled; terminated when every one was; acked otherwise."""
+    naks = [s for s in settles if s.action == NAK]
+    if naks:
+        return Settle(NAK, min((s.delay or 0.0) for s in naks) or None)
+    if settles and all(s.action == TERM for s in settles):
+        return Settle(TERM)
+    return Settle(ACK)
+
+
+class CancelFlag(threading.Event):
+    """A job's cancel flag: polled by the render's thread, and awaited on the
+    event loop (`wait_set`) to settle a cancelled job of a batch at once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._loop = loop
+        self._was_set = asyncio.Event()
+
+    def set(self) -> None:
+        super().set()
+        self._loop.call_soon_threadsafe(self._was_set.set)
+
+    async def wait_set(self) -> None:
+        await self._was_set.wait()
+
+
+@dataclass
+class _Job:
+    """A started job of the message in hand: its start token, its run, and
+    the heartbeat and event watch that `Worker._close` stops."""
+
+    task: queue_pb2.GenerationTask
+    token: str
+    run: JobRun
+    superseded: threading.Event
+    events: object | None
+    beat: asyncio.Task
+    uploaded: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -378,42 +456,59 @@ class Worker:
     async def handle(self, msg) -> None:
         delivery = msg.metadata.num_delivered
         try:
-            task = queue_pb2.GenerationTask.FromString(msg.data)
+            tasks = queue.decode_tasks(msg.data, msg.headers)
         except DecodeError:
             log.error("undecodable task message dropped")
             await msg.term()
             return
-        if not task.job_id:
+        batch = queue.is_batch(msg.headers)
+        if not tasks or not all(task.job_id for task in tasks):
             log.error("task without a job id dropped")
             await msg.term()
             return
+        task = tasks[0]
         family = self.config.family
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.destination.name": msg.subject,
+            "messaging.nats.delivery": delivery,
+        }
+        if batch:
+            attributes["ourvidz.batch.job_ids"] = ",".join(t.job_id for t in tasks)
         with (
             logs.bind(job_id=task.job_id, user_id=task.user_id, delivery=delivery),
             telemetry.job(
                 family,
-                f"{family}.job",
+                f"{family}.batch" if batch else f"{family}.job",
                 msg.headers,
                 job_id=task.job_id,
                 job_type=task.job_type,
-                **{
-                    "messaging.system": "nats",
-                    "messaging.destination.name": msg.subject,
-                    "messaging.nats.delivery": delivery,
-                },
+                **attributes,
             ),
         ):
-            self.stats.current_job_id = task.job_id
+            self.stats.current_job_id = ",".join(t.job_id for t in tasks)
             try:
-                await self._handle_task(msg, task, delivery)
+                # The heartbeat runs from the moment the message is ours:
+                # StartJob may itself wait on a busy or absent jobs service.
+                async with queue.heartbeat(msg, self.config.ack_wait_seconds):
+                    if batch:
+                        await self._settle(msg, await self._run_batch(msg, tasks, delivery))
+                    else:
+                        await self._settle(msg, await self._start_and_run(msg, task, delivery))
             finally:
                 self.stats.current_job_id = ""
 
-    async def _handle_task(self, msg, task: queue_pb2.GenerationTask, delivery: int) -> None:
-        # The heartbeat runs from the moment the message is ours: StartJob may
-        # itself wait on a busy or absent jobs service.
-        async with queue.heartbeat(msg, self.config.ack_wait_seconds):
-            await self._start_and_run(msg, task, delivery)
+    async def _settle(self, msg, settle: Settle) -> None:
+        """Do what the message's jobs ask of it."""
+        if settle.action == NAK:
+            await msg.nak(delay=settle.delay)
+        elif settle.action == TERM:
+            await msg.term()
+        else:
+            try:
+                await msg.ack_sync()
+            except Exception as exc:  # NATS away: the redelivery finds the jobs settled
+                log.warning("the task could not be acked (%s)", _short(exc))
 
     # --- dependencies -------------------------------------------------------------
 
@@ -444,15 +539,19 @@ class Worker:
                 log.info("%s is back", what)
             return result
 
-    async def _hand_back(self, msg, reason: str) -> None:
+    def _hand_back(self, reason: str) -> Settle:
         """Return the task to the queue without costing an attempt."""
         delay = 0.0 if self._stopping.is_set() else self.config.dependency_nak_seconds
         log.warning("task handed back (%s); redelivered in %g s", reason, delay)
-        await msg.nak(delay=delay)
+        return Settle(NAK, delay)
 
     # --- one job --------------------------------------------------------------------
 
-    async def _start_and_run(self, msg, task: queue_pb2.GenerationTask, delivery: int) -> None:
+    async def _start(
+        self, msg, task: queue_pb2.GenerationTask, delivery: int
+    ) -> job_service_pb2.StartJobResponse | Settle:
+        """StartJob: its answer when the job is to run, else what the job asks
+        of the message."""
         request = job_service_pb2.StartJobRequest(
             job_id=task.job_id,
             worker_id=self.config.worker_id,
@@ -464,99 +563,194 @@ class Worker:
                 "the jobs service", lambda: self._call(self.jobs.StartJob, request)
             )
         except DependencyAway as away:
-            await self._hand_back(msg, f"{away} unreachable")
-            return
+            return self._hand_back(f"{away} unreachable")
         except grpc.aio.AioRpcError as exc:
             log.warning("StartJob refused: %s %s", exc.code().name, exc.details())
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                await msg.term()  # no such job: nothing to record
-            else:
-                await msg.nak(delay=self.config.dependency_nak_seconds)
-            return
+                return Settle(TERM)  # no such job: nothing to record
+            return Settle(NAK, self.config.dependency_nak_seconds)
         if started.held_elsewhere:
             # A second delivery while the job's worker lives: wait, do not drop.
             log.info("job held by another worker; handed back for now")
-            await msg.nak(delay=self.config.ack_wait_seconds)
-            return
+            return Settle(NAK, self.config.ack_wait_seconds)
         if not started.proceed:
             log.info("job not to be run (%s); acked", job_state_name(started.job.state))
-            await msg.ack_sync()
-            return
+            return Settle(ACK)
+        return started
 
-        if (job_span := telemetry.current_job()) is not None:
+    async def _start_and_run(self, msg, task: queue_pb2.GenerationTask, delivery: int) -> Settle:
+        started = await self._start(msg, task, delivery)
+        if isinstance(started, Settle):
+            return started
+        job = await self._open(task, started)
+        try:
+            return await self._run_job(job)
+        finally:
+            await self._close(job)
+
+    async def _open(
+        self, task: queue_pb2.GenerationTask, started: job_service_pb2.StartJobResponse
+    ) -> _Job:
+        """A started job, ready to render: its progress reporter, its
+        heartbeat to Jobs and its watch for cancellation running."""
+        if (job_span := telemetry.current_job()) is not None and job_span.job_id == task.job_id:
             job_span.set_attempt(started.job.attempt)
         token = started.start_token
-        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        cancel = CancelFlag(loop)
         superseded = threading.Event()  # another start holds the job now
-        uploaded: list[tuple[str, str]] = []
         reporter = ProgressReporter(
             lambda progress, preview=b"": self._report(task, token, progress, superseded, preview),
             cancel,
             self.config.progress_interval_seconds,
-            asyncio.get_running_loop(),
+            loop,
         )
-        events = await self._watch_cancel(task, cancel)
-        beat = asyncio.create_task(self._beat(task, token, cancel, superseded))
+        previews = Previews(
+            self.config.preview_every_steps,
+            self.config.preview_min_seconds,
+            self.config.preview_max_bytes,
+        )
+        return _Job(
+            task=task,
+            token=token,
+            run=JobRun(task, reporter, self.store, cancel, self._abort, previews=previews),
+            superseded=superseded,
+            events=await self._watch_cancel(task, cancel),
+            beat=asyncio.create_task(self._beat(task, token, cancel, superseded)),
+        )
+
+    async def _close(self, job: _Job) -> None:
+        """Stop the job's heartbeat, reports and watch (repeatable)."""
+        job.beat.cancel()
+        with contextlib.suppress(BaseException):
+            await job.beat
+        with contextlib.suppress(Exception):
+            await job.run.progress.close()
+        if job.events is not None:
+            events, job.events = job.events, None
+            with contextlib.suppress(Exception):
+                await events.unsubscribe()
+
+    async def _run_job(self, job: _Job) -> Settle:
+        """Render one job on its own, then deliver it."""
         try:
-            previews = Previews(
-                self.config.preview_every_steps,
-                self.config.preview_min_seconds,
-                self.config.preview_max_bytes,
-            )
-            run = JobRun(task, reporter, self.store, cancel, self._abort, previews=previews)
-            outputs = await self._render(run)
-            if cancel.is_set():  # a finished render at shutdown is still delivered
-                raise Cancelled()
-            reporter.stage(UPLOADING)
-            assets = []
-            with telemetry.stage(f"{self.config.family}.upload", outputs=len(outputs)):
-                for output in outputs:
-                    assets.append(
-                        await self._persist("storage", lambda o=output: self._upload(o, uploaded))
-                    )
-            await reporter.close()  # every report reaches Jobs before the completion
-            # No cancellation check here: Jobs says whether these outputs are wanted.
-            await self._complete(msg, task, token, assets, uploaded, run.provenance)
-        except Cancelled:
-            if superseded.is_set():
-                await self._superseded(msg)
-            elif self._abort.is_set():
+            outputs = await self._render([job.run], lambda: self.family.render(job.run))
+            return await self._deliver(job, outputs)
+        except Exception as exc:
+            return await self._failed(job, exc)
+
+    async def _deliver(self, job: _Job, outputs: list[Output]) -> Settle:
+        """Upload a rendered job's outputs and complete it."""
+        if job.run.cancel.is_set():  # a finished render at shutdown is still delivered
+            raise Cancelled()
+        reporter = job.run.progress
+        reporter.stage(UPLOADING)
+        assets = []
+        with telemetry.stage(f"{self.config.family}.upload", outputs=len(outputs)):
+            for output in outputs:
+                assets.append(
+                    await self._persist("storage", lambda o=output: self._upload(o, job.uploaded))
+                )
+        await reporter.close()  # every report reaches Jobs before the completion
+        # No cancellation check here: Jobs says whether these outputs are wanted.
+        return await self._complete(job, assets)
+
+    async def _failed(self, job: _Job, exc: Exception) -> Settle:
+        """A job that did not complete: cancelled, handed back, or failed."""
+        task, token = job.task, job.token
+        if isinstance(exc, Cancelled):
+            if job.superseded.is_set():
+                return self._superseded()
+            if self._abort.is_set():
                 await self._fail_once(
                     task,
                     token,
                     "WORKER_SHUTDOWN",
                     "the worker stopped; the job waits for another worker",
                 )
-                await msg.nak()
                 log.info("job handed back at shutdown")
-            else:
-                await msg.ack_sync()
-                log.info("job cancelled; acked")
-        except DependencyAway as away:
-            await self._hand_back(msg, f"{away} unreachable")
-        except Exception as exc:
-            if device_broken(exc):
-                await self._device_failed(msg, task, token, exc)
-            else:
-                await self._on_error(msg, task, token, exc)
-        finally:
-            beat.cancel()
-            with contextlib.suppress(BaseException):
-                await beat
-            with contextlib.suppress(Exception):
-                await reporter.close()
-            if events is not None:
-                with contextlib.suppress(Exception):
-                    await events.unsubscribe()
+                return Settle(NAK)
+            log.info("job cancelled; acked")
+            return Settle(ACK)
+        if isinstance(exc, DependencyAway):
+            return self._hand_back(f"{exc} unreachable")
+        if device_broken(exc):
+            return await self._device_failed(task, token, exc)
+        return await self._on_error(task, token, exc)
 
-    async def _render(self, run: JobRun) -> list[Output]:
-        """The family's render; after an out-of-memory error, again with the
-        next memory fallback, until one fits or none is left (`OutOfMemory`)."""
-        ladder = memory_fallbacks(run.task.num_images)
-        tried = [run.memory.describe()]
+    # --- a batch of jobs ------------------------------------------------------------
+
+    async def _run_batch(self, msg, tasks: list[queue_pb2.GenerationTask], delivery: int) -> Settle:
+        """Several jobs of one message: each started; those that proceed
+        rendered together where the family can (`render_batch`), else one
+        after another; each delivered or failed on its own. The message is
+        acked once every job is settled, nak'ed when one must run again."""
+        settles: list[Settle] = []
+        jobs: list[_Job] = []
+        for task in tasks:
+            with logs.bind(job_id=task.job_id, user_id=task.user_id):
+                started = await self._start(msg, task, delivery)
+                if not isinstance(started, Settle):
+                    jobs.append(await self._open(task, started))
+                    continue
+            settles.append(started)
+            if started.action == NAK and self.stats.waiting_on:
+                break  # the jobs service is away: the others wait for the redelivery too
+        try:
+            if len(jobs) > 1 and callable(getattr(self.family, "render_batch", None)):
+                settles += await self._run_together(jobs)
+            else:
+                for job in jobs:
+                    with logs.bind(job_id=job.task.job_id, user_id=job.task.user_id):
+                        settles.append(await self._run_job(job))
+                        await self._close(job)
+        finally:
+            for job in jobs:
+                await self._close(job)
+        return combine(settles)
+
+    async def _run_together(self, jobs: list[_Job]) -> list[Settle]:
+        """One render of every job (`Family.render_batch`). A job cancelled
+        meanwhile is settled at once (its reports and heartbeat stop); its
+        images are still computed with the others', so theirs do not change,
+        and dropped. The render stops only when every job is cancelled."""
+        watches = [asyncio.create_task(self._close_when_cancelled(job)) for job in jobs]
+        runs = [job.run for job in jobs]
+        try:
+            results = await self._render(runs, lambda: self.family.render_batch(runs))
+        except Exception as exc:
+            results = [exc] * len(jobs)
+        finally:
+            for watch in watches:
+                watch.cancel()
+        settles = []
+        for job, result in zip(jobs, results, strict=True):
+            with logs.bind(job_id=job.task.job_id, user_id=job.task.user_id):
+                try:
+                    if isinstance(result, BaseException):
+                        # A cancelled job's images are dropped, whatever befell the others.
+                        raise Cancelled() if job.run.cancel.is_set() else result
+                    settles.append(await self._deliver(job, result))
+                except Exception as exc:
+                    settles.append(await self._failed(job, exc))
+                await self._close(job)
+        return settles
+
+    async def _close_when_cancelled(self, job: _Job) -> None:
+        await job.run.cancel.wait_set()
+        with logs.bind(job_id=job.task.job_id, user_id=job.task.user_id):
+            log.info("job cancelled in its batch; the others go on")
+            await self._close(job)
+
+    async def _render(self, runs: list[JobRun], render: Callable[[], Awaitable[T]]) -> T:
+        """`render()` (the family's, of `runs`); after an out-of-memory error,
+        again with the next memory fallback for every run, until one fits or
+        none is left (`OutOfMemory`)."""
+        ladder = memory_fallbacks(sum(run.task.num_images for run in runs))
+        tried = [runs[0].memory.describe()]
         while True:
             try:
-                return await self.family.render(run)
+                return await render()
             except Exception as exc:
                 if not out_of_memory(exc) or device_broken(exc):
                     raise
@@ -567,8 +761,9 @@ class Worker:
             if len(tried) > len(ladder):
                 log.warning("out of GPU memory with every fallback (%s)", failure)
                 raise OutOfMemory(tried)
-            run.memory = ladder[len(tried) - 1]
-            tried.append(run.memory.describe())
+            for run in runs:
+                run.memory = ladder[len(tried) - 1]
+            tried.append(runs[0].memory.describe())
             log.warning(
                 "out of GPU memory with %s; retrying with %s (%s)",
                 tried[-2],
@@ -576,7 +771,7 @@ class Worker:
                 failure,
             )
 
-    async def _device_failed(self, msg, task, token: str, exc: Exception) -> None:
+    async def _device_failed(self, task, token: str, exc: Exception) -> Settle:
         """A sticky device error: nothing in this process can use the device
         again. The job goes back to the queue at no cost (a dependency of the
         job failed, not the job), and the loop stops with `EXIT_DEVICE_FAILED`."""
@@ -595,28 +790,17 @@ class Worker:
             "DEVICE_FAILED",
             "the worker's GPU failed; the job waits for another worker",
         )
-        try:
-            await msg.nak()  # at once: another worker takes it
-        except Exception as failed:  # redelivered after the ack wait instead
-            log.warning("the task could not be handed back (%s)", _short(failed))
+        return Settle(NAK)  # at once: another worker takes it
 
-    async def _complete(
-        self,
-        msg,
-        task,
-        token: str,
-        assets: list[job_pb2.Asset],
-        uploaded,
-        provenance: job_pb2.Provenance | None = None,
-    ) -> None:
+    async def _complete(self, job: _Job, assets: list[job_pb2.Asset]) -> Settle:
         """CompleteJob, asked again while its outcome is unknown (it is
         idempotent); blobs are removed only when Jobs says the job ended
         without them."""
         request = job_service_pb2.CompleteJobRequest(
-            job_id=task.job_id, assets=assets, start_token=token
+            job_id=job.task.job_id, assets=assets, start_token=job.token
         )
-        if provenance is not None:
-            request.provenance.CopyFrom(provenance)
+        if job.run.provenance is not None:
+            request.provenance.CopyFrom(job.run.provenance)
             request.provenance.worker_id = self.config.worker_id
         try:
             await self._persist(
@@ -629,19 +813,14 @@ class Worker:
                 and reason in _ENDED_WITHOUT_OUTPUTS
             ):
                 log.info("job ended meanwhile (%s); its outputs removed", exc.details())
-                await self._remove(uploaded)
-                await msg.ack_sync()
-                return
+                await self._remove(job.uploaded)
+                return Settle(ACK)
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and reason == _NOT_HOLDER:
-                await self._superseded(msg)
-                return
+                return self._superseded()
             raise
         self.stats.jobs_completed += 1
         log.info("job completed", extra={"assets": len(assets)})
-        try:
-            await msg.ack_sync()
-        except Exception as exc:  # NATS away: the redelivery finds the job completed
-            log.warning("the completed job's task could not be acked (%s)", _short(exc))
+        return Settle(ACK)
 
     async def _beat(
         self,
@@ -712,13 +891,13 @@ class Worker:
             return True
         return response.cancel_requested
 
-    async def _superseded(self, msg) -> None:
+    def _superseded(self) -> Settle:
         """Another delivery of the task started the job since this one did:
         its worker renders and completes it (at the same keys, so the objects
         stay). This delivery is handed back like a second delivery of a held
         job; once the job has ended, its StartJob says not to run it."""
         log.warning("another start holds the job now; this delivery is handed back")
-        await msg.nak(delay=self.config.ack_wait_seconds)
+        return Settle(NAK, self.config.ack_wait_seconds)
 
     async def _watch_cancel(self, task: queue_pb2.GenerationTask, cancel: threading.Event):
         async def on_event(m) -> None:
@@ -773,7 +952,7 @@ class Worker:
         except grpc.aio.AioRpcError as exc:
             log.warning("FailJob failed: %s %s", exc.code().name, exc.details())
 
-    async def _on_error(self, msg, task, token: str, exc: Exception) -> None:
+    async def _on_error(self, task, token: str, exc: Exception) -> Settle:
         verdict = classify(exc)
         if isinstance(exc, PermanentError):
             log.warning("job failed: %s", verdict.message)
@@ -796,15 +975,13 @@ class Worker:
             job = await self._fail_request(request)
         except (DependencyAway, grpc.aio.AioRpcError) as failed:
             # The outcome is not recorded: the task stays on the queue.
-            await self._hand_back(msg, f"the failure could not be recorded: {_short(failed)}")
-            return
+            return self._hand_back(f"the failure could not be recorded: {_short(failed)}")
         if job.state in (job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED):
             self.stats.jobs_failed += 1
-            await msg.term()
-        elif job.state == job_pb2.JOB_STATE_COMPLETED:
-            await msg.ack_sync()  # another delivery finished it meanwhile
-        else:
-            await msg.nak(delay=self._backoff(job.attempt))
+            return Settle(TERM)
+        if job.state == job_pb2.JOB_STATE_COMPLETED:
+            return Settle(ACK)  # another delivery finished it meanwhile
+        return Settle(NAK, self._backoff(job.attempt))
 
 
 def job_state_name(state: int) -> str:

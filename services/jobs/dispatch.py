@@ -52,7 +52,7 @@ from nats.js.errors import NotFoundError
 
 from ourvidz import batching, catalog, metrics, queue
 from ourvidz.db import Database
-from ourvidz.v1 import job_pb2, queue_pb2
+from ourvidz.v1 import job_pb2
 from services.jobs import convert, store
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,8 @@ class DispatchSettings:
     fast_head_start_seconds: float = 60.0
     # A pass at least this often, whatever happened.
     interval_seconds: float = 0.5
-    # Images one batch may hold, per family that batches (0: no batches).
-    batch_images: int = batching.DEFAULT_BATCH_IMAGES
+    # Images one batch may hold (families that batch; 0 or 1: no batches).
+    batch_images: int = batching.SDXL_BATCH_MAX_IMAGES
 
 
 @dataclass
@@ -207,8 +207,8 @@ class Dispatcher:
             )
             if slots <= 0:
                 return 0
-            budget = s.batch_images if batching.batches(family.name) else 0
-            per_user = slots + (budget if budget else 0)
+            budget = s.batch_images if s.batch_images > 1 else 0
+            per_user = slots + budget
             rows = await store.dispatch_candidates(
                 conn, family.types, family.fast, s.fast_head_start_seconds, per_user
             )
@@ -233,10 +233,8 @@ class Dispatcher:
             await store.insert_outbox(conn, subject, msg_id, tasks[0].SerializeToString())
             await store.mark_dispatched(conn, [str(lead["id"])], None)
             return
-        batch = queue_pb2.GenerationBatch(tasks=tasks)
-        await store.insert_outbox(
-            conn, subject, msg_id, batch.SerializeToString(), queue.batch_headers()
-        )
+        subject, payload, headers = queue.batch_message(tasks)
+        await store.insert_outbox(conn, subject, msg_id, payload, headers)
         await store.mark_dispatched(conn, [str(r["id"]) for r in group], str(lead["id"]))
 
     # --- where a queued job stands ----------------------------------------------------
@@ -310,7 +308,7 @@ def choose(
         head = lines[user].pop(0)
         flying[user] += 1
         group = [head]
-        key = batching.batch_key_of_row(head) if budget else None
+        key = batch_key(head) if budget else None
         if key is not None:
             images = head["num_images"]
             while True:  # fill the batch in turn order too
@@ -326,11 +324,24 @@ def choose(
     return groups
 
 
+def batch_key(row: dict) -> tuple | None:
+    """`ourvidz.batching.batch_key_of` a job row (None: it runs alone)."""
+    return batching.batch_key_of(
+        job_type=row["job_type"],
+        width=row["width"],
+        height=row["height"],
+        steps=row["steps"],
+        guidance_scale=row["guidance_scale"],
+        has_reference=bool(row.get("reference_key")),
+        num_frames=row.get("num_frames", 1),
+    )
+
+
 def _next_mate(
     lines: dict[str, list[dict]], order: list[str], key: tuple, images_left: int
 ) -> tuple[str, dict] | None:
     for user in order:
         for row in lines[user]:
-            if row["num_images"] <= images_left and batching.batch_key_of_row(row) == key:
+            if row["num_images"] <= images_left and batch_key(row) == key:
                 return user, row
     return None

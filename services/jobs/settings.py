@@ -6,7 +6,6 @@ from typing import ClassVar
 
 from pydantic import Field, SecretStr
 
-from ourvidz import batching
 from ourvidz.queue import QueueSettings
 from ourvidz.settings import CommonSettings
 from services.jobs.dispatch import DispatchSettings
@@ -58,13 +57,13 @@ class JobsSettings(CommonSettings):
     # JOBS_DISPATCH_PREFETCH per busy one. A user may have at most
     # JOBS_MAX_RUNNING_PER_USER jobs of a family on the queue or running (0: no
     # limit); a fast job type goes before a high one submitted less than
-    # JOBS_FAST_HEAD_START_SECONDS earlier. At most JOBS_BATCH_MAX_IMAGES images
-    # share one batch (families that batch; 0: no batches).
+    # JOBS_FAST_HEAD_START_SECONDS earlier. Compatible SDXL jobs go out
+    # together in one batch of at most SDXL_BATCH_MAX_IMAGES images (the
+    # worker's setting too; 1: no batches).
     jobs_dispatch_prefetch: int = Field(1, ge=0)
     jobs_max_running_per_user: int = Field(4, ge=0)
     jobs_fast_head_start_seconds: float = Field(60.0, ge=0)
     jobs_dispatch_poll_seconds: float = Field(0.5, gt=0)
-    jobs_batch_max_images: int = Field(batching.DEFAULT_BATCH_IMAGES, ge=0)
 
     def dispatch_settings(self) -> DispatchSettings:
         return DispatchSettings(
@@ -72,7 +71,7 @@ class JobsSettings(CommonSettings):
             per_user=self.jobs_max_running_per_user,
             fast_head_start_seconds=self.jobs_fast_head_start_seconds,
             interval_seconds=self.jobs_dispatch_poll_seconds,
-            batch_images=self.jobs_batch_max_images,
+            batch_images=self.sdxl_batch_max_images,
         )
 
     def queue_settings(self) -> QueueSettings:

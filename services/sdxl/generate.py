@@ -16,6 +16,13 @@ through the pipeline in batches of at most `max_batch`, each with its own
 seed as above, so the images are the ones the whole batch gives. Progress
 then counts the steps of all batches.
 
+Several text-to-image jobs of one batch key (`ourvidz.batching`) run as one
+batch (`render_batch`): each image with its own job's prompt, negative prompt
+(each job's encoded as its one-job run encodes it, then stacked) and seed as
+above, so each job's images are the ones it gets alone, within the rounding
+of the batch size; the memory fallback and the image budget cut the batch's
+image list, never a seed.
+
 Progress and cancellation go through `callback_on_step_end`: it reports each
 finished denoising step and raises `Cancelled` when asked to stop, which ends
 the call at once (nothing is decoded) and leaves the pipeline reusable. The
@@ -35,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +121,26 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One image of a pipeline batch: whose it is (`member`, the task's place
+    in the batch), its index in that job, its seed and its prompts."""
+
+    member: int
+    index: int
+    seed: int
+    prompt: str
+    negative: str | None
+
+
+def _rows(member: int, task: queue_pb2.GenerationTask) -> list[_Row]:
+    negative = task.negative_prompt or None
+    return [
+        _Row(member, i, image_seed(task.seed, i), task.prompt, negative)
+        for i in range(task.num_images)
+    ]
+
+
 def render(
     pipe_bundle: PipeBundle,
     task: queue_pb2.GenerationTask,
@@ -132,13 +159,7 @@ def render(
     total=None)` hears "encoding_text" before the pipeline starts and "decoding"
     after the last step; `on_latents(step, total, latents)` gets each step's
     latents (previews), counted like `on_step`."""
-    stage = on_stage or no_stage
     job_plan = plan(task, reference_image is not None)
-    if should_cancel():
-        raise Cancelled()
-    image_seeds = [image_seed(task.seed, i) for i in range(task.num_images)]
-    size = min(memory.max_batch or len(image_seeds), len(image_seeds))
-    batches = [image_seeds[i : i + size] for i in range(0, len(image_seeds), size)]
     if reference_image is None:
         pipe = pipe_bundle.txt2img
         call = {"width": task.width, "height": task.height}
@@ -148,13 +169,86 @@ def render(
             (task.width, task.height), Image.Resampling.LANCZOS
         )
         call = {"image": image, "strength": job_plan.strength}
-    negative = task.negative_prompt or None
-    images: list[Image.Image] = []
-    pngs: list[bytes] = []
+    (images,) = _render_rows(
+        pipe_bundle,
+        pipe,
+        call,
+        job_plan,
+        _rows(0, task),
+        on_step,
+        should_cancel,
+        on_stage or no_stage,
+        memory.max_batch,
+        memory.low_memory_decode,
+        [on_latents],
+    )
+    return images
+
+
+def render_batch(
+    pipe_bundle: PipeBundle,
+    tasks: Sequence[queue_pb2.GenerationTask],
+    on_step: Callable[[int, int], None],
+    should_cancel: Callable[[], bool],
+    on_stage: Callable[..., None] | None = None,
+    memory: MemoryFallback = FULL_MEMORY,
+    on_latents: Sequence[Callable[[int, int, torch.Tensor], None] | None] = (),
+    max_images: int | None = None,
+) -> list[list[RenderedImage]]:
+    """Several text-to-image jobs of one batch key (`ourvidz.batching`) as one
+    batch: each image with its own job's prompt, negative prompt and seed
+    (`image_seed`), so each job's images are the ones it renders alone. The
+    images go through the pipeline in calls of at most `max_images` (and
+    `memory.max_batch`); blocking (call it from a thread).
+
+    `on_step`, `should_cancel` and `on_stage` as in `render`, for the whole
+    batch (`should_cancel` true stops every job); `on_latents[m]` gets job
+    `m`'s rows of each step's latents (previews). The images of each task, in
+    the order of `tasks`."""
+    plans = {plan(task, False) for task in tasks}
+    if len(plans) != 1 or len({(t.width, t.height) for t in tasks}) != 1:
+        raise ValueError("the tasks of a batch need the same size, steps and guidance")
+    rows = [row for member, task in enumerate(tasks) for row in _rows(member, task)]
+    limits = [n for n in (memory.max_batch, max_images) if n]
+    return _render_rows(
+        pipe_bundle,
+        pipe_bundle.txt2img,
+        {"width": tasks[0].width, "height": tasks[0].height},
+        plans.pop(),
+        rows,
+        on_step,
+        should_cancel,
+        on_stage or no_stage,
+        min(limits) if limits else None,
+        memory.low_memory_decode,
+        list(on_latents) or [None] * len(tasks),
+    )
+
+
+def _render_rows(
+    pipe_bundle: PipeBundle,
+    pipe,
+    call: dict,
+    job_plan: Plan,
+    rows: list[_Row],
+    on_step: Callable[[int, int], None],
+    should_cancel: Callable[[], bool],
+    stage: Callable[..., None],
+    max_batch: int | None,
+    low_memory: bool,
+    on_latents: Sequence[Callable[[int, int, torch.Tensor], None] | None],
+) -> list[list[RenderedImage]]:
+    """`rows` through `pipe` in pipeline calls of at most `max_batch` images;
+    the rendered images of each member, in order."""
+    if should_cancel():
+        raise Cancelled()
+    size = min(max_batch or len(rows), len(rows))
+    batches = [rows[i : i + size] for i in range(0, len(rows), size)]
+    rendered: list[list[RenderedImage]] = [[] for _ in on_latents]
     with (
         pipe_bundle.lock,
         torch.inference_mode(),
-        low_memory_decode(getattr(pipe, "vae", None), memory.low_memory_decode),
+        low_memory_decode(getattr(pipe, "vae", None), low_memory),
     ):
         # img2img runs a share of the steps that diffusers settles; its first step tells.
         stage(ENCODING_TEXT, job_plan.steps if job_plan.strength is None else None)
@@ -167,43 +261,79 @@ def render(
                 if done == len(batches) - 1:  # "decoding" once, after the last batch
                     stage(name, total)
 
-            def batch_latents(step: int, total: int, latents, done: int = done) -> None:
-                on_latents(done * total + step, len(batches) * total, latents)
+            def batch_latents(step: int, total: int, latents, done=done, batch=batch) -> None:
+                for member, hook in enumerate(on_latents):
+                    picked = [i for i, row in enumerate(batch) if row.member == member]
+                    if hook is not None and picked:
+                        hook(
+                            done * total + step,
+                            len(batches) * total,
+                            latents[picked[0] : picked[-1] + 1],
+                        )
 
-            call["generator"] = seeds.cpu_generators(batch)
+            previews = any(hook is not None for hook in on_latents)
+            call["generator"] = seeds.cpu_generators([row.seed for row in batch])
             call["callback_on_step_end"] = step_callback(
-                batch_step, should_cancel, batch_stage, batch_latents if on_latents else None
+                batch_step, should_cancel, batch_stage, batch_latents if previews else None
             )
             call["num_inference_steps"] = job_plan.steps
             call["guidance_scale"] = job_plan.guidance_scale
-            batch_images, batch_pngs = _render_batch(pipe, task.prompt, negative, len(batch), call)
-            images += batch_images
-            pngs += batch_pngs
-    return [
-        RenderedImage(
-            index=i, png_bytes=png, seed=image_seeds[i], width=img.width, height=img.height
-        )
-        for i, (img, png) in enumerate(zip(images, pngs, strict=True))
-    ]
+            images, pngs = _render_batch(pipe, batch, call)
+            for row, image, png in zip(batch, images, pngs, strict=True):
+                rendered[row.member].append(
+                    RenderedImage(
+                        index=row.index,
+                        png_bytes=png,
+                        seed=row.seed,
+                        width=image.width,
+                        height=image.height,
+                    )
+                )
+    return rendered
 
 
-def _render_batch(
-    pipe, prompt: str, negative: str | None, count: int, call: dict
-) -> tuple[list[Image.Image], list[bytes]]:
-    """One pipeline call of `count` images: the images and their PNGs."""
+def _prompt_runs(rows: list[_Row]) -> list[tuple[str, str | None, int]]:
+    """The rows of a pipeline call as (prompt, negative prompt, count) of
+    consecutive images of one member."""
+    runs: list[tuple[int, str, str | None, int]] = []
+    for row in rows:
+        if runs and runs[-1][0] == row.member:
+            member, prompt, negative, count = runs[-1]
+            runs[-1] = (member, prompt, negative, count + 1)
+        else:
+            runs.append((row.member, row.prompt, row.negative, 1))
+    return [(prompt, negative, count) for _, prompt, negative, count in runs]
+
+
+def _render_batch(pipe, rows: list[_Row], call: dict) -> tuple[list[Image.Image], list[bytes]]:
+    """One pipeline call of the images `rows`: the images and their PNGs."""
+    runs = _prompt_runs(rows)
     if not stages_apart(pipe):
+        if len(runs) == 1:
+            (prompt, negative, count) = runs[0]
+            prompts = {
+                "prompt": prompt,
+                "negative_prompt": negative,
+                "num_images_per_prompt": count,
+            }
+        else:  # one prompt per image, as diffusers takes a list
+            prompts = {
+                "prompt": [row.prompt for row in rows],
+                "negative_prompt": [row.negative or "" for row in rows],
+                "num_images_per_prompt": 1,
+            }
         with telemetry.stage("sdxl.denoise"):
-            out = pipe(
-                prompt=prompt,
-                negative_prompt=negative,
-                num_images_per_prompt=count,
-                output_type="pil",
-                **call,
-            )
+            out = pipe(output_type="pil", **prompts, **call)
         with telemetry.stage("sdxl.decode"):
             return out.images, [encode_png(img) for img in out.images]
     with telemetry.stage("sdxl.encode_text"):
-        embeds = encode_text(pipe, prompt, negative, count, call["guidance_scale"])
+        # Each job's prompts encoded as its one-job run encodes them (an empty
+        # negative prompt is zeros there, not the encoding of ""), then stacked.
+        parts = [encode_text(pipe, p, n, count, call["guidance_scale"]) for p, n, count in runs]
+        embeds = {
+            name: None if parts[0][name] is None else torch.cat([part[name] for part in parts])
+            for name in parts[0]
+        }
     with telemetry.stage("sdxl.denoise"):
         if "image" not in call:  # text-to-image: the starting noise, drawn on the CPU
             dtype = embeds["prompt_embeds"].dtype  # what the pipeline draws in

@@ -24,7 +24,10 @@ async def start(settings: SdxlSettings, *, port: int | None = None) -> Running:
             config_dir=settings.sdxl_config_dir or None,
         )
 
-    return await start_worker(settings, FAMILY, load=load, make_family=SdxlFamily, port=port)
+    def make_family(bundle) -> SdxlFamily:
+        return SdxlFamily(bundle, settings.sdxl_batch_max_images)
+
+    return await start_worker(settings, FAMILY, load=load, make_family=make_family, port=port)
 
 
 def main() -> None:

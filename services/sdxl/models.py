@@ -150,7 +150,7 @@ class ControlPlanePipeline:
 
     def __call__(
         self,
-        prompt: str | None = None,
+        prompt: str | list[str] | None = None,
         *,
         num_inference_steps: int = 1,
         num_images_per_prompt: int = 1,
@@ -173,10 +173,12 @@ class ControlPlanePipeline:
                 callback_on_step_end(self, i, steps - i, {})
         if image is not None:
             width, height = image.size
+        # One image per prompt of a list (a batch of several jobs), as diffusers.
+        count = num_images_per_prompt * (len(prompt) if isinstance(prompt, list) else 1)
         if not isinstance(generator, list):
-            generator = [generator] * num_images_per_prompt
+            generator = [generator] * count
         images = []
-        for index in range(num_images_per_prompt):
+        for index in range(count):
             drawn = torch.randint(0, 256, (3,), generator=generator[index])
             colour = tuple(int(c) for c in drawn)
             images.append(Image.new("RGB", (width or 64, height or 64), colour))

@@ -14,7 +14,6 @@ from ourvidz.storage import LocalStore, store_from_settings
 from ourvidz.v1 import job_pb2
 from ourvidz.v1 import job_service_pb2 as pb
 from services.jobs.reconciler import Reconciler, job_id_of_key
-from services.jobs.service import task_subject
 from tests.jobs.helpers import owner_query, pull_task
 from tests.jobs.test_worker import Worker
 

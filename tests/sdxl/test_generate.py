@@ -139,3 +139,50 @@ async def test_stages_are_spans_of_the_job_in_hand_from_the_render_thread(tiny_b
     for span in stages:
         assert span.parent.span_id == job.span.get_span_context().span_id
         assert (span.attributes["job.id"], span.attributes["job.attempt"]) == ("job-1", 2)
+
+
+def _pixels(png: bytes):
+    import numpy as np
+
+    return np.asarray(_decode(png), dtype=np.int16)
+
+
+def _jobs(make_task):
+    """Three jobs of one batch key: other prompts, seeds and image counts, one
+    without a negative prompt."""
+    return [
+        make_task(job_id="a", prompt="a red cat", seed=5, num_images=1),
+        make_task(job_id="b", prompt="a blue dog", seed=99, num_images=3, negative_prompt=""),
+        make_task(job_id="c", prompt="a green bird", seed=7, num_images=1),
+    ]
+
+
+@pytest.mark.parametrize("max_images", [None, 2])
+def test_a_batch_of_jobs_gives_each_job_its_images_alone(tiny_bundle, make_task, max_images):
+    tasks = _jobs(make_task)
+    alone = [generate.render(tiny_bundle, task, None, _noop, _never) for task in tasks]
+    steps, rows = [], []
+    together = generate.render_batch(
+        tiny_bundle,
+        tasks,
+        lambda step, total: steps.append((step, total)),
+        _never,
+        on_latents=[None, lambda s, t, latents: rows.append((s, latents.shape[0])), None],
+        max_images=max_images,
+    )
+    calls = 1 if max_images is None else 3  # 5 images in calls of at most 2
+    assert steps == [(s, 3 * calls) for s in range(1, 3 * calls + 1)]
+    # Job b's own rows of each step's latents (its previews): all 3 in one
+    # call; 1 then 2 in calls of two (a|b, b|b, c).
+    per_call = [3] if max_images is None else [1, 2]
+    assert [n for _, n in rows] == [n for n in per_call for _ in range(3)]
+    for images, expected in zip(together, alone, strict=True):
+        assert [(i.index, i.seed) for i in images] == [(i.index, i.seed) for i in expected]
+        for got, want in zip(images, expected, strict=True):
+            assert abs(_pixels(got.png_bytes) - _pixels(want.png_bytes)).max() <= 1
+
+
+def test_a_batch_of_jobs_needs_one_size_steps_and_guidance(tiny_bundle, make_task):
+    tasks = [make_task(job_id="a"), make_task(job_id="b", steps=4)]
+    with pytest.raises(ValueError, match="same size, steps and guidance"):
+        generate.render_batch(tiny_bundle, tasks, _noop, _never)

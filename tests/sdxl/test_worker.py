@@ -692,3 +692,91 @@ async def test_a_broken_gpu_hands_the_job_back_and_ends_the_worker(
     starts = double.of("StartJob")
     assert [(s.worker_id, s.delivery) for s in starts] == [("sdxl-broken", 1), ("sdxl-test", 2)]
     assert complete.assets[0].key == f"{user}/{job}_0.png"
+
+
+# --- batches of jobs in one message -------------------------------------------------
+
+
+async def _publish_batch(running, tasks) -> None:
+    subject, payload, headers = queue.batch_message(
+        tasks, {"Nats-Msg-Id": f"batch-{tasks[0].job_id}"}
+    )
+    await running.worker.js.publish(subject, payload, headers=headers)
+
+
+def _batch(make_task, user: str, jobs) -> list:
+    """Tasks of (num_images, seed, prompt), each its own job."""
+    return [
+        make_task(job_id=_ids()[1], user_id=user, num_images=n, seed=seed, prompt=prompt)
+        for n, seed, prompt in jobs
+    ]
+
+
+async def test_a_batch_out_of_memory_halves_its_image_list_keeping_each_seed(
+    sdxl, double, make_task
+):
+    running, store = sdxl
+    user, _ = _ids()
+    jobs = [(1, 5, "a cat on a sofa"), (3, 50, "a dog in the rain")]
+    with _device(running, lambda pipe, call: None) as roomy:
+        await _publish_batch(running, _batch(make_task, user, jobs))
+        plain = await double.wait_for("CompleteJob", 2)
+        await _drained(running)
+    with _device(running, _fits(images=1)) as tight:
+        await _publish_batch(running, _batch(make_task, user, jobs))
+        complete = (await double.wait_for("CompleteJob", 4))[2:]
+        await _drained(running)
+    assert roomy.batches == [4]  # both jobs in one pipeline call
+    assert tight.batches == [4, 4, 2, 1, 1, 1, 1]  # full, sliced, halves (2 fails), ones
+    assert not double.of("FailJob")
+    for before, after in zip(plain, complete, strict=True):
+        assert [a.seed for a in after.assets] == [a.seed for a in before.assets]
+        for was, now in zip(before.assets, after.assets, strict=True):
+            want = _pixels(await store.get(was.bucket, was.key))
+            got = _pixels(await store.get(now.bucket, now.key))
+            assert abs(want - got).max() <= 2
+    assert [[a.seed for a in c.assets] for c in complete] == [[5], [50, 51, 52]]
+
+
+async def test_a_job_of_a_batch_held_elsewhere_runs_at_the_redelivery_alone(
+    sdxl, double, make_task
+):
+    running, _ = sdxl
+    user, _ = _ids()
+    double.held_elsewhere = 1  # the first job's first start: another worker holds it
+    tasks = _batch(make_task, user, [(1, 1, "a cat"), (1, 2, "a dog"), (1, 3, "a bird")])
+    with _device(running, lambda pipe, call: None) as pipe:
+        await _publish_batch(running, tasks)
+        completes = await double.wait_for("CompleteJob", 3)
+        await _drained(running)
+    assert pipe.batches == [2, 1]  # the others together, then the held one alone
+    assert [c.job_id for c in completes] == [t.job_id for t in (tasks[1], tasks[2], tasks[0])]
+    starts = [(s.job_id, s.delivery) for s in double.of("StartJob")]
+    # The redelivery starts every job again; the completed ones are refused.
+    assert starts == [(t.job_id, 1) for t in tasks] + [(t.job_id, 2) for t in tasks]
+    assert not double.of("FailJob")
+
+
+async def test_a_batch_is_handed_back_when_one_job_is_completed_by_another_start(
+    sdxl, double, make_task
+):
+    running, _ = sdxl
+    user, _ = _ids()
+    double.superseded_completions = 1  # the first completion: another start holds that job
+    tasks = _batch(make_task, user, [(1, 1, "a cat"), (3, 2, "a dog")])
+    await _publish_batch(running, tasks)
+    starts = await double.wait_for("StartJob", 4)  # the batch comes back once
+    await _drained(running)
+    assert [(s.job_id, s.delivery) for s in starts] == [
+        (tasks[0].job_id, 1),
+        (tasks[1].job_id, 1),
+        (tasks[0].job_id, 2),
+        (tasks[1].job_id, 2),
+    ]
+    assert len(double.of("CompleteJob")) == 2 and not double.of("FailJob")
+    # Every report carries its own job's start token and the shared step count.
+    for task, first in zip(tasks, starts[:2], strict=True):
+        reports = [r for r in double.of("ReportProgress") if r.job_id == task.job_id]
+        assert {r.start_token for r in reports} == {f"{first.task_sequence}:{first.delivery}"}
+        steps = [r.progress.step for r in reports if r.progress.stage == "denoising"]
+        assert steps == [1, 2, 3]

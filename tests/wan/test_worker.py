@@ -321,6 +321,40 @@ async def test_frame_count_not_4k_plus_1_fails_for_good(mesh):
     await _drained(mesh)
 
 
+async def test_a_batch_message_runs_its_jobs_one_after_another(mesh):
+    """WAN renders no batch: the jobs of a batch message (as Jobs would
+    publish them) each run alone, in order, and each completes."""
+    _, md = mesh.user()
+    spec = {"job_type": "image_fast", "width": 64, "height": 48}
+    await _pause(mesh)
+    try:
+        jobs = [await mesh.create(md, **spec, seed=seed) for seed in (1, 2)]
+        js = mesh.wan.worker.js
+        subjects = [queue.job_task_subject("tasks.wan.fast", job.id) for job in jobs]
+        for _ in range(400):
+            if len(await queue.task_held(js, subjects)) == 2:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("Jobs did not publish the tasks")
+        tasks = []
+        for subject in subjects:
+            msg = await js.get_last_msg(queue.TASKS_STREAM, subject)
+            tasks.append(queue_pb2.GenerationTask.FromString(msg.data))
+            await js.purge_stream(queue.TASKS_STREAM, subject=subject)
+        subject, payload, headers = queue.batch_message(tasks, {"Nats-Msg-Id": uuid.uuid4().hex})
+        await js.publish(subject, payload, headers=headers)
+    finally:
+        _resume(mesh)
+    ended = []
+    for job in jobs:
+        await mesh.events(md, job.id)
+        ended.append(await mesh.get(md, job.id))
+    assert [job.state for job in ended] == [job_pb2.JOB_STATE_COMPLETED] * 2
+    assert [job.assets[0].seed for job in ended] == [1, 2]
+    await _drained(mesh)
+
+
 async def test_worker_info_and_health(mesh):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
