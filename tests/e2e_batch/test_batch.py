@@ -1,8 +1,10 @@
-"""A batch of SDXL jobs in one message (`GenerationBatch`), as Jobs will
-publish it, run by the SDXL worker (tiny model) against the real jobs
-service, NATS JetStream, PostgreSQL and S3 server. The jobs are created over
-HTTP; the tasks Jobs publishes for them one by one are taken off the queue
-while the worker is paused, and published again as one batch."""
+"""A batch of SDXL jobs in one message (`GenerationBatch`), run by the SDXL
+worker (tiny model) against the real jobs service, NATS JetStream,
+PostgreSQL and S3 server. The jobs are created over HTTP while the worker is
+paused (no worker waits, so Jobs holds them in line); once it waits again,
+Jobs' dispatcher publishes the compatible jobs as one batch. A batch with a
+task Jobs would never write is taken off the queue and published again by
+the test."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from tests.e2e.conftest import mesh_env, signup
 from tests.e2e.test_generate import download, wait_for
 
 SIZE = 64
+CONSUMER = queue.consumer_name("sdxl")
 TERMINAL = ("completed", "failed", "cancelled")
 
 
@@ -56,8 +59,16 @@ async def user(stack):
 
 
 async def _pause(running) -> None:
+    """Stop the worker's loop, and wait until its last pull request expired:
+    then no worker waits, and Jobs holds new jobs in line."""
     running.worker.stop()
     await asyncio.wait_for(running._tasks[1], 30)
+
+    async def nobody_waits():
+        info = await running.worker.js.consumer_info(queue.TASKS_STREAM, CONSUMER)
+        return info.num_waiting == 0
+
+    await wait_for(nobody_waits, within=60)
 
 
 def _resume(running) -> None:
@@ -81,24 +92,52 @@ def _bodies(jobs: list[tuple[str, int, int]], **common) -> list[dict]:
     ]
 
 
-async def _queued_tasks(user, js, bodies: list[dict]) -> list[queue_pb2.GenerationTask]:
-    """Jobs created over HTTP, and the tasks Jobs published for them, taken
-    off the queue (the worker is paused, so they wait there)."""
+async def _created(user, bodies: list[dict]) -> list[queue_pb2.GenerationTask]:
+    """Jobs created over HTTP, and the task each renders (as Jobs writes it)."""
     tasks = []
     for body in bodies:
         response = await user.post("/v1/jobs", json=body)
         assert response.status_code == 202, response.text
-        queue_subject = catalog.CATALOG[body["job_type"]].subject
-        subject = queue.job_task_subject(queue_subject, response.json()["id"])
-
-        async def published(subject=subject):
-            return bool(await queue.task_held(js, [subject]))
-
-        await wait_for(published)
-        message = await js.get_last_msg(queue.TASKS_STREAM, subject)
-        await js.purge_stream(queue.TASKS_STREAM, subject=subject)
-        tasks.append(queue_pb2.GenerationTask.FromString(message.data))
+        job = response.json()
+        assert job["queue"]["dispatched"] is False  # no worker waits: held in line
+        tasks.append(_task_of(job, user.user["id"]))
     return tasks
+
+
+def _task_of(job: dict, user_id: str) -> queue_pb2.GenerationTask:
+    jt = catalog.CATALOG[job["job_type"]]
+    return queue_pb2.GenerationTask(
+        job_id=job["id"],
+        user_id=user_id,
+        job_type=job["job_type"],
+        prompt=job["prompt"],
+        negative_prompt=job["negative_prompt"],
+        seed=job["seed"],
+        num_images=job["num_images"],
+        width=job["width"],
+        height=job["height"],
+        num_frames=job["num_frames"],
+        steps=job["steps"],
+        guidance_scale=job["guidance_scale"],
+        output_bucket=jt.bucket,
+    )
+
+
+async def _taken_off_the_queue(js, job_ids: list[str]) -> list[queue_pb2.GenerationTask]:
+    """The tasks of these jobs, as Jobs publishes them to a waiting worker,
+    taken off the queue (acked) by the test."""
+    sub = await js.pull_subscribe_bind(durable=CONSUMER, stream=queue.TASKS_STREAM)
+    tasks: list[queue_pb2.GenerationTask] = []
+    try:
+        while len(tasks) < len(job_ids):
+            (msg,) = await sub.fetch(1, timeout=30)
+            await msg.ack()
+            tasks += [
+                t for t in queue.decode_tasks(msg.data, msg.headers) if t.job_id in job_ids
+            ]
+    finally:
+        await sub.unsubscribe()
+    return sorted(tasks, key=lambda t: job_ids.index(t.job_id))
 
 
 async def _publish_batch(js, tasks: list[queue_pb2.GenerationTask]) -> None:
@@ -171,19 +210,17 @@ async def _assert_rendered_alone(running, job: dict, task: queue_pb2.GenerationT
 
 
 async def test_a_batch_of_three_jobs_completes_each_as_rendered_alone(worker, user):
-    js = worker.worker.js
     jobs = [
         ("a lighthouse on a cliff at dusk", 1, 11),
         ("a red fox in the snow, watercolour", 3, 2024),
         ("a bowl of ramen, studio photo", 1, 7),
     ]
-    tasks = await _queued_tasks(user, js, _bodies(jobs))
-    await _publish_batch(js, tasks)
+    tasks = await _created(user, _bodies(jobs))
     with _counted(worker) as pipe:
         _resume(worker)
         try:
             ended = await _settled(user, [task.job_id for task in tasks])
-            await _drained(worker, "sdxl-fast")
+            await _drained(worker, CONSUMER)
         finally:
             await _pause(worker)
     assert pipe.calls == [5]  # one denoising batch of every image
@@ -197,7 +234,6 @@ async def test_a_batch_of_three_jobs_completes_each_as_rendered_alone(worker, us
 
 async def test_a_job_cancelled_mid_batch_leaves_the_others_alone(worker, user, caplog):
     caplog.set_level(logging.INFO, logger="ourvidz.genworker.loop")
-    js = worker.worker.js
     jobs = [
         ("a lighthouse on a cliff at dusk", 1, 5),
         ("a red fox in the snow, watercolour", 3, 6),
@@ -205,8 +241,7 @@ async def test_a_job_cancelled_mid_batch_leaves_the_others_alone(worker, user, c
     ]
     # Larger and longer, to be cancelled while it denoises.
     bodies = _bodies(jobs, job_type="sdxl_image_high", width=256, height=256)
-    tasks = await _queued_tasks(user, js, bodies)
-    await _publish_batch(js, tasks)
+    tasks = await _created(user, bodies)
     cancelled = tasks[1].job_id
 
     async def denoising():
@@ -219,7 +254,7 @@ async def test_a_job_cancelled_mid_batch_leaves_the_others_alone(worker, user, c
         response = await user.post(f"/v1/jobs/{cancelled}/cancel")
         assert response.status_code == 200, response.text
         ended = await _settled(user, [task.job_id for task in tasks])
-        await _drained(worker, "sdxl-high")
+        await _drained(worker, CONSUMER)
     finally:
         await _pause(worker)
     assert [job["state"] for job in ended] == ["completed", "cancelled", "completed"]
@@ -239,13 +274,14 @@ async def test_a_failing_job_of_a_batch_fails_alone(worker, user):
         ("a red fox in the snow, watercolour", 1, 22),
         ("a bowl of ramen, studio photo", 3, 23),
     ]
-    tasks = await _queued_tasks(user, js, _bodies(jobs))
+    created = await _created(user, _bodies(jobs))
+    tasks = await _taken_off_the_queue(js, [task.job_id for task in created])
     tasks[1].num_images = 2  # a task the model cannot run
     await _publish_batch(js, tasks)
     _resume(worker)
     try:
         ended = await _settled(user, [task.job_id for task in tasks])
-        await _drained(worker, "sdxl-fast")
+        await _drained(worker, CONSUMER)
     finally:
         await _pause(worker)
     assert [job["state"] for job in ended] == ["completed", "failed", "completed"]
