@@ -9,9 +9,12 @@ that their ratios are comparable (CPU timings on a shared machine swing ±50 %).
   PostgreSQL, NATS, S3): a 1-image `sdxl_image_fast` job at its default size,
   a `video_fast` job at 256×144×17 and an `image7b_fast_enhanced` job at
   256×144 (enhance stage included);
-- batch: the tiny SDXL worker with 8 one-image 64² jobs on its queue, one
-  message per job, then batch messages of at most SDXL_BATCH_MAX_IMAGES
-  images: seconds to every job completed, and jobs/s;
+- pickup: an idle tiny SDXL worker, one 64² job at a time over HTTP: the
+  server's created_at → started_at, p50 and p99;
+- batch: 8 users submit one 64² job each at once to one tiny SDXL worker,
+  with Jobs publishing one job per task, then compatible jobs in batches of
+  at most SDXL_BATCH_MAX_IMAGES images: seconds to every job completed,
+  jobs/s, and the ratio of the two;
 - up: `python -m ourvidz_dev.up` from start to a 200 on /readyz;
 - control-plane: the load bench of `ourvidz_dev.loadbench` (the services as
   processes, the SDXL `control-plane` preset, no model): submit→start
@@ -22,7 +25,7 @@ that their ratios are comparable (CPU timings on a shared machine swing ±50 %).
   architectures (`full-random`): SDXL at 1024², batch 1 and 6; WAN 2.1 1.3B
   `video_fast` (81 frames at 832×480, 25 steps); Qwen2.5-7B, 200 new tokens.
 
-Options: --only render,job,batch,up,control-plane,gpu (or the parts as arguments:
+Options: --only render,job,pickup,batch,up,control-plane,gpu (or the parts as arguments:
 `python -m ourvidz_dev.bench control-plane`)   --repeat N
 """
 
@@ -205,87 +208,93 @@ BATCH_JOBS = 8
 
 
 async def _bench_batch(repeat: int) -> None:
-    """8 one-image `sdxl_image_fast` jobs at 64² waiting on the queue, run by
-    the tiny SDXL worker one message per job, then as batch messages of at
-    most SDXL_BATCH_MAX_IMAGES images (as Jobs groups them,
-    `ourvidz.batching.groups`): seconds from the worker ready to every job
-    completed, and jobs/s. The jobs are made through Jobs; their tasks are
-    taken off the queue before the worker starts and published again as the
-    messages of each way."""
-    from ourvidz import batching, queue
+    """8 one-image `sdxl_image_fast` jobs at 64², one from each of 8 users,
+    submitted at once to a stack with one tiny SDXL worker: seconds from the
+    first submit to every job completed, and jobs/s, with Jobs publishing one
+    job per task (SDXL_BATCH_MAX_IMAGES=1) and then compatible jobs together
+    in batches of at most SDXL_BATCH_MAX_IMAGES images, each way on a stack of
+    its own in the same run; the ratio of the two rates."""
     from ourvidz.settings import SDXL_BATCH_MAX_IMAGES
-    from ourvidz.v1 import queue_pb2
-    from ourvidz_dev.stack import running_stack, settings_from
-    from services.sdxl.main import start as start_sdxl
-    from services.sdxl.settings import SdxlSettings
+    from ourvidz_dev.stack import running_stack
 
+    body = {"job_type": "sdxl_image_fast", "num_images": 1, "width": 64, "height": 64}
+    rates = {}
+    for budget in (1, SDXL_BATCH_MAX_IMAGES):
+        async with _embedded_env() as env:
+            env = {**env, "SDXL_BATCH_MAX_IMAGES": str(budget)}
+            async with (
+                running_stack(env, workers=("sdxl",)) as stack,
+                httpx.AsyncClient(base_url=stack.url, timeout=120) as http,
+            ):
+                times = []
+                for i in range(repeat + 1):
+                    users = [
+                        await _signed_in(http, f"batch-{budget}-{i}-{n}@example.com")
+                        for n in range(BATCH_JOBS)
+                    ]
+
+                    async def one(n: int, headers: dict[str, str]) -> None:
+                        job = await http.post(
+                            "/v1/jobs", headers=headers, json={**body, "prompt": f"a fox {n}"}
+                        )
+                        if job.status_code != 202:
+                            raise RuntimeError(f"bench job refused: {job.text}")
+                        path = f"/v1/jobs/{job.json()['id']}/events"
+                        async with http.stream("GET", path, headers=headers) as stream:
+                            async for _ in stream.aiter_lines():
+                                pass
+                        done = (await http.get(path.rsplit("/", 1)[0], headers=headers)).json()
+                        if done["state"] != "completed":
+                            raise RuntimeError(f"bench job ended {done['state']}")
+
+                    start = time.perf_counter()
+                    await asyncio.gather(*(one(n, h) for n, h in enumerate(users)))
+                    if i:  # the first round warms the worker up
+                        times.append(time.perf_counter() - start)
+        way = f"batches of ≤ {budget} images" if budget > 1 else "one job per task"
+        rates[budget] = BATCH_JOBS / statistics.median(times)
+        report(f"tiny worker, {BATCH_JOBS} users × 1 job 64² at once, {way}", times,
+               f"{rates[budget]:.2f} jobs/s")  # fmt: skip
+    ratio = rates[SDXL_BATCH_MAX_IMAGES] / rates[1]
+    RESULTS.append(("batched ÷ one job per task, jobs/s", f"{ratio:.2f}×", ""))
+
+
+PICKUP_JOBS = 40
+
+
+async def _bench_pickup(repeat: int) -> None:
+    """An idle tiny SDXL worker: one 64² job at a time is submitted over HTTP
+    and followed to its end; the server's created_at → started_at of each
+    (Jobs holds the job, its dispatcher publishes it to the waiting worker,
+    the worker's StartJob), p50 and p99 over PICKUP_JOBS × repeat jobs."""
+    from ourvidz_dev.loadbench import parse_time, percentile
+    from ourvidz_dev.stack import running_stack
+
+    body = {"job_type": "sdxl_image_fast", "num_images": 1, "width": 64, "height": 64}
+    waits = []
     async with (
         _embedded_env() as env,
-        running_stack(env, workers=()) as stack,
+        running_stack(env, workers=("sdxl",)) as stack,
         httpx.AsyncClient(base_url=stack.url, timeout=120) as http,
     ):
-        nc, js = await queue.connect(env["NATS_URL"], name="bench-batch")
-        body = {"job_type": "sdxl_image_fast", "num_images": 1, "width": 64, "height": 64}
-
-        async def queued(headers: dict[str, str]) -> list:
-            tasks = []
-            for i in range(BATCH_JOBS):
-                job = await http.post(
-                    "/v1/jobs", headers=headers, json={**body, "prompt": f"a lighthouse {i}"}
-                )
-                if job.status_code != 202:
-                    raise RuntimeError(f"bench job refused: {job.text}")
-                subject = queue.job_task_subject("tasks.sdxl.fast", job.json()["id"])
-                for _ in range(600):  # the outbox relay publishes within its poll
-                    if await queue.task_held(js, [subject]):
-                        break
-                    await asyncio.sleep(0.05)
-                else:
-                    raise RuntimeError("Jobs did not publish a bench job's task")
-                msg = await js.get_last_msg(queue.TASKS_STREAM, subject)
-                await js.purge_stream(queue.TASKS_STREAM, subject=subject)
-                tasks.append(queue_pb2.GenerationTask.FromString(msg.data))
-            return tasks
-
-        async def run(tasks: list, batched: bool, round_: int, headers: dict[str, str]) -> float:
-            for group in batching.groups(tasks, SDXL_BATCH_MAX_IMAGES if batched else 1):
-                msg_id = {"Nats-Msg-Id": f"bench-{round_}-{batched}-{group[0].job_id}"}
-                if batched:
-                    subject, payload, more = queue.batch_message(group, msg_id)
-                else:
-                    subject = queue.job_task_subject("tasks.sdxl.fast", group[0].job_id)
-                    payload, more = group[0].SerializeToString(), msg_id
-                await js.publish(subject, payload, headers=more)
-            settings = settings_from(SdxlSettings, {**stack.env, "SDXL_WORKER_ID": "bench"})
-            worker = await start_sdxl(settings, port=0)
-            try:
-                await worker.wait_ready(120)
-                start = time.perf_counter()
-                for task in tasks:
-                    path = f"/v1/jobs/{task.job_id}/events"
-                    async with http.stream("GET", path, headers=headers) as stream:
-                        async for _ in stream.aiter_lines():
-                            pass
-                elapsed = time.perf_counter() - start
-            finally:
-                await worker.stop()
-            for task in tasks:
-                job = (await http.get(f"/v1/jobs/{task.job_id}", headers=headers)).json()
-                if job["state"] != "completed":
-                    raise RuntimeError(f"bench job ended {job['state']}")
-            return elapsed
-
-        try:
-            for batched in (False, True):
-                times = []
-                for i in range(repeat):  # a user per round: the submission limits are per user
-                    headers = await _signed_in(http, f"batch-{batched}-{i}@example.com")
-                    times.append(await run(await queued(headers), batched, i, headers))
-                way = f"batched (≤ {SDXL_BATCH_MAX_IMAGES} images)" if batched else "one at a time"
-                rate = BATCH_JOBS / statistics.median(times)
-                report(f"tiny worker {BATCH_JOBS} jobs 64² ×1, {way}", times, f"{rate:.2f} jobs/s")
-        finally:
-            await nc.close()
+        headers = await _signed_in(http, "pickup@example.com")
+        for i in range(PICKUP_JOBS * repeat + 1):
+            job = await http.post("/v1/jobs", headers=headers, json={**body, "prompt": f"a {i}"})
+            path = f"/v1/jobs/{job.json()['id']}"
+            async with http.stream("GET", path + "/events", headers=headers) as stream:
+                async for _ in stream.aiter_lines():
+                    pass
+            done = (await http.get(path, headers=headers)).json()
+            if done["state"] != "completed":
+                raise RuntimeError(f"bench job ended {done['state']}")
+            if i:  # the first job warms the worker up
+                waits.append(parse_time(done["started_at"]) - parse_time(done["created_at"]))
+    p50, p99 = percentile(waits, 50), percentile(waits, 99)
+    RESULTS.append((
+        f"idle pick-up, created_at → started_at over HTTP ({len(waits)} jobs)",
+        f"p50 {p50 * 1000:.1f} ms",
+        f"p99 {p99 * 1000:.1f} ms, max {max(waits) * 1000:.1f} ms",
+    ))  # fmt: skip
 
 
 def bench_up(repeat: int) -> None:
@@ -408,20 +417,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("parts", nargs="*", help="the parts to run (default: --only's)")
-    parser.add_argument("--only", default="render,job,batch,up,control-plane,gpu")
+    parser.add_argument("--only", default="render,job,pickup,batch,up,control-plane,gpu")
     parser.add_argument("--repeat", type=int, default=3)
     from ourvidz_dev import loadbench
 
     loadbench.add_arguments(parser.add_argument_group("control-plane"))
     opts = parser.parse_args()
     parts = opts.parts or opts.only.split(",")
-    unknown = set(parts) - {"render", "job", "batch", "up", "control-plane", "gpu"}
+    unknown = set(parts) - {"render", "job", "pickup", "batch", "up", "control-plane", "gpu"}
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if "render" in parts:
         bench_render(opts.repeat)
     if "job" in parts:
         asyncio.run(_bench_job(opts.repeat))
+    if "pickup" in parts:
+        asyncio.run(_bench_pickup(opts.repeat))
     if "batch" in parts:
         asyncio.run(_bench_batch(opts.repeat))
     if "up" in parts:

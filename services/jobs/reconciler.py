@@ -9,9 +9,9 @@ racing a pass is decided by the row lock.
   Heartbeat) for `silent_seconds` goes back to `queued` with a WORKER_LOST
   message: the user sees that it waits for another attempt. Its task is
   redelivered by JetStream once its ack wait runs out.
-- A `queued` job unchanged for `check_after_seconds` whose task is neither in
-  the outbox nor on the TASKS stream (it was dropped, or the stream lost it)
-  gets its task published again.
+- A dispatched `queued` job unchanged for `check_after_seconds` whose task is
+  neither in the outbox nor on the TASKS stream (it was dropped, or the
+  stream lost it) goes back in line, where the dispatcher publishes it again.
 - Objects in the output buckets that no asset points at, whose job ended
   without them or does not exist, are deleted once older than
   `gc_grace_seconds` (a worker that died after uploading, a job cancelled or

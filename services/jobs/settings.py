@@ -40,8 +40,9 @@ class JobsSettings(CommonSettings):
     # that was away does not).
     jobs_max_attempts: int = Field(3, ge=1)
     # The reconciler (services/jobs/reconciler.py): a running job whose worker
-    # was silent this long is handed back; a queued job unchanged this long has
-    # its task looked for on the queue (and published again when it is gone).
+    # was silent this long is handed back; a dispatched queued job unchanged
+    # this long has its task looked for on the queue (and goes back in line
+    # when it is gone).
     jobs_worker_silent_seconds: float = Field(15.0, gt=0)
     jobs_queued_check_seconds: float = Field(30.0, gt=0)
     jobs_reconcile_seconds: float = Field(2.0, gt=0)

@@ -245,9 +245,11 @@ def _resume(running) -> None:
     running._tasks[1] = asyncio.create_task(running.worker.run())
 
 
-async def test_fast_queue_is_served_before_high(sdxl, double, make_task):
+async def test_both_priorities_are_taken_in_the_order_published(sdxl, double, make_task):
+    """Jobs decides the order (its dispatcher publishes fast before high, users
+    in turn); the worker's one consumer takes the family's tasks as published."""
     running, _ = sdxl
-    await _pause(running)  # hold the loop while both queues fill
+    await _pause(running)  # hold the loop while the queue fills
     user, _ = _ids()
     high = make_task(
         job_id=f"high-{uuid.uuid4().hex[:8]}", user_id=user, job_type="sdxl_image_high"
@@ -259,7 +261,7 @@ async def test_fast_queue_is_served_before_high(sdxl, double, make_task):
 
     await double.wait_for("CompleteJob", 2)
     await _drained(running)
-    assert [r.job_id for r in double.of("StartJob")] == [fast.job_id, high.job_id]
+    assert [r.job_id for r in double.of("StartJob")] == [high.job_id, fast.job_id]
 
 
 async def test_start_job_refusal_acks_without_running(sdxl, double, make_task):
