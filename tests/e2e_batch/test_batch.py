@@ -132,9 +132,7 @@ async def _taken_off_the_queue(js, job_ids: list[str]) -> list[queue_pb2.Generat
         while len(tasks) < len(job_ids):
             (msg,) = await sub.fetch(1, timeout=30)
             await msg.ack()
-            tasks += [
-                t for t in queue.decode_tasks(msg.data, msg.headers) if t.job_id in job_ids
-            ]
+            tasks += [t for t in queue.decode_tasks(msg.data, msg.headers) if t.job_id in job_ids]
     finally:
         await sub.unsubscribe()
     return sorted(tasks, key=lambda t: job_ids.index(t.job_id))
