@@ -229,12 +229,16 @@ class Dispatcher:
         subject = store_subject(lead)
         msg_id = f"{lead['id']}:{uuid.uuid4().hex[:12]}"
         tasks = [convert.generation_task(convert.job_proto(row), now=now) for row in group]
+        # The task continues the trace of the call that queued its (first) job.
+        trace = lead.get("trace_headers") or {}
         if len(group) == 1:
-            await store.insert_outbox(conn, subject, msg_id, tasks[0].SerializeToString())
+            await store.insert_outbox(
+                conn, subject, msg_id, tasks[0].SerializeToString(), trace_headers=trace
+            )
             await store.mark_dispatched(conn, [str(lead["id"])], None)
             return
         subject, payload, headers = queue.batch_message(tasks)
-        await store.insert_outbox(conn, subject, msg_id, payload, headers)
+        await store.insert_outbox(conn, subject, msg_id, payload, headers, trace_headers=trace)
         await store.mark_dispatched(conn, [str(r["id"]) for r in group], str(lead["id"]))
 
     # --- where a queued job stands ----------------------------------------------------

@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from ourvidz import catalog, metrics, queue
+from psycopg.types.json import Jsonb
+
+from ourvidz import catalog, metrics, queue, telemetry
 from ourvidz.db import Database
 from ourvidz.errors import (
     FailedPrecondition,
@@ -664,20 +666,19 @@ class JobsCore:
             reason = "UNSPECIFIED: the enhancer gave no reason"
         template_id = template[0].strip()[:MAX_TEMPLATE_ID_CHARS]
         template_version = max(template[1], 0)
-        job = await self._apply(
-            conn,
-            row,
-            {
-                "state": domain.QUEUED,
-                "enhanced_prompt": "" if fallback else enhanced,
-                "enhancement_fallback": fallback,
-                "enhancement_fallback_reason": reason[:MAX_REASON_CHARS] if fallback else "",
-                "enhancement_template_id": "" if fallback else template_id,
-                "enhancement_template_version": 0 if fallback else template_version,
-            },
-            [Emit("state")],
-        )
-        return job
+        changes = {
+            "state": domain.QUEUED,
+            "enhanced_prompt": "" if fallback else enhanced,
+            "enhancement_fallback": fallback,
+            "enhancement_fallback_reason": reason[:MAX_REASON_CHARS] if fallback else "",
+            "enhancement_template_id": "" if fallback else template_id,
+            "enhancement_template_version": 0 if fallback else template_version,
+        }
+        if carried := telemetry.inject():
+            # The generation continues from the enhancement's call (the sweep
+            # has none: the job keeps the trace it was created in).
+            changes["trace_headers"] = Jsonb(carried)
+        return await self._apply(conn, row, changes, [Emit("state")])
 
 
 def task_subject(row: dict) -> str:
@@ -717,6 +718,8 @@ def _job_row(
         "workspace_session_id": valid.workspace_session_id,
         "rerun_of": rerun_of,
         "last_sequence": 1,
+        # Its task, published later by the dispatcher, continues this trace.
+        "trace_headers": Jsonb(telemetry.inject()),
     }
 
 

@@ -21,7 +21,7 @@ _JOB_COLUMNS = (
     "cancel_requested, error_code, error_message, enhancement_fallback, "
     "enhancement_fallback_reason, last_sequence, start_token, heartbeat_at, checked_at, "
     "created_at, started_at, completed_at, updated_at, provenance, enhancement_template_id, "
-    "enhancement_template_version, rerun_of, dispatched_at, batch_id"
+    "enhancement_template_version, rerun_of, dispatched_at, batch_id, trace_headers"
 )
 _ASSET_COLUMNS = (
     "job_id, index, bucket, key, content_type, width, height, seed, thumbnail_bucket, "
@@ -259,14 +259,17 @@ async def insert_outbox(
     msg_id: str,
     payload: bytes,
     headers: dict[str, str] | None = None,
+    trace_headers: dict[str, str] | None = None,
 ) -> None:
-    """A message to publish once the transaction commits, with the trace
-    context of the call that caused it and any `headers` of its own
-    (published as its headers)."""
+    """A message to publish once the transaction commits, with a trace
+    context (`trace_headers`, or the current call's) and any `headers` of its
+    own (published as its headers)."""
+    if trace_headers is None:
+        trace_headers = telemetry.inject()
     await conn.execute(
         "INSERT INTO jobs.outbox (subject, msg_id, payload, trace_headers, headers) "
         "VALUES (%s, %s, %s, %s, %s)",
-        (subject, msg_id, payload, Jsonb(telemetry.inject()), Jsonb(headers or {})),
+        (subject, msg_id, payload, Jsonb(trace_headers), Jsonb(headers or {})),
     )
 
 

@@ -25,6 +25,7 @@ from ourvidz_dev.stack import running_stack, settings_from
 from services.sdxl import generate
 from tests.e2e.conftest import mesh_env, signup
 from tests.e2e.test_generate import download, wait_for
+from tests.queue_helpers import nobody_waits, take_tasks
 
 SIZE = 64
 CONSUMER = queue.consumer_name("sdxl")
@@ -63,12 +64,7 @@ async def _pause(running) -> None:
     then no worker waits, and Jobs holds new jobs in line."""
     running.worker.stop()
     await asyncio.wait_for(running._tasks[1], 30)
-
-    async def nobody_waits():
-        info = await running.worker.js.consumer_info(queue.TASKS_STREAM, CONSUMER)
-        return info.num_waiting == 0
-
-    await wait_for(nobody_waits, within=60)
+    await nobody_waits(running.worker.js, "sdxl")
 
 
 def _resume(running) -> None:
@@ -121,21 +117,6 @@ def _task_of(job: dict, user_id: str) -> queue_pb2.GenerationTask:
         guidance_scale=job["guidance_scale"],
         output_bucket=jt.bucket,
     )
-
-
-async def _taken_off_the_queue(js, job_ids: list[str]) -> list[queue_pb2.GenerationTask]:
-    """The tasks of these jobs, as Jobs publishes them to a waiting worker,
-    taken off the queue (acked) by the test."""
-    sub = await js.pull_subscribe_bind(durable=CONSUMER, stream=queue.TASKS_STREAM)
-    tasks: list[queue_pb2.GenerationTask] = []
-    try:
-        while len(tasks) < len(job_ids):
-            (msg,) = await sub.fetch(1, timeout=30)
-            await msg.ack()
-            tasks += [t for t in queue.decode_tasks(msg.data, msg.headers) if t.job_id in job_ids]
-    finally:
-        await sub.unsubscribe()
-    return sorted(tasks, key=lambda t: job_ids.index(t.job_id))
 
 
 async def _publish_batch(js, tasks: list[queue_pb2.GenerationTask]) -> None:
@@ -273,7 +254,7 @@ async def test_a_failing_job_of_a_batch_fails_alone(worker, user):
         ("a bowl of ramen, studio photo", 3, 23),
     ]
     created = await _created(user, _bodies(jobs))
-    tasks = await _taken_off_the_queue(js, [task.job_id for task in created])
+    tasks = await take_tasks(js, "sdxl", [task.job_id for task in created])
     tasks[1].num_images = 2  # a task the model cannot run
     await _publish_batch(js, tasks)
     _resume(worker)

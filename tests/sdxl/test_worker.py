@@ -29,6 +29,7 @@ from ourvidz.v1 import (
 from services.sdxl.main import start
 from services.sdxl.settings import SdxlSettings
 from tests.conftest import GATEWAY_SIGNER, VERIFIER, make_settings
+from tests.queue_helpers import nobody_waits
 
 
 class RecordingJobs(job_service_pb2_grpc.JobServiceServicer):
@@ -236,8 +237,11 @@ async def test_task_runs_uploads_completes_and_acks(sdxl, double, make_task):
 
 
 async def _pause(running) -> None:
+    """Stop the worker's loop until `_resume`, and wait until its last pull
+    request expired (a task published meanwhile would go to it)."""
     running.worker.stop()
     await asyncio.wait_for(running._tasks[1], 10)
+    await nobody_waits(running.worker.js, "sdxl")
 
 
 def _resume(running) -> None:

@@ -20,7 +20,6 @@ from ourvidz.v1 import (
     job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
-    queue_pb2,
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
@@ -29,6 +28,7 @@ from services.jobs.settings import JobsSettings
 from services.wan.main import start
 from services.wan.settings import WanSettings
 from tests.conftest import GATEWAY_SIGNER, make_settings, token
+from tests.queue_helpers import nobody_waits, take_tasks
 from tests.wan.test_generate import decode_mp4, decode_png
 
 ACK_WAIT = 1.0
@@ -116,8 +116,11 @@ async def _drained(mesh: Mesh) -> None:
 
 
 async def _pause(mesh: Mesh) -> None:
+    """Stop the worker's loop until `_resume`; once its last pull request
+    expired, Jobs holds new jobs in line."""
     mesh.wan.worker.stop()
     await asyncio.wait_for(mesh.wan._tasks[1], 10)
+    await nobody_waits(mesh.wan.worker.js, "wan")
 
 
 def _resume(mesh: Mesh) -> None:
@@ -265,17 +268,7 @@ async def _rerouted(mesh: Mesh, md, spec: dict, **task_changes) -> job_pb2.Job:
         job = await mesh.create(md, **spec)
         js = mesh.wan.worker.js
         subject = queue.job_task_subject(catalog.CATALOG[spec["job_type"]].subject, job.id)
-        for _ in range(400):
-            infos = await mesh.consumers()
-            if sum(i.num_pending for i in infos) >= 1:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("Jobs did not publish the task")
-        msg = await js.get_last_msg(queue.TASKS_STREAM, subject)
-        task = queue_pb2.GenerationTask.FromString(msg.data)
-        assert task.job_id == job.id
-        await js.purge_stream(queue.TASKS_STREAM, subject=subject)
+        (task,) = await take_tasks(js, "wan", [job.id])
         for name, value in task_changes.items():
             if isinstance(value, job_pb2.Reference):
                 getattr(task, name).CopyFrom(value)
@@ -330,18 +323,7 @@ async def test_a_batch_message_runs_its_jobs_one_after_another(mesh):
     try:
         jobs = [await mesh.create(md, **spec, seed=seed) for seed in (1, 2)]
         js = mesh.wan.worker.js
-        subjects = [queue.job_task_subject("tasks.wan.fast", job.id) for job in jobs]
-        for _ in range(400):
-            if len(await queue.task_held(js, subjects)) == 2:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("Jobs did not publish the tasks")
-        tasks = []
-        for subject in subjects:
-            msg = await js.get_last_msg(queue.TASKS_STREAM, subject)
-            tasks.append(queue_pb2.GenerationTask.FromString(msg.data))
-            await js.purge_stream(queue.TASKS_STREAM, subject=subject)
+        tasks = await take_tasks(js, "wan", [job.id for job in jobs])
         subject, payload, headers = queue.batch_message(tasks, {"Nats-Msg-Id": uuid.uuid4().hex})
         await js.publish(subject, payload, headers=headers)
     finally:

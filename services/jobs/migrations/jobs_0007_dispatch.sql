@@ -2,13 +2,16 @@
 -- family can take it (services/jobs/dispatch.py), choosing fairly between
 -- users. `dispatched_at` is when its task went to the queue (NULL: still
 -- waiting in Jobs); `batch_id` is the job whose id names the task of a batch
--- the job was published in (NULL: published alone). An outbox row may carry
--- headers of its own (a batch says so in `Ourvidz-Task`).
+-- the job was published in (NULL: published alone); `trace_headers` the trace
+-- context of the call that queued it, which its task carries when it is
+-- published later. An outbox row may carry headers of its own (a batch says
+-- so in `Ourvidz-Task`).
 -- depends: jobs_0006_provenance
 
 ALTER TABLE jobs.jobs
     ADD COLUMN dispatched_at timestamptz,
-    ADD COLUMN batch_id uuid;
+    ADD COLUMN batch_id uuid,
+    ADD COLUMN trace_headers jsonb NOT NULL DEFAULT '{}'::jsonb;
 ALTER TABLE jobs.outbox
     ADD COLUMN headers jsonb NOT NULL DEFAULT '{}'::jsonb;
 
