@@ -15,13 +15,22 @@ PYTEST_ARGS ?=
 help: ## Print every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+# pip's own lines show the progress of a first install (a few minutes); the
+# packages already there are left out, so a re-install lists only what changes
+# (grep finding no line is no failure; pip's status is the step's).
+PIP_INSTALL := set -o pipefail; $(BIN)/pip install
+PIP_SHOWN := | { grep --line-buffered -v '^Requirement already satisfied' || true; }
+
 $(STAMP): pyproject.toml cli/pyproject.toml
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@test -x $(BIN)/python || { echo "==> creating $(VENV) with $(PY)"; $(PY) -m venv $(VENV); }
 	@# torch first, from its CPU build where one is offered, so the model extra
 	@# does not pull the CUDA packages on a machine without a GPU.
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[models,embedded,dev]' -e ./cli
+	@echo "==> installing $(TORCH), the largest part ..."
+	@$(PIP_INSTALL) $(TORCH) $(PIP_SHOWN)
+	@echo "==> installing ourvidz, the ourvidz CLI and their dependencies ..."
+	@$(PIP_INSTALL) -e '.[models,embedded,dev]' -e ./cli $(PIP_SHOWN)
 	@rm -f $(VENV)/.installed-*; touch $@
+	@echo "==> $(VENV) is ready"
 
 install: $(STAMP) $(GEN_STAMP) ## Create .venv with every dependency and generate the stubs
 
