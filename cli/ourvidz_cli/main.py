@@ -145,12 +145,10 @@ def upload(api: Api, path: Path) -> str:
     return resp.json()["id"]
 
 
-def follow(api: Api, job_id: str, progress: ProgressLine, known: str = "queued") -> str:
+def follow(api: Api, job_id: str, progress: ProgressLine) -> str:
     """Follow the job's event stream until a terminal event. When the stream
     breaks or ends early, reconnect with Last-Event-ID (the server replays
-    what was missed). The stream starts with the job's history: the events
-    before the first one in the `known` state (what a poll already showed)
-    are not drawn again. Returns the last state seen."""
+    what was missed). Returns the last state seen."""
     parser = SseParser()
     state = "queued"
     for attempt in range(RECONNECTS + 1):
@@ -164,9 +162,6 @@ def follow(api: Api, job_id: str, progress: ProgressLine, known: str = "queued")
                 for chunk in resp.iter_text():
                     for event in parser.feed(chunk):
                         state = event_state(event, state)
-                        if known and state != known and state not in TERMINAL_STATES:
-                            continue
-                        known = ""
                         draw_event(event, state, progress)
                         if state in TERMINAL_STATES:
                             return state
@@ -205,15 +200,17 @@ def show_job(progress: ProgressLine, job: dict[str, Any]) -> None:
     )
 
 
-def wait_in_line(api: Api, job: dict[str, Any], progress: ProgressLine) -> dict[str, Any]:
+def wait_in_line(api: Api, job: dict[str, Any], progress: ProgressLine) -> None:
     """While the job is queued and the server says where (`queue`), read it
     every POLL_SECONDS to show its place: the event stream tells when a job
-    starts, not how the line moves. Returns the job as last read."""
+    starts, not how the line moves. Returns once it left the line, without
+    drawing that read: the event stream, followed next, replays what the job
+    did since (each stage, even of a job that ended between two reads)."""
     while job.get("state") == "queued" and job.get("queue"):
         time.sleep(POLL_SECONDS)
         job = api.request("GET", f"/v1/jobs/{job['id']}").json()
-        show_job(progress, job)
-    return job
+        if job.get("state") == "queued":
+            show_job(progress, job)
 
 
 def asset_filename(job_id: str, asset: dict[str, Any], position: int) -> str:
@@ -242,16 +239,15 @@ def finish(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
     progress = ProgressLine(sys.stderr)
     try:
         show_job(progress, job)
-        job = wait_in_line(api, job, progress)
-        if job.get("state") not in TERMINAL_STATES:
-            follow(api, job_id, progress, known=job.get("state") or "queued")
-            # Poll a little when the stream ended before the job did.
+        wait_in_line(api, job, progress)
+        follow(api, job_id, progress)
+        # Poll a little when the stream ended before the job did.
+        job = api.request("GET", f"/v1/jobs/{job_id}").json()
+        deadline = time.monotonic() + args.wait_timeout
+        while job.get("state") not in TERMINAL_STATES and time.monotonic() < deadline:
+            time.sleep(1)
             job = api.request("GET", f"/v1/jobs/{job_id}").json()
-            deadline = time.monotonic() + args.wait_timeout
-            while job.get("state") not in TERMINAL_STATES and time.monotonic() < deadline:
-                time.sleep(1)
-                job = api.request("GET", f"/v1/jobs/{job_id}").json()
-                show_job(progress, job)
+            show_job(progress, job)
         show_job(progress, job)
     except KeyboardInterrupt:
         progress.finish()

@@ -140,18 +140,20 @@ class ProgressLine:
 
     def draw(self) -> None:
         place = self._place()
+        # The stage says what a running job does (a finished one reads "done").
+        stage = self.stage if self.state == "running" else None
         line = render_progress(
             self.state,
             self.step,
             self.total,
             self.clock() - self.started,
-            stage=self.stage,
+            stage=stage,
             queue=place,
         )
         # Off a terminal, a line per change of state, stage or place (not of
         # the step, nor of the estimated wait), so logs and pipes stay short.
         line_up = (self.queue.get("position"), self.queue.get("dispatched")) if place else None
-        status = (self.state, self.stage, line_up)
+        status = (self.state, stage, line_up)
         if self.tty:
             pad = max(0, self._width - len(line))
             self.stream.write("\r" + line + " " * pad)

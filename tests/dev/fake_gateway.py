@@ -123,7 +123,7 @@ class FakeGateway:
             message = f"unknown job type {body.get('job_type')!r}"
             return problem(
                 422,
-                "Unprocessable Content",
+                "Unprocessable Entity",
                 f"job_type: {message}",
                 [{"field": "job_type", "message": message}],
             )

@@ -134,14 +134,21 @@ def test_a_queued_job_shows_its_place_in_line(gateway, creds, tmp_path, capsys, 
     gateway.line = [2, 1]
     assert run(gateway, creds, "generate", "a cat", "--out", str(tmp_path)) == 0
     lines = capsys.readouterr().err.splitlines()
-    queued = [" ".join(ln.split()[:-1]) for ln in lines if ln.startswith("queued")]
-    assert queued == [
+    queued_lines = [ln for ln in lines if ln.startswith("queued")]
+    assert [" ".join(ln.split()[:-1]) for ln in queued_lines] == [
         "queued #3 in line, ~10 min",
         "queued #2 in line, ~10 min",
         "queued next, for the first free worker",
     ]
-    # The stream's replay of the queued state draws no line of its own.
-    assert lines[-1].startswith("completed")
+    # Out of line, the event stream's replay shows what the job did since
+    # (its queued state again draws no line).
+    assert [ln.split()[0] for ln in lines[lines.index(queued_lines[-1]) + 1 :]] == [
+        "running",
+        "running",
+        "running",
+        "running",
+        "completed",
+    ]
 
 
 def test_generate_refreshes_an_expired_token_once(gateway, creds, tmp_path, capsys):
@@ -171,7 +178,7 @@ def test_a_rejected_job_prints_the_field_errors(gateway, creds, tmp_path, capsys
     captured = capsys.readouterr()
     # The detail repeats the field errors: each reason is printed once.
     assert captured.err.endswith(
-        "error: Unprocessable Content (422)\n  job_type: unknown job type 'nonsense'\n"
+        "error: Unprocessable Entity (422)\n  job_type: unknown job type 'nonsense'\n"
     )
     assert captured.err.count("unknown job type") == 1
     assert captured.out == ""

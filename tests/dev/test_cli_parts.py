@@ -203,5 +203,5 @@ def test_problem_messages_list_field_errors():
 
 def test_a_detail_that_repeats_the_field_errors_is_shown_once():
     errors = [{"field": "seed", "message": "must be >= 0"}, {"field": "width", "message": "odd"}]
-    error = ApiError(422, "Unprocessable Content", "seed: must be >= 0; width: odd", errors)
-    assert str(error) == "Unprocessable Content (422)\n  seed: must be >= 0\n  width: odd"
+    error = ApiError(422, "Unprocessable Entity", "seed: must be >= 0; width: odd", errors)
+    assert str(error) == "Unprocessable Entity (422)\n  seed: must be >= 0\n  width: odd"
