@@ -1,15 +1,20 @@
 """The `ourvidz` CLI against the whole mesh (the real gateway, jobs, workspace
 and the tiny SDXL worker): what the stand-in gateway of tests/dev claims about
-the routes, checked where it matters to a user."""
+the routes, checked where it matters to a user (the token job-types needs, a
+field error's shape, the stages a job reports, a cancel while followed)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 
+import httpx
+
 from ourvidz_cli import main as cli
 from tests.e2e.conftest import PASSWORD
+from tests.e2e.test_generate import wait_for
 
 SIZE = 128
 
@@ -74,3 +79,29 @@ async def test_generate_names_the_stages_and_downloads(stack, tmp_path, capsys):
     assert await ourvidz(stack, creds, "jobs", "--state", "completed") == 0
     listing = capsys.readouterr().out.splitlines()
     assert listing[1].split()[:3] == [Path(path).name.split("_")[0], "sdxl_image_fast", "completed"]
+
+
+async def test_a_job_cancelled_while_followed_ends_the_cli_cleanly(stack, tmp_path, capsys):
+    creds = tmp_path / "credentials.json"
+    await signed_up(stack, creds, capsys)
+    token = json.loads(creds.read_text())["servers"][stack.url]["access_token"]
+    args = ("--type", "sdxl_image_high", "--num-images", "6", "--width", "256", "--height", "256")
+    generate = asyncio.create_task(
+        ourvidz(stack, creds, "generate", "a slow one", *args, "--out", str(tmp_path / "out"))
+    )
+    async with httpx.AsyncClient(
+        base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as http:
+
+        async def running():
+            jobs = (await http.get("/v1/jobs", params={"state": "running"})).json()["items"]
+            return jobs[0] if jobs and jobs[0]["progress"]["step"] >= 1 else None
+
+        job = await wait_for(running, within=60, interval=0.05)
+    assert await ourvidz(stack, creds, "cancel", job["id"]) == 0
+    assert await generate == 0
+    # `cancel` and the followed `generate` both say so (in either order).
+    err = capsys.readouterr().err
+    assert f"job {job['id']} cancelled" in err.splitlines(), err
+    assert "error" not in err
+    assert not (tmp_path / "out").exists()
