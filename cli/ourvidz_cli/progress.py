@@ -55,10 +55,12 @@ def render_queue(queue: dict[str, Any], now: datetime) -> str:
 
 
 def _instant(text: Any) -> datetime | None:
+    """An RFC 3339 time (UTC when it names no offset), or None."""
     try:
-        return datetime.fromisoformat(str(text)) if text else None
+        instant = datetime.fromisoformat(str(text)) if text else None
     except ValueError:
         return None
+    return instant.replace(tzinfo=instant.tzinfo or UTC) if instant else None
 
 
 def render_progress(
@@ -69,13 +71,13 @@ def render_progress(
     width: int = BAR_WIDTH,
     *,
     stage: str | None = None,
-    queue: str | None = None,
+    place: str | None = None,
 ) -> str:
     """One progress line: `running    denoising       7/15 [#####------]  46%  3.2s`
     (the stage, when the job reports one, says what a full bar is waiting
     for), or for a queued job its place in line: `queued     #3 in line, ~12 s  0.4s`."""
-    if queue:
-        return f"{state:<10} {queue}  {format_elapsed(elapsed)}"
+    if place:
+        return f"{state:<10} {place}  {format_elapsed(elapsed)}"
     if total > 0:
         step = min(max(step, 0), total)
         counts = f"{step:>{len(str(total))}}/{total}"
@@ -148,7 +150,7 @@ class ProgressLine:
             self.total,
             self.clock() - self.started,
             stage=stage,
-            queue=place,
+            place=place,
         )
         # Off a terminal, a line per change of state, stage or place (not of
         # the step, nor of the estimated wait), so logs and pipes stay short.

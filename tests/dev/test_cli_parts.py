@@ -92,7 +92,10 @@ def test_a_queued_job_shows_its_place_and_wait():
     assert render_queue({"position": 0, "dispatched": False}, NOW) == "#1 in line"
     later = {"position": 0, "dispatched": True, "estimated_start_at": "2026-01-01T12:05:00Z"}
     assert render_queue(later, NOW) == "next, for the first free worker, ~5 min"
-    assert render_progress("queued", 0, 0, 0.4, queue="#3 in line, ~12 s") == (
+    assert render_queue({"position": 4, "estimated_start_at": "2026-01-01T12:00:40"}, NOW) == (
+        "#5 in line, ~40 s"
+    )
+    assert render_progress("queued", 0, 0, 0.4, place="#3 in line, ~12 s") == (
         "queued     #3 in line, ~12 s  0.4s"
     )
 
