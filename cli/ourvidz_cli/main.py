@@ -492,12 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=int, default=20, help="jobs per page (default: %(default)s)")
     j.add_argument("--state", choices=JOB_STATES, help="only the jobs in this state")
     j.add_argument("--page-token", help="the next page, as a listing's `more:` line names it")
-    j.add_argument(
+    shown = j.add_mutually_exclusive_group()
+    shown.add_argument(
         "--watch",
         action="store_true",
         help=f"redraw the table every {POLL_SECONDS:g} s until Ctrl-C",
     )
-    j.add_argument("--json", action="store_true", help="print the raw answer")
+    shown.add_argument("--json", action="store_true", help="print the raw answer")
 
     t = sub.add_parser("job-types", help="list the job types")
     t.add_argument("--json", action="store_true", help="print the raw answer")

@@ -264,6 +264,13 @@ def test_jobs_watch_redraws_the_table(gateway, creds, tmp_path, capsys):
     ]
 
 
+def test_jobs_watch_and_json_are_either_or(gateway, creds, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(gateway, creds, "jobs", "--watch", "--json")
+    assert exit_.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_jobs_watch_ends_cleanly_on_ctrl_c(gateway, creds, capsys):
     run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
 
