@@ -86,13 +86,15 @@ class ApiError(Exception):
         )
 
     def __str__(self) -> str:
+        """The title and status, the detail, then one line per bad field. The
+        gateway's detail of a field error is those fields joined (`seed: must
+        be >= 0`): then it is left out, so each reason shows once."""
+        fields = [f"{e.get('field', '?')}: {e.get('message', '')}" for e in self.errors]
         head = f"{self.title} ({self.status})"
-        if self.detail and self.detail != self.title:
+        repeats_fields = bool(fields) and all(f in self.detail for f in fields)
+        if self.detail and self.detail != self.title and not repeats_fields:
             head += f": {self.detail}"
-        lines = [head]
-        for err in self.errors:
-            lines.append(f"  {err.get('field', '?')}: {err.get('message', '')}")
-        return "\n".join(lines)
+        return "\n".join([head, *(f"  {f}" for f in fields)])
 
 
 class NotLoggedIn(Exception):

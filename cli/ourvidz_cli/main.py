@@ -3,15 +3,16 @@
     ourvidz signup you@example.com
     ourvidz generate "a lighthouse at dusk" --num-images 3 --seed 42 --out out/
     ourvidz rerun JOB_ID --wait --out out/   # the same model, prompt, seed and settings
-    ourvidz jobs
+    ourvidz jobs --state running --watch    # redrawn every 2 s until Ctrl-C
     ourvidz job-types
     ourvidz admin grant you@example.com   # an operator's command (ourvidz.operator)
 
 Talks HTTP to --url (default $OURVIDZ_URL or http://127.0.0.1:8080); keeps its
 tokens in ~/.config/ourvidz/credentials.json (mode 0600) and refreshes them by
 itself. Results go to stdout (the paths of downloaded files, tables); progress
-and errors go to stderr. Exit status: 0 done, 1 failed (the reason on stderr),
-2 bad usage, 130 interrupted.
+(the state, the stage, a queued job's place in line) and errors go to stderr,
+each error once. Exit status: 0 done (a job the user cancelled included), 1
+failed (the reason on stderr), 2 bad usage, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +40,15 @@ from ourvidz_cli.client import (
     NotLoggedIn,
     default_credentials_path,
 )
-from ourvidz_cli.progress import ProgressLine
+from ourvidz_cli.progress import ProgressLine, render_queue
 from ourvidz_cli.sse import SseEvent, SseParser
 
 TERMINAL_STATES = ("completed", "failed", "cancelled")
+JOB_STATES = ("queued", "enhancing", "running", *TERMINAL_STATES)
 EXTENSIONS = {"image/png": ".png", "video/mp4": ".mp4", "image/jpeg": ".jpg", "image/webp": ".webp"}
 RECONNECTS = 5
+# Seconds between reads of a job waiting in line, and of a watched listing.
+POLL_SECONDS = 2.0
 
 
 class Failed(Exception):
@@ -156,7 +161,8 @@ def follow(api: Api, job_id: str, progress: ProgressLine) -> str:
             with api.stream(f"/v1/jobs/{job_id}/events", headers=headers) as resp:
                 for chunk in resp.iter_text():
                     for event in parser.feed(chunk):
-                        state = apply_event(event, state, progress)
+                        state = event_state(event, state)
+                        draw_event(event, state, progress)
                         if state in TERMINAL_STATES:
                             return state
         except (httpx.TransportError, httpx.StreamError):
@@ -164,20 +170,47 @@ def follow(api: Api, job_id: str, progress: ProgressLine) -> str:
     return state
 
 
-def apply_event(event: SseEvent, state: str, progress: ProgressLine) -> str:
-    """Draw one job event; returns the job's state after it."""
+def _data(event: SseEvent) -> dict[str, Any]:
     data = event.json()
-    if not isinstance(data, dict):
-        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def event_state(event: SseEvent, state: str) -> str:
+    """The job's state after one of its events."""
     if event.event in TERMINAL_STATES:
-        state = event.event
-    elif data.get("state"):
-        state = data["state"]
-    if "step" in data or event.event == "progress":
-        progress.update(state, data.get("step"), data.get("total"))
-    else:
-        progress.update(state)
-    return state
+        return event.event
+    return _data(event).get("state") or state
+
+
+def draw_event(event: SseEvent, state: str, progress: ProgressLine) -> None:
+    """Draw one job event: its state, and a progress event's step and stage."""
+    data = _data(event)
+    progress.update(state, data.get("step"), data.get("total"), stage=data.get("stage"))
+
+
+def show_job(progress: ProgressLine, job: dict[str, Any]) -> None:
+    """Draw a job as read: its state, step, stage and place in line."""
+    prog = job.get("progress") or {}
+    progress.update(
+        job.get("state"),
+        prog.get("step"),
+        prog.get("total"),
+        stage=prog.get("stage"),
+        queue=job.get("queue"),
+    )
+
+
+def wait_in_line(api: Api, job: dict[str, Any], progress: ProgressLine) -> None:
+    """While the job is queued and the server says where (`queue`), read it
+    every POLL_SECONDS to show its place: the event stream tells when a job
+    starts, not how the line moves. Returns once it left the line, without
+    drawing that read: the event stream, followed next, replays what the job
+    did since (each stage, even of a job that ended between two reads)."""
+    while job.get("state") == "queued" and job.get("queue"):
+        time.sleep(POLL_SECONDS)
+        job = api.request("GET", f"/v1/jobs/{job['id']}").json()
+        if job.get("state") == "queued":
+            show_job(progress, job)
 
 
 def asset_filename(job_id: str, asset: dict[str, Any], position: int) -> str:
@@ -199,11 +232,14 @@ def cmd_generate(api: Api, args: argparse.Namespace) -> int:
 
 def finish(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
     """Follow a submitted job to its end, then download its outputs into
-    `args.out` (their paths on stdout). Fails when the job does not complete."""
+    `args.out` (their paths on stdout). A job the user cancelled is a success
+    (exit 0, nothing to download); one that failed, or did not end while
+    followed, is not."""
     job_id = job["id"]
     progress = ProgressLine(sys.stderr)
-    progress.update(job.get("state", "queued"))
     try:
+        show_job(progress, job)
+        wait_in_line(api, job, progress)
         follow(api, job_id, progress)
         # Poll a little when the stream ended before the job did.
         job = api.request("GET", f"/v1/jobs/{job_id}").json()
@@ -211,20 +247,33 @@ def finish(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
         while job.get("state") not in TERMINAL_STATES and time.monotonic() < deadline:
             time.sleep(1)
             job = api.request("GET", f"/v1/jobs/{job_id}").json()
-            progress.update(job.get("state"), *_progress_of(job))
-        progress.update(job.get("state"), *_progress_of(job))
+            show_job(progress, job)
+        show_job(progress, job)
     except KeyboardInterrupt:
         progress.finish()
         err(f"stopped following job {job_id}; it goes on (cancel: ourvidz cancel {job_id})")
         return 130
-    progress.finish()
+    finally:
+        progress.finish()
+    return outcome(api, job, args)
 
-    state = job.get("state")
-    if state != "completed":
+
+def outcome(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
+    """What a followed job's end means for the user: its outputs downloaded,
+    a line saying it was cancelled, or the reason it failed or is not done."""
+    job_id, state = job["id"], job.get("state")
+    if state == "cancelled":
+        err(f"job {job_id} cancelled")
+        return 0
+    if state == "failed":
         error = job.get("error") or {}
-        reason = error.get("message") or error.get("code") or "no reason given"
-        raise Failed(f"job {job_id} {state or 'did not finish'}: {reason}")
-
+        code = f" ({error['code']})" if error.get("code") else ""
+        raise Failed(f"job {job_id} failed{code}: {error.get('message') or 'no reason given'}")
+    if state != "completed":
+        raise Failed(
+            f"job {job_id} is still {state or 'unknown'} after --wait-timeout; it goes on "
+            f"(follow it: ourvidz jobs --watch; cancel it: ourvidz cancel {job_id})"
+        )
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for position, asset in enumerate(job.get("assets") or []):
@@ -234,11 +283,6 @@ def finish(api: Api, job: dict[str, Any], args: argparse.Namespace) -> int:
         api.download(asset["url"], dest)
         out(str(dest))
     return 0
-
-
-def _progress_of(job: dict[str, Any]) -> tuple[int | None, int | None]:
-    prog = job.get("progress") or {}
-    return prog.get("step"), prog.get("total")
 
 
 # --- listing ---------------------------------------------------------------------------------
@@ -268,27 +312,75 @@ def _short(text: Any, limit: int = 48) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
-    answer = api.request("GET", "/v1/jobs", params={"page_size": args.limit}).json()
-    if args.json:
-        out(json.dumps(answer, indent=2))
-        return 0
+def render_jobs(answer: Any) -> str:
+    """The table of a GET /v1/jobs answer, with a line naming the next page's
+    token when there is one."""
     rows = [
         [
             str(j.get("id", "")),
             str(j.get("job_type", "")),
-            str(j.get("state", "")),
+            _job_status(j),
             str(j.get("created_at", ""))[:19],
             _short(j.get("prompt")),
         ]
         for j in _items(answer)
     ]
-    out(table(rows, ["ID", "TYPE", "STATE", "CREATED", "PROMPT"]))
+    text = table(rows, ["ID", "TYPE", "STATE", "CREATED", "PROMPT"])
+    token = answer.get("next_page_token") if isinstance(answer, dict) else None
+    if token:
+        text += f"\nmore: --page-token {token}"
+    return text
+
+
+def _job_status(job: dict[str, Any]) -> str:
+    """The state, with the stage of a running job and the place of a queued one."""
+    state = str(job.get("state") or "")
+    stage = (job.get("progress") or {}).get("stage")
+    if state == "running" and stage:
+        return f"{state} ({stage})"
+    queue = job.get("queue")
+    if state == "queued" and queue:
+        return f"{state} ({render_queue(queue, datetime.now(UTC))})"
+    return state
+
+
+def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"page_size": args.limit}
+    if args.state:
+        params["state"] = args.state
+    if args.page_token:
+        params["page_token"] = args.page_token
+    if args.watch:
+        return watch_jobs(api, params)
+    answer = api.request("GET", "/v1/jobs", params=params).json()
+    out(json.dumps(answer, indent=2) if args.json else render_jobs(answer))
     return 0
 
 
+def watch_jobs(
+    api: Api, params: dict[str, Any], *, rounds: int | None = None, sleep=time.sleep
+) -> int:
+    """Redraw the job table every POLL_SECONDS until Ctrl-C (or after
+    `rounds` tables). On a terminal the screen is cleared first; elsewhere
+    the tables follow one another, each under the time it was read."""
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+    drawn = 0
+    try:
+        while True:
+            answer = api.request("GET", "/v1/jobs", params=params).json()
+            stamp = datetime.now(UTC).strftime("%H:%M:%S")
+            out(f"{clear}jobs at {stamp} UTC (every {POLL_SECONDS:g} s, Ctrl-C stops)")
+            out(render_jobs(answer))
+            drawn += 1
+            if rounds is not None and drawn >= rounds:
+                return 0
+            sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_job_types(api: Api, args: argparse.Namespace) -> int:
-    answer = api.request("GET", "/v1/job-types", auth=False).json()
+    answer = api.request("GET", "/v1/job-types").json()
     if args.json:
         out(json.dumps(answer, indent=2))
         return 0
@@ -328,8 +420,13 @@ def cmd_rerun(api: Api, args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(api: Api, args: argparse.Namespace) -> int:
+    """Cancel a job: a queued one stops at once, a running one at its next step."""
     job = api.request("POST", f"/v1/jobs/{args.job_id}/cancel").json()
-    err(f"job {job.get('id', args.job_id)} {job.get('state', 'cancelling')}")
+    job_id, state = job.get("id", args.job_id), job.get("state")
+    if state == "cancelled":
+        err(f"job {job_id} cancelled")
+    else:
+        err(f"job {job_id} is {state}: cancel asked, it stops at its next step")
     return 0
 
 
@@ -391,9 +488,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _following(r)
 
-    j = sub.add_parser("jobs", help="list your recent jobs")
-    j.add_argument("--limit", type=int, default=20)
-    j.add_argument("--json", action="store_true", help="print the raw answer")
+    j = sub.add_parser("jobs", help="list your recent jobs, newest first")
+    j.add_argument("--limit", type=int, default=20, help="jobs per page (default: %(default)s)")
+    j.add_argument("--state", choices=JOB_STATES, help="only the jobs in this state")
+    j.add_argument("--page-token", help="the next page, as a listing's `more:` line names it")
+    shown = j.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--watch",
+        action="store_true",
+        help=f"redraw the table every {POLL_SECONDS:g} s until Ctrl-C",
+    )
+    shown.add_argument("--json", action="store_true", help="print the raw answer")
 
     t = sub.add_parser("job-types", help="list the job types")
     t.add_argument("--json", action="store_true", help="print the raw answer")
@@ -452,10 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     api = Api(args.url, store)
     try:
         return COMMANDS[args.command](api, args)
-    except ApiError as exc:
-        err(f"error: {exc}")
-        return 1
-    except (Failed, NotLoggedIn) as exc:
+    except (ApiError, Failed, NotLoggedIn) as exc:
         err(f"error: {exc}")
         return 1
     except httpx.TransportError as exc:

@@ -1,6 +1,8 @@
 """A stand-in for the gateway's HTTP routes that the CLI uses, served by
 uvicorn on a free port in a thread. It keeps what it was sent, so tests can
-check the requests as well as the CLI's output."""
+check the requests as well as the CLI's output. Like the gateway, every route
+but sign-up, login, refresh and the signed files wants a bearer token, and a
+bad field is a 422 whose detail repeats the field errors."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import uvicorn
@@ -43,6 +46,15 @@ class FakeGateway:
     refreshes: int = 0
     # Break the first event stream after this many events (0: never).
     break_stream_after: int = 0
+    # The places in line (jobs ahead) the next job is read at while queued,
+    # one per read (its answer to the submit first); then it is dispatched,
+    # then done. Empty: the server tells no place (the job is at once done).
+    line: list[int] = field(default_factory=list)
+    # The state new jobs end in ("cancelled": as if the user cancelled them);
+    # a "doomed" job fails whatever this says.
+    outcome: str = "completed"
+    # Reads of a queued job still to answer: the job's queue estimates.
+    queued_reads: dict[str, list[dict]] = field(default_factory=dict)
     url: str = ""
 
     # -- helpers -------------------------------------------------------------------
@@ -108,31 +120,64 @@ class FakeGateway:
         body = await request.json()
         self.record(request, body)
         if body.get("job_type") not in ("sdxl_image_fast", "doomed"):
+            message = f"unknown job type {body.get('job_type')!r}"
             return problem(
                 422,
-                "Invalid argument",
-                "the job is not valid",
-                [{"field": "job_type", "message": f"unknown job type {body.get('job_type')!r}"}],
+                "Unprocessable Entity",
+                f"job_type: {message}",
+                [{"field": "job_type", "message": message}],
             )
         job = self.store_job(
             body["job_type"], body["prompt"], body.get("seed"), body.get("num_images", 1)
         )
-        return JSONResponse({**job, "state": "queued", "assets": []}, status_code=202)
+        return JSONResponse(self.queued(job), status_code=202)
+
+    def queued(self, job: dict) -> dict:
+        """The job as a submit answers it: queued, with its place in line
+        when `line` gives one (its later reads then take the next places)."""
+        self.queued_reads[job["id"]] = [self.estimate(ahead) for ahead in self.line]
+        if self.line:
+            self.queued_reads[job["id"]].append({"position": 0, "dispatched": True})
+        self.line = []
+        return self.read_queued(job)
+
+    def read_queued(self, job: dict) -> dict:
+        """The job as read while queued: the next of its places, if any."""
+        reads = self.queued_reads.get(job["id"])
+        return {
+            **job,
+            "state": "queued",
+            "assets": [],
+            "progress": {"step": 0, "total": 0, "stage": None},
+            "queue": reads.pop(0) if reads else None,
+        }
+
+    @staticmethod
+    def estimate(ahead: int) -> dict:
+        # A start far enough ahead to read the same however long a test runs.
+        start = datetime.now(UTC) + timedelta(minutes=10, seconds=20)
+        return {
+            "position": ahead,
+            "dispatched": False,
+            "estimated_start_at": start.isoformat().replace("+00:00", "Z"),
+        }
 
     def store_job(self, job_type: str, prompt: str, seed: Any, n: int, **extra: Any) -> dict:
         """A new job as it will be once it ran (a "doomed" one fails)."""
         job_id = f"job{len(self.jobs) + 1}"
         failed = job_type == "doomed"
+        state = "failed" if failed else self.outcome
         self.jobs[job_id] = {
             "id": job_id,
             "job_type": job_type,
-            "state": "failed" if failed else "completed",
+            "state": state,
             "prompt": prompt,
             "seed": seed,
             "num_images": n,
-            "progress": {"step": 4, "total": 4},
+            "progress": {"step": 4, "total": 4, "stage": "uploading"},
+            "queue": None,
             "assets": []
-            if failed
+            if state != "completed"
             else [
                 {
                     "index": i,
@@ -166,13 +211,17 @@ class FakeGateway:
             source["num_images"],
             rerun_of=source["id"],
         )
-        return JSONResponse({**job, "state": "queued", "assets": []}, status_code=202)
+        return JSONResponse(self.queued(job), status_code=202)
 
     async def get_job(self, request: Request) -> Response:
         if not self.authorised(request):
             return problem(401, "Unauthorized")
         job = self.jobs.get(request.path_params["job_id"])
-        return JSONResponse(job) if job else problem(404, "Not found")
+        if job is None:
+            return problem(404, "Not found")
+        self.record(request, None)
+        queued = bool(self.queued_reads.get(job["id"]))
+        return JSONResponse(self.read_queued(job) if queued else job)
 
     async def list_jobs(self, request: Request) -> Response:
         if not self.authorised(request):
@@ -187,7 +236,14 @@ class FakeGateway:
         self.record(request, None)
         start = int(request.headers.get("last-event-id", "0"))
         history = [("state", {"state": "queued"}), ("state", {"state": "running"})]
-        history += [("progress", {"state": "running", "step": s, "total": 4}) for s in range(1, 5)]
+        history += [
+            ("progress", {"state": "running", "step": s, "total": 4, "stage": "denoising"})
+            for s in range(1, 5)
+        ]
+        history += [
+            ("progress", {"state": "running", "step": 4, "total": 4, "stage": stage})
+            for stage in ("decoding", "uploading")
+        ]
         history.append((job["state"], {"state": job["state"]}))
         cut = self.break_stream_after
         self.break_stream_after = 0
@@ -217,6 +273,9 @@ class FakeGateway:
         return JSONResponse(job)
 
     async def job_types(self, request: Request) -> Response:
+        if not self.authorised(request):
+            return problem(401, "Unauthorized", "missing bearer token")
+        self.record(request, None)
         return JSONResponse(
             {
                 "items": [

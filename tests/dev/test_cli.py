@@ -1,5 +1,6 @@
 """The `ourvidz` CLI against a stand-in gateway: sign up, generate (upload,
-submit, follow the events, download), rerun, token refresh, errors."""
+submit, wait in line, follow the events, download), rerun, cancel, listing and
+watching jobs, token refresh, errors."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ourvidz_cli import main as cli
+from ourvidz_cli.client import Api, CredentialStore
 
 from .fake_gateway import PNG, FakeGateway, Served
 
@@ -113,8 +115,40 @@ def test_generate_uploads_submits_follows_and_downloads(gateway, creds, tmp_path
         "reference_strength": 0.5,
     }
     assert headers.get("idempotency-key")
-    # The progress line went to stderr (not a terminal here: one line per state).
-    assert "running" in captured.err and "completed" in captured.err and "4/4" in captured.err
+    # The progress line went to stderr (not a terminal here: one line per
+    # state or stage), naming what a full bar waits for.
+    stages = [ln.split()[:3] for ln in captured.err.splitlines() if ln.startswith("running")]
+    assert stages == [
+        ["running", "-/-", "["],
+        ["running", "denoising", "1/4"],
+        ["running", "decoding", "4/4"],
+        ["running", "uploading", "4/4"],
+    ]
+    assert "completed" in captured.err
+
+
+def test_a_queued_job_shows_its_place_in_line(gateway, creds, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "POLL_SECONDS", 0)
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    capsys.readouterr()
+    gateway.line = [2, 1]
+    assert run(gateway, creds, "generate", "a cat", "--out", str(tmp_path)) == 0
+    lines = capsys.readouterr().err.splitlines()
+    queued_lines = [ln for ln in lines if ln.startswith("queued")]
+    assert [" ".join(ln.split()[:-1]) for ln in queued_lines] == [
+        "queued #3 in line, ~10 min",
+        "queued #2 in line, ~10 min",
+        "queued next, for the first free worker",
+    ]
+    # Out of line, the event stream's replay shows what the job did since
+    # (its queued state again draws no line).
+    assert [ln.split()[0] for ln in lines[lines.index(queued_lines[-1]) + 1 :]] == [
+        "running",
+        "running",
+        "running",
+        "running",
+        "completed",
+    ]
 
 
 def test_generate_refreshes_an_expired_token_once(gateway, creds, tmp_path, capsys):
@@ -141,21 +175,40 @@ def test_generate_resumes_a_broken_event_stream(gateway, creds, tmp_path, capsys
 def test_a_rejected_job_prints_the_field_errors(gateway, creds, tmp_path, capsys):
     run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
     assert run(gateway, creds, "generate", "x", "--type", "nonsense", "--out", str(tmp_path)) == 1
-    err = capsys.readouterr().err
-    assert "Invalid argument (422): the job is not valid" in err
-    assert "job_type: unknown job type 'nonsense'" in err
+    captured = capsys.readouterr()
+    # The detail repeats the field errors: each reason is printed once.
+    assert captured.err.endswith(
+        "error: Unprocessable Entity (422)\n  job_type: unknown job type 'nonsense'\n"
+    )
+    assert captured.err.count("unknown job type") == 1
+    assert captured.out == ""
 
 
 def test_a_failed_job_exits_non_zero_with_its_message(gateway, creds, tmp_path, capsys):
     run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
     assert run(gateway, creds, "generate", "x", "--type", "doomed", "--out", str(tmp_path)) == 1
-    assert "job job1 failed: the worker ran out of memory" in capsys.readouterr().err
+    assert "error: job job1 failed (internal): the worker ran out of memory" in (
+        capsys.readouterr().err
+    )
     assert not list(tmp_path.glob("job1_*"))
 
 
+def test_a_job_the_user_cancelled_is_no_failure(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    gateway.outcome = "cancelled"
+    out_dir = tmp_path / "out"
+    assert run(gateway, creds, "generate", "x", "--out", str(out_dir)) == 0
+    captured = capsys.readouterr()
+    assert captured.err.endswith("job job1 cancelled\n")
+    assert "error" not in captured.err and captured.out == ""
+    assert not out_dir.exists()
+
+
 def test_without_login_the_cli_says_how_to_log_in(gateway, creds, capsys):
-    assert run(gateway, creds, "jobs") == 1
-    assert "ourvidz login" in capsys.readouterr().err
+    for command in ("jobs", "job-types"):
+        assert run(gateway, creds, command) == 1
+        assert "ourvidz login" in capsys.readouterr().err
+    assert gateway.requests == []
 
 
 def test_jobs_and_job_types_print_tables(gateway, creds, tmp_path, capsys):
@@ -170,12 +223,73 @@ def test_jobs_and_job_types_print_tables(gateway, creds, tmp_path, capsys):
     assert run(gateway, creds, "job-types") == 0
     types = capsys.readouterr().out.splitlines()
     assert types[1].split() == ["sdxl_image_fast", "sdxl", "image/png", "1024x1024", "15", "5"]
+    (_, _, headers, _) = next(r for r in gateway.requests if r[1] == "/v1/job-types")
+    assert headers["authorization"] == f"Bearer {stored(creds, gateway)['access_token']}"
+
+
+def test_jobs_filters_by_state_and_names_the_next_page(gateway, creds, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    capsys.readouterr()
+    args = ("jobs", "--state", "running", "--limit", "5", "--page-token", "p2")
+    assert run(gateway, creds, *args) == 0
+    (_, _, _, query) = next(r for r in gateway.requests if r[:2] == ("GET", "/v1/jobs"))
+    assert query == {"page_size": "5", "state": "running", "page_token": "p2"}
+    assert cli.render_jobs({"items": [], "next_page_token": "p3"}).splitlines()[-1] == (
+        "more: --page-token p3"
+    )
+
+
+def test_jobs_watch_redraws_the_table(gateway, creds, tmp_path, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+    run(gateway, creds, "generate", "a red fox", "--out", str(tmp_path))
+    gateway.jobs["job1"].update(
+        state="running", progress={"step": 2, "total": 4, "stage": "denoising"}
+    )
+    capsys.readouterr()
+
+    def between_tables(seconds: float) -> None:
+        assert seconds == cli.POLL_SECONDS
+        gateway.jobs["job1"]["state"] = "completed"
+
+    api = Api(gateway.url, CredentialStore(creds))
+    try:
+        assert cli.watch_jobs(api, {"page_size": 20}, rounds=2, sleep=between_tables) == 0
+    finally:
+        api.close()
+    tables = capsys.readouterr().out.split("jobs at ")[1:]
+    assert len(tables) == 2
+    assert [t.splitlines()[2].split()[:4] for t in tables] == [
+        ["job1", "sdxl_image_fast", "running", "(denoising)"],
+        ["job1", "sdxl_image_fast", "completed", "2025-01-01T00:00:00"],
+    ]
+
+
+def test_jobs_watch_and_json_are_either_or(gateway, creds, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(gateway, creds, "jobs", "--watch", "--json")
+    assert exit_.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_jobs_watch_ends_cleanly_on_ctrl_c(gateway, creds, capsys):
+    run(gateway, creds, "login", "ada@example.com", "--password", gateway.password)
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    api = Api(gateway.url, CredentialStore(creds))
+    try:
+        assert cli.watch_jobs(api, {}, sleep=interrupted) == 0
+    finally:
+        api.close()
 
 
 def test_an_unreachable_gateway_is_a_clear_error(creds, capsys):
-    code = cli.main(["--url", "http://127.0.0.1:9", "--credentials", str(creds), "job-types"])
-    assert code == 1
-    assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+    url = "http://127.0.0.1:9"
+    CredentialStore(creds).save(url, {"access_token": "acc-x"})
+    assert cli.main(["--url", url, "--credentials", str(creds), "job-types"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot reach {url}") and err.count("\n") == 1
 
 
 def test_cancel_reports_the_new_state_and_a_missing_job_is_an_error(

@@ -5,11 +5,19 @@ from __future__ import annotations
 import io
 import os
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ourvidz_cli.client import ApiError, CredentialStore
 from ourvidz_cli.main import asset_filename
-from ourvidz_cli.progress import ProgressLine, format_elapsed, render_bar, render_progress
+from ourvidz_cli.progress import (
+    ProgressLine,
+    format_elapsed,
+    format_wait,
+    render_bar,
+    render_progress,
+    render_queue,
+)
 from ourvidz_cli.sse import SseParser
 
 # --- SSE ---------------------------------------------------------------------------------
@@ -68,6 +76,56 @@ def test_progress_line_shows_state_counts_bar_percent_and_elapsed():
     line = render_progress("running", 7, 15, 3.24, width=15)
     assert line == "running     7/15 [#######--------]  46%  3.2s"
     assert render_progress("queued", 0, 0, 0.0, width=4) == "queued     -/- [    ]    -  0.0s"
+
+
+def test_progress_line_names_the_stage():
+    line = render_progress("running", 15, 15, 9.0, width=4, stage="uploading")
+    assert line == "running    uploading       15/15 [####] 100%  9.0s"
+
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def test_a_queued_job_shows_its_place_and_wait():
+    soon = {"position": 2, "dispatched": False, "estimated_start_at": "2026-01-01T12:00:12Z"}
+    assert render_queue(soon, NOW) == "#3 in line, ~12 s"
+    assert render_queue({"position": 0, "dispatched": False}, NOW) == "#1 in line"
+    later = {"position": 0, "dispatched": True, "estimated_start_at": "2026-01-01T12:05:00Z"}
+    assert render_queue(later, NOW) == "next, for the first free worker, ~5 min"
+    assert render_queue({"position": 4, "estimated_start_at": "2026-01-01T12:00:40"}, NOW) == (
+        "#5 in line, ~40 s"
+    )
+    assert render_progress("queued", 0, 0, 0.4, place="#3 in line, ~12 s") == (
+        "queued     #3 in line, ~12 s  0.4s"
+    )
+
+
+def test_waits_read_roughly():
+    assert (format_wait(-3), format_wait(11.6), format_wait(89), format_wait(150)) == (
+        "~0 s",
+        "~12 s",
+        "~89 s",
+        "~2 min",
+    )
+
+
+def test_progress_writes_a_line_per_place_and_stage_but_not_per_step():
+    stream = io.StringIO()
+    progress = ProgressLine(stream, tty=False, clock=lambda: 0.0, wall=lambda: NOW)
+    progress.update("queued", queue={"position": 1, "estimated_start_at": "2026-01-01T12:00:30Z"})
+    progress.update("queued", queue={"position": 1, "estimated_start_at": "2026-01-01T12:00:20Z"})
+    progress.update("queued", queue={"position": 0})
+    progress.update("running", 1, 4, stage="denoising")
+    progress.update("running", 2, 4, stage="denoising")
+    progress.update("running", 4, 4, stage="uploading")
+    progress.update("completed")
+    assert [ln.rsplit(" ", 1)[0].strip() for ln in stream.getvalue().splitlines()] == [
+        "queued     #2 in line, ~30 s",
+        "queued     #1 in line",
+        "running    denoising       1/4 [######------------------]  25%",
+        "running    uploading       4/4 [########################] 100%",
+        "completed  4/4 [########################] 100%",
+    ]
 
 
 def test_elapsed_reads_naturally():
@@ -144,3 +202,9 @@ def test_problem_messages_list_field_errors():
         400, "Invalid argument", "bad job", [{"field": "seed", "message": "must be >= 0"}]
     )
     assert str(error) == "Invalid argument (400): bad job\n  seed: must be >= 0"
+
+
+def test_a_detail_that_repeats_the_field_errors_is_shown_once():
+    errors = [{"field": "seed", "message": "must be >= 0"}, {"field": "width", "message": "odd"}]
+    error = ApiError(422, "Unprocessable Entity", "seed: must be >= 0; width: odd", errors)
+    assert str(error) == "Unprocessable Entity (422)\n  seed: must be >= 0\n  width: odd"
