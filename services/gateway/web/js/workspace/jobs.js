@@ -16,6 +16,19 @@ const STATE_TEXT = {
   cancelled: "Cancelled",
 };
 const MAX_JOB_STREAMS = 3;
+// How often a queued card asks where its job stands in line.
+const LINE_POLL_MS = 3000;
+
+/** "#3 in line · starts in ~12 s": a queued job's place, from its `queue`. */
+export function lineText(line, now = Date.now()) {
+  if (!line) return "";
+  const place = line.dispatched || line.position === 0 ? "next in line" : `#${line.position + 1} in line`;
+  if (!line.estimated_start_at) return place;
+  const seconds = Math.round((Date.parse(line.estimated_start_at) - now) / 1000);
+  if (seconds <= 1) return `${place} · starting`;
+  const wait = seconds < 90 ? `~${seconds} s` : `~${Math.round(seconds / 60)} min`;
+  return `${place} · starts in ${wait}`;
+}
 
 export function createJobList({ types, signal }) {
   const byName = Object.fromEntries(types.map((t) => [t.name, t]));
@@ -76,7 +89,23 @@ export function createJobList({ types, signal }) {
       c.preview.hidden = false;
     }
     setState(c, state, Boolean(data.job));
+    if (c.state === "queued" && c.job.queue) c.stage.textContent = lineText(c.job.queue);
   }
+
+  /** Queued cards ask where their job stands, every few seconds. */
+  async function pollLine() {
+    const queued = [...cards.values()].filter((c) => c.state === "queued").slice(0, 5);
+    for (const c of queued) {
+      try {
+        const job = await api.get(`/v1/jobs/${c.job.id}`, { signal });
+        if (c.state === "queued") apply(c, { job });
+      } catch {
+        /* the streams still bring its state */
+      }
+    }
+  }
+  const linePoll = setInterval(() => { if (!signal.aborted) pollLine(); }, LINE_POLL_MS);
+  signal.addEventListener("abort", () => clearInterval(linePoll));
 
   function showError(c) {
     c.error.textContent = `Failed: ${c.job.error?.message || "the job could not be completed."}`;
