@@ -80,6 +80,9 @@ async def test_a_guessable_password_is_refused_with_its_reason(page, expected_st
     assert "too easy to guess" in await error.inner_text()
     assert await page.get_by_label("Password").get_attribute("aria-invalid") == "true"
     assert "#/signin" in page.url
+    # Shown next to the field, and not a second time as a message.
+    await expect(page.get_by_role("button", name="Sign up")).to_be_enabled()
+    await expect(page.locator(".toast")).to_have_count(0)
 
 
 async def test_a_wrong_password_is_shown_as_a_message(page, http, expected_statuses):
