@@ -4,6 +4,7 @@ import * as admin from "./pages/admin.js";
 import * as library from "./pages/library.js";
 import * as signin from "./pages/signin.js";
 import * as workspace from "./pages/workspace.js";
+import { clearToasts } from "./ui.js";
 
 const ROUTES = { signin, workspace, library, admin };
 let cleanup = null;
@@ -23,6 +24,7 @@ function route() {
 
   if (typeof cleanup === "function") cleanup();
   cleanup = null;
+  clearToasts();
   const main = document.getElementById("main");
   main.replaceChildren();
   for (const link of document.querySelectorAll("#nav a")) {

@@ -27,28 +27,86 @@ export function mount(el, ...children) {
   return el;
 }
 
-/** A short message at the top of the page; kind "error" stays until dismissed. */
+// Messages under the top bar. Info and "ok" ones go by themselves (not while
+// pointed at or focused); errors stay until dismissed. A text already shown is
+// not shown twice, a few fit at once, and a new view starts with none.
+const TOAST_MS = 5000;
+const MAX_TOASTS = 3;
+let view = 0;
+
+/** A short message; kind "error" stays until dismissed, the others go after a few seconds. */
 export function toast(message, kind = "info") {
   const box = document.getElementById("toasts");
+  const same = [...box.children].find((t) => t.dataset.kind === kind && t.dataset.message === message);
+  if (same && kind === "error") return same;
+  if (same) dismiss(same); // shown anew, with its full time
   const close = h("button", { type: "button", class: "link", "aria-label": "Dismiss" }, "×");
-  const item = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status" }, h("span", {}, message), close);
-  close.addEventListener("click", () => item.remove());
+  const item = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status", dataset: { kind, message } },
+    h("span", {}, message), close);
+  close.addEventListener("click", () => dismiss(item));
+  item.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") dismiss(item);
+  });
   box.append(item);
-  if (kind !== "error") setTimeout(() => item.remove(), 4000);
+  if (kind !== "error") expire(item);
+  while (box.children.length > MAX_TOASTS) {
+    dismiss(box.querySelector(".toast:not(.error)") || box.firstElementChild);
+  }
   return item;
 }
 
-/** Run an async action, showing what went wrong as a readable message. */
-export async function attempt(action, { busy } = {}) {
+/** Remove a message; focus in it moves to the page rather than being lost. */
+function dismiss(item) {
+  if (item.contains(document.activeElement)) document.getElementById("main").focus({ preventScroll: true });
+  item.remove();
+}
+
+/** Dismiss `item` after TOAST_MS, counting only while it is neither pointed at nor focused. */
+function expire(item) {
+  let timer = null;
+  const start = () => {
+    clearTimeout(timer);
+    if (!item.matches(":hover, :focus-within")) timer = setTimeout(() => dismiss(item), TOAST_MS);
+  };
+  const stop = () => clearTimeout(timer);
+  item.addEventListener("pointerenter", stop);
+  item.addEventListener("focusin", stop);
+  item.addEventListener("pointerleave", start);
+  item.addEventListener("focusout", start);
+  start();
+}
+
+/** A new view: the messages of the one before go, and so do its errors still to come. */
+export function clearToasts() {
+  view++;
+  document.getElementById("toasts").replaceChildren();
+}
+
+/**
+ * Run an async action, showing what went wrong: field messages next to the
+ * controls of `form` (when given), anything else as an error message. A view
+ * left meanwhile shows nothing.
+ */
+export async function attempt(action, { busy, form } = {}) {
+  const started = view;
   if (busy) busy.disabled = true;
   try {
     return await action();
   } catch (err) {
-    if (err.name !== "AbortError") toast(err.message || "Something went wrong.", "error");
+    if (view === started) showError(err, form);
     return undefined;
   } finally {
     if (busy) busy.disabled = false;
   }
+}
+
+/** Show an error: its field messages inline in `form` (when given), the rest as one error toast. */
+export function showError(err, form) {
+  if (err?.name === "AbortError") return;
+  const rest = form ? showFieldErrors(form, err) : [];
+  const inline = form && Object.keys(err?.fields || {}).length > 0;
+  const message = inline ? rest.join("; ") : err?.message || "Something went wrong.";
+  if (message) toast(message, "error");
 }
 
 /** A labelled form control. `control` is an input/select/textarea element. */
@@ -60,15 +118,26 @@ export function field(label, control, hint) {
   return h("div", { class: "field" }, h("label", { for: id }, label), control, hintEl);
 }
 
-/** Show per-field messages of an ApiError next to the controls named by `names`. */
+/**
+ * Show the per-field messages of an ApiError next to the controls of `form`
+ * with those names, in place of any shown before (`err` null: clear them).
+ * Returns the messages with no control to show them at, as "field: message".
+ */
 export function showFieldErrors(form, err) {
   for (const old of form.querySelectorAll(".field-error")) old.remove();
+  for (const control of form.querySelectorAll("[aria-invalid]")) control.removeAttribute("aria-invalid");
+  const rest = [];
   for (const [name, message] of Object.entries(err?.fields || {})) {
     const control = form.querySelector(`[name="${CSS.escape(name)}"]`);
-    if (!control) continue;
+    const box = control?.closest(".field");
+    if (!box) {
+      rest.push(`${name}: ${message}`);
+      continue;
+    }
     control.setAttribute("aria-invalid", "true");
-    control.closest(".field")?.append(h("small", { class: "field-error", role: "alert" }, message));
+    box.append(h("small", { class: "field-error", role: "alert" }, message));
   }
+  return rest;
 }
 
 export function formatTime(iso) {

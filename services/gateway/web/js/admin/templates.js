@@ -128,7 +128,6 @@ function editForm(t, { reload }) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     showFieldErrors(form, null);
-    for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
     const settings = { temperature: num(temperature), top_p: num(topP), max_new_tokens: num(maxTokens), seed: num(seed) };
     const body = {
       system_prompt: system.value,
@@ -137,14 +136,7 @@ function editForm(t, { reload }) {
       settings: Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined)),
       activate: activate.checked,
     };
-    const created = await attempt(async () => {
-      try {
-        return await api.post(`${BASE}/${t.id}/versions`, body);
-      } catch (err) {
-        showFieldErrors(form, err);
-        throw err;
-      }
-    }, { busy: save });
+    const created = await attempt(() => api.post(`${BASE}/${t.id}/versions`, body), { busy: save, form });
     if (!created) return;
     toast(`Saved ${created.name} v${created.version}${created.active ? " (active)" : ""}.`, "ok");
     await reload(created.id);
@@ -170,14 +162,7 @@ function testForm(t) {
       return;
     }
     mount(results, h("li", { class: "muted" }, "Running…"));
-    const out = await attempt(async () => {
-      try {
-        return await api.post(`${BASE}/${t.id}/tests`, { sample_prompts: prompts });
-      } catch (err) {
-        showFieldErrors(form, err);
-        throw err;
-      }
-    }, { busy: run });
+    const out = await attempt(() => api.post(`${BASE}/${t.id}/tests`, { sample_prompts: prompts }), { busy: run, form });
     mount(results, out ? out.tests.map(resultItem) : []);
   });
   return form;

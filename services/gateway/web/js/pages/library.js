@@ -2,7 +2,7 @@
 // and date, paged with "Load more", each opening in a viewer dialog where it can
 // be renamed, downloaded or deleted.
 import { api } from "../api.js";
-import { attempt, field, formatTime, h, mount, showFieldErrors, toast } from "../ui.js";
+import { attempt, field, formatTime, h, mount, showError, showFieldErrors, toast } from "../ui.js";
 
 const PAGE_SIZE = 24;
 const DAY_MS = 24 * 3600 * 1000;
@@ -63,9 +63,8 @@ export function render(main) {
       draw();
     } catch (err) {
       if (state.loading !== ticket) return;
-      showFieldErrors(filters, err);
       status.textContent = "The library could not be loaded.";
-      toast(err.message, "error");
+      showError(err, filters);
     } finally {
       if (state.loading === ticket) more.disabled = false;
     }
@@ -189,14 +188,10 @@ function openViewer(asset, actions) {
       title.focus();
       return;
     }
-    const updated = await attempt(async () => {
-      try {
-        return await api.patch(`/v1/library/assets/${asset.id}`, { title: value });
-      } catch (err) {
-        showFieldErrors(rename, err);
-        throw err;
-      }
-    }, { busy: saveTitle });
+    const updated = await attempt(() => api.patch(`/v1/library/assets/${asset.id}`, { title: value }), {
+      busy: saveTitle,
+      form: rename,
+    });
     if (!updated) return;
     Object.assign(asset, updated);
     heading.textContent = updated.title;

@@ -27,14 +27,9 @@ export function render(main, { navigate }) {
     event.preventDefault();
     showFieldErrors(form, null);
     const done = await attempt(async () => {
-      try {
-        await (mode === "signin" ? signIn : signUp)(email.value.trim(), password.value);
-        return true;
-      } catch (err) {
-        showFieldErrors(form, err);
-        throw err;
-      }
-    }, { busy: submit });
+      await (mode === "signin" ? signIn : signUp)(email.value.trim(), password.value);
+      return true;
+    }, { busy: submit, form });
     if (done) navigate("#/workspace");
   });
   mount(main, form);

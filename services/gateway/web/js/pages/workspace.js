@@ -2,7 +2,7 @@
 // results. The session's stream keeps cards and the grid live; a reload
 // restores the session's items and any job still running.
 import { api, stream } from "../api.js";
-import { attempt, h, mount, toast } from "../ui.js";
+import { attempt, h, mount, showError, toast } from "../ui.js";
 import { createForm, typeLabel } from "../workspace/form.js";
 import { ACTIVE, createJobList } from "../workspace/jobs.js";
 import { uploadFromUrl } from "../workspace/reference.js";
@@ -117,7 +117,7 @@ async function start(main, signal) {
     try {
       for (const item of await allPages(`/v1/workspace/sessions/${session.id}/items`, signal)) results.add(item);
     } catch (err) {
-      if (err.name !== "AbortError") toast(err.message, "error");
+      showError(err);
     }
   }
 }

@@ -123,14 +123,10 @@ export function createForm({ types, onSubmit }) {
   async function enhance() {
     hideEnhanced();
     showFieldErrors(form, null);
-    const result = await attempt(async () => {
-      try {
-        return await api.post("/v1/prompts/enhance", { prompt: prompt.value.trim(), job_type: jobType.value });
-      } catch (err) {
-        showFieldErrors(form, err);
-        throw err;
-      }
-    }, { busy: enhanceButton });
+    const result = await attempt(
+      () => api.post("/v1/prompts/enhance", { prompt: prompt.value.trim(), job_type: jobType.value }),
+      { busy: enhanceButton, form },
+    );
     if (result) showEnhanced(result);
   }
 
@@ -197,17 +193,9 @@ export function createForm({ types, onSubmit }) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     showFieldErrors(form, null);
-    for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
     // An empty prompt goes to the API too: its answer names the field.
     const payload = body();
-    await attempt(async () => {
-      try {
-        await onSubmit(payload);
-      } catch (err) {
-        showFieldErrors(form, err);
-        throw err;
-      }
-    }, { busy: generate });
+    await attempt(() => onSubmit(payload), { busy: generate, form });
   });
 
   applyType();
