@@ -24,9 +24,9 @@ Phases, in order:
    does; submit→start (server: created_at→started_at; client: POST → the
    `running` event), submit→completed, completed→filed, jobs/s;
 4. queue: the workers stopped, `--queue` jobs submitted (at most the per-user
-   limit each, so by queue/limit users) and published to JetStream; then the
-   workers started (all at once), and the drain timed until the stream is
-   empty, every job completed and every output filed;
+   limit each, so by queue/limit users), held in Jobs' line; then the
+   workers started (all at once), and the drain timed until no job is queued
+   or running, every job completed and every output filed;
 5. watchers: `--watchers` idle SSE streams on workspace sessions (a studio
    page left open), spread over the users; last, since a process seldom gives
    memory back.
@@ -544,14 +544,21 @@ async def signup(http: httpx.AsyncClient, tag: str, i: int) -> User:
     return user
 
 
-async def tasks_in_stream(js) -> int:
-    from ourvidz import queue
+async def jobs_not_started(database_url: str) -> int:
+    """Jobs queued (in Jobs' line or on the queue) or running: Jobs holds a
+    job until a worker has room, so the queue alone does not show them."""
+    import psycopg
 
-    return (await js.stream_info(queue.TASKS_STREAM)).state.messages
+    def count() -> int:
+        with psycopg.connect(database_url) as conn:
+            query = "SELECT count(*) FROM jobs.jobs WHERE state IN ('queued', 'running')"
+            return conn.execute(query).fetchone()[0]
+
+    return await asyncio.to_thread(count)
 
 
 async def run_bench(opts: Options) -> Results:
-    from ourvidz import db, queue
+    from ourvidz import db
     from ourvidz.migrate import migration_folders
     from ourvidz_dev.embedded import Embedded, start_nats, start_postgres, start_s3_process
     from ourvidz_dev.stack import ServiceProcesses
@@ -565,7 +572,6 @@ async def run_bench(opts: Options) -> Results:
     emb = Embedded()
     procs: ServiceProcesses | None = None
     sampler: Sampler | None = None
-    nc = None
     started = time.monotonic()
     try:
         start_postgres(tmp / "pg", emb)
@@ -616,7 +622,6 @@ async def run_bench(opts: Options) -> Results:
         ]
         sampler = Sampler(probes)
         sampler.start()
-        nc, js = await queue.connect(emb.nats_url, name="bench")
 
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         async with httpx.AsyncClient(base_url=procs.url, timeout=60, limits=limits) as http:
@@ -715,16 +720,17 @@ async def run_bench(opts: Options) -> Results:
 
             await _gather_limited((fill(i) for i in range(queue_users)), 20)
             t_posted = time.monotonic()
-            while await tasks_in_stream(js) < opts.queue:
+            while await jobs_not_started(emb.database_url) < opts.queue:
                 if time.monotonic() - t_posted > 60:
-                    raise BenchError(f"only {await tasks_in_stream(js)} tasks reached JetStream")
+                    left = await jobs_not_started(emb.database_url)
+                    raise BenchError(f"only {left} jobs are queued")
                 await asyncio.sleep(0.1)
             t_published = time.monotonic()
             results.cpu["queue: submit"] = cpu_used(cpu_before, sampler.cpu())
             results.line(
                 f"queue: {opts.queue} jobs submitted (no worker), jobs/s accepted",
                 f"{rate(opts.queue, t_posted - t0):.1f} "
-                f"(all in JetStream {t_published - t_posted:.1f} s after the last 202)",
+                f"(all queued {t_published - t_posted:.1f} s after the last 202)",
             )
             submit_summary = Summary.of(t.accepted - t.posted for t in queued)
             results.line(
@@ -741,8 +747,8 @@ async def run_bench(opts: Options) -> Results:
             # From here on: the workers' start-up (imports) left out, and the
             # jobs a worker ready first took meanwhile too.
             cpu_before = sampler.cpu()
-            left_at_ready = await tasks_in_stream(js)
-            while await tasks_in_stream(js) > 0:
+            left_at_ready = await jobs_not_started(emb.database_url)
+            while await jobs_not_started(emb.database_url) > 0:
                 if time.monotonic() - t_ready > 600:
                     raise BenchError("the queue did not drain in 10 minutes")
                 await asyncio.sleep(0.2)
@@ -820,9 +826,6 @@ async def run_bench(opts: Options) -> Results:
     finally:
         if sampler is not None:
             sampler.stop()
-        if nc is not None:
-            with contextlib.suppress(Exception):
-                await nc.close()
         if procs is not None:
             procs.stop_all()
         emb.stop()

@@ -51,6 +51,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from ourvidz import batching, catalog, metrics, queue
+from ourvidz.background import Background
 from ourvidz.db import Database
 from ourvidz.v1 import job_pb2
 from services.jobs import convert, store
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 TYPICAL_OF_LAST = 20
 # How long a measured typical duration is reused before it is read again.
 TYPICAL_CACHE_SECONDS = 10.0
+# How often a pass counts each family's jobs not yet started (the metric
+# `ourvidz_jobs_waiting`), off the path of a pass woken by a new job.
+WAITING_EVERY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,9 @@ def families() -> list[Family]:
     ]
 
 
-class Dispatcher:
+class Dispatcher(Background):
+    task_name = "dispatcher"
+
     def __init__(
         self,
         database: Database,
@@ -130,20 +136,10 @@ class Dispatcher:
         self.capacity: dict[str, Capacity] = {name: Capacity() for name in self.families}
         self._typical: dict[str, tuple[float, float | None]] = {}
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._waiting_counted_at = -WAITING_EVERY_SECONDS
         self._failing = False
 
     # --- running -----------------------------------------------------------------
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dispatcher")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -166,12 +162,17 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), self.settings.interval_seconds)
 
     async def dispatch_all(self) -> int:
-        """One pass over every family; how many tasks went out."""
+        """One pass over every family; how many tasks went out (each family's
+        to the relay as soon as they are written)."""
         sent = 0
+        count_waiting = time.monotonic() >= self._waiting_counted_at + WAITING_EVERY_SECONDS
         for family in self.families.values():
-            sent += await self.dispatch(family)
-        if sent:
-            self.on_dispatched()
+            written = await self.dispatch(family, count_waiting=count_waiting)
+            if written:
+                self.on_dispatched()
+            sent += written
+        if count_waiting:
+            self._waiting_counted_at = time.monotonic()
         return sent
 
     # --- one family ----------------------------------------------------------------
@@ -193,18 +194,20 @@ class Dispatcher:
         self.capacity[family.name] = cap
         return cap
 
-    async def dispatch(self, family: Family) -> int:
+    async def dispatch(self, family: Family, *, count_waiting: bool = True) -> int:
         """Publish (through the outbox) as many of the family's waiting jobs as
-        its workers have room for; how many tasks were written."""
+        its workers have room for; how many tasks were written. With
+        `count_waiting`, the family's jobs not yet started are counted for
+        the metric first."""
         s = self.settings
         async with self._db.tx(role="system") as conn:
+            if count_waiting:
+                waiting = await store.family_waiting(conn, family.types)
+                metrics.JOBS_WAITING.labels(family.name).set(waiting)
             await store.lock_dispatch(conn, family.name)
             cap = await self._capacity(family)
             unpublished = await store.outbox_tasks(conn, family.name)
             slots = cap.idle + s.prefetch * cap.busy - cap.pending - unpublished
-            metrics.JOBS_WAITING.labels(family.name).set(
-                await store.family_waiting(conn, family.types)
-            )
             if slots <= 0:
                 return 0
             budget = s.batch_images if s.batch_images > 1 else 0
@@ -249,6 +252,12 @@ class Dispatcher:
         family = self._family_of.get(job.job_type)
         if job.state != job_pb2.JOB_STATE_QUEUED or family is None:
             return None
+        cap = self.capacity[family.name]
+        if cap.idle > cap.pending:
+            # A worker waits: the job goes out at once (no line to count).
+            out = job_pb2.QueueEstimate(position=0)
+            out.estimated_start_time.FromDatetime(datetime.now(UTC))
+            return out
         s = self.settings
         async with self._db.tx(role="system") as conn:
             ahead = await store.jobs_ahead(
@@ -256,7 +265,6 @@ class Dispatcher:
             )
             typical = await self._typical_seconds(conn, job.job_type)
         out = job_pb2.QueueEstimate(dispatched=ahead is None, position=ahead or 0)
-        cap = self.capacity[family.name]
         if cap.workers and typical is not None:
             start = datetime.now(UTC) + timedelta(seconds=expected_wait(out.position, cap, typical))
             out.estimated_start_time.FromDatetime(start)

@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from ourvidz import catalog, metrics, queue
+from ourvidz.background import Background
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ def _withdraw(consumer: str) -> None:
             gauge.remove(consumer)
 
 
-class QueueMetrics:
+class QueueMetrics(Background):
+    task_name = "queue-metrics"
+
     def __init__(
         self,
         js: JetStreamContext,
@@ -49,18 +52,7 @@ class QueueMetrics:
         self._js = js
         self._interval = interval_seconds
         self.consumers = consumers or task_consumers()
-        self._task: asyncio.Task | None = None
         self._failing = False
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="queue-metrics")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def poll_once(self) -> None:
         """Read every consumer's info and set the gauges. Raises when JetStream

@@ -25,7 +25,6 @@ report; silence is only judged once the reconciler has seen the database for
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ourvidz import catalog
+from ourvidz.background import Background
 from ourvidz.storage import BlobStore
 from services.jobs.service import JobsCore
 
@@ -66,7 +66,9 @@ def job_id_of_key(key: str) -> str | None:
         return None
 
 
-class Reconciler:
+class Reconciler(Background):
+    task_name = "reconciler"
+
     def __init__(
         self,
         core: JobsCore,
@@ -95,18 +97,7 @@ class Reconciler:
         self._buckets = buckets
         self._seen_db_since: float | None = None
         self._next_gc = 0.0
-        self._task: asyncio.Task | None = None
         self.stats = ReconcilerStats()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reconciler")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     # --- one pass ------------------------------------------------------------------
 

@@ -9,16 +9,18 @@ decided by the row lock: the loser sees a job no longer enhancing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
+from ourvidz.background import Background
 from services.jobs.service import JobsCore
 
 log = logging.getLogger(__name__)
 
 
-class EnhancementSweeper:
+class EnhancementSweeper(Background):
+    task_name = "enhancement-sweeper"
+
     def __init__(
         self,
         core: JobsCore,
@@ -33,18 +35,6 @@ class EnhancementSweeper:
         self._check = check_seconds
         self._batch = batch
         self._on_expired = on_expired
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="enhancement-sweeper")
-
-    async def stop(self) -> None:
-        """Stop after the sweep in hand (its transaction commits or rolls back)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def sweep_once(self) -> int:
         """Expire what is overdue, a batch at a time. Returns how many jobs."""
