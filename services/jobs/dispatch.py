@@ -136,6 +136,9 @@ class Dispatcher(Background):
         self.capacity: dict[str, Capacity] = {name: Capacity() for name in self.families}
         self._typical: dict[str, tuple[float, float | None]] = {}
         self._wake = asyncio.Event()
+        # Per family: the last pass left no job waiting (a new job may go out
+        # in its own transaction, `dispatch_new`).
+        self._line_empty: dict[str, bool] = {name: False for name in self.families}
         self._waiting_counted_at = -WAITING_EVERY_SECONDS
         self._failing = False
 
@@ -209,6 +212,7 @@ class Dispatcher(Background):
             unpublished = await store.outbox_tasks(conn, family.name)
             slots = cap.idle + s.prefetch * cap.busy - cap.pending - unpublished
             if slots <= 0:
+                self._line_empty[family.name] = False  # not looked at
                 return 0
             budget = s.batch_images if s.batch_images > 1 else 0
             per_user = slots + budget
@@ -216,10 +220,12 @@ class Dispatcher(Background):
                 conn, family.types, family.fast, s.fast_head_start_seconds, per_user
             )
             if not rows:
+                self._line_empty[family.name] = True
                 return 0
             users = sorted({str(r["user_id"]) for r in rows})
             in_flight = await store.in_flight_by_user(conn, family.types, users)
             groups = choose(rows, in_flight, slots, s.per_user, budget)
+            self._line_empty[family.name] = sum(map(len, groups)) == len(rows)
             now = datetime.now(UTC)
             for group in groups:
                 await self._publish(conn, group, now)
@@ -243,6 +249,29 @@ class Dispatcher(Background):
         subject, payload, headers = queue.batch_message(tasks)
         await store.insert_outbox(conn, subject, msg_id, payload, headers, trace_headers=trace)
         await store.mark_dispatched(conn, [str(r["id"]) for r in group], str(lead["id"]))
+
+    async def dispatch_new(self, conn, row: dict) -> bool:
+        """In the transaction that queues the job `row`: publish it at once
+        (through the outbox) when a worker of its family waits and no other
+        job waits in line, the path of a job submitted to an idle family,
+        without a pass of its own. False (the job waits for a pass) otherwise.
+        The family's lock is held to the end of the transaction, so a pass
+        counts this task (or waits for it)."""
+        family = self._family_of.get(row["job_type"])
+        if family is None or not self._line_empty[family.name]:
+            return False
+        cap = self.capacity[family.name]
+        if cap.idle <= cap.pending:
+            return False
+        await store.lock_dispatch(conn, family.name)
+        user = str(row["user_id"])
+        if self.settings.per_user > 0:
+            flying = await store.in_flight_by_user(conn, family.types, [user])
+            if flying.get(user, 0) >= self.settings.per_user:
+                return False
+        await self._publish(conn, [row], datetime.now(UTC))
+        cap.pending += 1  # until the next pass reads the consumer again
+        return True
 
     # --- where a queued job stands ----------------------------------------------------
 

@@ -194,6 +194,7 @@ class JobsCore:
             row = await store.insert_job(conn, _job_row(valid, user_id, request_id, rerun_of))
             job = convert.job_proto(row)
             await self._write_events(conn, job, 1, [Emit("state")])
+            sent = False
             if valid.job_type.enhanced:
                 task = convert.enhance_task(job, now=_now())
                 await store.insert_outbox(
@@ -202,7 +203,11 @@ class JobsCore:
                     job.id + ENHANCE_MSG_SUFFIX,
                     task.SerializeToString(),
                 )
-            # A generation job waits in line for the dispatcher.
+            elif self.dispatcher is not None:
+                # To a waiting worker at once, or in line for the dispatcher.
+                sent = await self.dispatcher.dispatch_new(conn, row)
+        if sent:
+            self.dispatcher.on_dispatched()
         self._wake_dispatch()
         log.info("job %s created (%s, %s)", job.id, job.job_type, convert.state_name(job.state))
         return await self._with_queue(job), False

@@ -85,13 +85,16 @@ def test_the_expected_wait_counts_idle_workers_then_turns():
 
 
 @pytest.fixture
-def clear_line(harness):
-    """The line holds this test's jobs alone: other tests' queued jobs end."""
+async def clear_line(harness):
+    """The line holds this test's jobs alone: other tests' queued jobs end;
+    and the dispatcher has seen that no worker waits now (a job submitted to
+    a family it saw idle goes out at once)."""
     owner_query(
         harness.settings.database_url,
         "UPDATE jobs.jobs SET state = 'cancelled' WHERE state IN ('queued', 'running') "
         "RETURNING id",
     )
+    await harness.running.dispatcher.dispatch_all()
 
 
 async def queued(harness, md, job_id: str) -> job_pb2.Job:
