@@ -250,11 +250,13 @@ class Dispatcher(Background):
         await store.insert_outbox(conn, subject, msg_id, payload, headers, trace_headers=trace)
         await store.mark_dispatched(conn, [str(r["id"]) for r in group], str(lead["id"]))
 
-    async def dispatch_new(self, conn, row: dict) -> bool:
+    async def dispatch_new(self, conn, row: dict, user_active: int) -> bool:
         """In the transaction that queues the job `row`: publish it at once
         (through the outbox) when a worker of its family waits and no other
         job waits in line, the path of a job submitted to an idle family,
         without a pass of its own. False (the job waits for a pass) otherwise.
+        `user_active`: the user's jobs active before this one (of any family;
+        under the concurrency limit, its jobs in flight need no count).
         The family's lock is held to the end of the transaction, so a pass
         counts this task (or waits for it)."""
         family = self._family_of.get(row["job_type"])
@@ -265,7 +267,7 @@ class Dispatcher(Background):
             return False
         await store.lock_dispatch(conn, family.name)
         user = str(row["user_id"])
-        if self.settings.per_user > 0:
+        if 0 < self.settings.per_user <= user_active:
             flying = await store.in_flight_by_user(conn, family.types, [user])
             if flying.get(user, 0) >= self.settings.per_user:
                 return False

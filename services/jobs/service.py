@@ -205,7 +205,7 @@ class JobsCore:
                 )
             elif self.dispatcher is not None:
                 # To a waiting worker at once, or in line for the dispatcher.
-                sent = await self.dispatcher.dispatch_new(conn, row)
+                sent = await self.dispatcher.dispatch_new(conn, row, active)
         if sent:
             self.dispatcher.on_dispatched()
         self._wake_dispatch()

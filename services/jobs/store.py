@@ -274,10 +274,12 @@ async def insert_outbox(
 
 
 async def claim_outbox(conn: AsyncConnection, limit: int) -> list[dict]:
-    """Rows no other relay holds, oldest first; locked until the transaction ends."""
+    """Rows no other relay holds, tasks first (a worker may wait for one),
+    each kind oldest first; locked until the transaction ends. Messages of
+    one subject keep their order."""
     cur = await conn.execute(
         "SELECT id, subject, msg_id, payload, trace_headers, headers FROM jobs.outbox "
-        "ORDER BY id FOR UPDATE SKIP LOCKED LIMIT %s",
+        "ORDER BY subject LIKE 'tasks.%%' DESC, id FOR UPDATE SKIP LOCKED LIMIT %s",
         (limit,),
     )
     return await cur.fetchall()
