@@ -43,7 +43,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -131,6 +131,8 @@ class Dispatcher(Background):
         self._js = js
         self.settings = settings
         self.on_dispatched = on_dispatched
+        # Publishes a committed outbox row at once (the relay's, set at start).
+        self.publisher: Callable[[dict], Awaitable[None]] | None = None
         self.families = {f.name: f for f in families()}
         self._family_of = {t: f for f in self.families.values() for t in f.types}
         self.capacity: dict[str, Capacity] = {name: Capacity() for name in self.families}
@@ -233,47 +235,63 @@ class Dispatcher(Background):
             log.debug("dispatched %d task(s) of %s", len(groups), family.name)
         return len(groups)
 
-    async def _publish(self, conn, group: list[dict], now: datetime) -> None:
+    async def _publish(self, conn, group: list[dict], now: datetime) -> dict:
+        """Write the group's task to the outbox and mark its jobs dispatched;
+        the outbox row, as the relay reads it."""
         lead = group[0]
-        subject = store_subject(lead)
         msg_id = f"{lead['id']}:{uuid.uuid4().hex[:12]}"
         tasks = [convert.generation_task(convert.job_proto(row), now=now) for row in group]
+        if len(group) == 1:
+            subject, payload, headers = store_subject(lead), tasks[0].SerializeToString(), {}
+            batch_id = None
+        else:
+            subject, payload, headers = queue.batch_message(tasks)
+            batch_id = str(lead["id"])
         # The task continues the trace of the call that queued its (first) job.
         trace = lead.get("trace_headers") or {}
-        if len(group) == 1:
-            await store.insert_outbox(
-                conn, subject, msg_id, tasks[0].SerializeToString(), trace_headers=trace
-            )
-            await store.mark_dispatched(conn, [str(lead["id"])], None)
-            return
-        subject, payload, headers = queue.batch_message(tasks)
         await store.insert_outbox(conn, subject, msg_id, payload, headers, trace_headers=trace)
-        await store.mark_dispatched(conn, [str(r["id"]) for r in group], str(lead["id"]))
+        await store.mark_dispatched(conn, [str(r["id"]) for r in group], batch_id)
+        return {
+            "subject": subject,
+            "msg_id": msg_id,
+            "payload": payload,
+            "headers": headers,
+            "trace_headers": trace,
+        }
 
-    async def dispatch_new(self, conn, row: dict, user_active: int) -> bool:
+    async def dispatch_new(self, conn, row: dict, user_active: int) -> dict | None:
         """In the transaction that queues the job `row`: publish it at once
         (through the outbox) when a worker of its family waits and no other
         job waits in line, the path of a job submitted to an idle family,
-        without a pass of its own. False (the job waits for a pass) otherwise.
+        without a pass of its own: the outbox row written, for `publish_now`
+        once the transaction committed. None (the job waits for a pass)
+        otherwise.
         `user_active`: the user's jobs active before this one (of any family;
         under the concurrency limit, its jobs in flight need no count).
         The family's lock is held to the end of the transaction, so a pass
         counts this task (or waits for it)."""
         family = self._family_of.get(row["job_type"])
         if family is None or not self._line_empty[family.name]:
-            return False
+            return None
         cap = self.capacity[family.name]
         if cap.idle <= cap.pending:
-            return False
+            return None
         await store.lock_dispatch(conn, family.name)
         user = str(row["user_id"])
         if 0 < self.settings.per_user <= user_active:
             flying = await store.in_flight_by_user(conn, family.types, [user])
             if flying.get(user, 0) >= self.settings.per_user:
-                return False
-        await self._publish(conn, [row], datetime.now(UTC))
+                return None
+        written = await self._publish(conn, [row], datetime.now(UTC))
         cap.pending += 1  # until the next pass reads the consumer again
-        return True
+        return written
+
+    async def publish_now(self, written: dict) -> None:
+        """A task `dispatch_new` wrote, committed since: to the queue at once."""
+        if self.publisher is not None:
+            await self.publisher(written)
+        else:
+            self.on_dispatched()
 
     # --- where a queued job stands ----------------------------------------------------
 

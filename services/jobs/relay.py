@@ -97,6 +97,17 @@ class OutboxRelay:
                 await store.delete_outbox(conn, done)
         return len(done), ok
 
+    async def publish_committed(self, row: dict) -> None:
+        """Publish a row its writer has just committed, ahead of the relay's
+        next claim (a task for a worker that waits). The relay publishes it
+        again, which JetStream's duplicate window drops (the same
+        Nats-Msg-Id), and deletes it; a failure here is left to the relay."""
+        try:
+            await self._publish(row)
+        except Exception as exc:  # NATS slow or away: the relay retries
+            log.info("early publish to %s failed (%s); left to the relay", row["subject"], exc)
+        self.wake()
+
     async def _publish(self, row: dict) -> None:
         """One row as a message. A row written inside a trace is published in
         a producer span of that trace, whose context the message carries."""

@@ -194,7 +194,7 @@ class JobsCore:
             row = await store.insert_job(conn, _job_row(valid, user_id, request_id, rerun_of))
             job = convert.job_proto(row)
             await self._write_events(conn, job, 1, [Emit("state")])
-            sent = False
+            sent = None
             if valid.job_type.enhanced:
                 task = convert.enhance_task(job, now=_now())
                 await store.insert_outbox(
@@ -206,10 +206,15 @@ class JobsCore:
             elif self.dispatcher is not None:
                 # To a waiting worker at once, or in line for the dispatcher.
                 sent = await self.dispatcher.dispatch_new(conn, row, active)
-        if sent:
-            self.dispatcher.on_dispatched()
-        self._wake_dispatch()
+        if sent is not None:
+            await self.dispatcher.publish_now(sent)
+        else:
+            self._wake_dispatch()
         log.info("job %s created (%s, %s)", job.id, job.job_type, convert.state_name(job.state))
+        if sent is not None:  # on the queue already, for the worker that waits
+            job.queue.CopyFrom(job_pb2.QueueEstimate(dispatched=True))
+            job.queue.estimated_start_time.FromDatetime(_now())
+            return job, False
         return await self._with_queue(job), False
 
     async def rerun(
