@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 
 from ourvidz import db, keys
@@ -66,6 +67,24 @@ def write_keys(folder: Path) -> dict[str, str]:
     }
 
 
+# The session's servers once `infra` started them.
+_STARTED: list[Embedded] = []
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _no_jobs_left_active():
+    """After each test package, the jobs it left queued or running end: the
+    database is shared, and a later package's Jobs service would otherwise
+    dispatch them to its own workers (a test's video at 832×480 on a CPU)."""
+    yield
+    if _STARTED:
+        with psycopg.connect(_STARTED[0].database_url) as conn:
+            conn.execute(
+                "UPDATE jobs.jobs SET state = 'cancelled', completed_at = now() "
+                "WHERE state IN ('queued', 'enhancing', 'running')"
+            )
+
+
 @pytest.fixture(scope="session")
 def infra():
     """URLs of the real servers for this test session."""
@@ -84,6 +103,7 @@ def infra():
         emb.nats_url = os.environ.get("NATS_URL") or start_nats(tmp / "nats", emb)
         emb.s3_endpoint = os.environ.get("S3_ENDPOINT") or start_s3(emb)
         db.prepare(emb.database_url, ROLE_PASSWORDS, migration_folders())
+        _STARTED.append(emb)
         yield emb
     finally:
         emb.stop()
