@@ -334,6 +334,14 @@ class JobTypeOut(BaseModel):
     accepts_reference: bool
     fps: int = 0
     notes: str = ""
+    # Whether a job of this type can run now: its worker family has a worker
+    # with its model loaded (and, for an enhanced type, the enhancer serves).
+    # An unavailable type can still be submitted: its job waits in the queue.
+    available: bool
+    unavailable_reason: str | None = Field(
+        description="Why the type cannot run now (null when available), "
+        "e.g. 'the wan worker is still loading its model'."
+    )
 
 
 class JobTypesOut(BaseModel):

@@ -76,7 +76,22 @@ class FakeJobs(job_service_pb2_grpc.JobServiceServicer):
                     content_type="image/png",
                     expected_seconds=5,
                     accepts_reference=True,
-                )
+                ),
+                job_pb2.JobType(
+                    name="video7b_fast_enhanced",
+                    worker="wan",
+                    output="video",
+                    quality="fast",
+                    enhanced=True,
+                    steps=25,
+                    default_width=832,
+                    default_height=480,
+                    size_multiple=16,
+                    default_num_frames=33,
+                    bucket="video7b-fast-enhanced",
+                    content_type="video/mp4",
+                    expected_seconds=120,
+                ),
             ]
         )
 

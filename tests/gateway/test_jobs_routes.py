@@ -39,9 +39,10 @@ JOB_KEYS = {
 async def test_job_types(client, user_token):
     r = await client.get("/v1/job-types", headers=auth(user_token[1]))
     assert r.status_code == 200
-    (jt,) = r.json()["items"]
+    jt, video = r.json()["items"]
     assert jt["name"] == "sdxl_image_fast"
     assert jt["allowed_num_images"] == [1, 3, 6]
+    assert video["name"] == "video7b_fast_enhanced" and video["enhanced"] is True
 
 
 async def test_create_job_forwards_token_idempotency_key_and_active_session(

@@ -24,7 +24,8 @@ async def test_readyz_ready_when_database_and_services_serve(client):
     r = await client.get("/readyz")
     assert r.status_code == 200, r.text
     assert r.json()["checks"] == {"database": "ok", "jobs": "SERVING", "workspace": "SERVING"}
-    assert r.json()["optional"] == {"enhancer": "SERVING"}
+    assert r.json()["optional"]["enhancer"] == "SERVING"
+    assert r.json()["optional"]["workers"].keys() == {"sdxl", "wan"}
 
 
 async def test_readyz_names_the_part_that_is_down(base_env, fakes):

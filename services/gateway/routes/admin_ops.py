@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from nats.js.errors import NotFoundError
 
 from ourvidz import queue, registry
+from services.gateway import workers as workers_view
 from services.gateway.deps import AdminDep, gateway
 from services.gateway.models import QueuesOut, WorkersOut
 
@@ -30,8 +31,6 @@ QUEUES = (
     ),
     ("enhance", "", queue.ENHANCE_SUBJECT, queue.ENHANCE_CONSUMER),
 )
-# A worker whose card is older than this many heartbeats has stopped beating.
-STALE_BEATS = 3
 
 
 def _jetstream(gw):
@@ -89,8 +88,7 @@ async def queues(caller: AdminDep, gw=Depends(gateway)) -> dict:
 def verdict(card: dict, now: float) -> str:
     """healthy | starting (model not loaded yet) | stale (missed heartbeats) |
     failing (more failed jobs than completed ones)."""
-    beat = float(card.get("heartbeat_seconds") or registry.HEARTBEAT_SECONDS)
-    if now - float(card.get("last_seen") or 0) > STALE_BEATS * beat:
+    if workers_view.is_stale(card, now):
         return "stale"
     if not card.get("ready"):
         return "starting"

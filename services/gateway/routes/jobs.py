@@ -3,6 +3,7 @@ watching jobs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from ourvidz.errors import InvalidArgument, NotFound
 from ourvidz.v1 import job_pb2, job_service_pb2, workspace_service_pb2
-from services.gateway import mapping, sse
+from services.gateway import mapping, sse, workers
 from services.gateway.deps import CallerDep, gateway, resource_id
 from services.gateway.models import (
     INT64_MAX,
@@ -35,10 +36,22 @@ TERMINAL_EVENTS = ("completed", "failed", "cancelled")
 
 @router.get("/v1/job-types", response_model=JobTypesOut)
 async def job_types(caller: CallerDep, gw=Depends(gateway)) -> dict:
-    reply = await gw.backends.call(
-        gw.backends.jobs.ListJobTypes, job_service_pb2.ListJobTypesRequest(), caller.token
+    """The whole catalog; each type says whether it can run now and, if not,
+    why (its worker family is not ready, or the enhancer it needs is down)."""
+    reply, states, optional = await asyncio.gather(
+        gw.backends.call(
+            gw.backends.jobs.ListJobTypes, job_service_pb2.ListJobTypesRequest(), caller.token
+        ),
+        workers.family_states(gw.nats),
+        gw.backends.optional_health(),
     )
-    return {"items": [mapping.job_type(t) for t in reply.job_types]}
+    items = []
+    for t in reply.job_types:
+        reason = workers.unavailable_reason(t.worker, t.enhanced, states, optional["enhancer"])
+        items.append(
+            {**mapping.job_type(t), "available": reason is None, "unavailable_reason": reason}
+        )
+    return {"items": items}
 
 
 @router.post(

@@ -1,5 +1,6 @@
 """/healthz (the process answers) and /readyz (it can serve: database and
-backing services up). Prometheus metrics are not served here, on the public
+backing services up; the optional ones, the enhancer and each worker
+family's state (services.gateway.workers), are reported without counting). Prometheus metrics are not served here, on the public
 port, but on the internal metrics port (METRICS_PORT, ourvidz.metrics)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import logging
 
 from fastapi import APIRouter, Depends
 
+from services.gateway import workers
 from services.gateway.deps import gateway
 from services.gateway.models import problem_responses
 from services.gateway.problems import problem
@@ -28,6 +30,8 @@ async def readyz(gw=Depends(gateway)):
     checks = {"database": await _database(gw)}
     checks.update(await gw.backends.health())
     optional = await gw.backends.optional_health()
+    # A gateway serves without workers: jobs wait in the queue for them.
+    optional["workers"] = await workers.family_states(gw.nats)
     down = [name for name, status in checks.items() if status not in ("ok", "SERVING")]
     if down:
         return problem(
