@@ -25,7 +25,9 @@ What it does, in order:
    own database URL (<NAME>_DATABASE_URL), never the owner's; the signing key
    reaches the gateway alone, each worker its own key, and the model workers no
    database credentials;
-6. says so when the gateway answers `/readyz`.
+6. says so when the gateway answers `/readyz` and reports every model worker
+   it started (sdxl, wan) ready, that is with its model loaded; until then it
+   says what it waits for (at once when that changes, then every 30 s).
 
 On Ctrl-C or SIGTERM — to this process or to its whole process group — it
 stops the services in reverse order, then the embedded servers: those run in
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import logging
 import os
 import secrets
@@ -51,7 +54,7 @@ import threading
 import time
 import urllib.request
 import warnings
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 from ourvidz.db import SERVICE_ROLE, own_database_env
@@ -82,7 +85,8 @@ WORKER_KEYED = ("sdxl", "wan", "enhancer")
 WORKER_KEY_VARS = ("WORKER_KEY", "WORKER_KEY_FILE")
 # The model workers reach PostgreSQL through Jobs only: no database URL or
 # password, and they sign no URLs.
-NO_DATABASE = ("sdxl", "wan")
+MODEL_WORKERS = ("sdxl", "wan")
+NO_DATABASE = MODEL_WORKERS
 DATABASE_PREFIXES = ("DATABASE_", "DB_")
 URL_SIGNING_VARS = ("STORAGE_SIGNING_KEY",)
 # The enhancer stores no blobs: no storage credentials.
@@ -347,26 +351,60 @@ def service_specs(
 # --- readiness --------------------------------------------------------------------------------
 
 
-def http_ok(url: str) -> bool:
+def readyz_body(url: str) -> dict | None:
+    """The JSON body of a 200 answer from `url`; None for anything else."""
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
+            body = json.loads(resp.read() or b"{}") if resp.status == 200 else None
     except (OSError, ValueError):
-        return False
+        return None
+    return body if isinstance(body, dict) else {}
+
+
+def waiting_for(body: dict | None, families: Iterable[str]) -> list[str]:
+    """What the stack still waits for, given /readyz's answer (None: not 200):
+    the gateway, or each model worker family not "ready" in optional.workers."""
+    if body is None:
+        return ["the gateway's /readyz"]
+    states = (body.get("optional") or {}).get("workers") or {}
+    out = []
+    for family in families:
+        state = states.get(family, "unknown")
+        if state == "ready":
+            continue
+        if state == "loading":
+            out.append(f"the {family} worker to load its model")
+        elif state == "none":
+            out.append(f"the {family} worker to start")
+        else:
+            out.append(f"the gateway to see the {family} worker (worker registry: {state})")
+    return out
 
 
 def announce_when_ready(
-    url: str, started: float, stop: threading.Event, check: Callable[[str], bool] = http_ok
+    url: str,
+    started: float,
+    stop: threading.Event,
+    families: Iterable[str] = (),
+    check: Callable[[str], dict | None] = readyz_body,
+    note_seconds: float = 30.0,
 ) -> None:
-    """Poll `<url>/readyz` until it answers 200, then say where to go."""
+    """Poll `<url>/readyz` until it answers 200 and every worker family in
+    `families` (the model workers `up` started) is ready, then say where to
+    go. Meanwhile say what it waits for: at once when that changes, then
+    every `note_seconds`."""
+    families = tuple(families)
+    said: list[str] = []
     last_note = time.monotonic()
     while not stop.is_set():
-        if check(url + "/readyz"):
+        waiting = waiting_for(check(url + "/readyz"), families)
+        if not waiting:
             log.info("ourvidz is serving on %s (ready in %.0f s)", url, time.monotonic() - started)
             return
-        if time.monotonic() - last_note > 30:
-            log.info("still waiting for %s/readyz ...", url)
-            last_note = time.monotonic()
+        if waiting != said or time.monotonic() - last_note > note_seconds:
+            if said or waiting != ["the gateway's /readyz"]:
+                log.info("waiting for %s ...", ", ".join(waiting))
+            said, last_note = waiting, time.monotonic()
         stop.wait(0.5)
 
 
@@ -457,9 +495,11 @@ def run(root: Path = ROOT, environ: MutableMapping[str, str] | None = None) -> i
             if "gateway" not in services:
                 log.warning("no services/gateway yet: nothing serves HTTP on %s:%d", host, port)
             else:
+                # "serving" once the model workers it started can generate.
+                families = [name for name in services if name in MODEL_WORKERS]
                 threading.Thread(
                     target=announce_when_ready,
-                    args=(f"http://{host}:{port}", started, stop_polling),
+                    args=(f"http://{host}:{port}", started, stop_polling, families),
                     daemon=True,
                 ).start()
 

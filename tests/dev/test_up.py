@@ -247,16 +247,50 @@ def test_a_taken_gateway_port_fails_before_anything_starts(tmp_path: Path):
 
 
 def test_announces_once_ready():
-    answers = iter([False, False, True])
+    answers = iter([None, None, {"status": "ready"}])
     stop = threading.Event()
     seen: list[str] = []
 
-    def check(url: str) -> bool:
+    def check(url: str) -> dict | None:
         seen.append(url)
         return next(answers)
 
     up.announce_when_ready("http://127.0.0.1:1", 0.0, stop, check=check)
     assert seen == ["http://127.0.0.1:1/readyz"] * 3
+
+
+def workers_ready(**states: str) -> dict:
+    return {"status": "ready", "optional": {"workers": states}}
+
+
+def test_announces_once_the_started_workers_are_ready(caplog):
+    answers = iter(
+        [
+            None,
+            workers_ready(sdxl="unknown", wan="none"),
+            workers_ready(sdxl="loading", wan="loading"),
+            workers_ready(sdxl="ready", wan="loading"),
+            workers_ready(sdxl="ready", wan="loading"),
+            workers_ready(sdxl="ready", wan="ready"),
+        ]
+    )
+    caplog.set_level("INFO", logger=up.log.name)
+    up.announce_when_ready(
+        "http://127.0.0.1:1", 0.0, threading.Event(), ["sdxl", "wan"], check=lambda _: next(answers)
+    )
+    assert [r.getMessage() for r in caplog.records if r.name == up.log.name][:-1] == [
+        "waiting for the gateway to see the sdxl worker (worker registry: unknown), "
+        "the wan worker to start ...",
+        "waiting for the sdxl worker to load its model, the wan worker to load its model ...",
+        "waiting for the wan worker to load its model ...",
+    ]
+    assert caplog.records[-1].getMessage().startswith("ourvidz is serving on http://127.0.0.1:1")
+
+
+def test_waits_for_no_worker_it_did_not_start():
+    assert up.waiting_for(workers_ready(sdxl="ready", wan="none"), ["sdxl"]) == []
+    assert up.waiting_for({"status": "ready"}, []) == []
+    assert up.waiting_for(None, []) == ["the gateway's /readyz"]
 
 
 # --- a whole run -------------------------------------------------------------------------------
@@ -269,13 +303,20 @@ print("jobs listening", flush=True)
 time.sleep(300)
 """
 
+# The gateway's stand-in: ready, with its sdxl worker "loading" until
+# READY_FILE (when set) exists.
 GATEWAY = """
 import http.server, json, os
 open(os.environ["PIDS_FILE"], "a").write(f"{os.getpid()}\\n")
 open(os.environ["ENV_FILE"], "w").write(json.dumps(dict(os.environ)))
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(200 if self.path == "/readyz" else 404); self.end_headers()
+        if self.path != "/readyz":
+            self.send_response(404); self.end_headers(); return
+        flag = os.environ.get("READY_FILE")
+        sdxl = "ready" if not flag or os.path.exists(flag) else "loading"
+        body = json.dumps({"status": "ready", "optional": {"workers": {"sdxl": sdxl}}}).encode()
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
 http.server.HTTPServer((os.environ["GATEWAY_HOST"], int(os.environ["GATEWAY_PORT"])), H).serve_forever()
 """
@@ -308,7 +349,7 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
         sock.bind(("127.0.0.1", 0))
         gateway_port = sock.getsockname()[1]
     pids_file, env_file = tmp_path / "pids", tmp_path / "env.json"
-    worker_env_file = tmp_path / "worker-env.json"
+    worker_env_file, ready_file = tmp_path / "worker-env.json", tmp_path / "sdxl-ready"
     env = {
         **{
             k: v
@@ -324,6 +365,7 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
         "PIDS_FILE": str(pids_file),
         "ENV_FILE": str(env_file),
         "WORKER_ENV_FILE": str(worker_env_file),
+        "READY_FILE": str(ready_file),
         "OURVIDZ_BOOTSTRAP_ADMINS": "nobody-up@example.com",
     }
     proc = subprocess.Popen(
@@ -340,9 +382,20 @@ def test_up_runs_the_services_and_stops_them_on_ctrl_c(tmp_path: Path, infra):
     )
     reader.start()
     try:
+        # The gateway answers, but its sdxl worker has not loaded its model: not serving yet.
+        assert wait_until(
+            lambda: (
+                any("waiting for the sdxl worker to load its model" in ln for ln in lines)
+                or proc.poll() is not None
+            ),
+            timeout=90,
+        ), "".join(lines)
+        assert proc.poll() is None, "".join(lines)
+        assert not any("ourvidz is serving on" in ln for ln in lines), "".join(lines)
+        ready_file.touch()
         assert wait_until(
             lambda: any("ourvidz is serving on" in ln for ln in lines) or proc.poll() is not None,
-            timeout=90,
+            timeout=30,
         ), "".join(lines)
         assert proc.poll() is None, "".join(lines)
         assert wait_until(lambda: len(read_pids(pids_file)) == 3, timeout=30)
