@@ -22,15 +22,22 @@ function byQualityThenEnhanced(a, b) {
   return rank(a) - rank(b) || a.worker.localeCompare(b.worker);
 }
 
+/** A type that cannot run now stays selectable (its job waits in the queue);
+ * its option says so in words, its reason in the hint under the picker. */
 function typeSelect(types) {
   const select = h("select", { name: "job_type" });
   for (const [output, title] of GROUPS) {
     const group = h("optgroup", { label: title });
     for (const t of types.filter((x) => x.output === output).sort(byQualityThenEnhanced)) {
-      group.append(h("option", { value: t.name }, typeLabel(t)));
+      const label = t.available === false ? `${typeLabel(t)} — not available now` : typeLabel(t);
+      group.append(h("option", { value: t.name, title: t.unavailable_reason || "" }, label));
     }
     if (group.children.length) select.append(group);
   }
+  // Start on a type that can run now, when there is one.
+  const ready = types.filter((t) => t.available !== false).map((t) => t.name);
+  const first = [...select.options].find((o) => ready.includes(o.value));
+  if (first) select.value = first.value;
   return select;
 }
 
@@ -89,7 +96,9 @@ export function createForm({ types, onSubmit }) {
   /** Show the controls the chosen type takes, with its sizes and defaults. */
   function applyType() {
     const t = byName[jobType.value];
-    typeHint.textContent = [`Expected time ${formatSeconds(t.expected_seconds)}.`, t.notes].filter(Boolean).join(" ");
+    const unavailable = t.available === false && `Not available now: ${t.unavailable_reason}; a job waits in the queue until it is.`;
+    typeHint.textContent = [unavailable, `Expected time ${formatSeconds(t.expected_seconds)}.`, t.notes].filter(Boolean).join(" ");
+    typeHint.classList.toggle("warn", Boolean(unavailable));
     const multi = t.allowed_num_images.length > 1;
     fields.quantity.hidden = !multi;
     quantity.replaceChildren(...options(t.allowed_num_images, Number(quantity.value) || 1));
