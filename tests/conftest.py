@@ -71,13 +71,15 @@ def write_keys(folder: Path) -> dict[str, str]:
 _STARTED: list[Embedded] = []
 
 
-@pytest.fixture(scope="package", autouse=True)
-def _no_jobs_left_active():
-    """After each test package, the jobs it left queued or running end: the
-    database is shared, and a later package's Jobs service would otherwise
-    dispatch them to its own workers (a test's video at 832×480 on a CPU)."""
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test of each test folder (its stacks stopped), the jobs
+    it left queued or running end: the database is shared, and a later
+    folder's Jobs service would otherwise dispatch them to its own workers
+    (a generated test's video at 832×480 on a CPU)."""
     yield
-    if _STARTED:
+    # (After the last test of all, nothing follows: the servers are gone too.)
+    if _STARTED and nextitem is not None and nextitem.path.parent != item.path.parent:
         with psycopg.connect(_STARTED[0].database_url) as conn:
             conn.execute(
                 "UPDATE jobs.jobs SET state = 'cancelled', completed_at = now() "
