@@ -32,7 +32,9 @@ async def take_tasks(
 ) -> list[queue_pb2.GenerationTask]:
     """The tasks of `job_ids`, as Jobs publishes them to a waiting worker of
     `family`, taken off the queue (acked), in the order of `job_ids`. Tasks
-    of other jobs met on the way are acked too."""
+    of other jobs met on the way are acked too. The family's consumer is
+    declared as its workers declare it, where none did yet."""
+    await queue.declare_task_consumer(js, queue.family_subject(family), queue.consumer_name(family))
     sub = await js.pull_subscribe_bind(
         durable=queue.consumer_name(family), stream=queue.TASKS_STREAM
     )

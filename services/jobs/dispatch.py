@@ -273,10 +273,15 @@ class Dispatcher(Background):
         family = self._family_of.get(row["job_type"])
         if family is None or not self._line_empty[family.name]:
             return None
-        cap = self.capacity[family.name]
+        if self.capacity[family.name].idle <= self.capacity[family.name].pending:
+            return None  # no worker waited at the last look: no need to ask again
+        await store.lock_dispatch(conn, family.name)
+        try:
+            cap = await self._capacity(family)  # the snapshot may be half a second old
+        except Exception:  # NATS slow or away: the job waits in line for a pass
+            return None
         if cap.idle <= cap.pending:
             return None
-        await store.lock_dispatch(conn, family.name)
         user = str(row["user_id"])
         if 0 < self.settings.per_user <= user_active:
             flying = await store.in_flight_by_user(conn, family.types, [user])

@@ -26,6 +26,7 @@ from tests.enhancer.conftest import (
     restore_default_templates,
     user_md,
 )
+from tests.queue_helpers import take_tasks
 
 ACK_WAIT = 1.0
 
@@ -255,6 +256,8 @@ async def test_an_enhanced_job_is_one_trace_through_the_stage(mesh):
         with telemetry.tracer("client").start_as_current_span("client") as client:
             job = await mesh.create(md, "image7b_fast_enhanced", "a heron in the reeds")
         await mesh.until_queued(md, job.id)
+        # A worker of the family waits: Jobs publishes the generation task.
+        await take_tasks(mesh.js, "wan", [job.id])
         trace_id = client.get_span_context().trace_id
 
         def generation_task_published() -> list:
