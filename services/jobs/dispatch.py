@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 TYPICAL_OF_LAST = 20
 # How long a measured typical duration is reused before it is read again.
 TYPICAL_CACHE_SECONDS = 10.0
+# How long a submit asks JetStream for its family's waiting workers.
+FRESH_LOOK_SECONDS = 0.25
 # How often a pass counts each family's jobs not yet started (the metric
 # `ourvidz_jobs_waiting`), off the path of a pass woken by a new job.
 WAITING_EVERY_SECONDS = 2.0
@@ -160,6 +162,8 @@ class Dispatcher(Background):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database or NATS is away: the next pass retries
+                # Room unknown: a submit does not look for a waiting worker.
+                self.capacity = {name: Capacity() for name in self.families}
                 if not self._failing:
                     log.warning("dispatch failed (%s: %s); retrying", type(exc).__name__, exc)
                 self._failing = True
@@ -182,10 +186,10 @@ class Dispatcher(Background):
 
     # --- one family ----------------------------------------------------------------
 
-    async def _capacity(self, family: Family) -> Capacity:
+    async def _capacity(self, family: Family, wait_seconds: float = 2.0) -> Capacity:
         try:
             info = await self._js.consumer_info(
-                queue.TASKS_STREAM, queue.consumer_name(family.name), timeout=2.0
+                queue.TASKS_STREAM, queue.consumer_name(family.name), timeout=wait_seconds
             )
         except NotFoundError:  # no worker of this family ever started
             cap = Capacity(at=time.monotonic())
@@ -277,7 +281,8 @@ class Dispatcher(Background):
             return None  # no worker waited at the last look: no need to ask again
         await store.lock_dispatch(conn, family.name)
         try:
-            cap = await self._capacity(family)  # the snapshot may be half a second old
+            # The snapshot may be half a second old; a submit waits little for this.
+            cap = await self._capacity(family, wait_seconds=FRESH_LOOK_SECONDS)
         except Exception:  # NATS slow or away: the job waits in line for a pass
             return None
         if cap.idle <= cap.pending:
