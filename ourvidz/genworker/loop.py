@@ -1,6 +1,12 @@
 """The JetStream loop every generation worker runs; a model family supplies
 only its render and outputs (`Family`).
 
+Every worker of a family shares its one durable consumer (`sdxl`, `wan`: both
+priorities) and waits for work in one long pull request: Jobs publishes a
+task only when a worker has room, in the order it chose (fast before high,
+users in turn; services/jobs/dispatch.py), so a task reaches a waiting
+worker at once.
+
 Per message: parse the `GenerationTask`, `StartJob` (Jobs counts the attempt,
 or says not to proceed: the job was cancelled, finished or out of attempts),
 render while two heartbeats run (`in_progress` keeps the message ours,
