@@ -87,7 +87,8 @@ def _assert_api_answers(tally: Tally) -> None:
 
 
 async def _worker_job(proc, port: int, tokens: TokenSource) -> str:
-    """The job a worker holds now ("" when none or when it does not answer)."""
+    """The job a worker holds now, the first of a batch ("" when none or when
+    it does not answer)."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
             info = await worker_service_pb2_grpc.WorkerServiceStub(channel).GetWorkerInfo(
@@ -95,7 +96,8 @@ async def _worker_job(proc, port: int, tokens: TokenSource) -> str:
             )
         except grpc.aio.AioRpcError:
             return ""
-    return info.current_job_id if info.ready else ""
+    # A batch's jobs are listed comma-separated; they share one render.
+    return info.current_job_id.split(",")[0] if info.ready else ""
 
 
 async def test_workers_killed_mid_render_and_at_the_upload(cluster, http, users):
