@@ -46,4 +46,7 @@ async def test_another_users_first_job_starts_before_a_backlog_is_done(http):
         for job in ended
         if parse_time(job["started_at"]) >= b_came and parse_time(job["completed_at"]) <= b_start
     ]
-    assert len(ahead) <= JobsSettings.model_fields["jobs_max_running_per_user"].default
+    # One more may go out while B's submit has not committed yet (its
+    # created_at is the start of that transaction).
+    limit = JobsSettings.model_fields["jobs_max_running_per_user"].default
+    assert len(ahead) <= limit + 1
