@@ -246,7 +246,7 @@ class Dispatcher(Background):
         msg_id = f"{lead['id']}:{uuid.uuid4().hex[:12]}"
         tasks = [convert.generation_task(convert.job_proto(row), now=now) for row in group]
         if len(group) == 1:
-            subject, payload, headers = store_subject(lead), tasks[0].SerializeToString(), {}
+            subject, payload, headers = task_subject(lead), tasks[0].SerializeToString(), {}
             batch_id = None
         else:
             subject, payload, headers = queue.batch_message(tasks)
@@ -337,8 +337,13 @@ class Dispatcher(Background):
         return value
 
 
-def store_subject(row: dict) -> str:
-    return queue.job_task_subject(catalog.CATALOG[row["job_type"]].subject, str(row["id"]))
+def task_subject(row: dict) -> str:
+    """The subject a dispatched job's generation task was published on: its
+    family and priority, then its own id or, for a member of a batch, the
+    batch's (`tasks.sdxl.fast.<id>`), so JetStream can be asked whether it
+    holds the task."""
+    task_id = row.get("batch_id") or row["id"]
+    return queue.job_task_subject(catalog.CATALOG[row["job_type"]].subject, str(task_id))
 
 
 def expected_wait(position: int, cap: Capacity, typical: float) -> float:

@@ -27,7 +27,7 @@ from ourvidz.settings import CatalogLimits
 from ourvidz.storage import BlobStore, check_location
 from ourvidz.v1 import job_pb2
 from services.jobs import convert, domain, store
-from services.jobs.dispatch import Dispatcher
+from services.jobs.dispatch import Dispatcher, task_subject
 from services.jobs.uploads import UploadResolver
 
 log = logging.getLogger(__name__)
@@ -689,15 +689,6 @@ class JobsCore:
             # has none: the job keeps the trace it was created in).
             changes["trace_headers"] = Jsonb(carried)
         return await self._apply(conn, row, changes, [Emit("state")])
-
-
-def task_subject(row: dict) -> str:
-    """The subject a dispatched job's generation task was published on: its
-    family and priority, then its own id or, for a member of a batch, the
-    batch's (`tasks.sdxl.fast.<id>`), so JetStream can be asked whether it
-    holds the task."""
-    task_id = row.get("batch_id") or row["id"]
-    return queue.job_task_subject(catalog.CATALOG[row["job_type"]].subject, str(task_id))
 
 
 def _job_row(
