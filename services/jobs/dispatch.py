@@ -104,6 +104,17 @@ class Family:
     fast: list[str]
 
 
+@dataclass(frozen=True)
+class Look:
+    """A submit's question to JetStream about its family's waiting workers,
+    asked before its transaction (`Dispatcher.look_ahead`)."""
+
+    family: Family
+    task: asyncio.Future
+    # The dispatcher's count of passes that published, when it was asked.
+    published: int
+
+
 def families() -> list[Family]:
     by_worker: dict[str, list[catalog.JobType]] = {}
     for jt in catalog.CATALOG.values():
@@ -145,6 +156,9 @@ class Dispatcher(Background):
         self._line_empty: dict[str, bool] = {name: False for name in self.families}
         self._waiting_counted_at = -WAITING_EVERY_SECONDS
         self._failing = False
+        # Passes that wrote tasks: a submit's early look at the workers taken
+        # before one of them is stale.
+        self._published = 0
 
     # --- running -----------------------------------------------------------------
 
@@ -218,7 +232,10 @@ class Dispatcher(Background):
             unpublished = await store.outbox_tasks(conn, family.name)
             slots = cap.idle + s.prefetch * cap.busy - cap.pending - unpublished
             if slots <= 0:
-                self._line_empty[family.name] = False  # not looked at
+                # No room now (e.g. a worker between its last task's ack and
+                # its next pull): a job submitted next may still go out at
+                # once if none waits before it.
+                self._line_empty[family.name] = not await store.any_waiting(conn, family.types)
                 return 0
             budget = s.batch_images if s.batch_images > 1 else 0
             per_user = slots + budget
@@ -235,6 +252,7 @@ class Dispatcher(Background):
             now = datetime.now(UTC)
             for group in groups:
                 await self._publish(conn, group, now)
+            self._published += bool(groups)
         if groups:
             log.debug("dispatched %d task(s) of %s", len(groups), family.name)
         return len(groups)
@@ -263,7 +281,22 @@ class Dispatcher(Background):
             "trace_headers": trace,
         }
 
-    async def dispatch_new(self, conn, row: dict, user_active: int) -> dict | None:
+    def look_ahead(self, job_type: str) -> Look | None:
+        """For a job about to be queued: when its family's line is empty (it
+        may go out at once, `dispatch_new`), start asking JetStream for the
+        family's waiting workers now, so the answer is in by the time the
+        submit's transaction wants it. None when the job will wait in line."""
+        family = self._family_of.get(job_type)
+        if family is None or not self._line_empty[family.name]:
+            return None
+        task = asyncio.ensure_future(self._capacity(family, wait_seconds=FRESH_LOOK_SECONDS))
+        # An answer that failed is never awaited by a submit that gave up.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return Look(family, task, self._published)
+
+    async def dispatch_new(
+        self, conn, row: dict, user_active: int, look: Look | None = None
+    ) -> dict | None:
         """In the transaction that queues the job `row`: publish it at once
         (through the outbox) when a worker of its family waits and no other
         job waits in line, the path of a job submitted to an idle family,
@@ -272,17 +305,21 @@ class Dispatcher(Background):
         otherwise.
         `user_active`: the user's jobs active before this one (of any family;
         under the concurrency limit, its jobs in flight need no count).
+        `look`: the family's waiting workers, asked for before the
+        transaction (`look_ahead`); used unless a pass of this replica
+        published since it was asked (then asked again).
         The family's lock is held to the end of the transaction, so a pass
         counts this task (or waits for it)."""
         family = self._family_of.get(row["job_type"])
         if family is None or not self._line_empty[family.name]:
             return None
-        if self.capacity[family.name].idle <= self.capacity[family.name].pending:
-            return None  # no worker waited at the last look: no need to ask again
         await store.lock_dispatch(conn, family.name)
         try:
-            # The snapshot may be half a second old; a submit waits little for this.
-            cap = await self._capacity(family, wait_seconds=FRESH_LOOK_SECONDS)
+            if look is not None and look.family is family and look.published == self._published:
+                cap = await look.task
+            else:
+                # The snapshot may be half a second old; a submit waits little for this.
+                cap = await self._capacity(family, wait_seconds=FRESH_LOOK_SECONDS)
         except Exception:  # NATS slow or away: the job waits in line for a pass
             return None
         if cap.idle <= cap.pending:

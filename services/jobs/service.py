@@ -177,6 +177,9 @@ class JobsCore:
                 valid, reference=replace(valid.reference, bucket=where.bucket, key=where.key)
             )
 
+        look = None
+        if self.dispatcher is not None and not valid.job_type.enhanced:
+            look = self.dispatcher.look_ahead(valid.job_type.name)
         async with self.db.tx(user_id=user_id) as conn:
             await store.lock_user(conn, user_id)
             if request_id:
@@ -205,7 +208,7 @@ class JobsCore:
                 )
             elif self.dispatcher is not None:
                 # To a waiting worker at once, or in line for the dispatcher.
-                sent = await self.dispatcher.dispatch_new(conn, row, active)
+                sent = await self.dispatcher.dispatch_new(conn, row, active, look)
         if sent is not None:
             await self.dispatcher.publish_now(sent)
         else:

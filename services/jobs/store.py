@@ -320,6 +320,14 @@ async def lock_dispatch(conn: AsyncConnection, family: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 11))", (family,))
 
 
+async def any_waiting(conn: AsyncConnection, types: list[str]) -> bool:
+    """Whether a job of these types waits in Jobs (queued, not yet dispatched)."""
+    cur = await conn.execute(
+        f"SELECT EXISTS (SELECT 1 FROM jobs.jobs WHERE {_WAITING}) AS found", {"types": types}
+    )
+    return (await cur.fetchone())["found"]
+
+
 async def dispatch_candidates(
     conn: AsyncConnection, types: list[str], fast: list[str], head_start: float, per_user: int
 ) -> list[dict]:
