@@ -14,6 +14,7 @@ this (a superuser, BYPASSRLS, or the tables' owner).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -76,11 +77,9 @@ class Database:
             open=False,
             name=name,
             timeout=timeout,
-            kwargs={"row_factory": dict_row, "autocommit": False},
-            # Each connection is checked as it is handed out (an empty query,
-            # one round trip): after PostgreSQL restarts, a pooled connection
-            # to the old server is replaced instead of failing a request.
-            check=AsyncConnectionPool.check_connection,
+            # Autocommit: `tx` opens its transaction itself, in the round trip
+            # that sets the caller (psycopg would send BEGIN on its own first).
+            kwargs={"row_factory": dict_row, "autocommit": True},
             # A pool opened without waiting (the gateway, which serves while
             # PostgreSQL is away) checks each new connection's login instead:
             # a privileged one is discarded, never handed out.
@@ -108,15 +107,55 @@ class Database:
     ) -> AsyncIterator[psycopg.AsyncConnection]:
         """A transaction scoped to a caller. `role` is "user", "worker",
         "admin" or "system" (the service acting for itself); the database
-        refuses a role not granted to the service's login role."""
-        async with self.pool.connection() as conn, conn.transaction():
-            await act_as(conn, user_id or "", role)
+        refuses a role not granted to the service's login role. Committed
+        when the block ends, rolled back when it raises."""
+        async with self._begin(user_id or "", role) as conn:
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):  # a broken connection is discarded
+                    await conn.rollback()
+                raise
+            await conn.commit()
+
+    @asynccontextmanager
+    async def _begin(self, user_id: str, role: str) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pooled connection in a new transaction that acts for the caller:
+        BEGIN and the caller's settings in one round trip."""
+        begin = _BEGIN.format(sql.Literal(user_id), sql.Literal(role))
+        async with self._pooled(begin) as conn:
             yield conn
 
     @asynccontextmanager
+    async def _pooled(self, first: sql.Composable) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pooled connection that has run `first`. One found broken there
+        (PostgreSQL restarted since it was opened) is discarded and the next
+        one tried, so a restart fails no request once the server is back; no
+        separate check costs a round trip."""
+        tries = self.pool.max_size + 1
+        for attempt in range(1, tries + 1):
+            async with self.pool.connection() as conn:
+                try:
+                    await conn.execute(first)
+                except psycopg.OperationalError:
+                    if not conn.broken or attempt == tries:
+                        raise
+                    log.info("a pooled database connection was broken; trying another")
+                    continue
+                yield conn
+                return
+
+    @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        async with self.pool.connection() as conn:
+        """A pooled connection that answered (autocommit: each statement
+        stands alone)."""
+        async with self._pooled(sql.SQL("")) as conn:
             yield conn
+
+
+_BEGIN = sql.SQL(
+    "BEGIN; SELECT set_config('app.user_id', {}, true), set_config('app.role', {}, true)"
+)
 
 
 async def act_as(conn: psycopg.AsyncConnection, user_id: str, role: str = "user") -> None:
