@@ -55,9 +55,12 @@ export function menuButton(text, entries, { label } = {}) {
   function open(focusIndex = 0) {
     menu.hidden = false;
     button.setAttribute("aria-expanded", "true");
-    // Kept inside the window: a menu that would stick out on the left opens to the right.
-    menu.classList.remove("menu-start");
-    if (menu.getBoundingClientRect().left < 4) menu.classList.add("menu-start");
+    // Kept inside the window: a menu that would stick out on the left opens to the right,
+    // one that would run off the foot opens upwards when there is room above.
+    menu.classList.remove("menu-start", "menu-up");
+    const rect = menu.getBoundingClientRect();
+    if (rect.left < 4) menu.classList.add("menu-start");
+    if (rect.bottom > window.innerHeight && button.getBoundingClientRect().top > rect.height) menu.classList.add("menu-up");
     document.addEventListener("pointerdown", outside, true);
     move(focusIndex);
   }
