@@ -17,13 +17,14 @@ export function menuButton(text, entries, { label } = {}) {
   const id = `menu-${++count}`;
   const button = h("button", {
     type: "button",
+    id: `${id}-button`,
     class: "menu-button",
     "aria-haspopup": "menu",
     "aria-expanded": "false",
     "aria-controls": id,
     "aria-label": label || null,
   }, text);
-  const menu = h("ul", { class: "menu", role: "menu", id, hidden: true, "aria-label": label || button.textContent.trim() });
+  const menu = h("ul", { class: "menu", role: "menu", id, hidden: true, "aria-labelledby": button.id });
   const items = entries.filter(Boolean).map((entry) => {
     const attrs = { role: "menuitem", tabindex: "-1", class: entry.class || null, dataset: entry.action ? { action: entry.action } : null };
     const item = entry.href
