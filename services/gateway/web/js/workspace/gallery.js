@@ -101,8 +101,12 @@ export function openLightbox(items, index, { typeName, focusTile }) {
       ]),
       folded("Negative prompt", item.negative_prompt));
     position.textContent = `${at + 1} of ${items.length}`;
-    download.href = item.url;
-    download.download = downloadName(item);
+    // A file whose link has run out (no URL) has nothing to download.
+    download.hidden = !item.url;
+    if (item.url) {
+      download.href = item.url;
+      download.download = downloadName(item);
+    }
     // At either end the button that cannot go further is disabled; focus on it moves to the other one.
     const focused = document.activeElement;
     prev.disabled = at === 0;

@@ -88,12 +88,17 @@ export function createResults({ actions, typeName = (name) => name }) {
       : null;
     const menu = menuButton([h("span", { "aria-hidden": "true" }, "⋯ "), "Actions"], [
       { label: "Enlarge", onselect: () => enlarge(item) },
-      { label: item.library_asset_id ? "Saved" : "Save to library", action: "save", disabled: Boolean(item.library_asset_id), onselect: () => save() },
+      {
+        label: item.library_asset_id ? "Saved" : "Save to library",
+        action: "save",
+        disabled: Boolean(item.library_asset_id),
+        onselect: () => save(),
+      },
       { label: "Run again (same seed)", onselect: () => attempt(() => actions.runAgain(item, true)) },
       { label: "Run again (new seed)", onselect: () => attempt(() => actions.runAgain(item, false)) },
       isImage ? { label: "Use as reference", onselect: () => attempt(() => actions.useAsReference(item)) } : null,
-      { label: "Compare", action: "compare", onselect: () => compare(item, menu.button) },
-      { label: "Download", href: item.url, download: downloadName(item) },
+      { label: comparing ? "Compare with the chosen one" : "Compare", action: "compare", onselect: () => compare(item, menu.button) },
+      item.url ? { label: "Download", href: item.url, download: downloadName(item) } : null,
       { label: "Delete", class: "danger", onselect: () => remove() },
     ]);
     const saveItem = menu.items.find((i) => i.dataset.action === "save");
@@ -127,7 +132,10 @@ export function createResults({ actions, typeName = (name) => name }) {
         await api.del(`/v1/workspace/items/${item.id}`);
         return true;
       }, { busy: menu.button });
-      if (!done) return;
+      if (!done) {
+        menu.button.focus();
+        return;
+      }
       const next = el.nextElementSibling || el.previousElementSibling;
       drop(item.id);
       (next?.querySelector("button") || grid.parentElement)?.focus?.();
