@@ -1,5 +1,5 @@
 """The studio with the keyboard alone: sign in, reach the prompt, generate,
-and save a result, by Tab and Enter."""
+and save a result, by Tab, Enter and the arrow keys (the result's actions menu)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,11 @@ async def test_sign_in_generate_and_save_with_the_keyboard(page, http):
 
     result = page.locator(RESULT).first
     await expect(result).to_be_visible(timeout=60_000)
-    await tab_to(
-        page, "el => el.tagName === 'BUTTON' && el.textContent.trim() === 'Save to library'"
-    )
+    await tab_to(page, "el => el.getAttribute('aria-haspopup') === 'menu'")
     await page.keyboard.press("Enter")
-    await expect(result.get_by_role("button", name="Saved")).to_be_visible(timeout=30_000)
+    await page.keyboard.press("ArrowDown")
+    await expect(result.get_by_role("menuitem", name="Save to library")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_text("Saved to your library.")).to_be_visible(timeout=30_000)
+    await page.keyboard.press("Enter")
+    await expect(result.get_by_role("menuitem", name="Saved")).to_be_disabled()

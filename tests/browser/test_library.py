@@ -1,6 +1,7 @@
 """The library in the browser: a user's kept image and video in the grid,
-filters by type and date, the viewer (the video plays), rename, download and
-delete; the empty state; the phone layout."""
+filters by type and date, the viewer (the video plays; Previous/Next; the
+job's settings and provenance), rename, download and delete, "Open in
+workspace"; the empty state; the phone layout."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import date, timedelta
 
 import httpx
 import pytest
+from playwright.async_api import expect
 
 from tests.browser.conftest import PASSWORD, create_account, shot
 
@@ -232,6 +234,12 @@ async def test_library_on_a_phone(phone_page, library_user):
     await shot(phone_page, "library-phone")
     await phone_page.get_by_role("button", name=re.compile(r"\(image\)$")).click()
     dialog = phone_page.get_by_role("dialog")
+    # The viewer, with Previous/Next in its head, fits the width.
+    await expect(dialog.get_by_role("button", name="Next")).to_be_visible()
+    assert await dialog.evaluate("d => d.scrollWidth <= d.clientWidth"), (
+        "the viewer scrolls sideways"
+    )
+    await shot(phone_page, "library-viewer-phone")
     await dialog.get_by_role("button", name="Close viewer").click()
     await dialog.wait_for(state="detached")
 
@@ -250,3 +258,91 @@ async def test_load_more_pages_through(page, library_user):
     await page.get_by_text("2 items").wait_for()
     assert await cards(page).count() == 2
     assert await page.get_by_role("button", name="Load more").is_hidden()
+
+
+async def _job(stack, email: str, job_id: str) -> dict:
+    """The job behind an asset, as its owner gets it from the API."""
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+        login = await client.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
+        token = login.json()["access_token"]
+        response = await client.get(
+            f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_viewer_steps_through_and_shows_settings_and_provenance(page, library_user, stack):
+    email, assets = library_user
+    job = await _job(stack, email, assets["image"]["job_id"])
+    await sign_in(page, email)
+    await cards(page).first.get_by_role("button").click()
+    dialog = page.get_by_role("dialog")
+    position = dialog.locator(".viewer-position")
+    await expect(position).to_have_text("1 of 2")
+    await expect(dialog.get_by_role("button", name="Previous")).to_be_disabled()
+
+    # → and ← move across the list, and so do the buttons; the media follows.
+    first_kind = "video" if await dialog.locator("video").count() else "img"
+    other_kind = "img" if first_kind == "video" else "video"
+    await page.keyboard.press("ArrowRight")
+    await expect(position).to_have_text("2 of 2")
+    await expect(dialog.locator(f".viewer-media {other_kind}")).to_have_count(1)
+    await expect(dialog.get_by_role("button", name="Next")).to_be_disabled()
+    await page.keyboard.press("ArrowLeft")
+    await expect(position).to_have_text("1 of 2")
+    await expect(dialog.locator(f".viewer-media {first_kind}")).to_have_count(1)
+    await dialog.get_by_role("button", name="Next").click()
+    await expect(position).to_have_text("2 of 2")
+    if other_kind != "img":
+        await dialog.get_by_role("button", name="Previous").click()
+    await expect(dialog.locator(".viewer-media img")).to_have_count(1)
+
+    # The image's job type by its name for people, never its id.
+    await expect(dialog).to_contain_text("SDXL image · fast")
+    await expect(dialog).not_to_contain_text("sdxl_image_fast")
+    # The settings: the seed, and the job's steps and guidance from the API.
+    meta = dialog.locator(".viewer-meta").first
+    await expect(meta).to_contain_text("Seed")
+    await expect(meta).to_contain_text(str(SDXL_JOB["seed"]))
+    settings = dialog.locator(".viewer-settings")
+    await expect(settings).to_contain_text(f"Steps{job['provenance']['steps']}")
+    await expect(settings).to_contain_text(job["provenance"]["scheduler"])
+    # The provenance, folded: the weights digest (short) with the whole one on hover.
+    provenance = dialog.locator("details.viewer-provenance")
+    await expect(provenance).not_to_have_attribute("open", "")
+    await provenance.locator("summary").click()
+    digest = job["provenance"]["weights_digest"]
+    weights = provenance.locator("code")
+    await expect(weights).to_have_text(digest[:12])
+    await expect(weights).to_have_attribute("title", digest)
+    await expect(provenance).to_contain_text(job["provenance"]["torch_version"])
+    await expect(provenance).to_contain_text(SDXL_JOB["prompt"])
+    await shot(page, "library-viewer-provenance")
+
+    # Escape closes; focus goes to the card of the item last shown (the image).
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_have_count(0)
+    focused = await page.evaluate("document.activeElement.getAttribute('aria-label')")
+    assert focused.endswith("(image)"), focused
+
+
+async def test_open_in_workspace_fills_the_form(page, library_user):
+    email, _ = library_user
+    await sign_in(page, email)
+    await page.get_by_role("button", name=re.compile(r"\(image\)$")).click()
+    dialog = page.get_by_role("dialog")
+    await dialog.get_by_role("button", name="Open in workspace").click()
+    await page.wait_for_url(re.compile(r"#/workspace$"))
+    prompt = page.get_by_label("Prompt", exact=True)
+    await expect(prompt).to_have_value(SDXL_JOB["prompt"])
+    await expect(prompt).to_be_focused()
+    await expect(page.get_by_label("Job type")).to_have_value(SDXL_JOB["job_type"])
+    await expect(page.get_by_label("Width")).to_have_value(str(SDXL_JOB["width"]))
+    await expect(page.get_by_label("Height")).to_have_value(str(SDXL_JOB["height"]))
+    await expect(page.get_by_label("Lock seed")).to_be_checked()
+    await expect(page.get_by_label("Seed", exact=True)).to_have_value(str(SDXL_JOB["seed"]))
+    # Handed over once: a reload starts from an empty form.
+    assert await page.evaluate("sessionStorage.getItem('ourvidz.reuse')") is None
+    await page.reload()
+    await expect(page.get_by_label("Prompt", exact=True)).to_have_value("")

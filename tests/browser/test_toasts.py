@@ -10,12 +10,12 @@ import uuid
 from playwright.async_api import expect
 
 from tests.browser.conftest import PASSWORD, create_account
-from tests.browser.test_workspace import RESULT, fill_job, sign_up
+from tests.browser.test_workspace import RESULT, act, fill_job, sign_up
 
 TOAST = ".toast"
-# The buttons of `tile` that something else covers (or that are off screen), at
-# their centre or near a corner (inside its rounding).
-COVERED_BUTTONS = """tile => [...tile.querySelectorAll("button")].filter((b) => {
+# The buttons shown in `tile` that something else covers (or that are off screen),
+# at their centre or near a corner (inside its rounding).
+COVERED_BUTTONS = """tile => [...tile.querySelectorAll("button")].filter((b) => b.checkVisibility()).filter((b) => {
   const r = b.getBoundingClientRect();
   const points = [[r.x + r.width / 2, r.y + r.height / 2], [r.x + 4, r.y + 4], [r.right - 4, r.y + 4],
                   [r.x + 4, r.bottom - 4], [r.right - 4, r.bottom - 4]];
@@ -97,7 +97,7 @@ async def test_info_goes_by_itself_and_leaves_the_results_buttons_usable(phone_p
     tile = page.locator(RESULT)
     await expect(tile.locator("img")).to_have_js_property("complete", True)
     await tile.evaluate("el => el.scrollIntoView({ block: 'end' })")
-    await tile.get_by_role("button", name="Save to library").click()
+    await act(tile, "Save to library")
     saved = page.locator(TOAST, has_text="Saved to your library.")
     await saved.wait_for()
     assert await tile.evaluate(COVERED_BUTTONS) == []

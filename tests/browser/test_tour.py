@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from playwright.async_api import expect
 
-from tests.browser.test_workspace import RESULT, fill_job, shot, sign_up
+from tests.browser.test_workspace import RESULT, act, fill_job, shot, sign_up
 
 
 async def test_first_three_images_then_a_running_job_then_the_library(page):
@@ -27,6 +27,6 @@ async def test_first_three_images_then_a_running_job_then_the_library(page):
     await running.get_by_role("button", name="Cancel").click()
     await expect(running.locator(".badge")).to_have_text("Cancelled", timeout=60_000)
 
-    await page.locator(RESULT).first.get_by_role("button", name="Save to library").click()
+    await act(page.locator(RESULT).first, "Save to library")
     await page.get_by_role("link", name="Library").click()
     await expect(page.locator("img[src*='/v1/files/']").first).to_be_visible(timeout=30_000)

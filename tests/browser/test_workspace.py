@@ -51,6 +51,20 @@ async def fill_job(page, prompt: str, job_type: str, width: int, height: int, **
         await page.get_by_label("Frames").select_option(str(extra["frames"]))
 
 
+async def act(tile, name: str) -> None:
+    """Choose `name` in a result's actions menu."""
+    await tile.get_by_role("button", name="Actions").click()
+    await tile.get_by_role("menuitem", name=name, exact=True).click()
+
+
+async def expect_saved(page, tile) -> None:
+    """The tile's menu says it is saved, and that item does nothing (then the menu closes)."""
+    await tile.get_by_role("button", name="Actions").click()
+    await expect(tile.get_by_role("menuitem", name="Saved")).to_be_disabled()
+    await page.keyboard.press("Escape")
+    await expect(tile.get_by_role("menu")).to_be_hidden()
+
+
 async def image_bytes(url: str) -> bytes:
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.get(url)
@@ -88,8 +102,8 @@ async def test_three_images_saved_reloaded_and_rerun_with_their_seed(page, http)
 
     # Save the first result: the library has it.
     first = results.first
-    await first.get_by_role("button", name="Save to library").click()
-    await expect(first.get_by_role("button", name="Saved")).to_be_disabled()
+    await act(first, "Save to library")
+    await expect_saved(page, first)
     headers = {"Authorization": f"Bearer {await token_of(page)}"}
     library = (await http.get("/v1/library/assets", headers=headers)).json()["items"]
     assert [a["seed"] for a in library] == [seeds[0]]
@@ -103,13 +117,13 @@ async def test_three_images_saved_reloaded_and_rerun_with_their_seed(page, http)
     # same pixels), and once more: the very same bytes.
     tile = page.locator(RESULT, has=page.get_by_text(str(seeds[0]), exact=True)).first
     original = await tile.locator("img").get_attribute("src")
-    await tile.get_by_role("button", name="Run again (same seed)").click()
+    await act(tile, "Run again (same seed)")
     await expect(page.locator(RESULT)).to_have_count(4, timeout=60_000)
     rerun = page.locator(RESULT).first
     await expect(rerun.locator(".ws-seed-value")).to_have_text(str(seeds[0]))
     single = await rerun.locator("img").get_attribute("src")
     assert mean_difference(await image_bytes(single), await image_bytes(original)) < 2
-    await rerun.get_by_role("button", name="Run again (same seed)").click()
+    await act(rerun, "Run again (same seed)")
     await expect(page.locator(RESULT)).to_have_count(5, timeout=60_000)
     twin = page.locator(RESULT).first
     await expect(twin.locator(".ws-seed-value")).to_have_text(str(seeds[0]))
@@ -118,13 +132,13 @@ async def test_three_images_saved_reloaded_and_rerun_with_their_seed(page, http)
     assert await image_bytes(again) == await image_bytes(single)
 
     # A new seed: one more result with another seed.
-    await twin.get_by_role("button", name="Run again (new seed)").click()
+    await act(twin, "Run again (new seed)")
     await expect(page.locator(RESULT)).to_have_count(6, timeout=60_000)
     newest = int(await page.locator(RESULT).first.locator(".ws-seed-value").inner_text())
     assert newest not in seeds
 
     # Delete one, then clear the session (after confirming).
-    await page.locator(RESULT).first.get_by_role("button", name="Delete").click()
+    await act(page.locator(RESULT).first, "Delete")
     await expect(page.locator(RESULT)).to_have_count(5)
     await page.get_by_role("button", name="Clear session").click()
     dialog = page.get_by_role("dialog", name="Clear this session?")
@@ -215,8 +229,8 @@ async def test_reference_from_a_result_and_the_phone_layout(phone_page):
     assert form["width"] <= 390
 
     # From the library, in a dialog that Escape closes.
-    await page.locator(RESULT).get_by_role("button", name="Save to library").click()
-    await expect(page.locator(RESULT).get_by_role("button", name="Saved")).to_be_disabled()
+    await act(page.locator(RESULT), "Save to library")
+    await expect_saved(page, page.locator(RESULT))
     await page.get_by_role("button", name="Pick from library").click()
     dialog = page.get_by_role("dialog", name="Pick a reference from the library")
     await dialog.get_by_role("button", name="Use a blue teapot").wait_for()
@@ -231,7 +245,7 @@ async def test_reference_from_a_result_and_the_phone_layout(phone_page):
     await expect(page.get_by_role("img", name="Reference: a blue teapot")).to_have_count(0)
 
     # From a result.
-    await page.locator(RESULT).get_by_role("button", name="Use as reference").click()
+    await act(page.locator(RESULT), "Use as reference")
     await expect(page.get_by_role("img", name="Reference: a blue teapot")).to_be_visible()
     strength = page.get_by_label("Reference strength")
     await strength.fill("0.8")

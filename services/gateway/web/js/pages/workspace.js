@@ -8,6 +8,9 @@ import { ACTIVE, createJobList } from "../workspace/jobs.js";
 import { uploadFromUrl } from "../workspace/reference.js";
 import { createResults } from "../workspace/results.js";
 
+// Where the library leaves settings for the form: {job_type, prompt, width, height, seed, ...}.
+export const REUSE_KEY = "ourvidz.reuse";
+
 /** A key per submission, so a retried POST never makes two jobs. */
 function idempotencyKey() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
@@ -37,7 +40,21 @@ export function render(main) {
   const { signal } = controller;
   mount(main, h("h1", {}, "Workspace"), h("p", { class: "muted", role: "status" }, "Loading…"));
   attempt(() => start(main, signal));
-  return () => controller.abort();
+  return () => {
+    controller.abort();
+    document.querySelector("dialog.gallery")?.remove();
+  };
+}
+
+/** Settings handed over from another page (the library's "Open in workspace"), read once. */
+function takeReuse() {
+  const raw = sessionStorage.getItem(REUSE_KEY);
+  sessionStorage.removeItem(REUSE_KEY);
+  try {
+    return raw ? JSON.parse(raw) : null;
+  } catch {
+    return null;
+  }
 }
 
 async function start(main, signal) {
@@ -46,8 +63,11 @@ async function start(main, signal) {
   const types = catalog.items;
   const byName = Object.fromEntries(types.map((t) => [t.name, t]));
   const jobs = createJobList({ types, signal });
-  const results = createResults({ actions: { runAgain, useAsReference } });
+  const typeName = (name) => (byName[name] ? typeLabel(byName[name]) : name);
+  const results = createResults({ actions: { runAgain, useAsReference }, typeName });
   const form = createForm({ types, onSubmit: submit });
+  const reuse = takeReuse();
+  if (reuse) form.applySettings(reuse);
   const clear = h("button", { type: "button", class: "danger" }, "Clear session");
   const sessionName = h("span", { class: "muted" }, session.name);
 

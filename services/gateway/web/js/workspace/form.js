@@ -211,6 +211,26 @@ export function createForm({ types, onSubmit }) {
   return {
     el: form,
     focus: () => prompt.focus(),
+    /** Fill the form from a job's settings ({job_type, prompt, negative_prompt, width, height, num_frames, seed}). */
+    applySettings(s) {
+      if (byName[s.job_type]) {
+        jobType.value = s.job_type;
+        applyType();
+      }
+      if (s.prompt) prompt.value = s.prompt;
+      if (s.negative_prompt) negative.value = s.negative_prompt;
+      const choose = (select, value) => {
+        if (value && [...select.options].some((o) => o.value === String(value))) select.value = String(value);
+      };
+      choose(width, s.width);
+      choose(height, s.height);
+      choose(frames, s.num_frames);
+      if (s.seed) {
+        lockSeed.checked = true;
+        seed.disabled = false;
+        seed.value = String(s.seed);
+      }
+    },
     /** Make `upload` ({id, url}) the reference, switching to an SDXL type if needed. */
     useReference(upload) {
       if (!byName[jobType.value].accepts_reference) {
