@@ -47,22 +47,21 @@ async function start(main, signal) {
   const byName = Object.fromEntries(types.map((t) => [t.name, t]));
   const jobs = createJobList({ types, signal });
   const results = createResults({ actions: { runAgain, useAsReference } });
-  const form = createForm({ types, onSubmit: submit });
+  const form = createForm({ types, onSubmit: submit, signal });
   const clear = h("button", { type: "button", class: "danger" }, "Clear session");
   const sessionName = h("span", { class: "muted" }, session.name);
 
-  mount(main,
-    h("h1", {}, "Workspace"),
-    h("div", { class: "ws-layout" },
-      h("div", { class: "ws-side" }, form.el),
-      h("section", { class: "ws-main", "aria-labelledby": "ws-session-title" },
-        h("div", { class: "ws-session-bar" },
-          h("h2", { id: "ws-session-title" }, "Session ", sessionName),
-          clear),
-        jobs.el,
-        results.el),
-    ),
+  const layout = h("div", { class: "ws-layout" },
+    h("div", { class: "ws-side" }, form.el),
+    h("section", { class: "ws-main", "aria-labelledby": "ws-session-title" },
+      h("div", { class: "ws-session-bar" },
+        h("h2", { id: "ws-session-title" }, "Session ", sessionName),
+        clear),
+      jobs.el,
+      results.el),
   );
+  mount(main, h("h1", {}, "Workspace"), layout);
+  markBusy(layout, jobs.el, signal);
   clear.addEventListener("click", () => confirmClear(clear, session, jobs, results));
 
   async function submit(body) {
@@ -120,6 +119,16 @@ async function start(main, signal) {
       showError(err);
     }
   }
+}
+
+/** `ws-busy` on the layout while a job card is queued or running: on a phone
+ * the jobs and results then come before the form. */
+function markBusy(layout, list, signal) {
+  const update = () => layout.classList.toggle("ws-busy", [...list.children].some((c) => ACTIVE.has(c.dataset.state)));
+  const observer = new MutationObserver(update);
+  observer.observe(list, { childList: true, subtree: true, attributeFilter: ["data-state"] });
+  signal.addEventListener("abort", () => observer.disconnect());
+  update();
 }
 
 /** The session's stream: job states and progress, and items as they are filed. */
