@@ -299,3 +299,31 @@ async def test_availability_is_refreshed_while_the_workspace_is_shown(page, monk
     await expect(option).not_to_contain_text("not available now", timeout=40_000)
     await expect(option).to_have_text("SDXL image · fast")
     await expect(hint).to_be_hidden()
+
+
+async def test_presets_follow_a_narrower_catalogue(page):
+    """A deployment that allows smaller sizes only: the presets are scaled down
+    to fit, on the type's multiple and keeping their shape, or left out."""
+    await sign_up(page)
+    presets = await page.evaluate("""async () => {
+      const { sizePresets } = await import("/static/js/workspace/form.js");
+      const sizes = (lo, hi, step) => Array.from({ length: (hi - lo) / step + 1 }, (_, i) => lo + i * step);
+      const sdxl = { worker: "sdxl", size_multiple: 64, allowed_widths: sizes(512, 1024, 64),
+                     allowed_heights: sizes(512, 1024, 64) };
+      const wan = { worker: "wan", size_multiple: 16, allowed_widths: sizes(256, 832, 16),
+                    allowed_heights: sizes(256, 832, 16) };
+      const text = (ps) => ps.map((p) => `${p.ratio}${p.tag ? " " + p.tag : ""} ${p.width}x${p.height}`);
+      return { sdxl: text(sizePresets(sdxl)), wan: text(sizePresets(wan)) };
+    }""")
+    # 21:9 would be 1024x448: under the smallest size, so left out.
+    assert presets["sdxl"] == [
+        "1:1 1024x1024",
+        "9:7 1024x768",
+        "7:9 768x1024",
+        "3:2 1024x704",
+        "2:3 704x1024",
+        "16:9 1024x576",
+        "9:16 576x1024",
+    ], presets
+    # 720p would be 832x464: the shape 480p already gives, so left out.
+    assert presets["wan"] == ["16:9 480p 832x480", "9:16 480p 480x832"], presets

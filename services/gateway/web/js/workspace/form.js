@@ -87,25 +87,26 @@ const SIZE_PRESETS = {
 /** The presets a type's sizes allow. Where the catalogue's largest size is
  * smaller, a preset is scaled down to fit, on the type's size multiple, keeping
  * its shape (and losing its "720p"-style tag); one that cannot keep its shape
- * is left out, and so is a size another preset already gives. */
+ * or fit is left out, and so is one whose shape another preset already gives. */
 export function sizePresets(t) {
   const widths = t.allowed_widths || [];
   const heights = t.allowed_heights || [];
   if (!widths.length || !heights.length) return [];
   const fits = (w, ht) => widths.includes(w) && heights.includes(ht);
   const step = t.size_multiple || 1;
+  const maxW = Math.max(...widths);
+  const maxH = Math.max(...heights);
   const out = [];
   for (const [ratio, w0, h0, tag] of SIZE_PRESETS[t.worker] || []) {
-    let preset = { ratio, width: w0, height: h0, tag };
-    if (!fits(w0, h0)) {
-      const scale = Math.min(Math.max(...widths) / w0, Math.max(...heights) / h0);
-      if (scale >= 1) continue; // too small for this type, not too big
-      const w = Math.floor((w0 * scale) / step) * step;
-      const ht = Math.floor((h0 * scale) / step) * step;
-      if (!fits(w, ht) || Math.abs(w / ht - w0 / h0) > 0.05 * (w0 / h0)) continue;
-      preset = { ratio, width: w, height: ht };
+    if (fits(w0, h0)) {
+      out.push({ ratio, width: w0, height: h0, tag });
+      continue;
     }
-    if (!out.some((p) => p.width === preset.width && p.height === preset.height)) out.push(preset);
+    const scale = Math.min(maxW / w0, maxH / h0);
+    if (scale >= 1 || out.some((p) => p.ratio === ratio)) continue;
+    const w = Math.min(maxW, Math.round((w0 * scale) / step) * step);
+    const ht = Math.min(maxH, Math.round((h0 * scale) / step) * step);
+    if (fits(w, ht) && Math.abs(w / ht - w0 / h0) <= 0.05 * (w0 / h0)) out.push({ ratio, width: w, height: ht });
   }
   return out;
 }
@@ -144,6 +145,7 @@ function sizePresetPicker(width, height) {
     sync();
   }
 
+  /** Check the preset of the width and height now set (call after setting them in code). */
   function sync() {
     const value = `${width.value}x${height.value}`;
     let found = false;
@@ -157,7 +159,7 @@ function sizePresetPicker(width, height) {
 
   width.addEventListener("change", sync);
   height.addEventListener("change", sync);
-  return { el, render };
+  return { el, render, sync };
 }
 
 // --- prompt history -----------------------------------------------------------
