@@ -110,7 +110,8 @@ async function start(main, signal) {
   const running = pages.flatMap((p) => p.items).filter((j) => j.workspace_session_id === session.id);
   running.sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
   for (const job of running) jobs.add(job);
-  form.focus();
+  // To the prompt, unless the person has already moved on while this loaded.
+  if ([main, document.body].includes(document.activeElement)) form.focus();
 
   async function loadItems() {
     try {
