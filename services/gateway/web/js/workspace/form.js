@@ -310,7 +310,7 @@ export function createForm({ types, onSubmit, signal }) {
   const frames = h("select", { name: "num_frames" });
   const presets = sizePresetPicker(width, height);
   const reference = referencePicker();
-  const history = promptHistory(prompt);
+  const recent = promptHistory(prompt);
   const generate = h("button", { type: "submit", class: "primary", "aria-keyshortcuts": "Control+Enter Meta+Enter" },
     "Generate", h("kbd", { class: "ws-shortcut", "aria-hidden": "true" }, SHORTCUT));
   const enhanceButton = h("button", { type: "button" }, "Enhance prompt");
@@ -448,8 +448,8 @@ export function createForm({ types, onSubmit, signal }) {
 
   const form = h("form", { class: "ws-form card", novalidate: true, "aria-label": "Generate" },
     field("Prompt", prompt, "↑ in the empty box recalls your last prompt."),
-    h("div", { class: "row ws-prompt-actions" }, enhanceButton, history.button),
-    history.list,
+    h("div", { class: "row ws-prompt-actions" }, enhanceButton, recent.button),
+    recent.list,
     enhanced,
     field("Job type", jobType),
     typeHint,
@@ -480,7 +480,7 @@ export function createForm({ types, onSubmit, signal }) {
     const payload = body();
     await attempt(async () => {
       await onSubmit(payload);
-      history.record(payload.prompt);
+      recent.record(payload.prompt);
     }, { busy: generate, form });
   });
 
