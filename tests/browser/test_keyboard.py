@@ -34,11 +34,14 @@ async def test_sign_in_generate_and_save_with_the_keyboard(page, http):
     await page.wait_for_url(re.compile(r"#/workspace$"))
     await page.get_by_role("button", name="Generate").wait_for()
 
+    # The raw size is under "Advanced": unfold it, then the width.
+    await tab_to(page, "el => el.tagName === 'SUMMARY' && el.textContent === 'Advanced'")
+    await page.keyboard.press("Enter")
     await tab_to(page, "el => el.tagName === 'SELECT' && el.labels[0]?.textContent === 'Width'")
     await page.keyboard.press("Home")  # the smallest size keeps the tiny model quick
     await tab_to(page, "el => el.tagName === 'TEXTAREA' && el.labels[0]?.textContent === 'Prompt'")
     await page.keyboard.type("a paper boat on a pond")
-    await tab_to(page, "el => el.tagName === 'BUTTON' && el.textContent.trim() === 'Generate'")
+    await tab_to(page, "el => el.tagName === 'BUTTON' && el.type === 'submit'")
     await page.keyboard.press("Enter")
 
     result = page.locator(RESULT).first

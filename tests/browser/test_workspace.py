@@ -40,9 +40,18 @@ async def token_of(page) -> str:
     return await page.evaluate("JSON.parse(localStorage.getItem('ourvidz.session')).access")
 
 
+async def open_advanced(page) -> None:
+    """Unfold the form's "Advanced" options (raw size, seed, negative prompt)."""
+    fold = page.locator("details.ws-advanced")
+    if not await fold.evaluate("d => d.open"):
+        await fold.locator("summary").click()
+    await expect(page.get_by_label("Width")).to_be_visible()
+
+
 async def fill_job(page, prompt: str, job_type: str, width: int, height: int, **extra) -> None:
     await page.get_by_label("Prompt", exact=True).fill(prompt)
     await page.get_by_label("Job type").select_option(job_type)
+    await open_advanced(page)
     await page.get_by_label("Width").select_option(str(width))
     await page.get_by_label("Height").select_option(str(height))
     if "quantity" in extra:

@@ -65,24 +65,23 @@ async function start(main, signal) {
   const jobs = createJobList({ types, signal });
   const typeName = (name) => (byName[name] ? typeLabel(byName[name]) : name);
   const results = createResults({ actions: { runAgain, useAsReference }, typeName });
-  const form = createForm({ types, onSubmit: submit });
+  const form = createForm({ types, onSubmit: submit, signal });
   const reuse = takeReuse();
   if (reuse) form.applySettings(reuse);
   const clear = h("button", { type: "button", class: "danger" }, "Clear session");
   const sessionName = h("span", { class: "muted" }, session.name);
 
-  mount(main,
-    h("h1", {}, "Workspace"),
-    h("div", { class: "ws-layout" },
-      h("div", { class: "ws-side" }, form.el),
-      h("section", { class: "ws-main", "aria-labelledby": "ws-session-title" },
-        h("div", { class: "ws-session-bar" },
-          h("h2", { id: "ws-session-title" }, "Session ", sessionName),
-          clear),
-        jobs.el,
-        results.el),
-    ),
+  const layout = h("div", { class: "ws-layout" },
+    h("div", { class: "ws-side" }, form.el),
+    h("section", { class: "ws-main", "aria-labelledby": "ws-session-title" },
+      h("div", { class: "ws-session-bar" },
+        h("h2", { id: "ws-session-title" }, "Session ", sessionName),
+        clear),
+      jobs.el,
+      results.el),
   );
+  mount(main, h("h1", {}, "Workspace"), layout);
+  markBusy(layout, jobs.el, signal);
   clear.addEventListener("click", () => confirmClear(clear, session, jobs, results));
 
   async function submit(body) {
@@ -131,7 +130,8 @@ async function start(main, signal) {
   const running = pages.flatMap((p) => p.items).filter((j) => j.workspace_session_id === session.id);
   running.sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
   for (const job of running) jobs.add(job);
-  form.focus();
+  // To the prompt, unless the person has already moved on while this loaded.
+  if ([main, document.body].includes(document.activeElement)) form.focus();
 
   async function loadItems() {
     try {
@@ -140,6 +140,16 @@ async function start(main, signal) {
       showError(err);
     }
   }
+}
+
+/** `ws-busy` on the layout while a job card is queued or running: on a phone
+ * the jobs and results then come before the form. */
+function markBusy(layout, list, signal) {
+  const update = () => layout.classList.toggle("ws-busy", [...list.children].some((c) => ACTIVE.has(c.dataset.state)));
+  const observer = new MutationObserver(update);
+  observer.observe(list, { childList: true, subtree: true, attributeFilter: ["data-state"] });
+  signal.addEventListener("abort", () => observer.disconnect());
+  update();
 }
 
 /** The session's stream: job states and progress, and items as they are filed. */

@@ -1,11 +1,24 @@
-// The reference image of an SDXL job: uploaded from a file, picked from the
-// library, or taken from a workspace result. Jobs only accept uploads
+// The reference image of an SDXL job: uploaded from a file (picked, dropped on
+// the reference area or pasted), picked from the library, or taken from a
+// workspace result. Jobs only accept uploads
 // (reference_image_id), so a library or workspace image is fetched and
 // uploaded again.
 import { api } from "../api.js";
-import { attempt, field, h } from "../ui.js";
+import { attempt, field, h, toast } from "../ui.js";
 
 const TYPES = ["style", "composition", "character"];
+// The image formats the upload takes.
+const FORMATS = { "image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WebP" };
+
+/** Why `file` cannot be a reference, or "" when it can. */
+export function referenceProblem(file) {
+  if (FORMATS[file.type]) return "";
+  const name = file.name ? `“${file.name}”` : "That file";
+  if (file.type.startsWith("image/")) {
+    return `${name} is a ${file.type.slice(6).toUpperCase()} image; a reference must be a PNG, JPEG or WebP image.`;
+  }
+  return `${name} is not an image; a reference must be a PNG, JPEG or WebP image.`;
+}
 
 /** Upload an image (a File or Blob) as a reference: → {id, width, height, ...}. */
 export async function uploadImage(file, name = "reference.png") {
@@ -28,7 +41,7 @@ export async function uploadFromUrl(url) {
 
 export function referencePicker() {
   let current = null; // {id, url, label}
-  const file = h("input", { type: "file", name: "reference_file", accept: "image/png,image/jpeg,image/webp" });
+  const file = h("input", { type: "file", name: "reference_file", accept: Object.keys(FORMATS).join(",") });
   const pick = h("button", { type: "button" }, "Pick from library");
   const remove = h("button", { type: "button", class: "danger" }, "Remove reference");
   const preview = h("img", { class: "ws-ref-thumb", alt: "" });
@@ -39,10 +52,12 @@ export function referencePicker() {
   const strengthField = field("Reference strength", strength);
   strengthField.querySelector("label").append(" ", strengthValue);
   const settings = h("div", { class: "ws-ref-settings", hidden: true }, field("Reference type", type), strengthField);
+  const message = h("p", { class: "ws-ref-message", role: "alert", hidden: true });
   const el = h("fieldset", { class: "ws-ref" },
     h("legend", {}, "Reference image (optional)"),
-    field("Upload a reference image", file, "PNG, JPEG or WebP."),
+    field("Upload a reference image", file, "PNG, JPEG or WebP. Or drop an image here, or paste one (Ctrl+V)."),
     h("div", { class: "row" }, pick),
+    message,
     chosen,
     settings,
   );
@@ -51,12 +66,45 @@ export function referencePicker() {
     strengthValue.value = Number(strength.value).toFixed(1);
     strength.setAttribute("aria-valuetext", strengthValue.value);
   });
+  /** Upload a picked, dropped or pasted file as the reference; a file that
+   * cannot be one is refused with a message in the reference area. */
+  async function useFile(chosenFile) {
+    const problem = referenceProblem(chosenFile);
+    message.textContent = problem;
+    message.hidden = !problem;
+    if (problem) {
+      // Pasted while the area is hidden (a type without references): say it anyway.
+      if (el.hidden) toast(problem, "error");
+      return;
+    }
+    const upload = await attempt(() => uploadImage(chosenFile), { busy: pick });
+    if (upload) set({ id: upload.id, url: URL.createObjectURL(chosenFile), label: chosenFile.name || "Pasted image" });
+  }
+
   file.addEventListener("change", async () => {
     const chosenFile = file.files[0];
     if (!chosenFile) return;
-    const upload = await attempt(() => uploadImage(chosenFile), { busy: pick });
+    await useFile(chosenFile);
     file.value = "";
-    if (upload) set({ id: upload.id, url: URL.createObjectURL(chosenFile), label: chosenFile.name });
+  });
+
+  // The whole reference area takes a dropped file, highlighted while one is over it.
+  const carriesFiles = (event) => [...(event.dataTransfer?.types || [])].includes("Files");
+  el.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+    el.classList.add("ws-drop-active");
+  });
+  el.addEventListener("dragleave", (event) => {
+    if (!el.contains(event.relatedTarget)) el.classList.remove("ws-drop-active");
+  });
+  el.addEventListener("drop", (event) => {
+    el.classList.remove("ws-drop-active");
+    const dropped = event.dataTransfer?.files?.[0];
+    if (!dropped) return;
+    event.preventDefault();
+    useFile(dropped);
   });
   pick.addEventListener("click", () => openLibrary(pick, set));
   remove.addEventListener("click", () => {
@@ -67,6 +115,7 @@ export function referencePicker() {
   function set(upload) {
     if (current?.url?.startsWith("blob:")) URL.revokeObjectURL(current.url);
     current = upload;
+    message.hidden = true;
     chosen.hidden = settings.hidden = !upload;
     if (!upload) return;
     preview.src = upload.url;
@@ -77,6 +126,7 @@ export function referencePicker() {
   return {
     el,
     set,
+    useFile,
     value() {
       if (!current) return {};
       return { reference_image_id: current.id, reference_type: type.value, reference_strength: Number(strength.value) };
