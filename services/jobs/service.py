@@ -113,10 +113,15 @@ class JobsCore:
             ev = convert.event(
                 job, seq, emit.kind, now=now, snapshot=emit.snapshot, preview_png=emit.preview_png
             )
-            payload = ev.SerializeToString()
-            await store.insert_event(conn, job.id, job.user_id, seq, emit.kind, payload)
-            await store.insert_outbox(
-                conn, queue.event_subject(job.user_id, job.id), f"{job.id}:{seq}", payload
+            await store.insert_event(
+                conn,
+                job.id,
+                job.user_id,
+                seq,
+                emit.kind,
+                ev.SerializeToString(),
+                queue.event_subject(job.user_id, job.id),
+                f"{job.id}:{seq}",
             )
 
     async def _apply(

@@ -235,12 +235,32 @@ async def replace_assets(
 
 
 async def insert_event(
-    conn: AsyncConnection, job_id: str, user_id: str, sequence: int, kind: str, payload: bytes
+    conn: AsyncConnection,
+    job_id: str,
+    user_id: str,
+    sequence: int,
+    kind: str,
+    payload: bytes,
+    subject: str,
+    msg_id: str,
 ) -> None:
+    """A job event and its message in the outbox (to `subject` as `msg_id`),
+    in one statement."""
     await conn.execute(
-        "INSERT INTO jobs.job_events (job_id, sequence, user_id, type, payload) "
-        "VALUES (%s, %s, %s, %s, %s)",
-        (job_id, sequence, user_id, kind, payload),
+        "WITH event AS (INSERT INTO jobs.job_events (job_id, sequence, user_id, type, payload) "
+        "VALUES (%(job_id)s, %(sequence)s, %(user_id)s, %(kind)s, %(payload)s)) "
+        "INSERT INTO jobs.outbox (subject, msg_id, payload, trace_headers) "
+        "VALUES (%(subject)s, %(msg_id)s, %(payload)s, %(trace)s)",
+        {
+            "job_id": job_id,
+            "sequence": sequence,
+            "user_id": user_id,
+            "kind": kind,
+            "payload": payload,
+            "subject": subject,
+            "msg_id": msg_id,
+            "trace": Jsonb(telemetry.inject()),
+        },
     )
 
 
