@@ -59,7 +59,11 @@ function randomSeed() {
   return (v[0] % 2147483646) + 1;
 }
 
-export function createForm({ types, onSubmit }) {
+/**
+ * The form. With `storageKey`, its settings are kept in localStorage under
+ * that key as they change and come back when the form is made again.
+ */
+export function createForm({ types, onSubmit, storageKey }) {
   const byName = Object.fromEntries(types.map((t) => [t.name, t]));
   const prompt = h("textarea", { name: "prompt", rows: 4, maxlength: 2000, placeholder: "A lighthouse on a cliff at dawn, oil painting" });
   const jobType = typeSelect(types);
@@ -93,30 +97,31 @@ export function createForm({ types, onSubmit }) {
     if (lockSeed.checked) seed.focus();
   });
 
-  /** Show the controls the chosen type takes, with its sizes and defaults. */
-  function applyType() {
+  /** Show the controls the chosen type takes, with its sizes and defaults;
+   * `want` names values to choose where the type allows them. */
+  function applyType(want = {}) {
     const t = byName[jobType.value];
     const unavailable = t.available === false && `Not available now: ${t.unavailable_reason}; a job waits in the queue until it is.`;
     typeHint.textContent = [unavailable, `Expected time ${formatSeconds(t.expected_seconds)}.`, t.notes].filter(Boolean).join(" ");
     typeHint.classList.toggle("warn", Boolean(unavailable));
     const multi = t.allowed_num_images.length > 1;
     fields.quantity.hidden = !multi;
-    quantity.replaceChildren(...options(t.allowed_num_images, Number(quantity.value) || 1));
+    quantity.replaceChildren(...options(t.allowed_num_images, want.num_images || Number(quantity.value) || 1));
     fields.negative.hidden = t.worker !== "sdxl";
     fields.seed.hidden = false;
-    const keepW = Number(width.value) || t.default_width;
-    const keepH = Number(height.value) || t.default_height;
+    const keepW = want.width || Number(width.value) || t.default_width;
+    const keepH = want.height || Number(height.value) || t.default_height;
     width.replaceChildren(...options(t.allowed_widths, t.allowed_widths.includes(keepW) ? keepW : t.default_width));
     height.replaceChildren(...options(t.allowed_heights, t.allowed_heights.includes(keepH) ? keepH : t.default_height));
     fields.frames.hidden = t.output !== "video";
     if (t.output === "video") {
-      const keep = Number(frames.value) || t.default_num_frames;
+      const keep = want.num_frames || Number(frames.value) || t.default_num_frames;
       const choices = frameChoices(t);
       frames.replaceChildren(...options(choices, choices.includes(keep) ? keep : t.default_num_frames));
     }
     reference.el.hidden = !t.accepts_reference;
   }
-  jobType.addEventListener("change", applyType);
+  jobType.addEventListener("change", () => applyType());
 
   function body() {
     const t = byName[jobType.value];
@@ -207,10 +212,69 @@ export function createForm({ types, onSubmit }) {
     await attempt(() => onSubmit(payload), { busy: generate, form });
   });
 
+  /** What the form holds now, as `apply` takes it (the reference is not kept). */
+  function settings() {
+    return {
+      job_type: jobType.value,
+      prompt: prompt.value,
+      negative_prompt: negative.value,
+      width: Number(width.value),
+      height: Number(height.value),
+      num_images: Number(quantity.value) || 1,
+      num_frames: Number(frames.value) || 0,
+      lock_seed: lockSeed.checked,
+      seed: seed.value === "" ? null : Number(seed.value),
+    };
+  }
+
+  /** Fill the form from `s` (settings() of before, or a job's); what the
+   * chosen type does not allow falls back to its defaults. */
+  function apply(s) {
+    if (!s || typeof s !== "object") return;
+    if (byName[s.job_type]) jobType.value = s.job_type;
+    applyType({ width: Number(s.width), height: Number(s.height), num_images: Number(s.num_images), num_frames: Number(s.num_frames) });
+    if (typeof s.prompt === "string") prompt.value = s.prompt;
+    if (typeof s.negative_prompt === "string") negative.value = s.negative_prompt;
+    lockSeed.checked = Boolean(s.lock_seed) && Number.isInteger(s.seed);
+    seed.disabled = !lockSeed.checked;
+    seed.value = lockSeed.checked ? String(s.seed) : "";
+    hideEnhanced();
+    showFieldErrors(form, null);
+  }
+
+  function remember() {
+    if (!storageKey) return;
+    try {
+      localStorage.setItem(storageKey, JSON.stringify(settings()));
+    } catch {
+      /* storage full or refused: the form still works, it only forgets */
+    }
+  }
+
+  function recall() {
+    try {
+      return JSON.parse(localStorage.getItem(storageKey));
+    } catch {
+      return null;
+    }
+  }
+
   applyType();
+  if (storageKey) {
+    apply(recall());
+    form.addEventListener("change", remember);
+    form.addEventListener("input", remember);
+    form.addEventListener("submit", remember);
+  }
   return {
     el: form,
     focus: () => prompt.focus(),
+    settings,
+    /** Fill the form from settings (see `apply` above) and keep them. */
+    apply(s) {
+      apply(s);
+      remember();
+    },
     /** Make `upload` ({id, url}) the reference, switching to an SDXL type if needed. */
     useReference(upload) {
       if (!byName[jobType.value].accepts_reference) {
