@@ -201,6 +201,7 @@ async def test_the_jobs_page_with_the_keyboard(page, http, refusing_wan):
     await tab_to(page, "el => el.tagName === 'BUTTON' && el.textContent === 'Retry'")
     await page.keyboard.press("Enter")
     await expect(page.get_by_text("Started again: WAN image · fast")).to_be_visible()
+    await expect(page.get_by_role("button", name="Retry")).to_be_focused()
 
     listed = (await http.get("/v1/jobs", headers=headers)).json()["items"]
     assert [j["prompt"] for j in listed] == [
@@ -218,8 +219,20 @@ async def test_the_jobs_page_with_the_keyboard(page, http, refusing_wan):
 async def test_the_jobs_page_on_a_phone(phone_page, http, refusing_wan):
     page = phone_page
     email, _ = await user_with_jobs(http)
+
+    # The jobs page's requests ask for one job a page: two jobs take two pages.
+    async def one_per_page(route):
+        await route.continue_(url=route.request.url.replace("page_size=20", "page_size=1"))
+
+    await page.route(re.compile(r"/v1/jobs\?page_size=20"), one_per_page)
     await sign_in(page, email)
     await page.get_by_role("link", name="Jobs").click()
+    await expect(rows(page)).to_have_count(1)
+    await expect(page.get_by_text("1 job shown; more below.")).to_be_visible()
+    await page.get_by_role("button", name="Load more").click()
+    await expect(rows(page)).to_have_count(2)
+    await expect(page.get_by_role("button", name="Load more")).to_be_hidden()
+    await expect(rows(page).first).to_contain_text("a tower")
     await expect(row(page, "a tower").locator(".badge")).to_have_text("Failed", timeout=60_000)
     await expect(row(page, "a yellow tram").locator(".badge")).to_have_text(
         "Completed", timeout=60_000
@@ -243,3 +256,36 @@ async def test_a_new_user_sees_the_empty_jobs_page(page):
     await expect(page.get_by_text("No jobs yet.")).to_be_visible()
     await expect(page.get_by_role("link", name="Start one in the workspace")).to_be_visible()
     await expect(page.locator(".jobs-table")).to_be_hidden()
+
+
+async def test_cancel_from_the_jobs_page_and_the_cancelled_card(page, http):
+    email = f"hist-{uuid.uuid4().hex[:8]}@example.com"
+    login = await create_account(http, email)
+    # Big enough to be caught queued or running with the tiny model.
+    slow = {
+        "job_type": "sdxl_image_high",
+        "prompt": "a slow harbour at night",
+        "width": 1024,
+        "height": 1024,
+        "num_images": 6,
+    }
+    headers = {"Authorization": f"Bearer {login['access_token']}", "Idempotency-Key": "slow-1"}
+    r = await http.post("/v1/jobs", json=slow, headers=headers)
+    assert r.status_code == 202, r.text
+    await sign_in(page, email)
+    await page.get_by_role("link", name="Jobs").click()
+    job = row(page, "a slow harbour")
+    await job.get_by_role("button", name="Cancel").click()
+    await expect(job.locator(".badge")).to_have_text("Cancelled")
+    await expect(job.get_by_role("button", name="Retry")).to_be_focused()
+
+    # The workspace's card of the cancelled job says so, with its Retry.
+    await page.get_by_role("link", name="Workspace").click()
+    cancelled = card(page, "a slow harbour at night")
+    await expect(cancelled.locator(".badge")).to_have_text("Cancelled")
+    await expect(cancelled.locator(".ws-stage")).to_have_text("Cancelled")
+    await cancelled.get_by_role("button", name="Retry").click()
+    await expect(card(page, "a slow harbour at night")).to_have_count(2)
+    again = card(page, "a slow harbour at night").first
+    await again.get_by_role("button", name="Cancel").click()
+    await expect(again.locator(".badge")).to_have_text("Cancelled")

@@ -89,6 +89,7 @@ async function start(main, signal, navigate, setTimer) {
   const rows = new Map(); // job id -> {job, tr}
   let next = "";
   let loading = null;
+  let polling = false;
 
   mount(main,
     h("h1", { id: "jobs-title" }, "Jobs"),
@@ -158,12 +159,14 @@ async function start(main, signal, navigate, setTimer) {
     return row.tr;
   }
 
-  /** Show `job`'s newer state in its row, keeping focus on the same action. */
-  function update(job) {
+  /** Show `job`'s newer state in its row, keeping focus on the same action
+   * (or the row's first, when that one is gone). `from`: the action that
+   * changed it, which had the focus (a busy, disabled button loses it). */
+  function update(job, from) {
     const row = rows.get(job.id);
     if (!row) return;
     const old = row.tr;
-    const focused = old.contains(document.activeElement) ? document.activeElement.textContent : null;
+    const focused = old.contains(document.activeElement) ? document.activeElement.textContent : from ?? null;
     row.job = job;
     row.tr = rowElement(job);
     old.replaceWith(row.tr);
@@ -186,7 +189,7 @@ async function start(main, signal, navigate, setTimer) {
     const asset = job.state === "completed" ? job.assets?.[0] : null;
     const thumb = asset?.thumbnail_url || (asset?.content_type?.startsWith("image/") ? asset.url : null);
     const actions = [];
-    if (ACTIVE.has(job.state)) actions.push(button("Cancel", "danger", () => cancel(job)));
+    if (ACTIVE.has(job.state)) actions.push(button("Cancel", "danger", (label) => cancel(job, label)));
     if (job.state === "failed" || job.state === "cancelled") actions.push(button("Retry", "", () => retry(job, t)));
     if (job.state === "completed") actions.push(button("Re-run exactly", "", () => rerun(job)));
     actions.push(button("Reuse settings", "", () => reuse(job)));
@@ -211,12 +214,17 @@ async function start(main, signal, navigate, setTimer) {
 
   function button(label, cls, action) {
     const b = h("button", { type: "button", class: cls || null }, label);
-    b.addEventListener("click", () => attempt(action, { busy: b }));
+    b.addEventListener("click", async () => {
+      await attempt(() => action(label), { busy: b });
+      // A button disabled while busy loses the focus: it gets it back, unless
+      // it is gone (its row redrawn, the page left) or focus went elsewhere.
+      if (b.isConnected && (!document.activeElement || document.activeElement === document.body)) b.focus();
+    });
     return b;
   }
 
-  async function cancel(job) {
-    update(await api.post(`/v1/jobs/${job.id}/cancel`, {}, { signal }));
+  async function cancel(job, label) {
+    update(await api.post(`/v1/jobs/${job.id}/cancel`, {}, { signal }), label);
   }
 
   async function retry(job, t) {
@@ -247,7 +255,6 @@ async function start(main, signal, navigate, setTimer) {
     polling = true;
     setTimer(setTimeout(poll, POLL_MS));
   }
-  let polling = false;
 
   async function poll() {
     const active = [...rows.values()].filter((r) => ACTIVE.has(r.job.state)).slice(0, 10);
