@@ -289,3 +289,17 @@ async def test_cancel_from_the_jobs_page_and_the_cancelled_card(page, http):
     again = card(page, "a slow harbour at night").first
     await again.get_by_role("button", name="Cancel").click()
     await expect(again.locator(".badge")).to_have_text("Cancelled")
+
+    # A dismissed card, and those a cleared session took, stay away after a reload.
+    await again.get_by_role("button", name="Dismiss").click()
+    await expect(card(page, "a slow harbour at night")).to_have_count(1)
+    await page.reload()
+    await expect(card(page, "a slow harbour at night").locator(".badge")).to_have_text("Cancelled")
+    await expect(card(page, "a slow harbour at night")).to_have_count(1)
+    await page.get_by_role("button", name="Clear session").click()
+    await page.get_by_role("dialog").get_by_role("button", name="Clear").click()
+    await expect(page.locator(".ws-job")).to_have_count(0)
+    await page.reload()
+    # The prompt takes the focus once the cards are restored.
+    await expect(page.get_by_label("Prompt", exact=True)).to_be_focused()
+    await expect(page.locator(".ws-job")).to_have_count(0)

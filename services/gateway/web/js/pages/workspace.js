@@ -13,6 +13,30 @@ import { createResults } from "../workspace/results.js";
 const RECENT_JOBS = 10;
 // Settings handed over by the jobs page's "Reuse settings" (sessionStorage).
 export const REUSE_KEY = "ourvidz.reuse";
+// Dismissed or cleared cards a reload leaves out: the latest ids, per user.
+const HIDDEN_JOBS = 100;
+
+/** The ids of the finished jobs whose cards were taken away, kept in
+ * localStorage under `key` (null: nothing kept). */
+function hiddenJobs(key) {
+  let ids = [];
+  try {
+    ids = (key && JSON.parse(localStorage.getItem(key))) || [];
+  } catch {
+    /* unreadable: none hidden */
+  }
+  return {
+    has: (id) => ids.includes(id),
+    add(more) {
+      ids = [...ids.filter((id) => !more.includes(id)), ...more].slice(-HIDDEN_JOBS);
+      try {
+        if (key) localStorage.setItem(key, JSON.stringify(ids));
+      } catch {
+        /* storage refused: a reload shows them again */
+      }
+    },
+  };
+}
 
 /** The user's active session (the one new jobs go to), created when there is none. */
 async function activeSession(signal) {
@@ -56,7 +80,13 @@ async function start(main, signal, user) {
   if (signal.aborted) return;
   const types = catalog.items;
   const byName = Object.fromEntries(types.map((t) => [t.name, t]));
-  const jobs = createJobList({ types, signal, onRetry: (job) => submit(retryBody(job, byName[job.job_type])) });
+  const hidden = hiddenJobs(user?.email ? `ourvidz.hidden-jobs.${user.email}` : null);
+  const jobs = createJobList({
+    types,
+    signal,
+    onRetry: (job) => submit(retryBody(job, byName[job.job_type])),
+    onDismiss: (ids) => hidden.add(ids),
+  });
   const results = createResults({ actions: { runAgain, useAsReference } });
   const storageKey = user?.email ? `ourvidz.form.${user.email}` : null;
   const form = createForm({ types, onSubmit: submit, storageKey });
@@ -121,14 +151,15 @@ async function start(main, signal, user) {
   // Live first, then what is already there: nothing filed in between is missed.
   watchSession(session, jobs, results, loadItems, signal);
   await loadItems();
-  // The user's latest jobs, however they ended, and any of this session's
-  // still under way: oldest first, as each new card goes on top.
+  // The user's latest jobs, however they ended (less those whose cards were
+  // dismissed or cleared), and any of this session's still under way: oldest
+  // first, as each new card goes on top.
   const pages = await Promise.all([
     api.get(`/v1/jobs?page_size=${RECENT_JOBS}`, { signal }),
     ...[...ACTIVE].map((state) => api.get(`/v1/jobs?state=${state}&page_size=100`, { signal })),
   ]);
   const [recent, ...active] = pages.map((p) => p.items);
-  const shown = new Map(recent.map((j) => [j.id, j]));
+  const shown = new Map(recent.filter((j) => ACTIVE.has(j.state) || !hidden.has(j.id)).map((j) => [j.id, j]));
   for (const job of active.flat()) if (job.workspace_session_id === session.id) shown.set(job.id, job);
   const restored = [...shown.values()].sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
   for (const job of restored) jobs.add(job);

@@ -64,8 +64,9 @@ export function retryBody(job, t) {
   return body;
 }
 
-/** Job cards. `onRetry(job)`: a failed or cancelled card's Retry button. */
-export function createJobList({ types, signal, onRetry }) {
+/** Job cards. `onRetry(job)`: a failed or cancelled card's Retry button;
+ * `onDismiss(ids)`: finished cards taken away (Dismiss, clearFinished). */
+export function createJobList({ types, signal, onRetry, onDismiss }) {
   const byName = Object.fromEntries(types.map((t) => [t.name, t]));
   const cards = new Map(); // job id -> card
   const list = h("ol", { class: "ws-jobs", "aria-label": "Jobs" });
@@ -98,6 +99,7 @@ export function createJobList({ types, signal, onRetry }) {
       const next = el.nextElementSibling || el.previousElementSibling;
       el.remove();
       cards.delete(job.id);
+      onDismiss?.([job.id]);
       next?.querySelector("button")?.focus();
     });
     return c;
@@ -228,12 +230,15 @@ export function createJobList({ types, signal, onRetry }) {
       onFinished = fn;
     },
     clearFinished() {
+      const gone = [];
       for (const [id, c] of cards) {
         if (!ACTIVE.has(c.state)) {
           c.el.remove();
           cards.delete(id);
+          gone.push(id);
         }
       }
+      if (gone.length) onDismiss?.(gone);
     },
   };
 }
