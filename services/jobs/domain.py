@@ -373,6 +373,14 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
+def listed_job_type(value: str) -> str:
+    """A list's type filter: "" (every type) or a catalog name."""
+    if value and value not in catalog.CATALOG:
+        known = ", ".join(catalog.CATALOG)
+        raise InvalidArgument.field("job_type", f"unknown job type {value!r}; one of {known}")
+    return value
+
+
 def encode_page_token(created_at: datetime, job_id: str) -> str:
     """An opaque cursor: the position after the last job of a page."""
     raw = f"{created_at.isoformat()}|{job_id}".encode()

@@ -265,12 +265,15 @@ class JobsCore:
         return convert.sign_assets(await self._with_queue(job), self.blobs)
 
     async def list(
-        self, user_id: str, page_size: int, page_token: str, state: str
+        self, user_id: str, page_size: int, page_token: str, state: str, job_type: str = ""
     ) -> tuple[list[job_pb2.Job], str]:
         size = domain.page_size(page_size)
         after = domain.decode_page_token(page_token)
+        job_type = domain.listed_job_type(job_type)
         async with self.db.tx(user_id=user_id) as conn:
-            rows = await store.list_jobs(conn, user_id, state=state, after=after, limit=size + 1)
+            rows = await store.list_jobs(
+                conn, user_id, state=state, job_type=job_type, after=after, limit=size + 1
+            )
             page = rows[:size]
             assets = await store.assets_of(conn, [r["id"] for r in page])
         jobs = [

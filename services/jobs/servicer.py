@@ -68,7 +68,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListJobs(self, request, context):
         caller = _client()
         jobs, token = await self._core.list(
-            caller.user_id, request.page_size, request.page_token, convert.state_name(request.state)
+            caller.user_id,
+            request.page_size,
+            request.page_token,
+            convert.state_name(request.state),
+            request.job_type,
         )
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
 

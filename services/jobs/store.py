@@ -185,12 +185,16 @@ async def list_jobs(
     state: str,
     after: tuple[datetime, str] | None,
     limit: int,
+    job_type: str = "",
 ) -> list[dict]:
     where = ["user_id = %s"]
     params: list = [user_id]
     if state:
         where.append("state = %s")
         params.append(state)
+    if job_type:
+        where.append("job_type = %s")
+        params.append(job_type)
     if after is not None:
         where.append("(created_at, id) < (%s, %s)")
         params.extend(after)

@@ -202,6 +202,7 @@ class FakeJobs(job_service_pb2_grpc.JobServiceServicer):
             for j in self.jobs.values()
             if j.user_id == current_principal().user_id
             and (not request.state or j.state == request.state)
+            and (not request.job_type or j.job_type == request.job_type)
         ]
         return job_service_pb2.ListJobsResponse(jobs=mine, next_page_token="next-1")
 

@@ -207,6 +207,31 @@ async def test_get_list_cancel(client, fakes, user_token):
     assert cancelled.json()["completed_at"] is not None
 
 
+async def test_list_filters_by_job_type_and_state(client, fakes, user_token):
+    _, jobs, _ = fakes
+    user_id, token = user_token
+    video = jobs.make_job(user_id=user_id, job_type="video_fast", prompt="waves")
+    image = jobs.make_job(user_id=user_id, job_type="sdxl_image_fast", prompt="cliff")
+    done = jobs.make_job(user_id=user_id, job_type="sdxl_image_fast", prompt="done")
+    done.state = job_pb2.JOB_STATE_COMPLETED
+
+    listed = await client.get("/v1/jobs?job_type=video_fast", headers=auth(token))
+    assert listed.status_code == 200
+    assert [j["id"] for j in listed.json()["items"]] == [video.id]
+    assert jobs.last("ListJobs")[1].job_type == "video_fast"
+
+    both = await client.get("/v1/jobs?job_type=sdxl_image_fast&state=queued", headers=auth(token))
+    assert [j["id"] for j in both.json()["items"]] == [image.id]
+    request = jobs.last("ListJobs")[1]
+    assert request.job_type == "sdxl_image_fast" and request.state == job_pb2.JOB_STATE_QUEUED
+
+    await client.get("/v1/jobs", headers=auth(token))
+    assert jobs.last("ListJobs")[1].job_type == ""
+
+    problem = assert_problem(await client.get("/v1/jobs?job_type=nope", headers=auth(token)), 422)
+    assert [e["field"] for e in problem["errors"]] == ["job_type"]
+
+
 async def test_another_users_or_malformed_job_is_404(client, fakes, user_token):
     _, jobs, _ = fakes
     job = jobs.make_job(user_id=str(uuid.uuid4()), job_type="image_fast", prompt="theirs")

@@ -1,5 +1,5 @@
-"""GetJob and ListJobs, and the isolation of one user's jobs from another's,
-down to the database's row level security."""
+"""GetJob and ListJobs (its pages and filters), and the isolation of one
+user's jobs from another's, down to the database's row level security."""
 
 from __future__ import annotations
 
@@ -37,6 +37,36 @@ async def test_list_pages_newest_first_and_filters_by_state(harness):
     )
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
     assert err.violations[0].field == "page_token"
+
+
+async def test_list_filters_by_job_type_alone_and_with_state(harness):
+    _, md = harness.user()
+    sdxl = [await harness.create(md, prompt=f"s{i}", request_id=f"s{i}") for i in range(2)]
+    wan = await harness.create(md, job_type="image_fast", prompt="w", request_id="w")
+    await harness.stub.CancelJob(pb.CancelJobRequest(job_id=sdxl[0].id), metadata=md)
+
+    async def listed(**filters) -> list[str]:
+        page = await harness.stub.ListJobs(pb.ListJobsRequest(**filters), metadata=md)
+        return [j.id for j in page.jobs]
+
+    assert await listed(job_type="sdxl_image_fast") == [sdxl[1].id, sdxl[0].id]
+    assert await listed(job_type="image_fast") == [wan.id]
+    assert await listed(job_type="video_fast") == []
+    cancelled = job_pb2.JOB_STATE_CANCELLED
+    assert await listed(job_type="sdxl_image_fast", state=cancelled) == [sdxl[0].id]
+    assert await listed(job_type="image_fast", state=cancelled) == []
+
+    # A page token carries on under the same filter.
+    first = await harness.stub.ListJobs(
+        pb.ListJobsRequest(job_type="sdxl_image_fast", page_size=1), metadata=md
+    )
+    assert [j.id for j in first.jobs] == [sdxl[1].id]
+    rest = await listed(job_type="sdxl_image_fast", page_token=first.next_page_token)
+    assert rest == [sdxl[0].id]
+
+    err = await rpc_error(harness.stub.ListJobs(pb.ListJobsRequest(job_type="nope"), metadata=md))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.violations[0].field == "job_type"
 
 
 async def test_another_users_job_is_not_found(harness):

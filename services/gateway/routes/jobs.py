@@ -19,6 +19,7 @@ from services.gateway.models import (
     CreateJobBody,
     JobOut,
     JobState,
+    JobTypeName,
     JobTypesOut,
     Page,
     PageToken,
@@ -170,12 +171,18 @@ async def list_jobs(
     page_size: Annotated[int, Query(ge=0, le=1000)] = 0,
     page_token: Annotated[PageToken, Query()] = "",
     state: JobState | None = None,
+    job_type: JobTypeName | None = None,
     gw=Depends(gateway),
 ) -> dict:
+    """The caller's jobs, newest first; `state` and `job_type` narrow the
+    list (both: jobs with that state and of that type)."""
     reply = await gw.backends.call(
         gw.backends.jobs.ListJobs,
         job_service_pb2.ListJobsRequest(
-            page_size=page_size, page_token=page_token, state=mapping.state_value(state)
+            page_size=page_size,
+            page_token=page_token,
+            state=mapping.state_value(state),
+            job_type=job_type or "",
         ),
         caller.token,
     )

@@ -134,6 +134,12 @@ export async function request(method, path, body, { auth = true, retry = true, s
   return response.json();
 }
 
+/** A key per submission (the Idempotency-Key header), so a retried POST never makes two jobs. */
+export function idempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 export const api = {
   get: (path, opts) => request("GET", path, undefined, opts),
   post: (path, body, opts) => request("POST", path, body ?? {}, opts),

@@ -1,12 +1,13 @@
 // The studio's shell: hash routes, the signed-in guard, navigation.
 import { currentUser, onSessionChange, signOut } from "./api.js";
 import * as admin from "./pages/admin.js";
+import * as jobs from "./pages/jobs.js";
 import * as library from "./pages/library.js";
 import * as signin from "./pages/signin.js";
 import * as workspace from "./pages/workspace.js";
 import { clearToasts } from "./ui.js";
 
-const ROUTES = { signin, workspace, library, admin };
+const ROUTES = { signin, workspace, jobs, library, admin };
 let cleanup = null;
 
 function navigate(hash) {

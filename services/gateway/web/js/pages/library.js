@@ -315,6 +315,8 @@ function openViewer(start, ctx) {
         prompt: job?.prompt || shown.original_prompt || shown.prompt,
         width: shown.width,
         height: shown.height,
+        // The asset's own seed, kept: the same picture again, to change from there.
+        lock_seed: Number.isInteger(shown.seed),
         seed: shown.seed,
       };
       if (job?.negative_prompt) settings.negative_prompt = job.negative_prompt;

@@ -1,20 +1,41 @@
 // The workspace: the generation form beside the active session's jobs and
 // results. The session's stream keeps cards and the grid live; a reload
-// restores the session's items and any job still running.
-import { api, stream } from "../api.js";
+// restores the session's items, the user's recent jobs (finished ones with
+// their outcome) and the form's last settings.
+import { api, idempotencyKey, stream } from "../api.js";
 import { attempt, h, mount, showError, toast } from "../ui.js";
 import { createForm, typeLabel } from "../workspace/form.js";
-import { ACTIVE, createJobList } from "../workspace/jobs.js";
+import { ACTIVE, createJobList, retryBody } from "../workspace/jobs.js";
 import { uploadFromUrl } from "../workspace/reference.js";
 import { createResults } from "../workspace/results.js";
 
-// Where the library leaves settings for the form: {job_type, prompt, width, height, seed, ...}.
+// How many of the user's latest jobs a reload shows as cards.
+const RECENT_JOBS = 10;
+// Settings handed over by the jobs page's "Reuse settings" (sessionStorage).
 export const REUSE_KEY = "ourvidz.reuse";
+// Dismissed or cleared cards a reload leaves out: the latest ids, per user.
+const HIDDEN_JOBS = 100;
 
-/** A key per submission, so a retried POST never makes two jobs. */
-function idempotencyKey() {
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+/** The ids of the finished jobs whose cards were taken away, kept in
+ * localStorage under `key` (null: nothing kept). */
+function hiddenJobs(key) {
+  let ids = [];
+  try {
+    ids = (key && JSON.parse(localStorage.getItem(key))) || [];
+  } catch {
+    /* unreadable: none hidden */
+  }
+  return {
+    has: (id) => ids.includes(id),
+    add(more) {
+      ids = [...ids.filter((id) => !more.includes(id)), ...more].slice(-HIDDEN_JOBS);
+      try {
+        if (key) localStorage.setItem(key, JSON.stringify(ids));
+      } catch {
+        /* storage refused: a reload shows them again */
+      }
+    },
+  };
 }
 
 /** The user's active session (the one new jobs go to), created when there is none. */
@@ -35,39 +56,46 @@ async function allPages(path, signal) {
   return out;
 }
 
-export function render(main) {
+export function render(main, { user } = {}) {
   const controller = new AbortController();
   const { signal } = controller;
   mount(main, h("h1", {}, "Workspace"), h("p", { class: "muted", role: "status" }, "Loading…"));
-  attempt(() => start(main, signal));
+  attempt(() => start(main, signal, user));
   return () => {
     controller.abort();
     document.querySelector("dialog.gallery")?.remove();
   };
 }
 
-/** Settings handed over from another page (the library's "Open in workspace"), read once. */
-function takeReuse() {
-  const raw = sessionStorage.getItem(REUSE_KEY);
-  sessionStorage.removeItem(REUSE_KEY);
+/** Settings left by "Reuse settings", taken once. */
+function takeReused() {
   try {
+    const raw = sessionStorage.getItem(REUSE_KEY);
+    sessionStorage.removeItem(REUSE_KEY);
     return raw ? JSON.parse(raw) : null;
   } catch {
     return null;
   }
 }
 
-async function start(main, signal) {
+async function start(main, signal, user) {
   const [catalog, session] = await Promise.all([api.get("/v1/job-types", { signal }), activeSession(signal)]);
   if (signal.aborted) return;
   const types = catalog.items;
   const byName = Object.fromEntries(types.map((t) => [t.name, t]));
-  const jobs = createJobList({ types, signal });
+  const hidden = hiddenJobs(user?.email ? `ourvidz.hidden-jobs.${user.email}` : null);
+  const jobs = createJobList({
+    types,
+    signal,
+    onRetry: (job) => submit(retryBody(job, byName[job.job_type])),
+    onDismiss: (ids) => hidden.add(ids),
+  });
   const typeName = (name) => (byName[name] ? typeLabel(byName[name]) : name);
   const results = createResults({ actions: { runAgain, useAsReference }, typeName });
-  const form = createForm({ types, onSubmit: submit, signal });
-  const reuse = takeReuse();
-  if (reuse) form.applySettings(reuse);
+  const storageKey = user?.email ? `ourvidz.form.${user.email}` : null;
+  const form = createForm({ types, onSubmit: submit, signal, storageKey });
+  const reused = takeReused();
+  if (reused) form.apply(reused);
   const clear = h("button", { type: "button", class: "danger" }, "Clear session");
   const sessionName = h("span", { class: "muted" }, session.name);
 
@@ -126,10 +154,18 @@ async function start(main, signal) {
   // Live first, then what is already there: nothing filed in between is missed.
   watchSession(session, jobs, results, loadItems, signal);
   await loadItems();
-  const pages = await Promise.all([...ACTIVE].map((state) => api.get(`/v1/jobs?state=${state}&page_size=100`, { signal })));
-  const running = pages.flatMap((p) => p.items).filter((j) => j.workspace_session_id === session.id);
-  running.sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
-  for (const job of running) jobs.add(job);
+  // The user's latest jobs, however they ended (less those whose cards were
+  // dismissed or cleared), and any of this session's still under way: oldest
+  // first, as each new card goes on top.
+  const pages = await Promise.all([
+    api.get(`/v1/jobs?page_size=${RECENT_JOBS}`, { signal }),
+    ...[...ACTIVE].map((state) => api.get(`/v1/jobs?state=${state}&page_size=100`, { signal })),
+  ]);
+  const [recent, ...active] = pages.map((p) => p.items);
+  const shown = new Map(recent.filter((j) => ACTIVE.has(j.state) || !hidden.has(j.id)).map((j) => [j.id, j]));
+  for (const job of active.flat()) if (job.workspace_session_id === session.id) shown.set(job.id, job);
+  const restored = [...shown.values()].sort((a, b) => (a.created_at < b.created_at ? -1 : 1));
+  for (const job of restored) jobs.add(job);
   // To the prompt, unless the person has already moved on while this loaded.
   if ([main, document.body].includes(document.activeElement)) form.focus();
 

@@ -293,9 +293,13 @@ function promptHistory(prompt) {
 
 const SHORTCUT = /Mac|iPhone|iPad/.test(navigator.platform) ? "⌘+Enter" : "Ctrl+Enter";
 
-/** `signal` (optional) ends what the form does while it is shown: the
- * availability refresh and the page-wide paste of a reference image. */
-export function createForm({ types, onSubmit, signal }) {
+/**
+ * The form. `signal` (optional) ends what the form does while it is shown:
+ * the availability refresh and the page-wide paste of a reference image. With
+ * `storageKey`, its settings are kept in localStorage under that key as they
+ * change and come back when the form is made again.
+ */
+export function createForm({ types, onSubmit, signal, storageKey }) {
   const byName = Object.fromEntries(types.map((t) => [t.name, t]));
   const prompt = h("textarea", { name: "prompt", rows: 4, maxlength: 2000, placeholder: "A lighthouse on a cliff at dawn, oil painting" });
   const jobType = typeSelect(types);
@@ -354,35 +358,38 @@ export function createForm({ types, onSubmit, signal }) {
 
   let shownType = null; // the type whose controls are shown
 
-  /** Show the controls the chosen type takes, with its sizes and defaults. */
-  function applyType() {
+  /** Show the controls the chosen type takes, with its sizes and defaults;
+   * `want` names values to choose where the type allows them. */
+  function applyType(want = {}) {
     const t = byName[jobType.value];
     showTypeHint();
     const multi = t.allowed_num_images.length > 1;
     fields.quantity.hidden = !multi;
-    quantity.replaceChildren(...options(t.allowed_num_images, Number(quantity.value) || 1));
+    quantity.replaceChildren(...options(t.allowed_num_images, want.num_images || Number(quantity.value) || 1));
     fields.negative.hidden = t.worker !== "sdxl";
     fields.seed.hidden = false;
-    // The size chosen so far stays when the new type allows it; one of the old
-    // family's presets that is no preset here gives way to the type's default.
-    const [keepW, keepH] = [Number(width.value), Number(height.value)];
+    // The size asked for, or the one chosen so far, stays when the new type
+    // allows it; one of the old family's presets that is no preset here gives
+    // way to the type's default.
+    const keepW = Number(want.width) || Number(width.value);
+    const keepH = Number(want.height) || Number(height.value);
     const isPreset = (type) => sizePresets(type).some((p) => p.width === keepW && p.height === keepH);
     const keep = t.allowed_widths.includes(keepW) && t.allowed_heights.includes(keepH)
-      && !(shownType && isPreset(shownType) && !isPreset(t));
+      && (Boolean(want.width) || !(shownType && isPreset(shownType) && !isPreset(t)));
     width.replaceChildren(...options(t.allowed_widths, keep ? keepW : t.default_width));
     height.replaceChildren(...options(t.allowed_heights, keep ? keepH : t.default_height));
     shownType = t;
     presets.render(t);
     fields.frames.hidden = t.output !== "video";
     if (t.output === "video") {
-      const keep = Number(frames.value) || t.default_num_frames;
+      const keep = want.num_frames || Number(frames.value) || t.default_num_frames;
       const choices = frameChoices(t);
       frames.replaceChildren(...options(choices, choices.includes(keep) ? keep : t.default_num_frames, (n) => framesText(n, t.fps)));
       showFramesHint();
     }
     reference.el.hidden = !t.accepts_reference;
   }
-  jobType.addEventListener("change", applyType);
+  jobType.addEventListener("change", () => applyType());
 
   /** A reference needs a type that takes one: switch to the first that does. */
   function takeReference() {
@@ -529,30 +536,69 @@ export function createForm({ types, onSubmit, signal }) {
     watchAvailability();
     listenForPaste();
   }
+
+  /** What the form holds now, as `apply` takes it (the reference is not kept). */
+  function settings() {
+    return {
+      job_type: jobType.value,
+      prompt: prompt.value,
+      negative_prompt: negative.value,
+      width: Number(width.value),
+      height: Number(height.value),
+      num_images: Number(quantity.value) || 1,
+      num_frames: Number(frames.value) || 0,
+      lock_seed: lockSeed.checked,
+      seed: seed.value === "" ? null : Number(seed.value),
+    };
+  }
+
+  /** Fill the form from `s` (settings() of before, or a job's); what the
+   * chosen type does not allow falls back to its defaults. */
+  function apply(s) {
+    if (!s || typeof s !== "object") return;
+    if (byName[s.job_type]) jobType.value = s.job_type;
+    applyType({ width: Number(s.width), height: Number(s.height), num_images: Number(s.num_images), num_frames: Number(s.num_frames) });
+    if (typeof s.prompt === "string") prompt.value = s.prompt;
+    if (typeof s.negative_prompt === "string") negative.value = s.negative_prompt;
+    lockSeed.checked = Boolean(s.lock_seed) && Number.isInteger(s.seed);
+    seed.disabled = !lockSeed.checked;
+    seed.value = lockSeed.checked ? String(s.seed) : "";
+    hideEnhanced();
+    showFieldErrors(form, null);
+  }
+
+  function rememberSettings() {
+    if (!storageKey) return;
+    try {
+      localStorage.setItem(storageKey, JSON.stringify(settings()));
+    } catch {
+      /* storage full or refused: the form still works, it only forgets */
+    }
+  }
+
+  function recallSettings() {
+    try {
+      return JSON.parse(localStorage.getItem(storageKey));
+    } catch {
+      return null;
+    }
+  }
+
   applyType();
+  if (storageKey) {
+    apply(recallSettings());
+    form.addEventListener("change", rememberSettings);
+    form.addEventListener("input", rememberSettings);
+    form.addEventListener("submit", rememberSettings);
+  }
   return {
     el: form,
     focus: () => prompt.focus(),
-    /** Fill the form from a job's settings ({job_type, prompt, negative_prompt, width, height, num_frames, seed}). */
-    applySettings(s) {
-      if (byName[s.job_type]) {
-        jobType.value = s.job_type;
-        applyType();
-      }
-      if (s.prompt) prompt.value = s.prompt;
-      if (s.negative_prompt) negative.value = s.negative_prompt;
-      const choose = (select, value) => {
-        if (value && [...select.options].some((o) => o.value === String(value))) select.value = String(value);
-      };
-      choose(width, s.width);
-      choose(height, s.height);
-      choose(frames, s.num_frames);
-      presets.sync();
-      if (s.seed) {
-        lockSeed.checked = true;
-        seed.disabled = false;
-        seed.value = String(s.seed);
-      }
+    settings,
+    /** Fill the form from settings (see `apply` above) and keep them. */
+    apply(s) {
+      apply(s);
+      rememberSettings();
     },
     /** Make `upload` ({id, url}) the reference, switching to an SDXL type if needed. */
     useReference(upload) {

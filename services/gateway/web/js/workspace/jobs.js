@@ -1,4 +1,5 @@
-// Job cards: one per job of this session, live from SSE. The session stream
+// Job cards: one per job of this session (and, after a reload, of the user's
+// recent jobs, finished ones too), live from SSE. The session stream
 // brings every job's state and progress; a job's own stream (opened for a few
 // jobs at a time: a browser keeps only ~6 connections per host) also brings
 // preview images and the finished job with its error.
@@ -30,7 +31,42 @@ export function lineText(line, now = Date.now()) {
   return `${place} · starts in ${wait}`;
 }
 
-export function createJobList({ types, signal }) {
+/** The form settings a job was made with (form.apply takes them); a new seed. */
+export function jobSettings(job) {
+  return {
+    job_type: job.job_type,
+    prompt: job.prompt,
+    negative_prompt: job.negative_prompt || "",
+    width: job.width,
+    height: job.height,
+    num_images: job.num_images,
+    num_frames: job.num_frames,
+    lock_seed: false,
+    seed: null,
+  };
+}
+
+/** A POST /v1/jobs body that submits a job's settings again as a new job
+ * (a new seed; the same reference and destination). `t`: its job type. */
+export function retryBody(job, t) {
+  const body = { job_type: job.job_type, prompt: job.prompt, width: job.width, height: job.height };
+  if (t?.allowed_num_images.length > 1) body.num_images = job.num_images;
+  if (t?.worker === "sdxl" && job.negative_prompt) body.negative_prompt = job.negative_prompt;
+  if (t?.output === "video") body.num_frames = job.num_frames;
+  if (job.reference_image_id) {
+    Object.assign(body, {
+      reference_image_id: job.reference_image_id,
+      reference_type: job.reference_type,
+      reference_strength: job.reference_strength,
+    });
+  }
+  if (job.destination === "library") body.destination = "library";
+  return body;
+}
+
+/** Job cards. `onRetry(job)`: a failed or cancelled card's Retry button;
+ * `onDismiss(ids)`: finished cards taken away (Dismiss, clearFinished). */
+export function createJobList({ types, signal, onRetry, onDismiss }) {
   const byName = Object.fromEntries(types.map((t) => [t.name, t]));
   const cards = new Map(); // job id -> card
   const list = h("ol", { class: "ws-jobs", "aria-label": "Jobs" });
@@ -43,6 +79,7 @@ export function createJobList({ types, signal }) {
     const preview = h("img", { class: "ws-preview", alt: "Preview of the image being generated", hidden: true });
     const error = h("p", { class: "ws-job-error", role: "alert", hidden: true });
     const cancel = h("button", { type: "button", class: "danger" }, "Cancel");
+    const retry = h("button", { type: "button", hidden: true }, "Retry");
     const dismiss = h("button", { type: "button", class: "link", hidden: true }, "Dismiss");
     const t = byName[job.job_type];
     const size = `${job.width}×${job.height}${job.num_frames > 1 ? `, ${job.num_frames} frames` : ""}`;
@@ -53,14 +90,16 @@ export function createJobList({ types, signal }) {
       h("div", { class: "ws-progress" }, bar, stage),
       preview,
       error,
-      h("div", { class: "row" }, cancel, dismiss),
+      h("div", { class: "row" }, cancel, retry, dismiss),
     );
-    const c = { job, el, badge, bar, stage, preview, error, cancel, dismiss, state: null, watching: false };
+    const c = { job, el, badge, bar, stage, preview, error, cancel, retry, dismiss, state: null, watching: false };
     cancel.addEventListener("click", () => cancelJob(c));
+    retry.addEventListener("click", () => attempt(() => onRetry(c.job), { busy: retry }));
     dismiss.addEventListener("click", () => {
       const next = el.nextElementSibling || el.previousElementSibling;
       el.remove();
       cards.delete(job.id);
+      onDismiss?.([job.id]);
       next?.querySelector("button")?.focus();
     });
     return c;
@@ -114,6 +153,8 @@ export function createJobList({ types, signal }) {
 
   function setState(c, state, hasJob) {
     if (!state || state === c.state) return;
+    // A card shown already finished (on a reload) reports no finish.
+    const seen = c.state !== null;
     c.state = state;
     c.el.dataset.state = state;
     c.badge.className = `badge ${state}`;
@@ -121,6 +162,7 @@ export function createJobList({ types, signal }) {
     const active = ACTIVE.has(state);
     c.cancel.hidden = !active;
     c.dismiss.hidden = active;
+    c.retry.hidden = !onRetry || !(state === "failed" || state === "cancelled");
     if (state === "completed") {
       c.bar.value = c.bar.max;
       c.stage.textContent = "Done";
@@ -130,7 +172,7 @@ export function createJobList({ types, signal }) {
     if (state === "cancelled") c.stage.textContent = "Cancelled";
     // The session stream's events do not carry the job: fetch it for its error.
     if (!active && !hasJob && c.job.state !== state) refresh(c);
-    if (!active) onFinished?.(c.job, state);
+    if (!active && seen) onFinished?.(c.job, state);
   }
 
   /** A terminal state seen on the session stream: fetch the job for its error. */
@@ -168,7 +210,7 @@ export function createJobList({ types, signal }) {
 
   return {
     el: list,
-    /** A job to show (new, or found running on reload): its card, at the top. */
+    /** A job to show (new, or found on reload): its card, at the top. */
     add(job) {
       if (cards.has(job.id)) return cards.get(job.id);
       const c = card(job);
@@ -188,12 +230,15 @@ export function createJobList({ types, signal }) {
       onFinished = fn;
     },
     clearFinished() {
+      const gone = [];
       for (const [id, c] of cards) {
         if (!ACTIVE.has(c.state)) {
           c.el.remove();
           cards.delete(id);
+          gone.push(id);
         }
       }
+      if (gone.length) onDismiss?.(gone);
     },
   };
 }
