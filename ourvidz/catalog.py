@@ -126,7 +126,7 @@ def _wan(
         default_num_frames=81 if video else 1,
         fps=16 if video else 0,
         notes=(
-            "81 frames (5 s at 16 fps): WAN needs 4k+1 frames, so the old system's 83 becomes 81"
+            "81 frames by default: a 5 s video at 16 frames a second (frame counts are 4k+1)"
             if video
             else "one WAN frame"
         ),

@@ -4,6 +4,7 @@
     ourvidz generate "a lighthouse at dusk" --num-images 3 --seed 42 --out out/
     ourvidz rerun JOB_ID --wait --out out/   # the same model, prompt, seed and settings
     ourvidz jobs --state running --watch    # redrawn every 2 s until Ctrl-C
+    ourvidz jobs --type video_fast          # only the jobs of one type
     ourvidz job-types
     ourvidz admin grant you@example.com   # an operator's command (ourvidz.operator)
 
@@ -348,6 +349,8 @@ def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"page_size": args.limit}
     if args.state:
         params["state"] = args.state
+    if args.type:
+        params["job_type"] = args.type
     if args.page_token:
         params["page_token"] = args.page_token
     if args.watch:
@@ -379,6 +382,15 @@ def watch_jobs(
         return 0
 
 
+def _availability(t: dict[str, Any]) -> str:
+    """Whether a job of the type can run now, and why not (a job submitted
+    meanwhile waits in the queue)."""
+    if t.get("available", True):
+        return "yes"
+    reason = str(t.get("unavailable_reason") or "").strip()
+    return f"no: {reason}" if reason else "no"
+
+
 def cmd_job_types(api: Api, args: argparse.Namespace) -> int:
     answer = api.request("GET", "/v1/job-types").json()
     if args.json:
@@ -394,10 +406,10 @@ def cmd_job_types(api: Api, args: argparse.Namespace) -> int:
                 str(t.get("content_type") or t.get("output") or ""),
                 size if size != "x" else "",
                 str(t.get("steps", "")),
-                str(t.get("expected_seconds", "")),
+                _availability(t),
             ]
         )
-    out(table(rows, ["JOB TYPE", "WORKER", "OUTPUT", "SIZE", "STEPS", "EXPECTED S"]))
+    out(table(rows, ["JOB TYPE", "WORKER", "OUTPUT", "SIZE", "STEPS", "AVAILABLE"]))
     return 0
 
 
@@ -491,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     j = sub.add_parser("jobs", help="list your recent jobs, newest first")
     j.add_argument("--limit", type=int, default=20, help="jobs per page (default: %(default)s)")
     j.add_argument("--state", choices=JOB_STATES, help="only the jobs in this state")
+    j.add_argument("--type", metavar="JOB_TYPE", help="only the jobs of this type (see job-types)")
     j.add_argument("--page-token", help="the next page, as a listing's `more:` line names it")
     shown = j.add_mutually_exclusive_group()
     shown.add_argument(

@@ -186,10 +186,12 @@ async def test_prompt_history_and_ctrl_enter(page):
     stored = await page.evaluate(f"localStorage.getItem('ourvidz.prompts.{email}')")
     assert json.loads(stored) == ["a harbour at night", "an old oak in fog"]
 
-    # After a reload: ↑ in the empty box recalls the last, ↑ again the one before.
+    # After a reload the form's last settings are back, its prompt with them;
+    # emptied, ↑ recalls the last prompt, ↑ again the one before.
     await page.reload()
     await generate.wait_for()
-    await expect(prompt).to_have_value("")
+    await expect(prompt).to_have_value("a harbour at night")
+    await prompt.fill("")
     await prompt.focus()
     await prompt.press("ArrowUp")
     await expect(prompt).to_have_value("a harbour at night")

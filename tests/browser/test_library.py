@@ -78,7 +78,8 @@ async def _user_with_items(stack) -> tuple[str, dict]:
             items = (await client.get(f"/v1/workspace/sessions/{session}/items")).json()["items"]
             return next((i for i in items if i["job_id"] == image["id"]), None)
 
-        saved = await client.post(f"/v1/workspace/items/{(await item())['id']}/save")
+        # The item is filed from the job's completion, a moment after it.
+        saved = await client.post(f"/v1/workspace/items/{(await _until(item))['id']}/save")
         assert saved.status_code == 201, saved.text
 
         async def both():
@@ -342,7 +343,8 @@ async def test_open_in_workspace_fills_the_form(page, library_user):
     await expect(page.get_by_label("Height")).to_have_value(str(SDXL_JOB["height"]))
     await expect(page.get_by_label("Lock seed")).to_be_checked()
     await expect(page.get_by_label("Seed", exact=True)).to_have_value(str(SDXL_JOB["seed"]))
-    # Handed over once: a reload starts from an empty form.
+    # Handed over once; from then on they are the form's own remembered settings.
     assert await page.evaluate("sessionStorage.getItem('ourvidz.reuse')") is None
     await page.reload()
-    await expect(page.get_by_label("Prompt", exact=True)).to_have_value("")
+    await expect(page.get_by_label("Prompt", exact=True)).to_have_value(SDXL_JOB["prompt"])
+    assert await page.evaluate("sessionStorage.getItem('ourvidz.reuse')") is None

@@ -226,8 +226,15 @@ class FakeGateway:
     async def list_jobs(self, request: Request) -> Response:
         if not self.authorised(request):
             return problem(401, "Unauthorized")
-        self.record(request, dict(request.query_params))
-        return JSONResponse({"items": list(self.jobs.values()), "next_page_token": ""})
+        query = dict(request.query_params)
+        self.record(request, query)
+        items = [
+            job
+            for job in self.jobs.values()
+            if query.get("state", job["state"]) == job["state"]
+            and query.get("job_type", job["job_type"]) == job["job_type"]
+        ]
+        return JSONResponse({"items": items, "next_page_token": ""})
 
     async def events(self, request: Request) -> Response:
         if not self.authorised(request):
@@ -287,6 +294,19 @@ class FakeGateway:
                         "default_height": 1024,
                         "steps": 15,
                         "expected_seconds": 5,
+                        "available": True,
+                        "unavailable_reason": "",
+                    },
+                    {
+                        "name": "video_fast",
+                        "worker": "wan",
+                        "content_type": "video/mp4",
+                        "default_width": 832,
+                        "default_height": 480,
+                        "steps": 25,
+                        "expected_seconds": 25,
+                        "available": False,
+                        "unavailable_reason": "no wan worker is running",
                     },
                 ]
             }

@@ -222,7 +222,10 @@ def test_jobs_and_job_types_print_tables(gateway, creds, tmp_path, capsys):
     assert "a red fox in the snow" in listing[1]
     assert run(gateway, creds, "job-types") == 0
     types = capsys.readouterr().out.splitlines()
-    assert types[1].split() == ["sdxl_image_fast", "sdxl", "image/png", "1024x1024", "15", "5"]
+    # Whether each can run now, not GPU timings that a CPU stack would belie.
+    assert types[0].split()[-1] == "AVAILABLE"
+    assert types[1].split() == ["sdxl_image_fast", "sdxl", "image/png", "1024x1024", "15", "yes"]
+    assert types[2].split()[-6:] == ["no:", "no", "wan", "worker", "is", "running"]
     (_, _, headers, _) = next(r for r in gateway.requests if r[1] == "/v1/job-types")
     assert headers["authorization"] == f"Bearer {stored(creds, gateway)['access_token']}"
 
@@ -234,6 +237,9 @@ def test_jobs_filters_by_state_and_names_the_next_page(gateway, creds, capsys):
     assert run(gateway, creds, *args) == 0
     (_, _, _, query) = next(r for r in gateway.requests if r[:2] == ("GET", "/v1/jobs"))
     assert query == {"page_size": "5", "state": "running", "page_token": "p2"}
+    assert run(gateway, creds, "jobs", "--type", "video_fast") == 0
+    listed = [r for r in gateway.requests if r[:2] == ("GET", "/v1/jobs")]
+    assert listed[-1][3] == {"page_size": "20", "job_type": "video_fast"}
     assert cli.render_jobs({"items": [], "next_page_token": "p3"}).splitlines()[-1] == (
         "more: --page-token p3"
     )

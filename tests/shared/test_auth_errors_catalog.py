@@ -71,7 +71,8 @@ def test_catalog_shapes():
     assert fast.subject == "tasks.sdxl.fast" and fast.bucket == "sdxl-image-fast"
     video = catalog.CATALOG["video_fast"]
     assert video.default_num_frames == 81 and (video.default_num_frames - 1) % 4 == 0
-    assert "83" in video.notes
+    # Said as a user reads it: no internal history in what clients show.
+    assert "5 s video" in video.notes and "old system" not in video.notes
     assert catalog.CATALOG["video7b_high_enhanced"].enhanced
     assert "thumbnails" in catalog.ALL_BUCKETS and "reference-images" in catalog.ALL_BUCKETS
 
