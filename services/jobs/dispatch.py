@@ -271,8 +271,8 @@ class Dispatcher(Background):
             batch_id = str(lead["id"])
         # The task continues the trace of the call that queued its (first) job.
         trace = lead.get("trace_headers") or {}
-        await store.insert_outbox(conn, subject, msg_id, payload, headers, trace_headers=trace)
-        await store.mark_dispatched(conn, [str(r["id"]) for r in group], batch_id)
+        ids = [str(r["id"]) for r in group]
+        await store.dispatch_task(conn, ids, batch_id, subject, msg_id, payload, headers, trace)
         return {
             "subject": subject,
             "msg_id": msg_id,

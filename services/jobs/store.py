@@ -387,10 +387,32 @@ async def outbox_tasks(conn: AsyncConnection, family: str) -> int:
     return (await cur.fetchone())["n"]
 
 
-async def mark_dispatched(conn: AsyncConnection, job_ids: list[str], batch_id: str | None) -> None:
+async def dispatch_task(
+    conn: AsyncConnection,
+    job_ids: list[str],
+    batch_id: str | None,
+    subject: str,
+    msg_id: str,
+    payload: bytes,
+    headers: dict[str, str],
+    trace_headers: dict[str, str],
+) -> None:
+    """The jobs' task into the outbox and the jobs marked dispatched, in one
+    statement."""
     await conn.execute(
-        "UPDATE jobs.jobs SET dispatched_at = now(), batch_id = %s WHERE id = ANY(%s::uuid[])",
-        (batch_id, job_ids),
+        "WITH task AS (INSERT INTO jobs.outbox (subject, msg_id, payload, trace_headers, headers) "
+        "VALUES (%(subject)s, %(msg_id)s, %(payload)s, %(trace)s, %(headers)s)) "
+        "UPDATE jobs.jobs SET dispatched_at = now(), batch_id = %(batch_id)s "
+        "WHERE id = ANY(%(ids)s::uuid[])",
+        {
+            "subject": subject,
+            "msg_id": msg_id,
+            "payload": payload,
+            "trace": Jsonb(trace_headers),
+            "headers": Jsonb(headers),
+            "batch_id": batch_id,
+            "ids": job_ids,
+        },
     )
 
 
