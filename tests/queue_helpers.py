@@ -27,6 +27,18 @@ async def nobody_waits(js: JetStreamContext, family: str, within: float = 60.0) 
         await asyncio.sleep(0.05)
 
 
+async def someone_waits(js: JetStreamContext, family: str, within: float = 60.0) -> None:
+    """Until a pull request waits on the family's consumer."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        info = await js.consumer_info(queue.TASKS_STREAM, queue.consumer_name(family))
+        if info.num_waiting:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no pull request waits on {family}: {info}")
+        await asyncio.sleep(0.02)
+
+
 async def take_tasks(
     js: JetStreamContext, family: str, job_ids: list[str], within: float = 60.0
 ) -> list[queue_pb2.GenerationTask]:

@@ -146,6 +146,8 @@ class Dispatcher(Background):
         self.on_dispatched = on_dispatched
         # Publishes a committed outbox row at once (the relay's, set at start).
         self.publisher: Callable[[dict], Awaitable[None]] | None = None
+        # Told before a submit commits a task that `publisher` sends at once.
+        self.on_early: Callable[[], None] = lambda: None
         self.families = {f.name: f for f in families()}
         self._family_of = {t: f for f in self.families.values() for t in f.types}
         self.capacity: dict[str, Capacity] = {name: Capacity() for name in self.families}
@@ -331,6 +333,7 @@ class Dispatcher(Background):
                 return None
         written = await self._publish(conn, [row], datetime.now(UTC))
         cap.pending += 1  # until the next pass reads the consumer again
+        self.on_early()
         return written
 
     async def publish_now(self, written: dict) -> None:

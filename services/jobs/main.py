@@ -134,6 +134,7 @@ async def start(
     # A dispatched task goes out at once, not at the relay's next notification.
     dispatcher.on_dispatched = relay.wake
     dispatcher.publisher = relay.publish_committed
+    dispatcher.on_early = relay.hold
     dispatcher.start()
     queue_metrics = QueueMetrics(js, interval_seconds=settings.jobs_metrics_poll_seconds)
     queue_metrics.start()

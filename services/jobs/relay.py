@@ -37,6 +37,14 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "jobs_outbox"
 PUBLISH_TIMEOUT_SECONDS = 5.0
+# After a task went out at once to a waiting worker, the relay waits this long
+# before its next batch: the worker's StartJob, arriving now, is not kept
+# behind bookkeeping (the same rows, and the job's events, a moment later).
+EARLY_GRACE_SECONDS = 0.02
+# Message ids published early that the relay need not publish again: kept
+# until their row is claimed, at most this many (then JetStream's duplicate
+# window drops a second publish, as before).
+EARLY_KEPT = 1000
 
 
 class OutboxRelay:
@@ -59,6 +67,8 @@ class OutboxRelay:
         self._tasks: list[asyncio.Task] = []
         self._backlog_every = backlog_seconds
         self._backlog_at = 0.0
+        self._early: dict[str, None] = {}  # insertion-ordered set of msg ids
+        self._hold_until = 0.0
 
     def start(self) -> None:
         self._tasks = [
@@ -86,6 +96,10 @@ class OutboxRelay:
             done: list[int] = []
             ok = True
             for row in rows:
+                if row["msg_id"] in self._early:  # on the stream already (publish_committed)
+                    del self._early[row["msg_id"]]
+                    done.append(row["id"])
+                    continue
                 try:
                     await self._publish(row)
                 except Exception as exc:  # NATS down or slow: keep the rest for later
@@ -99,14 +113,26 @@ class OutboxRelay:
 
     async def publish_committed(self, row: dict) -> None:
         """Publish a row its writer has just committed, ahead of the relay's
-        next claim (a task for a worker that waits). The relay publishes it
-        again, which JetStream's duplicate window drops (the same
-        Nats-Msg-Id), and deletes it; a failure here is left to the relay."""
+        next claim (a task for a worker that waits). Published, the relay's
+        claim deletes the row without publishing it again (another replica's
+        relay may: JetStream's duplicate window drops that copy, the same
+        Nats-Msg-Id). A failure here is left to the relay."""
         try:
             await self._publish(row)
         except Exception as exc:  # NATS slow or away: the relay retries
             log.info("early publish to %s failed (%s); left to the relay", row["subject"], exc)
-        self.wake()
+            self.wake()
+            return
+        self._early[row["msg_id"]] = None
+        while len(self._early) > EARLY_KEPT:
+            del self._early[next(iter(self._early))]
+
+    def hold(self) -> None:
+        """A task is about to be committed and published at once
+        (`publish_committed`): the next batch waits EARLY_GRACE_SECONDS, so
+        the commit's notification does not start it while the worker's
+        StartJob arrives."""
+        self._hold_until = time.monotonic() + EARLY_GRACE_SECONDS
 
     async def _publish(self, row: dict) -> None:
         """One row as a message. A row written inside a trace is published in
@@ -147,6 +173,9 @@ class OutboxRelay:
         backoff = self._poll
         while True:
             self._wake.clear()
+            held = self._hold_until - time.monotonic()
+            if held > 0:  # a worker is starting the task just published: it goes first
+                await asyncio.sleep(held)
             try:
                 while True:
                     count, ok = await self.drain_once()

@@ -4,13 +4,16 @@ tasks.enhance before their generation task."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
 from ourvidz import queue
 from ourvidz.v1 import job_pb2, job_service_pb2, queue_pb2
 from tests.jobs.helpers import owner_query, pull_task
+from tests.queue_helpers import someone_waits
 
 
 async def test_generation_task_is_published_with_the_job_id(harness):
@@ -133,3 +136,46 @@ async def test_the_backlog_gauge_counts_the_rows_not_yet_published(harness, base
         assert REGISTRY.get_sample_value("ourvidz_outbox_backlog_rows") == 0
     finally:
         relay.start()
+
+
+async def test_a_task_sent_at_once_to_a_waiting_worker_is_published_once(harness):
+    """A job submitted while a worker waits and nothing is in line goes out in
+    its own transaction, published as soon as it commits; the relay then
+    deletes its row without publishing it a second time. Every publish
+    reaches a plain NATS subscriber (JetStream's duplicate window only keeps
+    a copy off the stream), so the subscriber counts them."""
+    _, md = harness.user()
+    seen: list[str] = []
+
+    async def count(msg) -> None:
+        seen.append(msg.subject)
+
+    family = queue.consumer_name("sdxl")
+    try:
+        await harness.js.consumer_info(queue.TASKS_STREAM, family)
+    except NotFoundError:
+        await queue.declare_task_consumer(harness.js, queue.family_subject("sdxl"), family)
+        harness.created_consumers.append(family)
+    worker = await harness.js.pull_subscribe_bind(durable=family, stream=queue.TASKS_STREAM)
+    sub = await harness.nc.subscribe("tasks.sdxl.>", cb=count)
+    try:
+        while True:
+            # A worker waits (its pull request is open) and a pass finds the line empty.
+            fetch = asyncio.create_task(worker.fetch(batch=1, timeout=30))
+            await someone_waits(harness.js, "sdxl")
+            await harness.running.dispatcher.dispatch_all()
+            if not fetch.done():
+                break
+            for msg in await fetch:  # an earlier test's job was still in line
+                await msg.ack()
+        job = await harness.create(md, prompt="at once")
+        assert job.queue.dispatched  # sent in the submit's own transaction
+        (msg,) = await fetch
+        assert msg.subject.endswith(job.id)
+        await msg.ack()
+        await harness.drain_relay()
+        await harness.nc.flush()
+        assert seen.count(msg.subject) == 1
+    finally:
+        await sub.unsubscribe()
+        await worker.unsubscribe()
