@@ -70,6 +70,17 @@ async def test_an_image_job_shows_a_preview_in_its_card_before_it_completes(page
 
 async def test_a_running_card_counts_its_seconds(page):
     await sign_up(page)
+    # A finished job first, so the workspace shows a finished card and a running one.
+    done = "a quiet harbour at dawn"
+    await fill_job(page, done, "sdxl_image_fast", 256, 256, quantity=3)
+    await page.get_by_role("button", name="Generate").click()
+    await expect(
+        page.get_by_role("listitem", name=f"Job: {done}").locator(".ws-stage")
+    ).to_have_text(re.compile(r"^Done in \d+ s$"), timeout=60_000)
+    await expect(page.locator(".ws-result img")).to_have_count(3)
+    for img in await page.locator(".ws-result img").all():
+        await expect(img).to_have_js_property("complete", True)
+
     prompt = "a long slow tide"
     # Big enough to be caught running with the tiny model for a few seconds.
     await fill_job(page, prompt, "sdxl_image_high", 1024, 1024, quantity=6)
@@ -84,6 +95,10 @@ async def test_a_running_card_counts_its_seconds(page):
     await page.wait_for_function(
         f"el => ({seconds})(el) > {first}", arg=await stage.element_handle(), timeout=10_000
     )
+    # The running card shows the image in the making (a preview every 5th step).
+    await expect(card.locator("img.ws-preview")).to_be_visible(timeout=30_000)
+    await page.evaluate("document.querySelector('.ws-side')?.scrollTo(0, 0)")
+    await shot(page, "live-workspace-running")
     # The ticking line is not a live region (it would be read out every second).
     announced = "el => el.closest('[aria-live], [role=status], [role=log]')"
     assert await stage.evaluate(announced) is None
