@@ -4,6 +4,7 @@ top bar on a phone: one tidy layout, the links and Sign out in view."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 
@@ -134,3 +135,12 @@ async def test_the_top_bar_fits_a_phone(phone_page, http, base_env):
     tops = {round((await link.bounding_box())["y"]) for link in links}
     assert len(tops) == 1 and min(tops) >= out["y"] + out["height"] - 2, (tops, out)
     await shot(page, "live-phone-header")
+
+    # Wider, the same two rows up to a tablet's width; then all on one row, the email shown.
+    for width, rows in ((800, 2), (1280, 1)):
+        await page.set_viewport_size({"width": width, "height": PHONE["height"]})
+        assert await page.evaluate("document.documentElement.scrollWidth") <= width
+        await expect(page.locator("#account-email")).to_be_visible(visible=rows == 1)
+        middles = sorted([middle(await item.bounding_box()) for item in (*links, signout)])
+        seen = 1 + sum(b - a > 10 for a, b in itertools.pairwise(middles))
+        assert seen == rows, (width, middles)
