@@ -263,6 +263,10 @@ async def test_reference_from_a_result_and_the_phone_layout(phone_page):
     await page.get_by_label("Prompt", exact=True).fill("a blue teapot, watercolour")
     await page.get_by_role("button", name="Generate").click()
     await expect(page.locator(RESULT)).to_have_count(2, timeout=60_000)
+    # Both results drawn before the screenshot (the README shows it); they load lazily.
+    for img in await page.locator(f"{RESULT} img").all():
+        await img.scroll_into_view_if_needed()
+        await expect(img).to_have_js_property("complete", True)
     await shot(page, "workspace-phone")
     await page.get_by_role("button", name="Remove reference").click()
     await expect(page.get_by_label("Reference strength")).to_be_hidden()

@@ -41,7 +41,13 @@ function route() {
 function showAccount(user) {
   document.getElementById("nav").hidden = !user;
   document.getElementById("account").hidden = !user;
-  document.getElementById("account-email").textContent = user ? user.email : "";
+  const email = document.getElementById("account-email");
+  email.textContent = user ? user.email : "";
+  email.title = user ? user.email : ""; // a long address is cut short with an ellipsis
+  // A phone hides the email beside the button; the button still says whose account it ends.
+  const signout = document.getElementById("signout");
+  if (user) signout.title = `Signed in as ${user.email}`;
+  else signout.removeAttribute("title");
   document.querySelector('#nav a[data-route="admin"]').hidden = user?.role !== "admin";
 }
 

@@ -6,7 +6,7 @@
 import { api, idempotencyKey } from "../api.js";
 import { attempt, field, formatTime, h, mount, showError, toast } from "../ui.js";
 import { typeLabel } from "../workspace/form.js";
-import { ACTIVE, jobSettings, retryBody } from "../workspace/jobs.js";
+import { ACTIVE, durationText, jobSettings, retryBody } from "../workspace/jobs.js";
 import { REUSE_KEY } from "./workspace.js";
 
 const PAGE_SIZE = 20;
@@ -38,13 +38,6 @@ function hashOf({ state, type }) {
 
 function truncate(text, n) {
   return text.length > n ? `${text.slice(0, n - 1)}…` : text;
-}
-
-/** "12 s", "3 min 5 s": how long a job ran (started to finished), or "" while unknown. */
-export function durationText(job) {
-  if (!job.started_at || !job.completed_at) return "";
-  const s = Math.max(0, Math.round((Date.parse(job.completed_at) - Date.parse(job.started_at)) / 1000));
-  return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
 }
 
 export function render(main, { navigate }) {

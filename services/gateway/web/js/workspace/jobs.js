@@ -19,6 +19,31 @@ const STATE_TEXT = {
 const MAX_JOB_STREAMS = 3;
 // How often a queued card asks where its job stands in line.
 const LINE_POLL_MS = 3000;
+// How often active cards' elapsed times move on.
+const TICK_MS = 1000;
+
+/** "12 s", "3 min 5 s": a number of seconds, short. */
+export function secondsText(s) {
+  return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
+}
+
+/** Whole seconds from the server time `since` to now, never below 0.
+ *
+ * Elapsed times are read from the browser's clock against the server's
+ * timestamps (Date.now() - Date.parse(since)): the studio is served by the same
+ * gateway whose clock stamps the jobs, and clocks kept by NTP agree to well under
+ * a second. Clamping at 0 keeps a browser clock that runs behind from showing a
+ * negative or "-1 s" time; one that runs ahead shows a few seconds more. */
+export function elapsedSeconds(since, now = Date.now()) {
+  const t = Date.parse(since);
+  return Number.isNaN(t) ? 0 : Math.max(0, Math.round((now - t) / 1000));
+}
+
+/** "12 s", "3 min 5 s": how long a job ran (started to finished), or "" while unknown. */
+export function durationText(job) {
+  if (!job.started_at || !job.completed_at) return "";
+  return secondsText(elapsedSeconds(job.started_at, Date.parse(job.completed_at)));
+}
 
 /** "#3 in line · starts in ~12 s": a queued job's place, from its `queue`. */
 export function lineText(line, now = Date.now()) {
@@ -92,7 +117,11 @@ export function createJobList({ types, signal, onRetry, onDismiss }) {
       error,
       h("div", { class: "row" }, cancel, retry, dismiss),
     );
-    const c = { job, el, badge, bar, stage, preview, error, cancel, retry, dismiss, state: null, watching: false };
+    // `note`: what a running or finished card's stage line says beside its time ("step 5 of 15");
+    // `runningSince`: this page's time when the card saw the job running, until the
+    // job itself says when it started.
+    const c = { job, el, badge, bar, stage, preview, error, cancel, retry, dismiss, state: null, watching: false,
+                note: "", runningSince: null };
     cancel.addEventListener("click", () => cancelJob(c));
     retry.addEventListener("click", () => attempt(() => onRetry(c.job), { busy: retry }));
     dismiss.addEventListener("click", () => {
@@ -116,20 +145,59 @@ export function createJobList({ types, signal, onRetry, onDismiss }) {
     if (c.job.state === "failed") showError(c);
     const state = data.state || c.job.state;
     // A finished card stays as it is: the two streams' late events change nothing.
-    if (c.state && !ACTIVE.has(c.state)) return;
+    if (c.state && !ACTIVE.has(c.state)) {
+      if (data.job) showStage(c);
+      return;
+    }
     if (data.step !== undefined && data.total) {
       c.bar.max = data.total;
       c.bar.value = Math.max(Number(c.bar.value) || 0, data.step);
       c.bar.setAttribute("aria-valuetext", `step ${c.bar.value} of ${data.total}`);
-      c.stage.textContent = `${data.stage ? `${data.stage} · ` : ""}step ${c.bar.value} of ${data.total}`;
+      c.note = `${data.stage ? `${data.stage} · ` : ""}step ${c.bar.value} of ${data.total}`;
     }
     if (data.preview) {
       c.preview.src = data.preview;
       c.preview.hidden = false;
     }
     setState(c, state, Boolean(data.job));
-    if (c.state === "queued" && c.job.queue) c.stage.textContent = lineText(c.job.queue);
+    showStage(c);
   }
+
+  /** The stage line: what the job is doing and for how long. A queued card: its
+   * place in line and how long it has waited; a running one: its step and how
+   * long it has run; a completed one: how long it took. Not a live region: it
+   * changes every second, and the badge and progress bar say what matters. */
+  function showStage(c) {
+    let parts = [c.note];
+    if (c.state === "queued") {
+      parts = [c.job.queue ? lineText(c.job.queue) : "", `waiting ${secondsText(elapsedSeconds(c.job.created_at))}`];
+    } else if (c.state === "enhancing") {
+      parts.push(secondsText(elapsedSeconds(c.job.created_at)));
+    } else if (c.state === "running") {
+      parts.push(secondsText(elapsedSeconds(c.job.started_at || c.runningSince)));
+    } else if (c.state === "completed") {
+      const took = durationText(c.job);
+      parts = [took ? `Done in ${took}` : "Done"];
+    }
+    const text = parts.filter(Boolean).join(" · ");
+    if (c.stage.textContent !== text) c.stage.textContent = text;
+  }
+
+  // One timer moves every active card's time on; it runs only while a card is active.
+  let ticker = null;
+  function tick() {
+    const active = [...cards.values()].filter((c) => ACTIVE.has(c.state));
+    for (const c of active) showStage(c);
+    if (!active.length) stopTicking();
+  }
+  function startTicking() {
+    if (!ticker && !signal.aborted) ticker = setInterval(tick, TICK_MS);
+  }
+  function stopTicking() {
+    clearInterval(ticker);
+    ticker = null;
+  }
+  signal.addEventListener("abort", stopTicking);
 
   /** Queued cards ask where their job stands, every few seconds. */
   async function pollLine() {
@@ -160,16 +228,17 @@ export function createJobList({ types, signal, onRetry, onDismiss }) {
     c.badge.className = `badge ${state}`;
     c.badge.textContent = STATE_TEXT[state] || state;
     const active = ACTIVE.has(state);
+    if (state === "running" && !c.runningSince) c.runningSince = new Date().toISOString();
+    if (active) startTicking();
     c.cancel.hidden = !active;
     c.dismiss.hidden = active;
     c.retry.hidden = !onRetry || !(state === "failed" || state === "cancelled");
     if (state === "completed") {
       c.bar.value = c.bar.max;
-      c.stage.textContent = "Done";
       c.preview.hidden = true;
     }
     if (state === "failed") showError(c);
-    if (state === "cancelled") c.stage.textContent = "Cancelled";
+    if (state === "cancelled") c.note = "Cancelled";
     // The session stream's events do not carry the job: fetch it for its error.
     if (!active && !hasJob && c.job.state !== state) refresh(c);
     if (!active && seen) onFinished?.(c.job, state);
@@ -181,6 +250,7 @@ export function createJobList({ types, signal, onRetry, onDismiss }) {
       const job = await api.get(`/v1/jobs/${c.job.id}`, { signal });
       c.job = job;
       if (job.state === "failed") showError(c);
+      showStage(c);
     } catch {
       /* the card keeps what it has */
     }
