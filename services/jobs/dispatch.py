@@ -146,8 +146,10 @@ class Dispatcher(Background):
         self.on_dispatched = on_dispatched
         # Publishes a committed outbox row at once (the relay's, set at start).
         self.publisher: Callable[[dict], Awaitable[None]] | None = None
-        # Told before a submit commits a task that `publisher` sends at once.
+        # Told before a submit commits a task that `publisher` sends at once,
+        # and after a worker started a job (the relay holds back between).
         self.on_early: Callable[[], None] = lambda: None
+        self.on_started: Callable[[], None] = lambda: None
         self.families = {f.name: f for f in families()}
         self._family_of = {t: f for f in self.families.values() for t in f.types}
         self.capacity: dict[str, Capacity] = {name: Capacity() for name in self.families}

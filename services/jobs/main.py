@@ -135,6 +135,7 @@ async def start(
     dispatcher.on_dispatched = relay.wake
     dispatcher.publisher = relay.publish_committed
     dispatcher.on_early = relay.hold
+    dispatcher.on_started = relay.release
     dispatcher.start()
     queue_metrics = QueueMetrics(js, interval_seconds=settings.jobs_metrics_poll_seconds)
     queue_metrics.start()

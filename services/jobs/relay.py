@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "jobs_outbox"
 PUBLISH_TIMEOUT_SECONDS = 5.0
-# After a task went out at once to a waiting worker, the relay waits this long
-# before its next batch: the worker's StartJob, arriving now, is not kept
-# behind bookkeeping (the same rows, and the job's events, a moment later).
+# After a task went out at once to a waiting worker, the relay's next batch
+# waits until a worker started a job, at most this long: the worker's
+# StartJob, arriving now, is not kept behind bookkeeping (the same rows, and
+# the job's events, a moment later).
 EARLY_GRACE_SECONDS = 0.02
 # Message ids published early that the relay need not publish again: kept
 # until their row is claimed, at most this many (then JetStream's duplicate
@@ -69,6 +70,7 @@ class OutboxRelay:
         self._backlog_at = 0.0
         self._early: dict[str, None] = {}  # insertion-ordered set of msg ids
         self._hold_until = 0.0
+        self._released = asyncio.Event()
 
     def start(self) -> None:
         self._tasks = [
@@ -129,10 +131,15 @@ class OutboxRelay:
 
     def hold(self) -> None:
         """A task is about to be committed and published at once
-        (`publish_committed`): the next batch waits EARLY_GRACE_SECONDS, so
-        the commit's notification does not start it while the worker's
-        StartJob arrives."""
+        (`publish_committed`): the next batch waits for `release` (at most
+        EARLY_GRACE_SECONDS), so the commit's notification does not start it
+        while the worker's StartJob arrives."""
+        self._released.clear()
         self._hold_until = time.monotonic() + EARLY_GRACE_SECONDS
+
+    def release(self) -> None:
+        """A worker started a job: a held batch goes now."""
+        self._released.set()
 
     async def _publish(self, row: dict) -> None:
         """One row as a message. A row written inside a trace is published in
@@ -175,7 +182,8 @@ class OutboxRelay:
             self._wake.clear()
             held = self._hold_until - time.monotonic()
             if held > 0:  # a worker is starting the task just published: it goes first
-                await asyncio.sleep(held)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._released.wait(), held)
             try:
                 while True:
                     count, ok = await self.drain_once()

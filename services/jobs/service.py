@@ -371,6 +371,8 @@ class JobsCore:
                     changes["started_at"] = _now()
                 job = await self._apply(conn, row, changes, [Emit("state")])
         self._wake_dispatch()  # its task left the queue: room for the next
+        if self.dispatcher is not None:
+            self.dispatcher.on_started()
         # Measured once the change is committed.
         if not token:
             metrics.JOB_FAILURES.labels(job.job_type, "ATTEMPTS_EXHAUSTED").inc()
