@@ -57,6 +57,15 @@ async def create_account(http: httpx.AsyncClient, email: str) -> dict:
     return r.json()
 
 
+async def sign_in(page, email: str) -> None:
+    """Through the sign-in form, as a person does; on the workspace after."""
+    await page.goto("/")
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(re.compile(r"#/workspace$"))
+
+
 async def make_admin(base_env: dict, email: str) -> None:
     """What an operator does: `ourvidz admin grant EMAIL` with the owner's URL."""
     await asyncio.to_thread(operator.grant_admin, base_env["DATABASE_URL"], email)

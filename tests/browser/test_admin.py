@@ -8,15 +8,7 @@ import asyncio
 import re
 import uuid
 
-from tests.browser.conftest import PASSWORD, create_account, make_admin, shot
-
-
-async def _sign_in(page, email: str) -> None:
-    await page.goto("/")
-    await page.get_by_label("Email").fill(email)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url(re.compile(r"#/workspace$"))
+from tests.browser.conftest import create_account, make_admin, shot, sign_in
 
 
 async def test_admin_edits_tests_and_activates_a_template(page, http, base_env, expected_statuses):
@@ -24,7 +16,7 @@ async def test_admin_edits_tests_and_activates_a_template(page, http, base_env, 
     admin_email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
     await create_account(http, admin_email)
     await make_admin(base_env, admin_email)
-    await _sign_in(page, admin_email)
+    await sign_in(page, admin_email)
     await page.get_by_role("link", name="Admin").click()
     await page.get_by_role("heading", name="Admin", exact=True).wait_for()
 
@@ -104,7 +96,7 @@ async def test_admin_edits_tests_and_activates_a_template(page, http, base_env, 
 async def test_a_user_never_reaches_the_admin_page(page, http):
     email = f"plain-{uuid.uuid4().hex[:8]}@example.com"
     await create_account(http, email)
-    await _sign_in(page, email)
+    await sign_in(page, email)
     assert await page.get_by_role("link", name="Admin").is_hidden()
     await page.goto("/#/admin")
     await page.wait_for_url(re.compile(r"#/workspace$"))

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from playwright.async_api import expect
 
-from tests.browser.conftest import PASSWORD, create_account, shot
+from tests.browser.conftest import create_account, shot
+from tests.browser.conftest import sign_in as signed_in
 from tests.browser.test_library import _finished
 
 RESULT = ".ws-result"
@@ -39,11 +40,7 @@ async def gallery_user(stack) -> str:
 
 
 async def sign_in(page, email: str, results: int = 3) -> None:
-    await page.goto("/")
-    await page.get_by_label("Email").fill(email)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url(re.compile(r"#/workspace$"))
+    await signed_in(page, email)
     await expect(page.locator(RESULT)).to_have_count(results, timeout=30_000)
     # The page has settled once it puts focus in the prompt (after the results and running jobs load).
     await expect(page.get_by_label("Prompt", exact=True)).to_be_focused()

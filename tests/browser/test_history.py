@@ -16,7 +16,8 @@ import pytest
 from playwright.async_api import expect
 
 from services.wan import generate as wan_generate
-from tests.browser.conftest import PASSWORD, create_account, shot
+from tests.browser.conftest import create_account, shot
+from tests.browser.conftest import sign_in as signed_in
 from tests.browser.test_keyboard import tab_to
 from tests.browser.test_workspace import fill_job, sign_up
 
@@ -155,11 +156,7 @@ async def test_reload_restores_cards_and_form_and_the_jobs_page_works(page, http
 
 
 async def sign_in(page, email: str) -> None:
-    await page.goto("/")
-    await page.get_by_label("Email").fill(email)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url(re.compile(r"#/workspace$"))
+    await signed_in(page, email)
     await page.get_by_role("button", name="Generate").wait_for()
 
 

@@ -15,6 +15,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.browser.conftest import PASSWORD, create_account, shot
+from tests.browser.conftest import sign_in as signed_in
 
 SDXL_JOB = {
     "job_type": "sdxl_image_fast",
@@ -97,11 +98,7 @@ async def library_user(stack):
 
 
 async def sign_in(page, email: str) -> None:
-    await page.goto("/")
-    await page.get_by_label("Email").fill(email)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url(re.compile(r"#/workspace$"))
+    await signed_in(page, email)
     await page.get_by_role("link", name="Library").click()
     await page.get_by_role("heading", name="Library").wait_for()
 
