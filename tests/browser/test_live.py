@@ -10,8 +10,7 @@ import uuid
 
 from playwright.async_api import expect
 
-from tests.browser.conftest import PHONE, create_account, make_admin, shot
-from tests.browser.test_admin import _sign_in
+from tests.browser.conftest import PHONE, create_account, make_admin, shot, sign_in
 from tests.browser.test_workspace import fill_job, sign_up
 
 # Records, per job card (by its label), whether its preview got a data: image
@@ -112,7 +111,7 @@ async def test_the_top_bar_fits_a_phone(phone_page, http, base_env):
     email = f"phone-{uuid.uuid4().hex[:8]}@example.com"
     await create_account(http, email)
     await make_admin(base_env, email)  # an admin has the most links
-    await _sign_in(page, email)
+    await sign_in(page, email)
 
     header = page.locator("header.topbar")
     nav = page.get_by_role("navigation", name="Main")
