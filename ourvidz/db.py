@@ -109,7 +109,9 @@ class Database:
         "admin" or "system" (the service acting for itself); the database
         refuses a role not granted to the service's login role. Committed
         when the block ends, rolled back when it raises."""
-        async with self._begin(user_id or "", role) as conn:
+        # BEGIN and the caller's settings in one round trip.
+        begin = _BEGIN.format(sql.Literal(user_id or ""), sql.Literal(role))
+        async with self._pooled(begin) as conn:
             try:
                 yield conn
             except BaseException:
@@ -117,14 +119,6 @@ class Database:
                     await conn.rollback()
                 raise
             await conn.commit()
-
-    @asynccontextmanager
-    async def _begin(self, user_id: str, role: str) -> AsyncIterator[psycopg.AsyncConnection]:
-        """A pooled connection in a new transaction that acts for the caller:
-        BEGIN and the caller's settings in one round trip."""
-        begin = _BEGIN.format(sql.Literal(user_id), sql.Literal(role))
-        async with self._pooled(begin) as conn:
-            yield conn
 
     @asynccontextmanager
     async def _pooled(self, first: sql.Composable) -> AsyncIterator[psycopg.AsyncConnection]:

@@ -180,7 +180,7 @@ class Dispatcher(Background):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database or NATS is away: the next pass retries
-                # Room unknown: a submit does not look for a waiting worker.
+                # Room unknown: no queued job's estimate counts on a waiting worker.
                 self.capacity = {name: Capacity() for name in self.families}
                 if not self._failing:
                     log.warning("dispatch failed (%s: %s); retrying", type(exc).__name__, exc)

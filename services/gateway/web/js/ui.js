@@ -148,3 +148,20 @@ export function formatTime(iso) {
 export function formatSeconds(s) {
   return s >= 60 ? `~${Math.round(s / 60)} min` : `~${Math.round(s)} s`;
 }
+
+/** Show `dialog` as a modal: its `close` button and a click on its backdrop
+ * (the dialog element itself, outside its content) close it; once closed its
+ * videos stop, it leaves the page and `onClosed()` runs. */
+export function showDialog(dialog, { close, onClosed }) {
+  close.addEventListener("click", () => dialog.close());
+  dialog.addEventListener("click", (event) => {
+    if (event.target === dialog) dialog.close();
+  });
+  dialog.addEventListener("close", () => {
+    for (const v of dialog.querySelectorAll("video")) v.pause();
+    dialog.remove();
+    onClosed?.();
+  });
+  document.body.append(dialog);
+  dialog.showModal();
+}

@@ -3,7 +3,7 @@
 // Next across the list) that shows its settings and provenance, and where it
 // can be renamed, downloaded, deleted or opened in the workspace to remix.
 import { api } from "../api.js";
-import { attempt, field, formatTime, h, mount, showError, showFieldErrors, toast } from "../ui.js";
+import { attempt, field, formatTime, h, mount, showDialog, showError, showFieldErrors, toast } from "../ui.js";
 import { typeLabel } from "../workspace/form.js";
 import { REUSE_KEY } from "./workspace.js";
 
@@ -365,18 +365,12 @@ function openViewer(start, ctx) {
     else return;
     event.preventDefault();
   });
-  close.addEventListener("click", () => dialog.close());
-  // A click on the backdrop (the dialog element itself, outside its content) closes it.
-  dialog.addEventListener("click", (event) => {
-    if (event.target === dialog) dialog.close();
+  showDialog(dialog, {
+    close,
+    onClosed: () => {
+      if (!leaving) ctx.cardOf(asset)?.focus();
+    },
   });
-  dialog.addEventListener("close", () => {
-    for (const v of frame.querySelectorAll("video")) v.pause();
-    dialog.remove();
-    if (!leaving) ctx.cardOf(asset)?.focus();
-  });
-  document.body.append(dialog);
-  dialog.showModal();
   show(start);
   close.focus();
   return dialog;

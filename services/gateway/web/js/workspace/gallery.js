@@ -3,7 +3,7 @@
 // side by side. Both are modal <dialog>s: Escape closes them and focus goes
 // back to the result's tile.
 import { api } from "../api.js";
-import { h, mount } from "../ui.js";
+import { h, mount, showDialog } from "../ui.js";
 
 const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "video/mp4": "mp4", "video/webm": "webm" };
 
@@ -49,19 +49,8 @@ function modal(className, returnFocus) {
   const body = h("div", { class: "gallery-body" });
   const dialog = h("dialog", { class: `gallery ${className}`, "aria-labelledby": heading.id },
     h("div", { class: "gallery-head" }, heading, close), body);
-  close.addEventListener("click", () => dialog.close());
-  // A click on the backdrop (the dialog element itself, outside its content) closes it.
-  dialog.addEventListener("click", (event) => {
-    if (event.target === dialog) dialog.close();
-  });
-  dialog.addEventListener("close", () => {
-    for (const v of dialog.querySelectorAll("video")) v.pause();
-    dialog.remove();
-    returnFocus()?.focus();
-  });
   document.querySelector("dialog.gallery")?.remove();
-  document.body.append(dialog);
-  dialog.showModal();
+  showDialog(dialog, { close, onClosed: () => returnFocus()?.focus() });
   return { dialog, heading, body, close };
 }
 
