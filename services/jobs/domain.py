@@ -142,8 +142,7 @@ def validate(
     bad: list[FieldViolation] = []
     jt = catalog.CATALOG.get(sub.job_type)
     if jt is None:
-        known = ", ".join(catalog.CATALOG)
-        bad.append(FieldViolation("job_type", f"unknown job type {sub.job_type!r}; one of {known}"))
+        bad.append(FieldViolation("job_type", _unknown_job_type(sub.job_type)))
 
     prompt = (sub.prompt or "").strip()
     if not prompt:
@@ -376,9 +375,12 @@ def page_size(requested: int) -> int:
 def listed_job_type(value: str) -> str:
     """A list's type filter: "" (every type) or a catalog name."""
     if value and value not in catalog.CATALOG:
-        known = ", ".join(catalog.CATALOG)
-        raise InvalidArgument.field("job_type", f"unknown job type {value!r}; one of {known}")
+        raise InvalidArgument.field("job_type", _unknown_job_type(value))
     return value
+
+
+def _unknown_job_type(value: str) -> str:
+    return f"unknown job type {value!r}; one of {', '.join(catalog.CATALOG)}"
 
 
 def encode_page_token(created_at: datetime, job_id: str) -> str:

@@ -145,10 +145,6 @@ export function formatTime(iso) {
   return new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
 }
 
-export function formatSeconds(s) {
-  return s >= 60 ? `~${Math.round(s / 60)} min` : `~${Math.round(s)} s`;
-}
-
 /** Show `dialog` as a modal: its `close` button and a click on its backdrop
  * (the dialog element itself, outside its content) close it; once closed its
  * videos stop, it leaves the page and `onClosed()` runs. */
