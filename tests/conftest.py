@@ -80,11 +80,16 @@ def pytest_runtest_teardown(item, nextitem):
     yield
     # (After the last test of all, nothing follows: the servers are gone too.)
     if _STARTED and nextitem is not None and nextitem.path.parent != item.path.parent:
-        with psycopg.connect(_STARTED[0].database_url) as conn:
-            conn.execute(
-                "UPDATE jobs.jobs SET state = 'cancelled', completed_at = now() "
-                "WHERE state IN ('queued', 'enhancing', 'running')"
-            )
+        end_active_jobs(_STARTED[0].database_url)
+
+
+def end_active_jobs(owner_url: str) -> None:
+    """Cancel every job still queued, enhancing or running (as the owner)."""
+    with psycopg.connect(owner_url) as conn:
+        conn.execute(
+            "UPDATE jobs.jobs SET state = 'cancelled', completed_at = now() "
+            "WHERE state IN ('queued', 'enhancing', 'running')"
+        )
 
 
 @pytest.fixture(scope="session")

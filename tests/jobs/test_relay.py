@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from ourvidz import queue
 from ourvidz.v1 import job_pb2, job_service_pb2, queue_pb2
+from tests.conftest import end_active_jobs
 from tests.jobs.helpers import owner_query, pull_task
 from tests.queue_helpers import someone_waits
 
@@ -148,11 +149,7 @@ async def test_a_task_sent_at_once_to_a_waiting_worker_is_published_once(harness
     seen: list[str] = []
     # The line must be empty: earlier tests' jobs (some of users at their
     # limit, never dispatched) end first.
-    owner_query(
-        base_env["DATABASE_URL"],
-        "UPDATE jobs.jobs SET state = 'cancelled', completed_at = now() "
-        "WHERE state IN ('queued', 'enhancing', 'running') RETURNING id",
-    )
+    end_active_jobs(base_env["DATABASE_URL"])
 
     async def count(msg) -> None:
         seen.append(msg.subject)
