@@ -172,7 +172,7 @@ async def _bench_job(repeat: int) -> None:
 
     async with _embedded_env() as env:
         async with (
-            running_stack(env, workers=("sdxl", "wan"), enhancer=True) as stack,
+            running_stack({**env, **UNLIMITED}, workers=("sdxl", "wan"), enhancer=True) as stack,
             httpx.AsyncClient(base_url=stack.url, timeout=120) as http,
         ):
             headers = await _signed_in(http, "bench@example.com")
@@ -189,6 +189,8 @@ async def _bench_job(repeat: int) -> None:
                     job = await http.post(
                         "/v1/jobs", headers=headers, json={**body, "prompt": f"a lighthouse {i}"}
                     )
+                    if job.status_code != 202:
+                        raise RuntimeError(f"bench job refused: {job.text}")
                     job_id = job.json()["id"]
                     async with http.stream(
                         "GET", f"/v1/jobs/{job_id}/events", headers=headers
